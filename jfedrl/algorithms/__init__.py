@@ -1,0 +1,43 @@
+"""Local learning algorithms, behind one registry: `register`, `get`, `make`."""
+
+from __future__ import annotations
+
+from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+
+
+def register(spec: AlgorithmSpec) -> None:
+    """Adds an algorithm; names are unique."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"algorithm {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str) -> AlgorithmSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"algo.name: unknown algorithm {name!r}; allowed: {', '.join(names())}"
+        ) from None
+
+
+def make(config, env, env_params) -> Algorithm:
+    """Builds the algorithm named by `config.algo.name` for `env`."""
+    return get(config.algo.name).build(config, env, env_params)
+
+
+def _register_builtins() -> None:
+    from jfedrl.algorithms import ppo
+
+    register(ppo.SPEC)
+
+
+_register_builtins()
+
+__all__ = ["Algorithm", "AlgorithmSpec", "Reference", "get", "make", "names", "register"]

@@ -1,0 +1,440 @@
+"""The run configuration: one frozen dataclass tree.
+
+Every field can be set from YAML (nested mapping) or from the command line
+(`--section.field-name value`). The tree is validated before anything is
+compiled, and every error names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment every client runs, and how clients differ."""
+
+    name: str = "CartPole-v1"
+    """Registered environment name (`jfedrl envs` lists them)."""
+    variant: str = "default"
+    """Client heterogeneity: `default` (all identical), `random`, `extreme`."""
+    ranges: dict[str, Any] = field(default_factory=dict)
+    """Per-parameter `[low, high]` ranges that override the variant's."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Explicit per-client values: `{param: [v_client0, v_client1, ...]}`."""
+    drift: str = "none"
+    """Non-stationary dynamics: `none`, `switch`, `linear`, `sinusoidal`, `random_walk`."""
+    drift_params: tuple[str, ...] = ()
+    """Which physical parameters drift (empty: the environment's default set)."""
+    drift_period: int = 10
+    """Rounds per switch / sinusoid period."""
+    drift_magnitude: float = 0.5
+    """Relative size of the drift (fraction of the base value)."""
+    disturbance: str = "none"
+    """Random disturbance events: `none`, `impulse`, `obs_noise`."""
+    disturbance_prob: float = 0.0
+    """Probability per environment step of a disturbance event."""
+    disturbance_scale: float = 0.0
+    """Magnitude of an impulse or the std of observation noise."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Proximal policy optimisation (Schulman et al. 2017) and its variants."""
+
+    num_envs: int = 4
+    """Parallel environments per client."""
+    num_steps: int = 128
+    """Steps per environment in one rollout (one local update)."""
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    """Linearly anneal the learning rate to zero over the whole run."""
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    objective: str = "clip"
+    """Policy objective: `clip`, `none` (plain ratio), `kl` (KL penalty), `mdpo`."""
+    kl_coef: float = 0.01
+    """beta for the `kl` and `mdpo` objectives."""
+    kl_target: float = 0.0
+    """If > 0, adapt beta towards this KL (Schulman et al. 2017, sec. 4)."""
+    comm_coef: float = 0.0
+    """Weight of the communication KL term (seed 002 `--comm-coeff`): KL between
+    the policy and `comm_reference` (KL[ref, pi], or KL[pi, ref] for `mdpo`)."""
+    comm_reference: str = "global"
+    """Communication target: `global` (the broadcast global policy) or `mixture`
+    (the weighted mixture of the peers' last-round policies; discrete actions)."""
+    prox_mu: float = 0.0
+    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The local learning algorithm."""
+
+    name: str = "ppo"
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """How the server turns client models into the next global model."""
+
+    name: str = "fedavg"
+    """Registered strategy (see README): fedavg, mean, reward_weighted, ..."""
+    server_lr: float = 1.0
+    """Server learning rate for fedavgm / fedadam / fedyogi / fedadagrad."""
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    """Adaptivity (epsilon) of the adaptive server optimisers (Reddi et al. 2021)."""
+    trim_beta: float = 0.1
+    """Fraction trimmed from each end by `trimmed_mean`."""
+    krum_f: int = 1
+    """Number of Byzantine clients tolerated by `krum` / `multi_krum`."""
+    krum_m: int = 0
+    """Clients averaged by `multi_krum` (0: n - f)."""
+    reward_weighting: str = "min_shift"
+    """`reward_weighted`: `min_shift` or `softmax`."""
+    temperature: float = 1.0
+    """Softmax temperature for `reward_weighted`."""
+    evo_algorithm: str = "differential_evolution"
+    """`evolutionary`: `differential_evolution` or `pso`."""
+    evo_mutation: float = 0.5
+    evo_crossover: float = 0.9
+    dp_clip: float = 1.0
+    """`dp_fedavg`: per-client update norm bound S."""
+    dp_noise: float = 1.0
+    """`dp_fedavg`: noise multiplier sigma (noise std = sigma * S / n)."""
+    clip_update_norm: float = 0.0
+    """If > 0, clip every client update to this L2 norm before aggregating."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """The federation: clients, rounds, local work, participation."""
+
+    num_clients: int = 16
+    rounds: int = 24
+    local_updates: int = 4
+    """Local updates (rollout + epochs) each client runs per round."""
+    participation: float = 1.0
+    """Fraction (<= 1) or count (> 1) of clients sampled each round."""
+    sampling: str = "uniform"
+    """Client sampling: `uniform` or `weighted` (by environment steps)."""
+    min_participation: float = 0.0
+    """Fail a round if fewer than this fraction of clients return valid updates."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Outputs: where, how often, what."""
+
+    run_dir: str = ""
+    """Output folder (default: runs/<env>-<strategy>-<timestamp>)."""
+    rounds_per_block: int = 4
+    """Rounds per jitted block; the host logs, evaluates and checkpoints between blocks."""
+    eval_episodes: int = 4
+    """Episodes per client environment when evaluating the global policy."""
+    checkpoint_every: int = 1
+    """Checkpoint every N blocks (the last block is always checkpointed)."""
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class GolemConfig:
+    """Golem Network executor (yapapi); see offload/README section of the docs."""
+
+    budget: float = 1.0
+    subnet: str = "public"
+    payment_driver: str = "erc20"
+    payment_network: str = "holesky"
+    image_hash: str = ""
+    image_tag: str = ""
+    gpu: bool = False
+    min_mem_gib: float = 4.0
+    min_storage_gib: float = 4.0
+    min_cpu_threads: int = 2
+    max_workers: int = 4
+    task_timeout: float = 600.0
+    offer_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """Where the clients' local training runs."""
+
+    executor: str = "inprocess"
+    """`inprocess` (the jitted simulator), `local` (worker processes) or `golem`."""
+    shards: int = 1
+    """Number of tasks the clients are split into each round."""
+    max_retries: int = 2
+    quantize: str = "none"
+    """Transfer precision of the params: `none`, `float16`, `int8`."""
+    golem: GolemConfig = field(default_factory=GolemConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run."""
+
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Converts a YAML/CLI value to the field's declared type, or raises."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return from_dict(value, annotation, prefix=path + ".")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(annotation, types.UnionType):
+        return value
+    return value
+
+
+def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a nested mapping; unknown keys are errors."""
+    hints = _field_types(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            raise ConfigError(
+                f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}"
+            )
+        kwargs[name] = _coerce(prefix + name, value, hints[name])
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-friendly data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def replace_path(config: Any, dotted: str, value: Any) -> Any:
+    """Returns `config` with the field at `a.b.c` replaced (value is coerced)."""
+    head, _, rest = dotted.partition(".")
+    head = head.replace("-", "_")
+    names = [f.name for f in dataclasses.fields(config)]
+    if head not in names:
+        raise ConfigError(f"{dotted}: unknown config field; allowed: {', '.join(names)}")
+    current = getattr(config, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{dotted}: {head} has no sub-fields")
+        new = replace_path(current, rest, value)
+    else:
+        new = _coerce(dotted, value, _field_types(type(config))[head])
+    return dataclasses.replace(config, **{head: new})
+
+
+def flat_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every leaf field as `(dotted.path, type, docstring)`, for the CLI and docs."""
+    out = []
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        annotation = _field_types(cls)[f.name]
+        path = prefix + f.name
+        if dataclasses.is_dataclass(annotation):
+            out.extend(flat_fields(annotation, path + "."))
+        else:
+            out.append((path, annotation, docs.get(f.name, "")))
+    return out
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def load_yaml(path: str | Path) -> Config:
+    """Loads a (possibly partial) config from YAML over the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return from_dict(data)
+
+
+def save_yaml(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _choice(path: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def _positive(path: str, value: float, strict: bool = True) -> None:
+    if (value <= 0) if strict else (value < 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ConfigError(f"{path}: must be {bound}, got {value!r}")
+
+
+def validate(config: Config) -> Config:
+    """Checks every field that can be checked without compiling; returns config.
+
+    Registry names are checked against the live registries, so a plugin that
+    registers a new environment, algorithm or strategy is accepted.
+    """
+    import envs
+    from jfedrl import algorithms, strategies
+
+    _choice("env.name", config.env.name, envs.names())
+    _choice("algo.name", config.algo.name, algorithms.names())
+    _choice("strategy.name", config.strategy.name, strategies.names())
+    _choice("offload.executor", config.offload.executor, ("inprocess", "local", "golem"))
+    _choice("offload.quantize", config.offload.quantize, ("none", "float16", "int8"))
+    _choice("federation.sampling", config.federation.sampling, ("uniform", "weighted"))
+
+    fed = config.federation
+    if fed.num_clients < 1:
+        raise ConfigError(f"federation.num_clients: must be >= 1, got {fed.num_clients}")
+    _positive("federation.rounds", fed.rounds)
+    _positive("federation.local_updates", fed.local_updates)
+    _positive("federation.participation", fed.participation)
+    if fed.participation > fed.num_clients:
+        raise ConfigError(
+            f"federation.participation: {fed.participation} exceeds "
+            f"federation.num_clients={fed.num_clients}"
+        )
+    if not 0.0 <= fed.min_participation <= 1.0:
+        raise ConfigError(
+            f"federation.min_participation: must be in [0, 1], got {fed.min_participation}"
+        )
+    _positive("log.rounds_per_block", config.log.rounds_per_block)
+    _positive("log.eval_episodes", config.log.eval_episodes)
+    _positive("log.checkpoint_every", config.log.checkpoint_every)
+    _positive("log.keep_checkpoints", config.log.keep_checkpoints)
+    _positive("offload.shards", config.offload.shards)
+    if config.offload.shards > fed.num_clients:
+        raise ConfigError(
+            f"offload.shards: {config.offload.shards} exceeds "
+            f"federation.num_clients={fed.num_clients}"
+        )
+    _positive("offload.max_retries", config.offload.max_retries, strict=False)
+    algorithms.get(config.algo.name).validate(config)
+    strategies.get(config.strategy.name).validate(config)
+    return config
+
+
+def participants_per_round(fed: FederationConfig) -> int:
+    """How many clients train each round (a static shape)."""
+    if fed.participation <= 1.0:
+        return max(1, round(fed.participation * fed.num_clients))
+    return int(fed.participation)

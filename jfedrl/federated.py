@@ -1,0 +1,309 @@
+"""The federated round, jitted end to end.
+
+One round: sample participants (a static count, so shapes never change),
+broadcast the global params, run `local_updates` vmapped local updates per
+client (`lax.scan`), validate the updates, aggregate with the strategy and
+scatter the clients' states back. Rounds run in `lax.scan` blocks; the host
+works only between blocks.
+
+Randomness: the round key is `fold_in(run_key, round)`, so a run resumed from
+round k draws exactly what the uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jfedrl import algorithms, strategies
+from jfedrl.algorithms import Algorithm, Reference
+from jfedrl.config import Config, participants_per_round, validate
+from jfedrl.environment import ClientEnvs, make_client_envs
+from jfedrl.strategies import ClientInfo, Strategy
+
+
+class FedState(struct.PyTreeNode):
+    """The whole simulator state; a checkpoint is exactly this tree."""
+
+    global_params: Any
+    server_state: Any
+    clients: Any
+    """Every client's algorithm state, stacked on a leading client axis."""
+    env_params: Any
+    """Every client's current (possibly drifted) environment params, stacked."""
+    peer_params: Any
+    """Last round's client params (for mixture-KL communication), or ()."""
+    peer_weights: jax.Array
+    round: jax.Array
+    key: jax.Array
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def tree_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def _take(tree: Any, index: jax.Array) -> Any:
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def _put(tree: Any, index: jax.Array, values: Any) -> Any:
+    return jax.tree.map(lambda x, v: x.at[index].set(v), tree, values)
+
+
+def sample_participants(key: jax.Array, num_clients: int, count: int, weights=None):
+    """`count` distinct client ids (sorted), uniformly or proportionally to `weights`."""
+    if count == num_clients:
+        return jnp.arange(num_clients)
+    chosen = jax.random.choice(key, num_clients, (count,), replace=False, p=weights)
+    return jnp.sort(chosen)
+
+
+def local_training(
+    algorithm: Algorithm,
+    local_updates: int,
+    keys: jax.Array,
+    clients: Any,
+    env_params: Any,
+    reference: Reference,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """The clients' local work for one round: `local_updates` vmapped updates.
+
+    This is the one training step of the codebase: the simulator calls it
+    inside its jitted round and the offload worker calls it on a shard.
+
+    Args:
+        algorithm: the local learner.
+        local_updates: local updates per client this round.
+        keys: one key per client, `[K, 2]`.
+        clients: stacked client states (leading axis K).
+        env_params: stacked environment params (leading axis K).
+        reference: the broadcast global params (and peers), shared by all.
+
+    Returns:
+        The new client states and metrics of shape `[local_updates, K]`.
+    """
+    update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, None))
+
+    def one_update(clients, index):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
+        return update(step_keys, clients, env_params, reference)
+
+    return jax.lax.scan(one_update, clients, jnp.arange(local_updates))
+
+
+@dataclass(frozen=True, eq=False)
+class Simulator:
+    """A compiled-once federated simulator for one config.
+
+    Hashed by identity (`eq=False`), so its jitted methods compile once per
+    simulator and `self` is a static argument.
+    """
+
+    config: Config
+    envs: ClientEnvs
+    algorithm: Algorithm
+    strategy: Strategy
+    num_participants: int
+
+    @property
+    def num_clients(self) -> int:
+        return self.config.federation.num_clients
+
+    @property
+    def env_steps_per_round(self) -> int:
+        return (
+            self.num_participants
+            * self.config.federation.local_updates
+            * self.algorithm.env_steps_per_update
+        )
+
+    def init(self, key: jax.Array) -> FedState:
+        """Initial state: shared global params, per-client env/optimiser state."""
+        key_params, key_clients, key_env, key_run = jax.random.split(key, 4)
+        env_params = self.envs.client_params(key_env)
+        # Every client starts from the same global params (one init key), with its own env.
+        client_keys = jax.random.split(key_clients, self.num_clients)
+        template = self.algorithm.init(key_params, _take(env_params, 0))
+        global_params = self.algorithm.get_params(template)
+        clients = jax.vmap(self.algorithm.init)(client_keys, env_params)
+        clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(clients, global_params)
+        if self.algorithm.needs_peers:
+            peers = jax.tree.map(
+                lambda x: jnp.stack([x] * self.num_participants), global_params
+            )
+        else:
+            peers = ()
+        return FedState(
+            global_params=global_params,
+            server_state=self.strategy.init(global_params),
+            clients=clients,
+            env_params=env_params,
+            peer_params=peers,
+            peer_weights=jnp.full((self.num_participants,), 1.0 / self.num_participants),
+            round=jnp.asarray(0, jnp.int32),
+            key=key_run,
+        )
+
+    def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
+        """One federated round (pure; jitted inside `run_block`)."""
+        fed = self.config.federation
+        key = jax.random.fold_in(state.key, state.round)
+        key_sample, key_clients, key_aggregate, key_drift = jax.random.split(key, 4)
+        env_params = self.envs.drift(key_drift, state.env_params, state.round)
+
+        steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
+        sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
+        ids = sample_participants(
+            key_sample, self.num_clients, self.num_participants, sampling_weights
+        )
+        before = _take(state.clients, ids)
+        clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(
+            before, state.global_params
+        )
+        reference = Reference(state.global_params, state.peer_params, state.peer_weights)
+        client_keys = jax.random.split(key_clients, self.num_clients)[ids]
+        clients, local_metrics = local_training(
+            self.algorithm,
+            fed.local_updates,
+            client_keys,
+            clients,
+            _take(env_params, ids),
+            reference,
+        )
+        new_state, metrics = self.aggregate(
+            state.replace(env_params=env_params), ids, before, clients, local_metrics, key_aggregate
+        )
+        return new_state, metrics
+
+    def aggregate(self, state, ids, before, clients, local_metrics, key):
+        """Validates the participants' updates, aggregates, scatters states back."""
+        fed = self.config.federation
+        client_params = jax.vmap(self.algorithm.get_params)(clients)
+        finite = jax.vmap(tree_all_finite)(client_params)
+        deltas = jax.tree.map(lambda c, g: c - g, client_params, state.global_params)
+        update_norms = jax.vmap(tree_norm)(deltas)
+        max_norm = self.config.strategy.clip_update_norm
+        if max_norm > 0:
+            scale = jnp.minimum(1.0, max_norm / jnp.maximum(update_norms, 1e-12))
+            client_params = jax.tree.map(
+                lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
+                state.global_params,
+                deltas,
+            )
+        # Rejected clients keep the state they had before the round.
+        clients = jax.tree.map(
+            lambda new, old: jnp.where(finite.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            clients,
+            before,
+        )
+        returns = local_metrics["train_return"][-1]
+        info = ClientInfo(
+            num_steps=jnp.full(
+                ids.shape, float(fed.local_updates * self.algorithm.env_steps_per_update)
+            ),
+            returns=jnp.where(finite, returns, 0.0),
+            mask=finite,
+        )
+        safe_params = jax.tree.map(
+            lambda p, g: jnp.where(finite.reshape((-1,) + (1,) * (p.ndim - 1)), p, g),
+            client_params,
+            state.global_params,
+        )
+        global_params, server_state, strategy_metrics = self.strategy.aggregate(
+            state.server_state, state.global_params, safe_params, info, key
+        )
+        peers, peer_weights = state.peer_params, state.peer_weights
+        if self.algorithm.needs_peers:
+            peers = safe_params
+            peer_weights = strategies.normalized_weights(info.num_steps, info.mask)
+        new_state = state.replace(
+            global_params=global_params,
+            server_state=server_state,
+            clients=_put(state.clients, ids, clients),
+            peer_params=peers,
+            peer_weights=peer_weights,
+            round=state.round + 1,
+        )
+        valid = jnp.maximum(finite.sum(), 1)
+        masked_returns = jnp.where(finite, returns, jnp.nan)
+        metrics = {
+            "train_return_mean": jnp.nanmean(masked_returns),
+            "train_return_min": jnp.nanmin(masked_returns),
+            "train_return_max": jnp.nanmax(masked_returns),
+            "clients_participating": jnp.asarray(ids.shape[0], jnp.int32),
+            "clients_excluded": jnp.sum(~finite).astype(jnp.int32),
+            "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
+            "participants": ids,
+        }
+        for name, value in local_metrics.items():
+            if name not in ("train_return",):
+                metrics[name] = jnp.nanmean(jnp.where(finite, value[-1], jnp.nan))
+        for name, value in strategy_metrics.items():
+            metrics["strategy/" + name] = value
+        return new_state, metrics
+
+    @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
+    def run_block(self, state: FedState, num_rounds: int):
+        """`num_rounds` rounds in one `lax.scan`; metrics stacked on axis 0."""
+        return jax.lax.scan(lambda s, _: self.round_step(s), state, None, length=num_rounds)
+
+    @partial(jax.jit, static_argnums=(0,))
+    def evaluate(self, state: FedState, key: jax.Array) -> jax.Array:
+        """Deterministic global policy on every client's env: returns `[C, episodes]`."""
+        episodes = self.config.log.eval_episodes
+        env = self.envs.env
+        max_steps = self.envs.max_episode_steps
+        act = self.algorithm.act
+
+        def episode(key, env_params):
+            key_reset, key_steps = jax.random.split(key)
+            obs, env_state = env.reset(key_reset, env_params)
+
+            def step(carry, step_key):
+                obs, env_state, total, done = carry
+                action = act(state.global_params, obs)
+                obs, env_state, reward, terminated, truncated, _ = env.step(
+                    step_key, env_state, action, env_params
+                )
+                total = total + jnp.where(done, 0.0, reward)
+                done = jnp.logical_or(done, jnp.logical_or(terminated, truncated))
+                return (obs, env_state, total, done), None
+
+            init = (obs, env_state, jnp.zeros(()), jnp.asarray(False))
+            (_, _, total, _), _ = jax.lax.scan(
+                step, init, jax.random.split(key_steps, max_steps)
+            )
+            return total
+
+        def client(key, env_params):
+            keys = jax.random.split(key, episodes)
+            return jax.vmap(episode, in_axes=(0, None))(keys, env_params)
+
+        keys = jax.random.split(key, self.num_clients)
+        return jax.vmap(client)(keys, state.env_params)
+
+
+def make_simulator(config: Config) -> Simulator:
+    """Validates `config` and builds the simulator (nothing is compiled yet)."""
+    validate(config)
+    client_envs = make_client_envs(config.env, config.federation.num_clients)
+    algorithm = algorithms.make(config, client_envs.env, client_envs.default_params)
+    strategy = strategies.make(config.strategy)
+    return Simulator(
+        config=config,
+        envs=client_envs,
+        algorithm=algorithm,
+        strategy=strategy,
+        num_participants=participants_per_round(config.federation),
+    )
+
