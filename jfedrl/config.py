@@ -276,9 +276,7 @@ def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in allowed:
-            raise ConfigError(
-                f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}"
-            )
+            raise ConfigError(f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}")
         kwargs[name] = _coerce(prefix + name, value, hints[name])
     return cls(**kwargs)
 

@@ -29,7 +29,10 @@ class ClientEnvs:
     client_params: Callable[[jax.Array], Any]
     """`key -> params` stacked over clients (the round-0 heterogeneity)."""
     drift: DriftFn
-    """`(key, params, round) -> params`, applied at the start of every round."""
+    """`(key, base_params, round) -> params`: the clients' params in a round.
+
+    Pure and jittable; `key` is fixed for the run, so a drift is a
+    deterministic function of the round (resume-safe, no recompilation)."""
     max_episode_steps: int
 
 
@@ -45,9 +48,9 @@ def make_client_envs(config: EnvConfig, num_clients: int) -> ClientEnvs:
         del key
         return envs.batch_params(default_params, num_clients)
 
-    def no_drift(key, params, round_index):
+    def no_drift(key, base_params, round_index):
         del key, round_index
-        return params
+        return base_params
 
     return ClientEnvs(
         env=env,

@@ -35,7 +35,7 @@ class FedState(struct.PyTreeNode):
     clients: Any
     """Every client's algorithm state, stacked on a leading client axis."""
     env_params: Any
-    """Every client's current (possibly drifted) environment params, stacked."""
+    """Every client's base environment params, stacked (drift is applied on top)."""
     peer_params: Any
     """Last round's client params (for mixture-KL communication), or ()."""
     peer_weights: jax.Array
@@ -138,9 +138,7 @@ class Simulator:
         clients = jax.vmap(self.algorithm.init)(client_keys, env_params)
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(clients, global_params)
         if self.algorithm.needs_peers:
-            peers = jax.tree.map(
-                lambda x: jnp.stack([x] * self.num_participants), global_params
-            )
+            peers = jax.tree.map(lambda x: jnp.stack([x] * self.num_participants), global_params)
         else:
             peers = ()
         return FedState(
@@ -154,12 +152,17 @@ class Simulator:
             key=key_run,
         )
 
+    def current_env_params(self, state: FedState, round_index: jax.Array) -> Any:
+        """The clients' env params in round `round_index`: drift applied to the base."""
+        drift_key = jax.random.fold_in(state.key, -1)
+        return self.envs.drift(drift_key, state.env_params, round_index)
+
     def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
         """One federated round (pure; jitted inside `run_block`)."""
         fed = self.config.federation
         key = jax.random.fold_in(state.key, state.round)
-        key_sample, key_clients, key_aggregate, key_drift = jax.random.split(key, 4)
-        env_params = self.envs.drift(key_drift, state.env_params, state.round)
+        key_sample, key_clients, key_aggregate = jax.random.split(key, 3)
+        env_params = self.current_env_params(state, state.round)
 
         steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
         sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
@@ -180,10 +183,7 @@ class Simulator:
             _take(env_params, ids),
             reference,
         )
-        new_state, metrics = self.aggregate(
-            state.replace(env_params=env_params), ids, before, clients, local_metrics, key_aggregate
-        )
-        return new_state, metrics
+        return self.aggregate(state, ids, before, clients, local_metrics, key_aggregate)
 
     def aggregate(self, state, ids, before, clients, local_metrics, key):
         """Validates the participants' updates, aggregates, scatters states back."""
@@ -280,9 +280,7 @@ class Simulator:
                 return (obs, env_state, total, done), None
 
             init = (obs, env_state, jnp.zeros(()), jnp.asarray(False))
-            (_, _, total, _), _ = jax.lax.scan(
-                step, init, jax.random.split(key_steps, max_steps)
-            )
+            (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key_steps, max_steps))
             return total
 
         def client(key, env_params):
@@ -290,7 +288,8 @@ class Simulator:
             return jax.vmap(episode, in_axes=(0, None))(keys, env_params)
 
         keys = jax.random.split(key, self.num_clients)
-        return jax.vmap(client)(keys, state.env_params)
+        last_round = jnp.maximum(state.round - 1, 0)
+        return jax.vmap(client)(keys, self.current_env_params(state, last_round))
 
 
 def make_simulator(config: Config) -> Simulator:
@@ -306,4 +305,3 @@ def make_simulator(config: Config) -> Simulator:
         strategy=strategy,
         num_participants=participants_per_round(config.federation),
     )
-

@@ -44,12 +44,14 @@ class ActorCritic(nn.Module):
 
     action_dim: int
     continuous: bool
+    obs_ndim: int = 1
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
 
     @nn.compact
     def __call__(self, obs):
-        obs = obs.reshape(obs.shape[:-1] + (-1,)) if obs.ndim > 1 else obs
+        # Flatten image-like observations (MinAtar, gridworlds) to a vector.
+        obs = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,))
         actor_out = MLP(self.hidden_sizes, self.action_dim, 0.01, self.activation)(obs)
         value = MLP(self.hidden_sizes, 1, 1.0, self.activation)(obs)[..., 0]
         if self.continuous:

@@ -123,8 +123,13 @@ def build(config: Config, env, env_params) -> Algorithm:
             f"Gaussian mixture has no closed form); {config.env.name} is continuous, "
             "use 'global'"
         )
+    obs_shape = env.observation_space(env_params).shape
     network = networks.ActorCritic(
-        _action_dim(env, env_params), continuous, tuple(ppo.hidden_sizes), ppo.activation
+        _action_dim(env, env_params),
+        continuous,
+        len(obs_shape),
+        tuple(ppo.hidden_sizes),
+        ppo.activation,
     )
     gradient_steps = (
         config.federation.rounds
@@ -133,7 +138,6 @@ def build(config: Config, env, env_params) -> Algorithm:
         * ppo.num_minibatches
     )
     optimizer = make_optimizer(ppo, gradient_steps)
-    obs_shape = env.observation_space(env_params).shape
     batch_size = ppo.num_envs * ppo.num_steps
     minibatch_size = batch_size // ppo.num_minibatches
     if continuous:
@@ -208,9 +212,7 @@ def build(config: Config, env, env_params) -> Algorithm:
 
     def comm_reference_dist(reference: Reference, obs):
         if ppo.comm_reference == "mixture":
-            peer_dists, _ = jax.vmap(network.apply, in_axes=(0, None))(
-                reference.peer_params, obs
-            )
+            peer_dists, _ = jax.vmap(network.apply, in_axes=(0, None))(reference.peer_params, obs)
             return networks.mixture_logits(peer_dists, reference.peer_weights)
         dist, _ = network.apply(reference.global_params, obs)
         return dist
@@ -245,9 +247,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         ent = networks.entropy(dist, continuous).mean()
         prox = jnp.zeros(())
         if ppo.prox_mu > 0:
-            sq = jax.tree.map(
-                lambda w, g: jnp.sum((w - g) ** 2), params, reference.global_params
-            )
+            sq = jax.tree.map(lambda w, g: jnp.sum((w - g) ** 2), params, reference.global_params)
             prox = 0.5 * ppo.prox_mu * sum(jax.tree.leaves(sq))
         total = pg_loss + ppo.vf_coef * v_loss - ppo.ent_coef * ent + ppo.comm_coef * comm + prox
         aux = {
@@ -267,9 +267,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         state, batch, episodes = rollout(key_rollout, state, client_env_params)
         _, last_value = network.apply(state.params, state.obs)
         adv, target = advantages(batch, last_value)
-        flat = jax.tree.map(
-            lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target)
-        )
+        flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target))
 
         def epoch(carry, epoch_key):
             def minibatch_step(carry, minibatch):
