@@ -154,7 +154,7 @@ class Simulator:
 
     def current_env_params(self, state: FedState, round_index: jax.Array) -> Any:
         """The clients' env params in round `round_index`: drift applied to the base."""
-        drift_key = jax.random.fold_in(state.key, -1)
+        drift_key = jax.random.split(state.key)[1]  # a stream apart from the round keys
         return self.envs.drift(drift_key, state.env_params, round_index)
 
     def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
