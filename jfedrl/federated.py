@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,21 @@ from jfedrl.algorithms import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round, validate
 from jfedrl.environment import ClientEnvs, make_client_envs
 from jfedrl.strategies import ClientInfo, Strategy
+
+
+class RoundInputs(NamedTuple):
+    """What one round's local training needs; also what an offload task carries."""
+
+    ids: jax.Array
+    """The participating client ids, `[K]`, sorted."""
+    before: Any
+    """The participants' states before the round (restored if an update is rejected)."""
+    clients: Any
+    """The participants' states with the global params broadcast in."""
+    env_params: Any
+    client_keys: jax.Array
+    reference: Reference
+    key_aggregate: jax.Array
 
 
 class FedState(struct.PyTreeNode):
@@ -157,13 +172,12 @@ class Simulator:
         drift_key = jax.random.split(state.key)[1]  # a stream apart from the round keys
         return self.envs.drift(drift_key, state.env_params, round_index)
 
-    def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
-        """One federated round (pure; jitted inside `run_block`)."""
+    def begin_round(self, state: FedState) -> RoundInputs:
+        """Samples the participants and broadcasts the global params to them."""
         fed = self.config.federation
         key = jax.random.fold_in(state.key, state.round)
         key_sample, key_clients, key_aggregate = jax.random.split(key, 3)
         env_params = self.current_env_params(state, state.round)
-
         steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
         sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
         ids = sample_participants(
@@ -173,21 +187,50 @@ class Simulator:
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(
             before, state.global_params
         )
-        reference = Reference(state.global_params, state.peer_params, state.peer_weights)
-        client_keys = jax.random.split(key_clients, self.num_clients)[ids]
+        return RoundInputs(
+            ids=ids,
+            before=before,
+            clients=clients,
+            env_params=_take(env_params, ids),
+            client_keys=jax.random.split(key_clients, self.num_clients)[ids],
+            reference=Reference(state.global_params, state.peer_params, state.peer_weights),
+            key_aggregate=key_aggregate,
+        )
+
+    def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
+        """One federated round (pure; jitted inside `run_block`)."""
+        inputs = self.begin_round(state)
         clients, local_metrics = local_training(
             self.algorithm,
-            fed.local_updates,
-            client_keys,
-            clients,
-            _take(env_params, ids),
-            reference,
+            self.config.federation.local_updates,
+            inputs.client_keys,
+            inputs.clients,
+            inputs.env_params,
+            inputs.reference,
         )
-        return self.aggregate(state, ids, before, clients, local_metrics, key_aggregate)
+        return self.aggregate(state, inputs, clients, local_metrics)
 
-    def aggregate(self, state, ids, before, clients, local_metrics, key):
-        """Validates the participants' updates, aggregates, scatters states back."""
+    def aggregate(
+        self,
+        state: FedState,
+        inputs: RoundInputs,
+        clients: Any,
+        local_metrics: dict[str, jax.Array],
+    ) -> tuple[FedState, dict[str, jax.Array]]:
+        """Validates the participants' updates, aggregates, scatters states back.
+
+        Args:
+            state: the state the round started from.
+            inputs: what `begin_round` produced for this round.
+            clients: the participants' states after local training (leading axis K).
+            local_metrics: the participants' metrics, shape `[local_updates, K]`.
+                A client whose returned state is not finite is masked out.
+
+        Returns:
+            The state after the round and the round's metrics.
+        """
         fed = self.config.federation
+        ids, before, key = inputs.ids, inputs.before, inputs.key_aggregate
         client_params = jax.vmap(self.algorithm.get_params)(clients)
         finite = jax.vmap(tree_all_finite)(client_params)
         deltas = jax.tree.map(lambda c, g: c - g, client_params, state.global_params)
