@@ -1,0 +1,207 @@
+"""The `jfedrl` command line.
+
+    jfedrl train [--config FILE] [--resume RUN_DIR] [--section.field value ...]
+    jfedrl envs
+    jfedrl config            (prints the full default config as YAML, with docs)
+    jfedrl offload worker --input DIR --output DIR
+
+Every config field is a flag (`--algo.ppo.learning-rate 3e-4`); the common ones
+have short forms (`--env`, `--clients`, `--rounds`, ...). Precedence: defaults,
+then `--config` YAML, then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import Any
+
+from jfedrl.config import Config, ConfigError, flat_fields, replace_path
+
+#: Short flags -> config paths.
+SHORTCUTS = {
+    "env": "env.name",
+    "variant": "env.variant",
+    "drift": "env.drift",
+    "algo": "algo.name",
+    "strategy": "strategy.name",
+    "clients": "federation.num_clients",
+    "rounds": "federation.rounds",
+    "local-updates": "federation.local_updates",
+    "participation": "federation.participation",
+    "seed": "seed",
+    "run-dir": "log.run_dir",
+    "executor": "offload.executor",
+    "shards": "offload.shards",
+}
+#: Section shortcuts: `--golem.budget` means `--offload.golem.budget`.
+SECTION_ALIASES = {"golem.": "offload.golem.", "ppo.": "algo.ppo."}
+
+
+def _flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config fields (any field of the config tree)")
+    for path, annotation, doc in flat_fields(Config):
+        kwargs: dict[str, Any] = {"dest": "cfg:" + path, "default": None, "metavar": "V"}
+        if annotation is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif typing.get_origin(annotation) is tuple:
+            kwargs.update(nargs="+")
+        names = [_flag(path)]
+        for alias, target in SECTION_ALIASES.items():
+            if path.startswith(target):
+                names.append(_flag(alias + path[len(target) :]))
+        names += [f"--{short}" for short, target in SHORTCUTS.items() if target == path]
+        group.add_argument(*names, help=doc or None, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jfedrl", description="Vectorized federated reinforcement learning in JAX."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="run (or resume) a federated training run", allow_abbrev=False
+    )
+    train.add_argument("--config", help="YAML file with any part of the config tree")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--quiet", action="store_true", help="log only to RUN_DIR/train.log")
+    _add_config_flags(train)
+
+    commands.add_parser("envs", help="list the registered environments")
+    commands.add_parser("config", help="print the default config as YAML")
+
+    offload = commands.add_parser("offload", help="offload tools (the provider-side worker)")
+    offload_commands = offload.add_subparsers(dest="offload_command", required=True)
+    worker = offload_commands.add_parser("worker", help="run one offload task folder")
+    worker.add_argument("--input", required=True, help="task folder (task.json + checkpoint)")
+    worker.add_argument("--output", required=True, help="where the results are written")
+    worker.add_argument(
+        "--serve", action="store_true", help="keep running: read task folders from stdin"
+    )
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line, as `dotted.path -> raw value`."""
+    return {
+        dest[len("cfg:") :]: value
+        for dest, value in vars(args).items()
+        if dest.startswith("cfg:") and value is not None
+    }
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then `--config` YAML, then flags."""
+    from jfedrl.config import load_yaml
+
+    config = load_yaml(args.config) if args.config else Config()
+    for path, value in config_overrides(args).items():
+        config = replace_path(config, path, value)
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from jfedrl import runner
+
+    if args.resume:
+        if args.config:
+            raise ConfigError(
+                "--config cannot be combined with --resume (the run keeps its config)"
+            )
+        config = runner.resume_config(args.resume, config_overrides(args))
+    else:
+        config = config_from_args(args)
+    result = runner.train(
+        config,
+        resume=bool(args.resume),
+        progress=False if args.no_progress else None,
+        quiet=args.quiet,
+    )
+    final = result.final_eval_return
+    print(f"run folder: {result.run_dir}")
+    if final is not None:
+        print(f"global policy eval return: {final:.1f}")
+    if result.interrupted:
+        print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
+        return 130
+    return 0
+
+
+def _cmd_envs() -> int:
+    import envs
+
+    describe = getattr(envs, "describe", None)
+    for name in envs.names():
+        if describe is None:
+            env, params = envs.make(name)
+            print(
+                f"{name:28s} obs {env.observation_space(params).shape}  "
+                f"actions {env.action_space(params)}"
+            )
+            continue
+        info = describe(name)
+        print(f"{name}")
+        print(f"    {info.get('description', '')}")
+        print(
+            f"    observation {tuple(info['observation_shape'])} {info['observation_dtype']}, "
+            f"actions {info['action_space']}"
+        )
+        if info.get("variants"):
+            print(f"    variants: {', '.join(info['variants'])}")
+        if info.get("params"):
+            tunables = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+            print(f"    params: {tunables}")
+    return 0
+
+
+def _cmd_config() -> int:
+    import yaml
+
+    from jfedrl.config import to_dict
+
+    docs = {path: doc for path, _, doc in flat_fields(Config)}
+    text = yaml.safe_dump(to_dict(Config()), sort_keys=False)
+    # Annotate each leaf line with its docstring.
+    out, stack = [], []
+    for line in text.splitlines():
+        indent = (len(line) - len(line.lstrip())) // 2
+        key = line.strip().split(":", 1)[0]
+        stack = stack[:indent] + [key]
+        doc = docs.get(".".join(stack))
+        out.append(f"{line}  # {doc}" if doc and not line.rstrip().endswith(":") else line)
+    print("\n".join(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "envs":
+            return _cmd_envs()
+        if args.command == "config":
+            return _cmd_config()
+        if args.command == "offload":
+            from offload import worker
+
+            return worker.main(args)
+    except ValueError as error:  # ConfigError, CheckpointError and friends
+        print(f"jfedrl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jfedrl: aborted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

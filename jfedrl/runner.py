@@ -1,0 +1,373 @@
+"""The host loop: jitted blocks of rounds, and everything between them.
+
+Between blocks the host evaluates the global policy, appends metrics
+(metrics.jsonl, TensorBoard), updates the progress bar, checkpoints (orbax) and
+checks for Ctrl-C. A run can be resumed from its newest checkpoint and ends
+with exactly the params and metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from flax import serialization
+
+from jfedrl import __version__
+from jfedrl.checkpoint import Checkpointer, CheckpointError
+from jfedrl.config import Config, ConfigError, load_yaml, replace_path, save_yaml
+from jfedrl.federated import FedState, Simulator, make_simulator
+from jfedrl.outputs import (
+    MetricsWriter,
+    plot_learning_curve,
+    setup_logging,
+    to_jsonable,
+    truncate_metrics,
+)
+
+log = logging.getLogger("jfedrl")
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+#: Fields that may differ between a run and its resumption (the rest fix the maths).
+RESUMABLE_PREFIXES = ("federation.rounds", "log.", "offload.")
+
+
+def enable_compilation_cache(directory: str | None = None) -> str:
+    """Turns on JAX's persistent compilation cache (on by default in the CLI).
+
+    A repeated run of the same config then skips XLA compilation. The folder is
+    `$JFEDRL_COMPILATION_CACHE`, else `~/.cache/jfedrl/xla`.
+    """
+    directory = directory or os.environ.get(
+        "JFEDRL_COMPILATION_CACHE", str(Path.home() / ".cache" / "jfedrl" / "xla")
+    )
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+class BlockRunner(Protocol):
+    """Runs `num_rounds` rounds from `state`; returns the new state and stacked metrics."""
+
+    compile_seconds: float
+
+    def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessRunner:
+    """The default executor: the whole round jitted in this process."""
+
+    def __init__(self, simulator: Simulator, run_dir: Path | None = None):
+        self.simulator = simulator
+        self.compile_seconds = 0.0
+        self._compiled: dict[int, Any] = {}
+
+    def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
+        if num_rounds not in self._compiled:
+            start = time.perf_counter()
+            lowered = Simulator.run_block.lower(self.simulator, state, num_rounds)
+            self._compiled[num_rounds] = lowered.compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[num_rounds](state)
+
+    def close(self) -> None:
+        self._compiled.clear()
+
+
+ExecutorFactory = Callable[[Simulator, Path], BlockRunner]
+_EXECUTORS: dict[str, ExecutorFactory] = {"inprocess": InProcessRunner}
+
+
+def register_executor(name: str, factory: ExecutorFactory) -> None:
+    """Registers an executor (the `offload` package registers `local` and `golem`)."""
+    _EXECUTORS[name] = factory
+
+
+def make_executor(simulator: Simulator, run_dir: Path) -> BlockRunner:
+    name = simulator.config.offload.executor
+    if name not in _EXECUTORS:
+        importlib.import_module("offload")  # a plugin: registers its executors on import
+    if name not in _EXECUTORS:
+        raise ConfigError(
+            f"offload.executor: {name!r} is not available; allowed: {', '.join(_EXECUTORS)}"
+        )
+    return _EXECUTORS[name](simulator, run_dir)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    run_dir: Path
+    state: FedState
+    records: list[dict[str, Any]]
+    interrupted: bool = False
+
+    @property
+    def final_eval_return(self) -> float | None:
+        evals = [r["eval_return"] for r in self.records if r.get("eval_return") is not None]
+        return evals[-1] if evals else None
+
+
+def default_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.env.name}-{config.strategy.name}-{stamp}"
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """The saved config of `run_dir` with `overrides` (`dotted.path -> value`) applied.
+
+    Only the number of rounds, logging and the executor may change on resume;
+    anything else would silently change the experiment.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CONFIG_FILE}; not a run folder")
+    config = load_yaml(run_dir / CONFIG_FILE)
+    for path, value in (overrides or {}).items():
+        if not path.startswith(RESUMABLE_PREFIXES):
+            raise ConfigError(
+                f"{path}: cannot be changed when resuming (only federation.rounds, log.* "
+                "and offload.* can); start a new run instead"
+            )
+        config = replace_path(config, path, value)
+    return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
+
+
+def params_record(params: Any) -> Any:
+    """Env params (a struct pytree) as nested JSON-friendly data."""
+    return jax.tree.map(to_jsonable, serialization.to_state_dict(params))
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop after the current block."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # a second Ctrl-C aborts at once
+                raise KeyboardInterrupt
+            self.requested = True
+            log.warning("Ctrl-C: finishing this block, then checkpointing (Ctrl-C again aborts)")
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _round_records(
+    metrics: dict[str, np.ndarray],
+    first_round: int,
+    steps_per_round: int,
+    wall_start: float,
+    wall_end: float,
+) -> list[dict[str, Any]]:
+    num_rounds = len(next(iter(metrics.values())))
+    seconds = max(wall_end - wall_start, 1e-9)
+    records = []
+    for i in range(num_rounds):
+        round_index = first_round + i + 1
+        record = {
+            "round": round_index,
+            "env_steps": round_index * steps_per_round,
+            "wall_seconds": wall_start + seconds * (i + 1) / num_rounds,
+            "steps_per_second": steps_per_round * num_rounds / seconds,
+        }
+        for name, values in metrics.items():
+            record[name] = to_jsonable(values[i])
+        records.append(record)
+    return records
+
+
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    quiet: bool = False,
+    stop_after_round: int | None = None,
+) -> TrainResult:
+    """Runs (or resumes) a federated training run and writes its outputs.
+
+    Args:
+        config: the run's config (for a resume, from `resume_config`).
+        resume: continue from the newest checkpoint in `config.log.run_dir`.
+        progress: show a progress bar (default: `config.log.progress`).
+        quiet: log only to the run's train.log, not to stderr.
+        stop_after_round: stop at the first block boundary at or after this round,
+            as if interrupted (used by tests and for time-boxed jobs).
+
+    Returns:
+        The run folder, the final state and every metrics record.
+    """
+    enable_compilation_cache()
+    simulator = make_simulator(config)  # validates before anything compiles
+    run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir, quiet=quiet)
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
+    key = jax.random.PRNGKey(config.seed)
+    start_wall = 0.0
+    if resume:
+        if checkpointer.latest_round() is None:
+            raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
+        target = jax.eval_shape(simulator.init, key)
+        state, meta = checkpointer.restore(target)
+        records = truncate_metrics(run_dir, int(state.round))
+        start_wall = float(meta.get("wall_seconds", 0.0))
+        log.info("resumed %s at round %d", run_dir, int(state.round))
+    else:
+        if checkpointer.latest_round() is not None:
+            raise ConfigError(
+                f"log.run_dir: {str(run_dir)!r} already holds a run; use --resume {run_dir} "
+                "or another --run-dir"
+            )
+        state = simulator.init(key)
+        records = truncate_metrics(run_dir, 0)
+        (run_dir / "env_params.json").write_text(_json(params_record(state.env_params)))
+    save_yaml(config, run_dir / CONFIG_FILE)
+    log.info("run folder: %s", run_dir.absolute())
+    log.info(
+        "%s, %d clients (%d per round), %s, %s; %d env steps per round",
+        config.env.name,
+        config.federation.num_clients,
+        simulator.num_participants,
+        config.algo.name,
+        config.strategy.name,
+        simulator.env_steps_per_round,
+    )
+
+    writer = MetricsWriter(run_dir, config.log.tensorboard)
+    executor = make_executor(simulator, run_dir)
+    show_progress = config.log.progress if progress is None else progress
+    interrupted = False
+    blocks_done = 0
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
+    drifting = config.env.drift != "none"
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=config.federation.rounds,
+            initial=int(state.round),
+            unit="round",
+            disable=not show_progress,
+            dynamic_ncols=True,
+        )
+        with _StopFlag() as stop, bar:
+            while int(state.round) < config.federation.rounds:
+                first_round = int(state.round)
+                num_rounds = min(
+                    config.log.rounds_per_block, config.federation.rounds - first_round
+                )
+                compile_before = executor.compile_seconds
+                tick = time.perf_counter()
+                state, metrics = executor.run_block(state, num_rounds)
+                metrics = jax.device_get(metrics)
+                compile_seconds = executor.compile_seconds - compile_before
+                block_seconds = time.perf_counter() - tick - compile_seconds
+                evals = np.asarray(sim_eval(simulator, state, eval_key))
+                block_records = _round_records(
+                    metrics,
+                    first_round,
+                    simulator.env_steps_per_round,
+                    start_wall,
+                    start_wall + block_seconds,
+                )
+                start_wall += time.perf_counter() - tick
+                last = block_records[-1]
+                last["wall_seconds"] = start_wall
+                last["eval_return"] = float(evals.mean())
+                last["eval_return_min_client"] = float(evals.mean(axis=1).min())
+                last["eval_return_max_client"] = float(evals.mean(axis=1).max())
+                if compile_seconds > 0:
+                    block_records[0]["compile_seconds"] = compile_seconds
+                writer.write(block_records)
+                records.extend(block_records)
+                if drifting:
+                    env_now = simulator.current_env_params(state, state.round - 1)
+                    with (run_dir / "env_params.jsonl").open("a") as f:
+                        f.write(_json({"round": last["round"], "params": params_record(env_now)}))
+                        f.write("\n")
+                blocks_done += 1
+                finished = int(state.round) >= config.federation.rounds
+                stopping = stop.requested or (
+                    stop_after_round is not None and int(state.round) >= stop_after_round
+                )
+                if finished or stopping or blocks_done % config.log.checkpoint_every == 0:
+                    checkpointer.save(
+                        int(state.round),
+                        state,
+                        {
+                            "wall_seconds": start_wall,
+                            "env_steps": last["env_steps"],
+                            "jfedrl": __version__,
+                            "jax": jax.__version__,
+                        },
+                    )
+                bar.update(num_rounds)
+                bar.set_postfix(
+                    steps_s=f"{last['steps_per_second']:.3g}",
+                    ret=f"{last['train_return_mean']:.1f}",
+                    eval=f"{last['eval_return']:.1f}",
+                )
+                log.info(
+                    "round %d/%d  env steps %d  %.0f steps/s  train return %.1f  eval %.1f%s",
+                    last["round"],
+                    config.federation.rounds,
+                    last["env_steps"],
+                    last["steps_per_second"],
+                    last["train_return_mean"],
+                    last["eval_return"],
+                    f"  (compiled in {compile_seconds:.1f}s)" if compile_seconds else "",
+                )
+                if stopping and not finished:
+                    interrupted = True
+                    log.warning(
+                        "stopped after round %d; checkpoint saved. Continue with: "
+                        "jfedrl train --resume %s",
+                        int(state.round),
+                        run_dir,
+                    )
+                    break
+    finally:
+        executor.close()
+        writer.close()
+        checkpointer.close()
+        if config.log.plot:
+            plot_learning_curve(run_dir, f"{config.env.name} · {config.strategy.name}")
+    return TrainResult(run_dir=run_dir, state=state, records=records, interrupted=interrupted)
+
+
+def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
+    """Evaluates the global policy with a key that depends only on the round."""
+    return simulator.evaluate(state, jax.random.fold_in(eval_key, state.round))
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data)
