@@ -96,37 +96,50 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """How the server turns client models into the next global model."""
+    """How the server turns client models into the next global model (docs/strategies.md)."""
 
     name: str = "fedavg"
-    """Registered strategy (see README): fedavg, mean, reward_weighted, ..."""
+    """Registered strategy: fedavg, mean, reward_weighted, evolutionary, fedavgm, fedadam,
+    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg."""
     server_lr: float = 1.0
-    """Server learning rate for fedavgm / fedadam / fedyogi / fedadagrad."""
+    """Server learning rate (> 0) of fedavgm / fedadam / fedyogi / fedadagrad. 1.0 suits
+    fedavgm; the adaptive rules step about server_lr per coordinate, so use ~1e-3..1e-2."""
     server_momentum: float = 0.9
+    """fedavgm: server momentum in [0, 1) (0 with server_lr 1 is exactly fedavg)."""
     beta1: float = 0.9
+    """fedadam / fedyogi: first-moment decay in [0, 1)."""
     beta2: float = 0.99
+    """fedadam / fedyogi: second-moment decay in [0, 1)."""
     tau: float = 1e-3
-    """Adaptivity (epsilon) of the adaptive server optimisers (Reddi et al. 2021)."""
+    """Adaptivity (epsilon, > 0) of the adaptive server optimisers (Reddi et al. 2021)."""
     trim_beta: float = 0.1
-    """Fraction trimmed from each end by `trimmed_mean`."""
+    """trimmed_mean: fraction in [0, 0.5) trimmed from each end, per coordinate."""
     krum_f: int = 1
-    """Number of Byzantine clients tolerated by `krum` / `multi_krum`."""
+    """krum / multi_krum: Byzantine clients tolerated; needs participants n > 2f + 2."""
     krum_m: int = 0
-    """Clients averaged by `multi_krum` (0: n - f)."""
+    """multi_krum: clients averaged, in [0, n - f] (0: n - f)."""
     reward_weighting: str = "min_shift"
-    """`reward_weighted`: `min_shift` or `softmax`."""
+    """reward_weighted: `min_shift` (return - min + eps) or `softmax` (exp(return / T))."""
     temperature: float = 1.0
-    """Softmax temperature for `reward_weighted`."""
+    """reward_weighted: softmax temperature T (> 0), in units of return."""
     evo_algorithm: str = "differential_evolution"
-    """`evolutionary`: `differential_evolution` or `pso`."""
+    """evolutionary: `differential_evolution` (>= 4 participants) or `pso`."""
     evo_mutation: float = 0.5
+    """evolutionary (DE): differential weight F in (0, 2] of the mutation best + F (x_b - x_c)."""
     evo_crossover: float = 0.9
+    """evolutionary (DE): binomial crossover rate CR in [0, 1]."""
+    pso_inertia: float = 0.7298
+    """evolutionary (pso): inertia w (>= 0); default: Clerc & Kennedy 2002 constriction."""
+    pso_cognitive: float = 1.49618
+    """evolutionary (pso): pull c1 (>= 0) towards each particle's own best."""
+    pso_social: float = 1.49618
+    """evolutionary (pso): pull c2 (>= 0) towards the swarm's best."""
     dp_clip: float = 1.0
-    """`dp_fedavg`: per-client update norm bound S."""
+    """dp_fedavg: per-client update L2 norm bound S (> 0)."""
     dp_noise: float = 1.0
-    """`dp_fedavg`: noise multiplier sigma (noise std = sigma * S / n)."""
+    """dp_fedavg: noise multiplier z (>= 0); noise std = z * S / n_valid per coordinate."""
     clip_update_norm: float = 0.0
-    """If > 0, clip every client update to this L2 norm before aggregating."""
+    """If > 0, clip every client update to this L2 norm before aggregating (any strategy)."""
 
 
 @dataclass(frozen=True)
@@ -296,20 +309,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def replace_path(config: Any, dotted: str, value: Any) -> Any:
+def replace_path(config: Any, dotted: str, value: Any, _prefix: str = "") -> Any:
     """Returns `config` with the field at `a.b.c` replaced (value is coerced)."""
     head, _, rest = dotted.partition(".")
     head = head.replace("-", "_")
+    here = _prefix + head
     names = [f.name for f in dataclasses.fields(config)]
     if head not in names:
-        raise ConfigError(f"{dotted}: unknown config field; allowed: {', '.join(names)}")
+        raise ConfigError(f"{here}: unknown config field; allowed: {', '.join(names)}")
     current = getattr(config, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{dotted}: {head} has no sub-fields")
-        new = replace_path(current, rest, value)
+            raise ConfigError(f"{here}: has no sub-fields")
+        new = replace_path(current, rest, value, here + ".")
     else:
-        new = _coerce(dotted, value, _field_types(type(config))[head])
+        new = _coerce(here, value, _field_types(type(config))[head])
     return dataclasses.replace(config, **{head: new})
 
 

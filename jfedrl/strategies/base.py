@@ -48,10 +48,17 @@ class Strategy(NamedTuple):
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A registered strategy: a builder from `StrategyConfig` and a validator."""
+    """A registered strategy: a builder and a validator.
+
+    `build(strategy_config, num_clients)` returns the `Strategy`; `num_clients`
+    is the length of the client axis `aggregate` will see (participants per
+    round, plus any padding), or None where the caller does not know it. Only
+    rules whose server state has a client axis (`evolutionary`) need it.
+    `validate(config)` receives the whole `Config` and raises `ConfigError`.
+    """
 
     name: str
-    build: Callable[[Any], Strategy]
+    build: Callable[[Any, int | None], Strategy]
     description: str = ""
     validate: Callable[[Any], None] = lambda config: None
 
@@ -73,10 +80,30 @@ def weighted_mean(client_params: Params, weights: jax.Array) -> Params:
     return jax.tree.map(leaf_mean, client_params)
 
 
+def flatten_clients(client_params: Params) -> jax.Array:
+    """The clients' params as one `[K, D]` float32 matrix (leaves in tree order)."""
+    leaves = jax.tree.leaves(client_params)
+    return jnp.concatenate([x.reshape(x.shape[0], -1).astype(jnp.float32) for x in leaves], axis=1)
+
+
+def unflatten(flat: jax.Array, like: Params) -> Params:
+    """Inverse of `flatten_clients` for ONE vector `[D]`, cast to `like`'s dtypes."""
+    leaves, treedef = jax.tree.flatten(like)
+    out, start = [], 0
+    for leaf in leaves:
+        out.append(flat[start : start + leaf.size].reshape(leaf.shape).astype(leaf.dtype))
+        start += leaf.size
+    return jax.tree.unflatten(treedef, out)
+
+
+def tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where the scalar `condition` holds, else `old`, leaf by leaf."""
+    return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
 def keep_if_empty(mask: jax.Array, new: Params, old: Params) -> Params:
     """Keeps the old global params when no client contributed this round."""
-    any_valid = jnp.any(mask)
-    return jax.tree.map(lambda n, o: jnp.where(any_valid, n, o), new, old)
+    return tree_where(jnp.any(mask), new, old)
 
 
 def stateless(

@@ -1,0 +1,38 @@
+"""Tiny configs shared by the tests (compile fast on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jfedrl.config import Config, replace_path
+
+
+def tiny_config(**overrides) -> Config:
+    """A few clients, short rollouts, no TensorBoard/plot/progress.
+
+    Keyword names use `__` for dots: `federation__num_clients=3`.
+    """
+    config = Config()
+    base = {
+        "federation.num_clients": 3,
+        "federation.rounds": 4,
+        "federation.local_updates": 2,
+        "algo.ppo.num_envs": 2,
+        "algo.ppo.num_steps": 16,
+        "algo.ppo.num_minibatches": 2,
+        "algo.ppo.update_epochs": 2,
+        "algo.ppo.hidden_sizes": [16, 16],
+        "log.rounds_per_block": 2,
+        "log.eval_episodes": 2,
+        "log.tensorboard": False,
+        "log.plot": False,
+        "log.progress": False,
+    }
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    for path, value in base.items():
+        config = replace_path(config, path, value)
+    return config
+
+
+def with_run_dir(config: Config, run_dir) -> Config:
+    return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))

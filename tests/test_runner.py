@@ -1,0 +1,211 @@
+"""The host loop: outputs, resume, determinism, Ctrl-C, and clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from jfedrl import runner
+from jfedrl.checkpoint import CheckpointError
+from jfedrl.cli import main as cli_main
+from jfedrl.config import ConfigError, replace_path
+from tests.helpers import tiny_config, with_run_dir
+
+DROP = ("wall_seconds", "steps_per_second", "compile_seconds")
+
+
+def _maths(records):
+    return [{k: v for k, v in r.items() if k not in DROP} for r in records]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    config = with_run_dir(tiny_config(), tmp_path_factory.mktemp("full"))
+    return runner.train(config, quiet=True)
+
+
+def test_outputs_are_written(full_run):
+    run_dir = full_run.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "train.log", "env_params.json"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["env_steps"] == 4 * 3 * 2 * 2 * 16
+    for key in ("train_return_mean", "train_return_min", "train_return_max", "value_loss",
+                "pg_loss", "entropy", "steps_per_second", "wall_seconds"):
+        assert key in records[-1], key
+    assert records[1]["eval_return"] is not None and "eval_return" not in records[0]
+    assert "compile_seconds" in records[0]
+    assert (run_dir / "checkpoints" / "4").is_dir()
+
+
+def test_resume_equals_uninterrupted_run(full_run, tmp_path):
+    config = with_run_dir(tiny_config(), tmp_path / "resumed")
+    first = runner.train(config, quiet=True, stop_after_round=2)
+    assert first.interrupted and int(first.state.round) == 2
+    resumed = runner.train(runner.resume_config(config.log.run_dir), resume=True, quiet=True)
+    assert int(resumed.state.round) == 4
+    for a, b in zip(jax.tree.leaves(full_run.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    assert _maths(resumed.records) == _maths(full_run.records)
+
+
+def test_same_seed_same_metrics_other_seed_differs(full_run, tmp_path):
+    again = runner.train(with_run_dir(tiny_config(), tmp_path / "again"), quiet=True)
+    assert _maths(again.records) == _maths(full_run.records)
+    other = runner.train(with_run_dir(tiny_config(seed=1), tmp_path / "other"), quiet=True)
+    assert _maths(other.records) != _maths(full_run.records)
+
+
+def test_resume_can_extend_rounds_but_not_change_the_maths(full_run):
+    config = runner.resume_config(full_run.run_dir, {"federation.rounds": 6})
+    assert config.federation.rounds == 6
+    with pytest.raises(ConfigError, match="algo.ppo.learning_rate: cannot be changed"):
+        runner.resume_config(full_run.run_dir, {"algo.ppo.learning_rate": 1.0})
+
+
+def test_new_run_refuses_a_folder_with_checkpoints(full_run):
+    with pytest.raises(ConfigError, match="already holds a run"):
+        runner.train(with_run_dir(tiny_config(), full_run.run_dir), quiet=True)
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    config = with_run_dir(tiny_config(), tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        runner.train(config, resume=True, quiet=True)
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        runner.resume_config(tmp_path / "missing")
+
+
+def test_corrupt_checkpoint_fails_clearly(full_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(full_run.run_dir, broken)
+    for path in (broken / "checkpoints" / "4" / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "ocdbt" in str(path):
+            path.write_bytes(b"\x00garbage" * 4)
+    with pytest.raises(CheckpointError, match="corrupt or does not match"):
+        runner.train(runner.resume_config(broken), resume=True, quiet=True)
+
+
+def test_checkpoint_of_another_config_is_rejected(full_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(full_run.run_dir, other)
+    config = with_run_dir(tiny_config(federation__num_clients=5), other)
+    with pytest.raises(CheckpointError):
+        runner.train(config, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("env.name", "Nope-v0", "env.name: 'Nope-v0' is not allowed; allowed: .*CartPole-v1"),
+        ("algo.name", "sarsa", "algo.name: 'sarsa' is not allowed; allowed: .*ppo"),
+        ("strategy.name", "fedbest", "strategy.name: 'fedbest' is not allowed; allowed: .*fedavg"),
+        ("federation.num_clients", 0, "federation.num_clients: must be >= 1"),
+        ("federation.rounds", 0, "federation.rounds: must be > 0"),
+        ("federation.local_updates", -1, "federation.local_updates: must be > 0"),
+        ("algo.ppo.num_steps", 0, "algo.ppo.num_steps: must be >= 1"),
+        ("algo.ppo.learning_rate", 0.0, "algo.ppo.learning_rate: must be > 0"),
+        ("algo.ppo.learning_rate", -1e-3, "algo.ppo.learning_rate: must be > 0"),
+        ("algo.ppo.num_minibatches", 3, "algo.ppo.num_minibatches: must divide"),
+        ("algo.ppo.objective", "trpo", "algo.ppo.objective: 'trpo' is not allowed; allowed: clip"),
+        ("offload.executor", "slurm", "offload.executor: 'slurm' is not allowed"),
+    ],
+)
+def test_bad_config_fails_before_compiling(path, value, message, tmp_path):
+    config = replace_path(with_run_dir(tiny_config(), tmp_path), path, value)
+    with pytest.raises(ConfigError, match=message):
+        runner.train(config, quiet=True)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_malformed_values_name_the_field():
+    with pytest.raises(ConfigError, match="federation.num_clients: expected an integer"):
+        replace_path(tiny_config(), "federation.num_clients", "many")
+    with pytest.raises(ConfigError, match="federation.nope: unknown config field; allowed:"):
+        replace_path(tiny_config(), "federation.nope", 1)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    code = cli_main(["train", "--clients", "0", "--run-dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "jfedrl: error: federation.num_clients: must be >= 1, got 0"
+    assert cli_main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("federation:\n  num_clientz: 3\n")
+    assert cli_main(["train", "--config", str(bad_yaml)]) == 2
+    assert "federation.num_clientz: unknown config field" in capsys.readouterr().err
+
+
+def test_cli_flags_and_yaml(tmp_path):
+    from jfedrl.cli import build_parser, config_from_args
+
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("federation:\n  num_clients: 7\n  rounds: 3\nalgo:\n  ppo:\n    gamma: 0.9\n")
+    args = build_parser().parse_args(
+        ["train", "--config", str(yaml_file), "--rounds", "5", "--env", "Acrobot-v1",
+         "--strategy", "mean", "--ppo.learning-rate", "1e-3", "--algo.ppo.hidden-sizes", "8",
+         "8", "--log.tensorboard", "false", "--golem.gpu"]
+    )
+    config = config_from_args(args)
+    assert config.federation.num_clients == 7  # from YAML
+    assert config.federation.rounds == 5  # flag beats YAML
+    assert config.algo.ppo.gamma == 0.9
+    assert config.env.name == "Acrobot-v1"
+    assert config.strategy.name == "mean"
+    assert config.algo.ppo.learning_rate == 1e-3
+    assert config.algo.ppo.hidden_sizes == (8, 8)
+    assert config.log.tensorboard is False
+    assert config.offload.golem.gpu is True
+
+
+def test_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
+    """A real SIGINT to a real `jfedrl train`: checkpoint, exit 130, resumable."""
+    run_dir = tmp_path / "sigint"
+    cmd = [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(run_dir),
+           "--clients", "2", "--rounds", "400", "--local-updates", "1",
+           "--ppo.num-envs", "2", "--ppo.num-steps", "16", "--ppo.num-minibatches", "2",
+           "--ppo.hidden-sizes", "8", "--log.rounds-per-block", "1",
+           "--log.tensorboard", "false", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = 180
+    import time
+
+    start = time.time()
+    while not any("round 3/400" in line for line in lines):
+        assert proc.poll() is None, "".join(lines)
+        assert time.time() - start < deadline, "".join(lines)
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
+    reader.join(timeout=5)
+    output = "".join(lines)
+    assert code == 130, output
+    assert "Traceback" not in output
+    assert "resume with: jfedrl train --resume" in output
+    rounds = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert rounds and rounds[-1] >= 3
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["round"] == rounds[-1]
