@@ -18,7 +18,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
@@ -31,7 +33,10 @@ class RoundInputs(NamedTuple):
     """What one round's local training needs; also what an offload task carries."""
 
     ids: jax.Array
-    """The participating client ids, `[K]`, sorted."""
+    """The participating client ids, `[P]`: K sampled ids (sorted), then padding."""
+    valid: jax.Array
+    """`[P]` True for the K real participants, False for padding (P is a multiple of
+    the device count, so the client axis shards evenly; padding is masked out)."""
     before: Any
     """The participants' states before the round (restored if an update is rejected)."""
     clients: Any
@@ -72,7 +77,7 @@ def _take(tree: Any, index: jax.Array) -> Any:
 
 
 def _put(tree: Any, index: jax.Array, values: Any) -> Any:
-    return jax.tree.map(lambda x, v: x.at[index].set(v), tree, values)
+    return jax.tree.map(lambda x, v: x.at[index].set(v, mode="drop"), tree, values)
 
 
 def sample_participants(key: jax.Array, num_clients: int, count: int, weights=None):
@@ -129,6 +134,8 @@ class Simulator:
     algorithm: Algorithm
     strategy: Strategy
     num_participants: int
+    mesh: Mesh | None = None
+    """A 1-D `clients` mesh over the local devices, or None on one device."""
 
     @property
     def num_clients(self) -> int:
@@ -153,7 +160,7 @@ class Simulator:
         clients = jax.vmap(self.algorithm.init)(client_keys, env_params)
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(clients, global_params)
         if self.algorithm.needs_peers:
-            peers = jax.tree.map(lambda x: jnp.stack([x] * self.num_participants), global_params)
+            peers = jax.tree.map(lambda x: jnp.stack([x] * self.padded_participants), global_params)
         else:
             peers = ()
         return FedState(
@@ -162,7 +169,11 @@ class Simulator:
             clients=clients,
             env_params=env_params,
             peer_params=peers,
-            peer_weights=jnp.full((self.num_participants,), 1.0 / self.num_participants),
+            peer_weights=jnp.where(
+                jnp.arange(self.padded_participants) < self.num_participants,
+                1.0 / self.num_participants,
+                0.0,
+            ),
             round=jnp.asarray(0, jnp.int32),
             key=key_run,
         )
@@ -171,6 +182,19 @@ class Simulator:
         """The clients' env params in round `round_index`: drift applied to the base."""
         drift_key = jax.random.split(state.key)[1]  # a stream apart from the round keys
         return self.envs.drift(drift_key, state.env_params, round_index)
+
+    @property
+    def padded_participants(self) -> int:
+        """Participants per round rounded up to a multiple of the device count."""
+        devices = 1 if self.mesh is None else self.mesh.size
+        return -(-self.num_participants // devices) * devices
+
+    def shard_clients(self, tree: Any) -> Any:
+        """Constrains the leading (client) axis of every leaf to the `clients` mesh axis."""
+        if self.mesh is None:
+            return tree
+        sharding = NamedSharding(self.mesh, PartitionSpec("clients"))
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
     def begin_round(self, state: FedState) -> RoundInputs:
         """Samples the participants and broadcasts the global params to them."""
@@ -183,16 +207,21 @@ class Simulator:
         ids = sample_participants(
             key_sample, self.num_clients, self.num_participants, sampling_weights
         )
-        before = _take(state.clients, ids)
+        padding = self.padded_participants - self.num_participants
+        valid = jnp.arange(self.padded_participants) < self.num_participants
+        # Padding slots repeat a real client's work; their results are masked and dropped.
+        ids = jnp.concatenate([ids, jnp.full((padding,), ids[0], ids.dtype)])
+        before = self.shard_clients(_take(state.clients, ids))
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(
             before, state.global_params
         )
         return RoundInputs(
             ids=ids,
+            valid=valid,
             before=before,
             clients=clients,
-            env_params=_take(env_params, ids),
-            client_keys=jax.random.split(key_clients, self.num_clients)[ids],
+            env_params=self.shard_clients(_take(env_params, ids)),
+            client_keys=self.shard_clients(jax.random.split(key_clients, self.num_clients)[ids]),
             reference=Reference(state.global_params, state.peer_params, state.peer_weights),
             key_aggregate=key_aggregate,
         )
@@ -232,7 +261,7 @@ class Simulator:
         fed = self.config.federation
         ids, before, key = inputs.ids, inputs.before, inputs.key_aggregate
         client_params = jax.vmap(self.algorithm.get_params)(clients)
-        finite = jax.vmap(tree_all_finite)(client_params)
+        finite = jnp.logical_and(jax.vmap(tree_all_finite)(client_params), inputs.valid)
         deltas = jax.tree.map(lambda c, g: c - g, client_params, state.global_params)
         update_norms = jax.vmap(tree_norm)(deltas)
         max_norm = self.config.strategy.clip_update_norm
@@ -272,7 +301,8 @@ class Simulator:
         new_state = state.replace(
             global_params=global_params,
             server_state=server_state,
-            clients=_put(state.clients, ids, clients),
+            # Padding slots point past the last client and are dropped by the scatter.
+            clients=_put(state.clients, jnp.where(inputs.valid, ids, self.num_clients), clients),
             peer_params=peers,
             peer_weights=peer_weights,
             round=state.round + 1,
@@ -283,10 +313,10 @@ class Simulator:
             "train_return_mean": jnp.nanmean(masked_returns),
             "train_return_min": jnp.nanmin(masked_returns),
             "train_return_max": jnp.nanmax(masked_returns),
-            "clients_participating": jnp.asarray(ids.shape[0], jnp.int32),
-            "clients_excluded": jnp.sum(~finite).astype(jnp.int32),
+            "clients_participating": jnp.sum(inputs.valid).astype(jnp.int32),
+            "clients_excluded": jnp.sum(inputs.valid & ~finite).astype(jnp.int32),
             "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
-            "participants": ids,
+            "participants": ids[: self.num_participants],
         }
         for name, value in local_metrics.items():
             if name not in ("train_return",):
@@ -341,10 +371,12 @@ def make_simulator(config: Config) -> Simulator:
     client_envs = make_client_envs(config.env, config.federation.num_clients)
     algorithm = algorithms.make(config, client_envs.env, client_envs.default_params)
     strategy = strategies.make(config.strategy)
+    devices = jax.devices()
     return Simulator(
         config=config,
         envs=client_envs,
         algorithm=algorithm,
         strategy=strategy,
         num_participants=participants_per_round(config.federation),
+        mesh=Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None,
     )
