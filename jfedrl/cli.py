@@ -181,6 +181,8 @@ def _cmd_config() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jfedrl.runner import ParticipationError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             from offload import worker
 
             return worker.main(args)
-    except ValueError as error:  # ConfigError, CheckpointError and friends
+    except (ValueError, ParticipationError) as error:  # ConfigError, CheckpointError, ...
         print(f"jfedrl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -307,6 +307,7 @@ def train(
                 last["eval_return_max_client"] = float(evals.mean(axis=1).max())
                 if compile_seconds > 0:
                     block_records[0]["compile_seconds"] = compile_seconds
+                check_participation(block_records, config.federation.min_participation)
                 writer.write(block_records)
                 records.extend(block_records)
                 if drifting:
@@ -362,6 +363,32 @@ def train(
         if config.log.plot:
             plot_learning_curve(run_dir, f"{config.env.name} · {config.strategy.name}")
     return TrainResult(run_dir=run_dir, state=state, records=records, interrupted=interrupted)
+
+
+class ParticipationError(RuntimeError):
+    """Too few clients returned valid updates in a round."""
+
+
+def check_participation(records: list[dict[str, Any]], min_participation: float) -> None:
+    """Warns about rounds without any valid update; fails below `min_participation`.
+
+    Raised before the block is written or checkpointed, so the last checkpoint
+    and metrics stay those of the last good block.
+    """
+    for record in records:
+        participating = record.get("clients_participating") or 0
+        valid = participating - (record.get("clients_excluded") or 0)
+        if participating and valid == 0:
+            log.warning(
+                "round %d: every client update was excluded; the global params are unchanged",
+                record["round"],
+            )
+        if participating and valid / participating < min_participation:
+            raise ParticipationError(
+                f"round {record['round']}: only {valid} of {participating} clients returned "
+                f"valid updates, below federation.min_participation={min_participation}; "
+                "the last checkpoint is intact"
+            )
 
 
 def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
