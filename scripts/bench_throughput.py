@@ -1,0 +1,303 @@
+"""Throughput of the federated PPO round: env steps/s vs number of clients.
+
+Writes bench/throughput.json and bench/throughput.md. Every figure comes from
+this one run, so ratios compare like with like on a noisy machine:
+
+* for C clients: compile seconds and run seconds separately, total env steps/s,
+  peak resident memory (each C in its own subprocess, so peaks don't mix);
+* the same vmapped PPO with aggregation switched off (local updates only), so
+  the cost of federation is a measured ratio;
+* achieved GFLOP/s of the round (the MLPs' matmul flops, counted analytically,
+  / run time) against a 1024x1024 float32 matmul timed in the same process;
+* the persistent compilation cache: the same config compiled in a second
+  process that reuses the first one's cache;
+* the README's default `jfedrl train`, timed end to end from a cold cache.
+
+Usage: python scripts/bench_throughput.py [--clients 1 16 64 256] [--seconds 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench"
+
+
+def _matmul_gflops() -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (1024, 1024))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        f(a).block_until_ready()
+        reps += 1
+    return 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
+    """Runs in a subprocess: one client count, federated and local-only."""
+    import jax
+
+    from jfedrl.config import Config, replace_path
+    from jfedrl.federated import FedState, Simulator, local_training, make_simulator
+    from jfedrl.runner import enable_compilation_cache
+
+    enable_compilation_cache()
+    config = Config()
+    for path, value in {
+        "federation.num_clients": clients,
+        "federation.local_updates": 4,
+        "algo.ppo.num_envs": 4,
+        "algo.ppo.num_steps": 128,
+        "algo.ppo.update_epochs": 4,
+        "algo.ppo.num_minibatches": 4,
+    }.items():
+        config = replace_path(config, path, value)
+    sim = make_simulator(config)
+    state = sim.init(jax.random.PRNGKey(0))
+    steps_per_block = sim.env_steps_per_round * rounds_per_block
+
+    def local_only_block(state: FedState):
+        def one(state, _):
+            inputs = sim.begin_round(state)
+            clients_, metrics = local_training(
+                sim.algorithm,
+                config.federation.local_updates,
+                inputs.client_keys,
+                inputs.clients,
+                inputs.env_params,
+                inputs.reference,
+            )
+            # Keep the clients' new states, skip validation and aggregation.
+            params = jax.vmap(sim.algorithm.get_params)(clients_)
+            state = state.replace(
+                clients=clients_ if clients == sim.padded_participants else state.clients,
+                global_params=jax.tree.map(lambda x: x[0], params),
+                round=state.round + 1,
+            )
+            return state, metrics["value_loss"]
+
+        return jax.lax.scan(one, state, None, length=rounds_per_block)
+
+    # XLA's cost analysis counts a loop body once, not per iteration, so count the
+    # matmul flops of the MLPs analytically: a forward pass costs 2 flops per
+    # weight per sample, a forward + backward pass 6. Per local update: the
+    # rollout's forward pass (+ the critic on final observations) and the epochs.
+    ppo = config.algo.ppo
+    weights = sum(x.size for x in jax.tree.leaves(state.global_params) if x.ndim == 2)
+    samples = ppo.num_envs * ppo.num_steps
+    per_update = samples * 2 * weights * 1.5 + ppo.update_epochs * samples * 6 * weights
+    model_flops_per_block = (
+        per_update * config.federation.local_updates * sim.num_participants * rounds_per_block
+    )
+
+    results = {}
+    variants = {
+        "federated": lambda: Simulator.run_block.lower(sim, state, rounds_per_block),
+        "local_only": lambda: jax.jit(local_only_block, donate_argnums=0).lower(state),
+    }
+    for name, lower in variants.items():
+        state = sim.init(jax.random.PRNGKey(0))
+        start = time.perf_counter()
+        compiled = lower().compile()
+        compile_seconds = time.perf_counter() - start
+        flops = model_flops_per_block
+        state, out = compiled(state)  # warm-up block (not timed)
+        jax.block_until_ready(out)
+        blocks, start = 0, time.perf_counter()
+        while blocks < 2 or time.perf_counter() - start < seconds:
+            state, out = compiled(state)
+            jax.block_until_ready(out)
+            blocks += 1
+        run_seconds = time.perf_counter() - start
+        results[name] = {
+            "compile_seconds": compile_seconds,
+            "run_seconds": run_seconds,
+            "env_steps": steps_per_block * blocks,
+            "env_steps_per_second": steps_per_block * blocks / run_seconds,
+            "gflops_per_second": flops * blocks / run_seconds / 1e9,
+        }
+    results["clients"] = clients
+    results["matmul_gflops_per_second"] = _matmul_gflops()
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["devices"] = [str(d) for d in jax.devices()]
+    return results
+
+
+def _subprocess(args: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-4000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cache_check(clients: int) -> dict:
+    """Compile the same config in two fresh processes sharing one cache folder."""
+    cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
+    env = {"JFEDRL_COMPILATION_CACHE": cache}
+    args = ["--one", str(clients), "--seconds", "0.5", "--rounds-per-block", "1"]
+    cold = _subprocess(args, env)
+    warm = _subprocess(args, env)
+    return {
+        "clients": clients,
+        "cold_compile_seconds": cold["federated"]["compile_seconds"],
+        "warm_compile_seconds": warm["federated"]["compile_seconds"],
+    }
+
+
+def default_train_wall() -> dict:
+    """The README's `jfedrl train`, cold cache, timed end to end."""
+    cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
+    run_dir = tempfile.mkdtemp(prefix="jfedrl-bench-run-")
+    start = time.perf_counter()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jfedrl.cli",
+            "train",
+            "--run-dir",
+            run_dir,
+            "--no-progress",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JFEDRL_COMPILATION_CACHE": cache},
+        cwd=ROOT,
+    )
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-4000:])
+    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_return"] for r in records if r.get("eval_return") is not None]
+    return {"wall_seconds": wall, "final_eval_return": evals[-1], "rounds": len(records)}
+
+
+def _machine() -> dict:
+    import jax
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+    }
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Throughput: federated PPO on CartPole-v1",
+        "",
+        f"{m['date']}, {m['cpu']}, {m['cores']} cores, jax {m['jax']}. "
+        "PPO: 4 envs x 128 steps per local update, 4 local updates per round, "
+        "4 epochs x 4 minibatches, MLP 2x64. `python scripts/bench_throughput.py`.",
+        "",
+        "| clients | env steps/s | local-only steps/s | federation cost | compile s "
+        "| GFLOP/s (round) | matmul GFLOP/s | peak RSS MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["runs"]:
+        fed, loc = r["federated"], r["local_only"]
+        cost = loc["env_steps_per_second"] / fed["env_steps_per_second"] - 1
+        lines.append(
+            f"| {r['clients']} | {fed['env_steps_per_second']:,.0f} "
+            f"| {loc['env_steps_per_second']:,.0f} | {cost:+.1%} "
+            f"| {fed['compile_seconds']:.1f} | {fed['gflops_per_second']:.1f} "
+            f"| {r['matmul_gflops_per_second']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
+    if report.get("cache"):
+        c = report["cache"]
+        lines += [
+            "",
+            f"Persistent compilation cache ({c['clients']} clients): compile "
+            f"{c['cold_compile_seconds']:.1f} s cold, {c['warm_compile_seconds']:.2f} s in a "
+            "second process reusing the cache.",
+        ]
+    if report.get("default_train"):
+        d = report["default_train"]
+        lines += [
+            "",
+            f"Default `jfedrl train` (cold cache, end to end): {d['wall_seconds']:.0f} s wall, "
+            f"{d['rounds']} rounds, final global eval return {d['final_eval_return']:.1f}.",
+        ]
+    lines += [
+        "",
+        "Federation cost = local-only steps/s / federated steps/s - 1: the price of "
+        "broadcast, validation, FedAvg and scatter inside the jitted round.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds-per-block", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="1 and 16 clients, short runs")
+    parser.add_argument("--skip-default-train", action="store_true")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(measure_one(args.one, args.seconds, args.rounds_per_block)))
+        return
+    if args.quick:
+        args.clients, args.seconds = [1, 16], 1.0
+    runs = []
+    for clients in args.clients:
+        print(f"measuring {clients} clients ...", file=sys.stderr)
+        runs.append(
+            _subprocess(
+                [
+                    "--one",
+                    str(clients),
+                    "--seconds",
+                    str(args.seconds),
+                    "--rounds-per-block",
+                    str(args.rounds_per_block),
+                ]
+            )
+        )
+    report = {"machine": _machine(), "runs": runs}
+    print("persistent cache check ...", file=sys.stderr)
+    report["cache"] = cache_check(16)
+    if not (args.quick or args.skip_default_train):
+        print("default jfedrl train ...", file=sys.stderr)
+        report["default_train"] = default_train_wall()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "throughput.json").write_text(json.dumps(report, indent=2))
+    (OUT / "throughput.md").write_text(render(report))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()
