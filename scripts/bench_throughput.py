@@ -35,7 +35,6 @@ OUT = ROOT / "bench"
 
 def _matmul_gflops() -> float:
     import jax
-    import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.PRNGKey(0), (1024, 1024))
     f = jax.jit(lambda x: x @ x)
