@@ -50,7 +50,7 @@ def test_vmapped_clients_equal_each_client_alone(sim, state):
             atol=1e-6,
         )
     # Clients really differ (different keys), so the comparison is not vacuous.
-    p = batched.params["params"]["MLP_0"]["Dense_0"]["kernel"]
+    p = batched.params["params"]["actor"]["Dense_0"]["kernel"]
     assert not np.allclose(p[0], p[1])
 
 

@@ -48,19 +48,27 @@ class ActorCritic(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
 
-    @nn.compact
-    def __call__(self, obs):
-        # Flatten image-like observations (MinAtar, gridworlds) to a vector.
-        obs = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,))
-        actor_out = MLP(self.hidden_sizes, self.action_dim, 0.01, self.activation)(obs)
-        value = MLP(self.hidden_sizes, 1, 1.0, self.activation)(obs)[..., 0]
+    def setup(self):
+        self.actor = MLP(self.hidden_sizes, self.action_dim, 0.01, self.activation)
+        self.critic = MLP(self.hidden_sizes, 1, 1.0, self.activation)
         if self.continuous:
-            log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
-            log_std = jnp.broadcast_to(log_std, actor_out.shape)
-            dist = jnp.concatenate([actor_out, log_std], axis=-1)
-        else:
-            dist = actor_out
-        return dist, value
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+
+    def _flat(self, obs):
+        # Flatten image-like observations (MinAtar, gridworlds) to a vector.
+        return obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,))
+
+    def __call__(self, obs):
+        obs = self._flat(obs)
+        actor_out = self.actor(obs)
+        if self.continuous:
+            log_std = jnp.broadcast_to(self.log_std, actor_out.shape)
+            actor_out = jnp.concatenate([actor_out, log_std], axis=-1)
+        return actor_out, self.critic(obs)[..., 0]
+
+    def value(self, obs):
+        """The critic alone (bootstrapping needs no policy)."""
+        return self.critic(self._flat(obs))[..., 0]
 
 
 # Distribution parameters: logits [..., A] (discrete) or concat(mean, log_std) [..., 2A].

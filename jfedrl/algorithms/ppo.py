@@ -177,8 +177,10 @@ def build(config: Config, env, env_params) -> Algorithm:
             reward = reward.astype(jnp.float32)
             done = jnp.logical_or(terminated, truncated)
             # A time limit is not a terminal state: bootstrap from the final observation.
-            _, final_value = network.apply(
-                state.params, info["final_observation"].astype(jnp.float32)
+            final_value = network.apply(
+                state.params,
+                info["final_observation"].astype(jnp.float32),
+                method=networks.ActorCritic.value,
             )
             cut = jnp.logical_and(truncated, jnp.logical_not(terminated))
             train_reward = reward + ppo.gamma * jnp.where(cut, final_value, 0.0)
@@ -265,7 +267,7 @@ def build(config: Config, env, env_params) -> Algorithm:
     def local_update(key, state: PPOState, client_env_params, reference: Reference):
         key_rollout, key_epochs = jax.random.split(key)
         state, batch, episodes = rollout(key_rollout, state, client_env_params)
-        _, last_value = network.apply(state.params, state.obs)
+        last_value = network.apply(state.params, state.obs, method=networks.ActorCritic.value)
         adv, target = advantages(batch, last_value)
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target))
 
