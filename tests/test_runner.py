@@ -37,8 +37,16 @@ def test_outputs_are_written(full_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["env_steps"] == 4 * 3 * 2 * 2 * 16
-    for key in ("train_return_mean", "train_return_min", "train_return_max", "value_loss",
-                "pg_loss", "entropy", "steps_per_second", "wall_seconds"):
+    for key in (
+        "train_return_mean",
+        "train_return_min",
+        "train_return_max",
+        "value_loss",
+        "pg_loss",
+        "entropy",
+        "steps_per_second",
+        "wall_seconds",
+    ):
         assert key in records[-1], key
     assert records[1]["eval_return"] is not None and "eval_return" not in records[0]
     assert "compile_seconds" in records[0]
@@ -154,11 +162,29 @@ def test_cli_flags_and_yaml(tmp_path):
     from jfedrl.cli import build_parser, config_from_args
 
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("federation:\n  num_clients: 7\n  rounds: 3\nalgo:\n  ppo:\n    gamma: 0.9\n")
+    yaml_file.write_text(
+        "federation:\n  num_clients: 7\n  rounds: 3\nalgo:\n  ppo:\n    gamma: 0.9\n"
+    )
     args = build_parser().parse_args(
-        ["train", "--config", str(yaml_file), "--rounds", "5", "--env", "Acrobot-v1",
-         "--strategy", "mean", "--ppo.learning-rate", "1e-3", "--algo.ppo.hidden-sizes", "8",
-         "8", "--log.tensorboard", "false", "--golem.gpu"]
+        [
+            "train",
+            "--config",
+            str(yaml_file),
+            "--rounds",
+            "5",
+            "--env",
+            "Acrobot-v1",
+            "--strategy",
+            "mean",
+            "--ppo.learning-rate",
+            "1e-3",
+            "--algo.ppo.hidden-sizes",
+            "8",
+            "8",
+            "--log.tensorboard",
+            "false",
+            "--golem.gpu",
+        ]
     )
     config = config_from_args(args)
     assert config.federation.num_clients == 7  # from YAML
@@ -175,13 +201,40 @@ def test_cli_flags_and_yaml(tmp_path):
 def test_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
     """A real SIGINT to a real `jfedrl train`: checkpoint, exit 130, resumable."""
     run_dir = tmp_path / "sigint"
-    cmd = [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(run_dir),
-           "--clients", "2", "--rounds", "400", "--local-updates", "1",
-           "--ppo.num-envs", "2", "--ppo.num-steps", "16", "--ppo.num-minibatches", "2",
-           "--ppo.hidden-sizes", "8", "--log.rounds-per-block", "1",
-           "--log.tensorboard", "false", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "jfedrl.cli",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--clients",
+        "2",
+        "--rounds",
+        "400",
+        "--local-updates",
+        "1",
+        "--ppo.num-envs",
+        "2",
+        "--ppo.num-steps",
+        "16",
+        "--ppo.num-minibatches",
+        "2",
+        "--ppo.hidden-sizes",
+        "8",
+        "--log.rounds-per-block",
+        "1",
+        "--log.tensorboard",
+        "false",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
 
     def read():
@@ -209,3 +262,23 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
     assert rounds and rounds[-1] >= 3
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["round"] == rounds[-1]
+
+
+def test_min_participation_fails_the_round_and_all_excluded_warns(caplog):
+    from jfedrl.runner import ParticipationError, check_participation
+
+    ok = [{"round": 1, "clients_participating": 4, "clients_excluded": 1}]
+    check_participation(ok, 0.75)
+    with pytest.raises(
+        ParticipationError, match="round 1: only 3 of 4 clients .* federation.min_participation=0.8"
+    ):
+        check_participation(ok, 0.8)
+    import logging
+
+    logger = logging.getLogger("jfedrl")  # train() stops propagation to the root logger
+    logger.addHandler(caplog.handler)
+    try:
+        check_participation([{"round": 2, "clients_participating": 2, "clients_excluded": 2}], 0)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "every client update was excluded" in caplog.text
