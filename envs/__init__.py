@@ -4,6 +4,21 @@
 Every physical constant lives in `EnvParams`, so client heterogeneity is a
 batched `EnvParams` (leading axis = client) and drift is a pure function of the
 round. This package knows nothing of federation.
+
+The interface every registered environment follows (gymnax 1.0.1):
+
+    reset(key, params) -> (obs, state)
+    step(key, state, action, params)
+        -> (obs, state, reward, terminated, truncated, info)   # auto-resets;
+                                                              # info["final_observation"]
+    observation_space(params), action_space(params)           # Discrete has `.n`,
+                                                              # Box has `.low/.high/.shape`
+
+and its params carry `max_steps_in_episode`. Besides the factory, a registry
+entry declares the environment's tunable physical parameters (with the ranges
+of the `random` / `extreme` variants), how derived parameters follow them, the
+parameters that drift by default, and how an impulse disturbance kicks its
+state; `variants`, `drift` and `disturbance` build on that.
 """
 
 from __future__ import annotations
@@ -14,27 +29,83 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-EnvFactory = Callable[[], tuple[Any, Any]]
+from envs.variants import VARIANTS, ParamError, Tunable
+
+EnvFactory = Callable[..., tuple[Any, Any]]
+DeriveFn = Callable[[Any], Any]
+"""`params -> params` for ONE client: recomputes derived fields from their sources."""
+ImpulseFn = Callable[[Any, jax.Array, Any, float, Any], Any]
+"""`(env, key, state, scale, params) -> state`: a random kick to the state's velocities."""
+
+
+def _identity(params: Any) -> Any:
+    return params
 
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """A registered environment: how to build it and what it is."""
+    """A registered environment: how to build it and what can vary across clients."""
 
     name: str
     factory: EnvFactory
     description: str = ""
+    tunables: tuple[Tunable, ...] = ()
+    """Physical parameters that variants sample, users override and drift moves."""
+    derive: DeriveFn = _identity
+    """Recomputes derived params (e.g. CartPole's `total_mass`) from their sources."""
+    drift_params: tuple[str, ...] = ()
+    """The parameters that drift when `drift_params` is not given."""
+    impulse: ImpulseFn | None = None
+    """The `impulse` disturbance for this env, or None if it has no velocities to kick."""
+    impulse_doc: str = ""
+    """What `impulse` kicks and in which units (for the docs and `describe`)."""
+    backends: tuple[str, ...] = ()
+    """Physics backends the factory accepts as `backend=` (Brax envs), first is default."""
+    family: str = ""
+
+    @property
+    def tunable_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tunables)
+
+    def tunable(self, name: str) -> Tunable:
+        for t in self.tunables:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """`default` only if nothing is tunable, else all of `VARIANTS`."""
+        return VARIANTS if self.tunables else ("default",)
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
 
 
-def register(name: str, factory: EnvFactory, description: str = "") -> None:
-    """Registers `factory() -> (env, default_params)` under `name`."""
+def register(
+    name: str,
+    factory: EnvFactory,
+    description: str = "",
+    **metadata: Any,
+) -> None:
+    """Registers `factory(**options) -> (env, default_params)` under `name`.
+
+    Args:
+        name: registry name (e.g. `CartPole-v1`, `brax-hopper`).
+        factory: builds the environment and its default (unbatched) params.
+        description: one line for `jfedrl envs`.
+        **metadata: further `EnvSpec` fields (`tunables`, `derive`, `drift_params`,
+            `impulse`, `impulse_doc`, `backends`, `family`).
+    """
     if name in _REGISTRY:
         raise ValueError(f"environment {name!r} is already registered")
-    _REGISTRY[name] = EnvSpec(name, factory, description)
+    entry = EnvSpec(name, factory, description, **metadata)
+    unknown = set(entry.drift_params) - set(entry.tunable_names)
+    if unknown:
+        raise ValueError(f"{name}: drift_params {sorted(unknown)} are not tunable params")
+    _REGISTRY[name] = entry
 
 
 def names() -> tuple[str, ...]:
@@ -52,9 +123,18 @@ def spec(name: str) -> EnvSpec:
         ) from None
 
 
-def make(name: str) -> tuple[Any, Any]:
-    """Builds environment `name`; returns `(env, default_params)`."""
-    return spec(name).factory()
+def make(name: str, **options: Any) -> tuple[Any, Any]:
+    """Builds environment `name`; returns `(env, default_params)`.
+
+    Args:
+        name: a registered name.
+        **options: factory options; only `backend=` for Brax environments.
+    """
+    entry = spec(name)
+    if "backend" in options and options["backend"] not in entry.backends:
+        allowed = ", ".join(entry.backends) if entry.backends else "none (not a Brax env)"
+        raise ValueError(f"{name}: backend {options['backend']!r} not allowed; allowed: {allowed}")
+    return entry.factory(**options)
 
 
 def batch_params(params: Any, num_clients: int) -> Any:
@@ -62,4 +142,76 @@ def batch_params(params: Any, num_clients: int) -> Any:
     return jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * num_clients), params)
 
 
-from envs import classic as _classic  # noqa: E402,F401  (registers the built-in tasks)
+def space_string(space: Any) -> str:
+    """A short description of a gymnax space: `Discrete(2)` or `Box(1,) [-2, 2]`."""
+    if hasattr(space, "n"):
+        return f"Discrete({int(space.n)})"
+    shape = tuple(int(s) for s in space.shape)
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+
+    def bound(x: np.ndarray) -> str:
+        if x.size and np.all(x == x.flat[0]):
+            return f"{float(x.flat[0]):g}"
+        return "[" + ", ".join(f"{float(v):g}" for v in x.ravel()) + "]"
+
+    return f"Box{shape} [{bound(low)}, {bound(high)}]"
+
+
+def describe(name: str) -> dict[str, Any]:
+    """What `jfedrl envs` prints about `name`.
+
+    Returns:
+        A dict with `name`, `description`, `observation_shape`,
+        `observation_dtype`, `action_space` (short string), `params` (tunable
+        param -> default value), `variants`, `drift_params` (the default drifting
+        set) and `disturbances` (the supported disturbance kinds).
+    """
+    entry = spec(name)
+    env, params = make(name)
+    obs = jax.eval_shape(env.reset, jax.random.PRNGKey(0), params)[0]
+    defaults = {}
+    for t in entry.tunables:
+        value = np.asarray(getattr(params, t.name))
+        defaults[t.name] = int(value) if t.integer else float(value)
+    return {
+        "name": name,
+        "description": entry.description,
+        "observation_shape": tuple(int(s) for s in obs.shape),
+        "observation_dtype": str(np.dtype(obs.dtype)),
+        "action_space": space_string(env.action_space(params)),
+        "params": defaults,
+        "variants": list(entry.variants),
+        "drift_params": list(entry.drift_params),
+        "disturbances": ["none", "obs_noise"] + (["impulse"] if entry.impulse else []),
+    }
+
+
+# Re-exported building blocks (imported late: they use the registry above).
+# The built-in suites register themselves on import.
+from envs import brax_envs as _brax_envs  # noqa: E402,F401
+from envs import classic as _classic  # noqa: E402,F401
+from envs import gridworld as _gridworld  # noqa: E402,F401
+from envs import minatar as _minatar  # noqa: E402,F401
+from envs.disturbance import DISTURBANCES, disturb  # noqa: E402
+from envs.drift import DRIFTS, make_drift  # noqa: E402
+from envs.variants import check_overrides, client_params, param_table  # noqa: E402
+
+__all__ = [
+    "DISTURBANCES",
+    "DRIFTS",
+    "VARIANTS",
+    "EnvSpec",
+    "ParamError",
+    "Tunable",
+    "batch_params",
+    "check_overrides",
+    "client_params",
+    "describe",
+    "disturb",
+    "make",
+    "make_drift",
+    "names",
+    "param_table",
+    "register",
+    "space_string",
+]

@@ -27,26 +27,34 @@ class EnvConfig:
 
     name: str = "CartPole-v1"
     """Registered environment name (`jfedrl envs` lists them)."""
+    backend: str = ""
+    """Brax physics backend: `spring`, `positional`, `generalized`, `mjx` (empty:
+    `spring`, the fastest on CPU; on a GPU prefer `mjx`). Only for `brax-*` envs."""
+    max_episode_steps: int = 0
+    """Episode time limit in steps (0: the environment's own limit)."""
     variant: str = "default"
-    """Client heterogeneity: `default` (all identical), `random`, `extreme`."""
+    """Client heterogeneity: `default` (all identical), `random` (each tunable param
+    uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018."""
     ranges: dict[str, Any] = field(default_factory=dict)
-    """Per-parameter `[low, high]` ranges that override the variant's."""
+    """Per-parameter `[low, high]` (or a list of such intervals) that override the
+    variant's ranges, e.g. `{length: [0.3, 0.9]}`."""
     values: dict[str, Any] = field(default_factory=dict)
-    """Explicit per-client values: `{param: [v_client0, v_client1, ...]}`."""
+    """Explicit per-client values: `{param: [v_client0, v_client1, ...]}` (one per client)."""
     drift: str = "none"
     """Non-stationary dynamics: `none`, `switch`, `linear`, `sinusoidal`, `random_walk`."""
     drift_params: tuple[str, ...] = ()
     """Which physical parameters drift (empty: the environment's default set)."""
     drift_period: int = 10
-    """Rounds per switch / sinusoid period."""
+    """Rounds per switch / sinusoid period / linear ramp; random-walk variance unit."""
     drift_magnitude: float = 0.5
-    """Relative size of the drift (fraction of the base value)."""
+    """Size of the drift relative to each client's base value (for params whose
+    default is 0, in units of the param's reference scale; see docs/environments.md)."""
     disturbance: str = "none"
-    """Random disturbance events: `none`, `impulse`, `obs_noise`."""
-    disturbance_prob: float = 0.0
-    """Probability per environment step of a disturbance event."""
-    disturbance_scale: float = 0.0
-    """Magnitude of an impulse or the std of observation noise."""
+    """Random disturbance events: `none`, `impulse` (velocity kick), `obs_noise`."""
+    disturbance_prob: float = 0.01
+    """Probability per environment step of a disturbance event (in (0, 1])."""
+    disturbance_scale: float = 0.5
+    """Std of an impulse (in the env's velocity units) or of the observation noise."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,9 @@ class PPOConfig:
     """Steps per environment in one rollout (one local update)."""
     update_epochs: int = 4
     num_minibatches: int = 4
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 2.5e-3
+    """Adam step size (high for PPO, but FedAvg of 16 clients averages the noise;
+    the default run solves CartPole-v1 with it; lower it for harder tasks)."""
     anneal_lr: bool = True
     """Linearly anneal the learning rate to zero over the whole run."""
     gamma: float = 0.99
@@ -87,11 +97,158 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class A2CConfig:
+    """Synchronous advantage actor-critic (Mnih et al. 2016, the synchronous A3C)."""
+
+    num_envs: int = 8
+    """Parallel environments per client (A3C's parallel actor-learners)."""
+    num_steps: int = 16
+    """Steps per environment in one rollout: the n of the n-step return (A3C's t_max)."""
+    learning_rate: float = 2e-3
+    """Step size of `optimizer`."""
+    optimizer: str = "rmsprop"
+    """`rmsprop` (Mnih et al. 2016: decay 0.99, eps 1e-5 outside the root) or `adam`."""
+    anneal_lr: bool = False
+    """Linearly anneal the learning rate to zero over the whole run."""
+    gamma: float = 0.99
+    """Discount factor in (0, 1]."""
+    gae_lambda: float = 1.0
+    """1.0: plain n-step returns (A3C); < 1: GAE(lambda) advantages (Schulman et al. 2016)."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight (>= 0)."""
+    vf_coef: float = 0.5
+    """Value loss weight (>= 0)."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip (> 0)."""
+    normalize_advantages: bool = False
+    """Standardise the advantages of each rollout batch."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the (separate) actor and critic MLPs."""
+    activation: str = "tanh"
+    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
+    comm_coef: float = 0.0
+    """Weight (>= 0) of the communication term KL[pi_global || pi] towards the broadcast
+    global policy (seed 002 `--comm-coeff`)."""
+    prox_mu: float = 0.0
+    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Deep Q-learning (Mnih et al. 2015) with double and dueling switches."""
+
+    num_envs: int = 4
+    """Parallel environments per client."""
+    num_steps: int = 32
+    """Steps per environment in one local update; all are stored in the replay buffer."""
+    gradient_steps: int = 32
+    """Gradient updates per local update (after its rollout)."""
+    batch_size: int = 64
+    """Transitions sampled uniformly from the replay buffer per gradient update."""
+    buffer_size: int = 10000
+    """Replay capacity per client, in transitions (>= num_envs * num_steps); memory is
+    num_clients x buffer_size x (2 x obs size + 3) floats."""
+    learning_starts: int = 1000
+    """Environment steps a client collects before its first gradient update."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    max_grad_norm: float = 10.0
+    """Global gradient-norm clip (> 0)."""
+    gamma: float = 0.99
+    """Discount factor in (0, 1]."""
+    epsilon_start: float = 1.0
+    """Initial epsilon of the epsilon-greedy exploration, in [0, 1]."""
+    epsilon_end: float = 0.05
+    """Final epsilon, in [0, 1]."""
+    exploration_fraction: float = 0.5
+    """Fraction in (0, 1] of a client's step budget (rounds x local_updates x num_steps x
+    num_envs, counted on the client's own steps) over which epsilon decays linearly."""
+    target_update_interval: int = 100
+    """Gradient updates between target-network updates."""
+    tau: float = 1.0
+    """Target update: 1 copies the online network (Mnih et al. 2015); < 1 is Polyak
+    averaging target <- tau online + (1 - tau) target."""
+    target_sync: str = "global"
+    """At each broadcast the target network is `global` (reset to the new global params)
+    or `local` (kept; it only follows the client's own online network)."""
+    double: bool = False
+    """Double DQN targets (van Hasselt et al. 2016): online argmax, target evaluation."""
+    dueling: bool = False
+    """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
+    loss: str = "mse"
+    """TD loss: `mse` or `huber` (Mnih et al. 2015's error clipping)."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the Q-network."""
+    activation: str = "relu"
+    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
+    prox_mu: float = 0.0
+    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+
+
+@dataclass(frozen=True)
+class TD3Config:
+    """Twin delayed DDPG (Fujimoto et al. 2018), or DDPG (Lillicrap et al. 2016)."""
+
+    num_envs: int = 4
+    """Parallel environments per client."""
+    num_steps: int = 50
+    """Steps per environment in one local update; all are stored in the replay buffer."""
+    gradient_steps: int = 100
+    """Critic updates per local update (after its rollout); the actor is updated every
+    `policy_delay` of them."""
+    batch_size: int = 128
+    """Transitions sampled uniformly from the replay buffer per gradient update."""
+    buffer_size: int = 100000
+    """Replay capacity per client, in transitions (>= num_envs * num_steps); memory is
+    num_clients x buffer_size x (2 x obs size + action size + 2) floats."""
+    learning_starts: int = 1000
+    """Environment steps a client takes with uniformly random actions before learning."""
+    actor_learning_rate: float = 1e-3
+    """Adam step size of the actor."""
+    critic_learning_rate: float = 1e-3
+    """Adam step size of the critics."""
+    gamma: float = 0.99
+    """Discount factor in (0, 1]."""
+    tau: float = 0.005
+    """Polyak rate in (0, 1] of the target networks."""
+    exploration_noise: float = 0.1
+    """Std (>= 0) of the Gaussian exploration noise, in units of the action half-range."""
+    policy_noise: float = 0.2
+    """Std (>= 0) of the target policy smoothing noise, in units of the action half-range."""
+    noise_clip: float = 0.5
+    """Clip (>= 0) of the target policy smoothing noise, in units of the action half-range."""
+    policy_delay: int = 2
+    """Critic updates per actor (and target) update."""
+    ddpg: bool = False
+    """DDPG instead of TD3: one critic, no target smoothing, no delay (Lillicrap et al. 2016,
+    with Gaussian exploration as in Fujimoto et al.'s DDPG baseline)."""
+    target_sync: str = "local"
+    """At each broadcast the target networks are `local` (kept; they follow the client's
+    online networks by Polyak averaging, as in seed 001) or `global` (reset to the new
+    global params)."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the actor and of each critic (small for CPU runs; Fujimoto
+    et al. use (400, 300) on MuJoCo)."""
+    activation: str = "relu"
+    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
+    comm_coef: float = 0.0
+    """Weight (>= 0) of seed 001's regulariser towards the global actor: mean
+    ||mu(s) - mu_global(s)||^2 over the batch (the KL between equal-variance Gaussian
+    policies around the two actions, up to a constant factor)."""
+    prox_mu: float = 0.0
+    """FedProx proximal term mu/2 ||w - w_global||^2 on the actor and the critics."""
+
+
+@dataclass(frozen=True)
 class AlgoConfig:
     """The local learning algorithm."""
 
     name: str = "ppo"
+    """Registered algorithm: ppo, a2c, dqn, td3 (docs/algorithms.md)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    a2c: A2CConfig = field(default_factory=A2CConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
 
 
 @dataclass(frozen=True)
@@ -178,34 +335,62 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class GolemConfig:
-    """Golem Network executor (yapapi); see offload/README section of the docs."""
+    """Golem Network executor (yapapi 0.13.1); see docs/offload.md.
+
+    The app key is read from `YAGNA_APPKEY` only (never from a config) and the
+    daemon's address from `YAGNA_API_URL`.
+    """
 
     budget: float = 1.0
+    """Most GLM the run may spend (the yapapi allocation)."""
     subnet: str = "public"
+    """Provider subnet tag."""
     payment_driver: str = "erc20"
+    """Payment driver (yagna 0.17 has only `erc20`)."""
     payment_network: str = "holesky"
+    """Payment network: `holesky` (testnet) or `polygon` (mainnet)."""
     image_hash: str = ""
+    """SHA3-224 hash of the provider image (printed by scripts/build_golem_image.sh)."""
     image_tag: str = ""
+    """Registry tag of the provider image (`user/jfedrl:0.1.0`), instead of the hash."""
+    image_url: str = ""
+    """Direct URL of the `.gvmi` image (with `image_hash`; skips the registry lookup)."""
     gpu: bool = False
+    """Ask for GPU providers (runtime `vm-nvidia`, capability `!exp:gpu`; use the CUDA image)."""
     min_mem_gib: float = 4.0
+    """Least provider memory, GiB."""
     min_storage_gib: float = 4.0
+    """Least provider disk, GiB."""
     min_cpu_threads: int = 2
+    """Least provider CPU threads."""
     max_workers: int = 4
+    """Most providers working at the same time."""
     task_timeout: float = 600.0
-    offer_timeout: float = 120.0
+    """Seconds one task may take on a provider (upload, run, download) before it is retried."""
+    offer_timeout: float = 300.0
+    """Seconds to wait for a first provider to take a task; the round fails if none does."""
+    worker_command: str = "/opt/venv/bin/jfedrl offload worker"
+    """The worker command inside the provider image."""
 
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    """Where the clients' local training runs."""
+    """Where the clients' local training runs (docs/offload.md)."""
 
     executor: str = "inprocess"
     """`inprocess` (the jitted simulator), `local` (worker processes) or `golem`."""
     shards: int = 1
-    """Number of tasks the clients are split into each round."""
+    """Number of tasks the clients are split into each round (local: worker processes)."""
     max_retries: int = 2
+    """Retries of a failed task before its clients are left out of the round."""
     quantize: str = "none"
     """Transfer precision of the params: `none`, `float16`, `int8`."""
+    task_timeout: float = 600.0
+    """Local worker: seconds to train and write a result once compiled, else it is killed."""
+    compile_timeout: float = 900.0
+    """Local worker: seconds to start (import JAX) or to restore and compile a task."""
+    keep_tasks: bool = False
+    """Keep every round's task and result folders under RUN_DIR/offload (default: the last)."""
     golem: GolemConfig = field(default_factory=GolemConfig)
 
 

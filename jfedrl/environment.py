@@ -2,7 +2,9 @@
 
 The glue between the config tree and `envs` (which knows nothing of
 federation): which environment, each client's `EnvParams` (stacked on a
-leading client axis) and the drift applied every round inside the jit.
+leading client axis, drawn from the variant), the drift applied every round
+inside the jit, and the disturbance wrapper. Every bad setting raises a
+`ConfigError` naming the `env.*` field before anything is compiled.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 
 import envs
 from jfedrl.config import ConfigError, EnvConfig
@@ -34,28 +37,89 @@ class ClientEnvs:
     Pure and jittable; `key` is fixed for the run, so a drift is a
     deterministic function of the round (resume-safe, no recompilation)."""
     max_episode_steps: int
+    param_names: tuple[str, ...] = ()
+    """The tunable params (what differs across clients), for logging."""
+
+    def param_table(self, params: Any) -> dict[str, np.ndarray]:
+        """`{param: per-client values}` of batched `params`, as host arrays."""
+        return {name: np.asarray(getattr(params, name)) for name in self.param_names}
+
+
+def _check(config: EnvConfig, num_clients: int) -> None:
+    """Every check of the `env` section that needs no compilation."""
+    entry = envs.spec(config.name)
+    if config.backend and config.backend not in entry.backends:
+        allowed = ", ".join(entry.backends) if entry.backends else "'' (not a Brax env)"
+        raise ConfigError(
+            f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}"
+        )
+    if config.max_episode_steps < 0:
+        raise ConfigError(f"env.max_episode_steps: must be >= 0, got {config.max_episode_steps}")
+    if config.drift_period < 1:
+        raise ConfigError(f"env.drift_period: must be >= 1, got {config.drift_period}")
+    envs.check_overrides(config.name, config.variant, config.ranges, config.values, num_clients)
+    envs.drift.resolve_drift_params(config.name, config.drift, config.drift_params)
+    if config.disturbance != "none" and not 0.0 < config.disturbance_prob <= 1.0:
+        raise ConfigError(
+            f"env.disturbance_prob: must be in (0, 1] with env.disturbance="
+            f"{config.disturbance!r}, got {config.disturbance_prob}"
+        )
+
+
+def validate(config: EnvConfig, num_clients: int) -> None:
+    """Validates the `env` section for `num_clients` clients.
+
+    Raises:
+        ConfigError: naming the field (`env.variant`, `env.ranges`, `env.values`,
+            `env.drift_params`, ...) and the allowed values.
+    """
+    try:
+        _check(config, num_clients)
+    except envs.ParamError as error:
+        raise ConfigError(f"env.{error.field}: {error.message}") from None
 
 
 def make_client_envs(config: EnvConfig, num_clients: int) -> ClientEnvs:
     """Builds the clients' environments from the `env` config section."""
-    env, default_params = envs.make(config.name)
-    if config.variant != "default":
-        raise ConfigError(f"env.variant: {config.variant!r} is not allowed; allowed: default")
-    if config.drift != "none":
-        raise ConfigError(f"env.drift: {config.drift!r} is not allowed; allowed: none")
+    validate(config, num_clients)
+    options = {"backend": config.backend} if config.backend else {}
+    try:
+        env, default_params = envs.make(config.name, **options)
+        if config.max_episode_steps:
+            default_params = default_params.replace(max_steps_in_episode=config.max_episode_steps)
+        env = envs.disturb(
+            config.name,
+            env,
+            config.disturbance,
+            config.disturbance_prob,
+            config.disturbance_scale,
+        )
+        drift = envs.make_drift(
+            config.name,
+            config.drift,
+            config.drift_period,
+            config.drift_magnitude,
+            config.drift_params,
+        )
+    except envs.ParamError as error:
+        raise ConfigError(f"env.{error.field}: {error.message}") from None
 
     def client_params(key):
-        del key
-        return envs.batch_params(default_params, num_clients)
-
-    def no_drift(key, base_params, round_index):
-        del key, round_index
-        return base_params
+        return envs.client_params(
+            config.name,
+            key,
+            num_clients,
+            config.variant,
+            config.ranges,
+            config.values,
+            default_params=default_params,
+        )
 
     return ClientEnvs(
         env=env,
         default_params=default_params,
         client_params=client_params,
-        drift=no_drift,
+        drift=drift,
         max_episode_steps=int(default_params.max_steps_in_episode),
+        param_names=envs.spec(config.name).tunable_names,
     )
