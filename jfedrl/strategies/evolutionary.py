@@ -24,11 +24,14 @@ Each round, with the K client slots as the population:
   x_c are two other random members (F = `evo_mutation`, CR = `evo_crossover`).
   The mutation scales itself to the spread of the population.
 - `pso` (Kennedy & Eberhart 1995, "Particle Swarm Optimization"): the particles'
-  positions are the clients' params; velocities pull each particle towards its
-  own best and the swarm's best (inertia / cognitive / social coefficients
-  `pso_inertia`, `pso_cognitive`, `pso_social`; defaults are Clerc & Kennedy
-  2002's constriction values), and the global is the next position of the
-  round's best particle.
+  positions are the clients' params. Every client restarts from the broadcast
+  global, so a particle's velocity is set to the move it actually made since
+  the last round (not the move last proposed, which nobody took: with it the
+  swarm diverges); `ask` then adds the pulls towards the particle's own best and
+  the swarm's best (inertia / cognitive / social coefficients `pso_inertia`,
+  `pso_cognitive`, `pso_social`; defaults are Clerc & Kennedy 2002's
+  constriction values), and the global is the next position of the round's
+  best particle.
 
 The server state is the evosax state (a flax struct of arrays, `[K, D]`
 population plus fitness and bests), so it lives in the `lax.scan` carry and in
@@ -150,6 +153,10 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
         fitness = jnp.where(valid, -returns, jnp.inf)
         key_tell, key_ask = jax.random.split(key)
         told, _ = optimizer.tell(key_tell, population, fitness, state, hyper)
+        if algorithm == "pso":
+            # The clients restart from the broadcast global, so a particle moves by
+            # what actually happened to it, not by the velocity last proposed.
+            told = told.replace(velocity=population - state.population)
         proposals, asked = optimizer.ask(key_ask, told, hyper)
         best = jnp.argmin(asked.fitness)
         new_flat = proposals[best]
