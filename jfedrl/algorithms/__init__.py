@@ -33,9 +33,12 @@ def make(config, env, env_params) -> Algorithm:
 
 
 def _register_builtins() -> None:
-    from jfedrl.algorithms import ppo
+    from jfedrl.algorithms import a2c, dqn, ppo, td3
 
     register(ppo.SPEC)
+    register(a2c.SPEC)
+    register(dqn.SPEC)
+    register(td3.SPEC)
 
 
 _register_builtins()

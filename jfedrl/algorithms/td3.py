@@ -1,0 +1,400 @@
+"""Twin delayed DDPG (TD3), and DDPG, for one federated client.
+
+Maths: Fujimoto, van Hoof & Meger 2018, "Addressing Function Approximation
+Error in Actor-Critic Methods" (TD3: clipped double-Q target with the minimum
+of twin critics, target policy smoothing, delayed policy and target updates);
+Lillicrap et al. 2016, "Continuous control with deep reinforcement learning"
+(DDPG: deterministic actor, one critic, Polyak-averaged targets); Li et al.
+2020 (FedProx proximal term).
+
+Seed features covered: seed 001 (RLlab FRL) federates TD3 on Pendulum and
+BipedalWalker and adds to the local losses a penalty towards the global model,
+`Q_loss + beta dist(phi, phi_global)` and `mu_loss + beta dist(w, w_global)`:
+here `prox_mu` is that L2 distance on the parameters (FedProx) for both actor
+and critics, and `comm_coef` is the policy-space version, the mean squared
+distance between the local and the global actor's actions (for Gaussian
+policies of equal variance around the two actions this is their KL up to a
+constant factor). Seed 004 (Oneagent) DDPG is the `ddpg` switch.
+
+Actions are handled in normalised units: the actor outputs tanh(.) in
+[-1, 1]^d, the buffer and the critics see those units, and only the
+environment sees `centre + half_range * a`. Noise scales (`exploration_noise`,
+`policy_noise`, `noise_clip`) and the `comm_coef` distance are therefore in
+units of the action half-range, as in Fujimoto et al.'s code (`* max_action`).
+
+One `local_update` = `num_steps x num_envs` environment steps (uniformly
+random actions until the client has taken `learning_starts` steps, then
+mu(s) + Gaussian noise), all written to the client's replay buffer, then
+`gradient_steps` critic updates; every `policy_delay`-th of them also updates
+the actor and Polyak-averages the targets. Updates are masked out during the
+warm-up. Truncation bootstraps from `info["final_observation"]`.
+
+Federation: `get_params` / `set_params` carry the online networks,
+`{"actor": ..., "critic": ...}` (seed 001 synchronises both). The targets stay
+on the client. With `target_sync = "local"` (the default) they keep following
+the client's online networks by Polyak averaging after each broadcast, as in
+seed 001's pseudo-code: the target's slowness is what stabilises TD3, and a
+target reset each round would make it jump by a whole round's progress. A
+client adopts the broadcast as its targets once, before its first update, so
+the targets never start as unrelated random networks. With `"global"` they
+are reset to the new global params at every broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jfedrl.algorithms import common, networks, replay
+from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
+from jfedrl.config import Config, ConfigError
+
+
+def _flatten(obs, obs_ndim: int):
+    return obs.reshape(obs.shape[: obs.ndim - obs_ndim] + (-1,))
+
+
+class Actor(nn.Module):
+    """Deterministic policy mu(s) in [-1, 1]^d."""
+
+    action_dim: int
+    obs_ndim: int = 1
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        x = _flatten(obs, self.obs_ndim)
+        return jnp.tanh(networks.MLP(self.hidden_sizes, self.action_dim, 0.01, self.activation)(x))
+
+
+class Critic(nn.Module):
+    """`num_qs` independent Q(s, a) MLPs; returns their values stacked, `[num_qs, ...]`."""
+
+    num_qs: int = 2
+    obs_ndim: int = 1
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([_flatten(obs, self.obs_ndim), action], axis=-1)
+        qs = [
+            networks.MLP(self.hidden_sizes, 1, 1.0, self.activation)(x)[..., 0]
+            for _ in range(self.num_qs)
+        ]
+        return jnp.stack(qs)
+
+
+def smoothed_target_action(
+    target_action: jax.Array, noise: jax.Array, noise_clip: float
+) -> jax.Array:
+    """Target policy smoothing (Fujimoto et al. 2018, eq. 15).
+
+    Returns clip(mu'(s') + clip(noise, -c, c), -1, 1) in normalised action units,
+    with `noise` already scaled (policy_noise * N(0, 1)).
+    """
+    return jnp.clip(target_action + jnp.clip(noise, -noise_clip, noise_clip), -1.0, 1.0)
+
+
+def clipped_double_q_target(
+    reward: jax.Array, terminal: jax.Array, gamma: float, target_qs: jax.Array
+) -> jax.Array:
+    """The clipped double-Q target (Fujimoto et al. 2018, eq. 10).
+
+    y = r + gamma (1 - terminal) min_i Q'_i(s', a~).
+
+    Args:
+        reward: `[B]` rewards.
+        terminal: `[B]` 1 only where the episode terminated (not truncated).
+        gamma: discount.
+        target_qs: `[num_qs, B]` target critics at the smoothed target action; with
+            one critic (DDPG) the minimum is that critic's value.
+    """
+    return reward + gamma * (1.0 - terminal) * jnp.min(target_qs, axis=0)
+
+
+class Transition(struct.PyTreeNode):
+    obs: jax.Array
+    action: jax.Array
+    """Normalised action in [-1, 1]^d."""
+    reward: jax.Array
+    next_obs: jax.Array
+    terminal: jax.Array
+
+
+class TD3State(struct.PyTreeNode):
+    """Everything one client carries between local updates."""
+
+    params: Any
+    """`{"actor", "critic"}` online networks (federated)."""
+    target_params: Any
+    """`{"actor", "critic"}` target networks (local; see the module docstring)."""
+    actor_opt_state: Any
+    critic_opt_state: Any
+    buffer: replay.ReplayBuffer
+    env_state: Any
+    obs: jax.Array
+    episode_return: jax.Array
+    last_return: jax.Array
+    env_steps: jax.Array
+    """Environment steps this client has taken (int32): the warm-up clock."""
+    updates: jax.Array
+    """Critic updates this client has applied (int32): the policy-delay clock."""
+
+
+def validate(config: Config) -> None:
+    """Checks the `algo.td3` section; raises `ConfigError` naming the field."""
+    td3 = config.algo.td3
+    for name in ("num_envs", "num_steps", "gradient_steps", "batch_size", "policy_delay"):
+        common.require(getattr(td3, name) >= 1, f"algo.td3.{name}", ">= 1", getattr(td3, name))
+    steps = td3.num_envs * td3.num_steps
+    common.require(
+        td3.buffer_size >= steps,
+        "algo.td3.buffer_size",
+        f">= num_envs * num_steps = {steps} (one local update's transitions)",
+        td3.buffer_size,
+    )
+    common.require(
+        td3.learning_starts >= 0, "algo.td3.learning_starts", ">= 0", td3.learning_starts
+    )
+    for name in ("actor_learning_rate", "critic_learning_rate"):
+        common.require(getattr(td3, name) > 0, f"algo.td3.{name}", "> 0", getattr(td3, name))
+    common.require(0.0 < td3.gamma <= 1.0, "algo.td3.gamma", "in (0, 1]", td3.gamma)
+    common.require(0.0 < td3.tau <= 1.0, "algo.td3.tau", "in (0, 1]", td3.tau)
+    for name in ("exploration_noise", "policy_noise", "noise_clip", "comm_coef", "prox_mu"):
+        common.require(getattr(td3, name) >= 0, f"algo.td3.{name}", ">= 0", getattr(td3, name))
+    common.require_layers("algo.td3.hidden_sizes", td3.hidden_sizes)
+    common.require_choice("algo.td3.activation", td3.activation, tuple(networks.ACTIVATIONS))
+    common.require_choice("algo.td3.target_sync", td3.target_sync, ("local", "global"))
+
+
+def build(config: Config, env, env_params) -> Algorithm:
+    """TD3 (or DDPG) for `env`; `env_params` is one client's (unbatched) default params."""
+    td3 = config.algo.td3
+    if not common.is_continuous(env, env_params):
+        raise ConfigError(
+            f"algo.name: 'td3' needs continuous actions; {config.env.name} has discrete "
+            "actions (use dqn, ppo or a2c)"
+        )
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    low, high = common.action_bounds(env, env_params)
+    if not (jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high))):
+        raise ConfigError(
+            f"algo.name: 'td3' needs a bounded action space (its actor is a scaled tanh); "
+            f"{config.env.name} has bounds [{low}, {high}]"
+        )
+    centre, half_range = (high + low) / 2.0, (high - low) / 2.0
+    action_shape = low.shape
+    action_size = common.action_dim(env, env_params)
+    num_qs = 1 if td3.ddpg else 2
+    policy_delay = 1 if td3.ddpg else td3.policy_delay
+    policy_noise = 0.0 if td3.ddpg else td3.policy_noise
+    actor = Actor(action_size, len(obs_shape), tuple(td3.hidden_sizes), td3.activation)
+    critic = Critic(num_qs, len(obs_shape), tuple(td3.hidden_sizes), td3.activation)
+    actor_optimizer = optax.adam(td3.actor_learning_rate)
+    critic_optimizer = optax.adam(td3.critic_learning_rate)
+    batch_size = td3.num_envs * td3.num_steps
+
+    def mu(actor_params, obs):
+        """Normalised deterministic action, reshaped to the action space's shape."""
+        return actor.apply(actor_params, obs).reshape(
+            obs.shape[: obs.ndim - len(obs_shape)] + action_shape
+        )
+
+    def to_env(action):
+        return jnp.clip(centre + half_range * action, low, high)
+
+    def q_values(critic_params, obs, action):
+        flat = action.reshape(action.shape[: action.ndim - len(action_shape)] + (action_size,))
+        return critic.apply(critic_params, obs, flat)
+
+    def init(key, client_env_params) -> TD3State:
+        key_actor, key_critic, key_env = jax.random.split(key, 3)
+        obs0 = jnp.zeros(obs_shape, jnp.float32)
+        action0 = jnp.zeros(action_shape, jnp.float32)
+        params = {
+            "actor": actor.init(key_actor, obs0),
+            "critic": critic.init(key_critic, obs0, action0.reshape(-1)),
+        }
+        reset_keys = jax.random.split(key_env, td3.num_envs)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, client_env_params)
+        example = Transition(obs0, action0, jnp.zeros(()), obs0, jnp.zeros(()))
+        zeros = jnp.zeros((td3.num_envs,), jnp.float32)
+        return TD3State(
+            params=params,
+            target_params=params,
+            actor_opt_state=actor_optimizer.init(params["actor"]),
+            critic_opt_state=critic_optimizer.init(params["critic"]),
+            buffer=replay.init(example, td3.buffer_size),
+            env_state=env_state,
+            obs=obs.astype(jnp.float32),
+            episode_return=zeros,
+            last_return=zeros,
+            env_steps=jnp.zeros((), jnp.int32),
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    def rollout(key, state: TD3State, client_env_params):
+        def step(carry, inputs):
+            env_state, obs, episode_return, last_return = carry
+            t, step_key = inputs
+            key_noise, key_random, key_env = jax.random.split(step_key, 3)
+            shape = (td3.num_envs,) + action_shape
+            noise = td3.exploration_noise * jax.random.normal(key_noise, shape)
+            policy = jnp.clip(mu(state.params["actor"], obs) + noise, -1.0, 1.0)
+            uniform = jax.random.uniform(key_random, shape, minval=-1.0, maxval=1.0)
+            warmup = state.env_steps + t * td3.num_envs < td3.learning_starts
+            action = jnp.where(warmup, uniform, policy)
+            env_keys = jax.random.split(key_env, td3.num_envs)
+            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
+                env.step, in_axes=(0, 0, 0, None)
+            )(env_keys, env_state, to_env(action), client_env_params)
+            reward = reward.astype(jnp.float32).reshape((td3.num_envs,))
+            done = jnp.logical_or(terminated, truncated)
+            transition = Transition(
+                obs=obs,
+                action=action,
+                reward=reward,
+                next_obs=info["final_observation"].astype(jnp.float32),
+                terminal=terminated.astype(jnp.float32),
+            )
+            episode_return, last_return = common.track_returns(
+                episode_return, last_return, reward, done
+            )
+            carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
+            return carry, (transition, done)
+
+        carry = (state.env_state, state.obs, state.episode_return, state.last_return)
+        inputs = (jnp.arange(td3.num_steps), jax.random.split(key, td3.num_steps))
+        carry, (batch, dones) = jax.lax.scan(step, carry, inputs)
+        env_state, obs, episode_return, last_return = carry
+        flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
+        state = state.replace(
+            env_state=env_state,
+            obs=obs,
+            episode_return=episode_return,
+            last_return=last_return,
+            buffer=replay.add_batch(state.buffer, flat),
+            env_steps=state.env_steps + batch_size,
+        )
+        return state, jnp.sum(dones)
+
+    def critic_loss(critic_params, target_params, batch: Transition, noise, reference):
+        next_action = smoothed_target_action(
+            mu(target_params["actor"], batch.next_obs), noise, td3.noise_clip
+        )
+        target_qs = q_values(target_params["critic"], batch.next_obs, next_action)
+        target = jax.lax.stop_gradient(
+            clipped_double_q_target(batch.reward, batch.terminal, td3.gamma, target_qs)
+        )
+        qs = q_values(critic_params, batch.obs, batch.action)
+        td_loss = jnp.sum(jnp.mean((qs - target[None]) ** 2, axis=-1))
+        prox = common.prox_term(critic_params, reference.global_params["critic"], td3.prox_mu)
+        return td_loss + prox, {"critic_loss": td_loss, "q_mean": jnp.mean(qs[0])}
+
+    def actor_loss(actor_params, critic_params, batch: Transition, reference):
+        action = mu(actor_params, batch.obs)
+        q = q_values(critic_params, batch.obs, action)[0]
+        pg_loss = -jnp.mean(q)
+        comm = jnp.zeros(())
+        if td3.comm_coef > 0:
+            global_action = jax.lax.stop_gradient(mu(reference.global_params["actor"], batch.obs))
+            diff = (action - global_action).reshape((batch.obs.shape[0], -1))
+            comm = jnp.mean(jnp.sum(diff**2, axis=-1))
+        prox = common.prox_term(actor_params, reference.global_params["actor"], td3.prox_mu)
+        total = pg_loss + td3.comm_coef * comm + prox
+        return total, {"actor_loss": pg_loss, "comm_l2": comm}
+
+    critic_grad = jax.grad(critic_loss, has_aux=True)
+    actor_grad = jax.grad(actor_loss, has_aux=True)
+
+    def local_update(key, state: TD3State, client_env_params, reference: Reference):
+        key_rollout, key_train = jax.random.split(key)
+        state, episodes = rollout(key_rollout, state, client_env_params)
+        learning = state.env_steps >= td3.learning_starts
+
+        def train_step(carry, step_key):
+            params, target_params, actor_opt, critic_opt, updates = carry
+            key_sample, key_noise = jax.random.split(step_key)
+            minibatch = replay.sample(key_sample, state.buffer, td3.batch_size)
+            noise = policy_noise * jax.random.normal(key_noise, (td3.batch_size,) + action_shape)
+            grads, critic_aux = critic_grad(
+                params["critic"], target_params, minibatch, noise, reference
+            )
+            deltas, new_critic_opt = critic_optimizer.update(grads, critic_opt, params["critic"])
+            new_critic = optax.apply_updates(params["critic"], deltas)
+            critic_params = common.tree_where(learning, new_critic, params["critic"])
+            critic_opt = common.tree_where(learning, new_critic_opt, critic_opt)
+            updates = updates + learning.astype(jnp.int32)
+            # Delayed policy update, with the critic just updated (Fujimoto et al., Alg. 1).
+            delayed = jnp.logical_and(learning, updates % policy_delay == 0)
+            grads, actor_aux = actor_grad(params["actor"], critic_params, minibatch, reference)
+            deltas, new_actor_opt = actor_optimizer.update(grads, actor_opt, params["actor"])
+            new_actor = optax.apply_updates(params["actor"], deltas)
+            params = {
+                "actor": common.tree_where(delayed, new_actor, params["actor"]),
+                "critic": critic_params,
+            }
+            actor_opt = common.tree_where(delayed, new_actor_opt, actor_opt)
+            target_params = common.tree_where(
+                delayed, common.polyak(params, target_params, td3.tau), target_params
+            )
+            aux = {**critic_aux, **actor_aux}
+            return (params, target_params, actor_opt, critic_opt, updates), aux
+
+        carry = (
+            state.params,
+            state.target_params,
+            state.actor_opt_state,
+            state.critic_opt_state,
+            state.updates,
+        )
+        (params, target_params, actor_opt, critic_opt, updates), aux = jax.lax.scan(
+            train_step, carry, jax.random.split(key_train, td3.gradient_steps)
+        )
+        metrics = jax.tree.map(jnp.mean, aux)
+        metrics["learning"] = learning.astype(jnp.float32)
+        metrics["train_return"] = jnp.mean(state.last_return)
+        metrics["episodes"] = episodes.astype(jnp.float32)
+        state = state.replace(
+            params=params,
+            target_params=target_params,
+            actor_opt_state=actor_opt,
+            critic_opt_state=critic_opt,
+            updates=updates,
+        )
+        return state, metrics
+
+    def set_params(state: TD3State, params) -> TD3State:
+        if td3.target_sync == "global":
+            target = params
+        else:
+            target = common.tree_where(state.updates == 0, params, state.target_params)
+        return state.replace(params=params, target_params=target)
+
+    def act(params, obs):
+        return to_env(mu(params["actor"], obs.astype(jnp.float32)))
+
+    return Algorithm(
+        init=init,
+        local_update=local_update,
+        get_params=lambda state: state.params,
+        set_params=set_params,
+        act=act,
+        env_steps_per_update=batch_size,
+    )
+
+
+SPEC = AlgorithmSpec(
+    "td3",
+    build,
+    "TD3 / DDPG: twin critics, target smoothing, delayed actor; FedProx, L2 to global actor",
+    validate,
+)
