@@ -1,0 +1,307 @@
+"""The executor interface and the `local` executor (worker processes here).
+
+An executor runs one attempt of a batch of tasks and says, per task, whether
+a result folder was produced; the requestor validates the folders and decides
+on retries. Two implementations: `LocalExecutor` (this module: long-lived
+`python -m offload.worker --serve` processes, one per shard) and
+`GolemExecutor` (`offload.golem`: yapapi providers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("jfedrl.offload")
+#: XLA's own log lines (e.g. compilation-cache notices) in a worker's stderr.
+_XLA_LOG = re.compile(r"^[EWIF]\d{4} ")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attempt of one task."""
+
+    shard: int
+    attempt: int
+    task_dir: Path
+    output_dir: Path
+    max_result_bytes: int
+
+
+@dataclass
+class Outcome:
+    """What happened to a job (the result folder is validated by the requestor)."""
+
+    job: Job
+    ok: bool
+    error: str = ""
+    worker: str = ""
+    """Who ran it: a local worker's pid or a Golem provider id."""
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class Executor(Protocol):
+    """Runs one attempt of each job, concurrently; never raises for a failed job."""
+
+    def run(self, jobs: list[Job]) -> list[Outcome]: ...
+
+    def blame(self, outcome: Outcome, reason: str) -> None:
+        """A result was rejected: don't trust whoever produced it (Golem: another provider)."""
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- local
+
+
+@dataclass
+class _Process:
+    """One `--serve` worker process and what it is doing."""
+
+    index: int
+    popen: subprocess.Popen
+    log_path: Path
+    ready: bool = False
+    job: Job | None = None
+    phase: str = "starting"
+    deadline: float = 0.0
+    sent_at: float = 0.0
+    compile_seconds: float = 0.0
+    pending: list[Job] = field(default_factory=list)
+
+
+class LocalExecutor:
+    """Worker processes on this machine, alive for the whole run.
+
+    Each process imports JAX once and keeps its compiled local-training step,
+    so a warm round costs a restore, the training itself and a save. A process
+    that crashes or hangs is killed and restarted; its job counts as failed.
+
+    Timeouts: a worker may take `compile_timeout` seconds to start or to
+    restore and compile a task, then `task_timeout` seconds to train and write
+    its result; a worker silent for longer is considered hung.
+    """
+
+    def __init__(
+        self,
+        num_workers: int,
+        work_dir: Path,
+        task_timeout: float,
+        compile_timeout: float,
+        env: dict[str, str] | None = None,
+    ):
+        self.num_workers = num_workers
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.task_timeout = task_timeout
+        self.compile_timeout = compile_timeout
+        self.env = dict(os.environ if env is None else env)
+        self.restarts = 0
+        self._events: queue.Queue = queue.Queue()
+        self._processes: list[_Process | None] = [None] * num_workers
+        for index in range(num_workers):
+            self._processes[index] = self._spawn(index)
+
+    # -- processes
+
+    def _spawn(self, index: int) -> _Process:
+        log_path = self.work_dir / f"worker-{index}.log"
+        stderr = open(log_path, "ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "offload.worker", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=self.env,
+            cwd=str(self.work_dir),
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C in the terminal stops the requestor, not the workers
+        )
+        stderr.close()
+        process = _Process(index, popen, log_path, deadline=time.monotonic() + self.compile_timeout)
+        threading.Thread(
+            target=self._read, args=(process,), name=f"offload-worker-{index}", daemon=True
+        ).start()
+        return process
+
+    def _read(self, process: _Process) -> None:
+        for line in process.popen.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self._events.put((process, message))
+        self._events.put((process, None))
+
+    def _kill(self, process: _Process) -> None:
+        if process.popen.poll() is None:
+            try:
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.popen.kill()
+        try:
+            process.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (process.popen.stdin, process.popen.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def _restart(self, process: _Process) -> _Process:
+        self._kill(process)
+        self.restarts += 1
+        fresh = self._spawn(process.index)
+        fresh.pending = process.pending
+        self._processes[process.index] = fresh
+        return fresh
+
+    def _stderr_tail(self, process: _Process, lines: int = 3) -> str:
+        try:
+            text = process.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        useful = [line for line in text if not _XLA_LOG.match(line)][-lines:]
+        return " | ".join(useful)
+
+    def _send(self, process: _Process, job: Job) -> None:
+        process.job = job
+        process.phase = "compiling"
+        process.sent_at = time.monotonic()
+        process.deadline = process.sent_at + self.compile_timeout
+        process.compile_seconds = 0.0
+        request = {
+            "input": str(job.task_dir.absolute()),
+            "output": str(job.output_dir.absolute()),
+            # Fault injection follows the requestor's environment (tests), see offload.worker.
+            "fault": os.environ.get("JFEDRL_FAULT", ""),
+        }
+        try:
+            process.popen.stdin.write(json.dumps(request) + "\n")
+            process.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the reader thread reports the exit
+
+    # -- the executor interface
+
+    def run(self, jobs: list[Job]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        for i, job in enumerate(jobs):
+            self._processes[i % self.num_workers].pending.append(job)
+        order = {id(job): i for i, job in enumerate(jobs)}
+
+        def finish(process: _Process, ok: bool, error: str = "") -> None:
+            job = process.job
+            assert job is not None
+            outcomes[order[id(job)]] = Outcome(
+                job,
+                ok,
+                error,
+                worker=f"local-{process.index}/pid-{process.popen.pid}",
+                seconds=time.monotonic() - process.sent_at,
+                compile_seconds=process.compile_seconds,
+            )
+            process.job = None
+
+        def dispatch() -> None:
+            for process in self._processes:
+                if process.ready and process.job is None and process.pending:
+                    self._send(process, process.pending.pop(0))
+
+        dispatch()
+        while len(outcomes) < len(jobs):
+            now = time.monotonic()
+            busy = [p for p in self._processes if p.job is not None or not p.ready]
+            wait = min((p.deadline for p in busy), default=now + 1.0) - now
+            try:
+                process, message = self._events.get(timeout=max(0.01, min(wait, 1.0)))
+            except queue.Empty:
+                process, message = None, None
+            if process is not None and process is self._processes[process.index]:
+                if message is None:  # the worker exited
+                    code = process.popen.wait()
+                    reason = f"worker exited with code {code}"
+                    tail = self._stderr_tail(process)
+                    if process.job is not None:
+                        finish(process, False, reason + (f" ({tail})" if tail else ""))
+                    log.warning("offload: local %s; restarting it", reason)
+                    self._restart(process)
+                elif message.get("event") == "ready":
+                    process.ready = True
+                    process.phase = "idle"
+                elif message.get("event") == "compiled" and process.job is not None:
+                    process.phase = "training"
+                    process.compile_seconds = float(message.get("seconds", 0.0))
+                    process.deadline = time.monotonic() + self.task_timeout
+                elif message.get("event") == "done" and process.job is not None:
+                    finish(process, bool(message.get("ok")), str(message.get("error", "")))
+            now = time.monotonic()
+            for process in list(self._processes):
+                if (process.job is not None or not process.ready) and now > process.deadline:
+                    limit = "task_timeout" if process.phase == "training" else "compile_timeout"
+                    seconds = self.task_timeout if limit == "task_timeout" else self.compile_timeout
+                    reason = f"timed out while {process.phase} (offload.{limit}={seconds:g}s)"
+                    if process.job is not None:
+                        finish(process, False, reason)
+                    log.warning("offload: local worker %d %s; restarting it", process.index, reason)
+                    self._restart(process)
+            dispatch()
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def wait_ready(self, timeout: float) -> float:
+        """Blocks until every worker has imported JAX (for benchmarks); returns the seconds."""
+        start = time.monotonic()
+        while not all(p.ready for p in self._processes):
+            remaining = timeout - (time.monotonic() - start)
+            if remaining <= 0:
+                raise TimeoutError(f"local workers not ready after {timeout:g}s")
+            try:
+                process, message = self._events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if process is not self._processes[process.index]:
+                continue
+            if message is None:
+                self._restart(process)
+            elif message.get("event") == "ready":
+                process.ready = True
+                process.phase = "idle"
+        return time.monotonic() - start
+
+    def blame(self, outcome: Outcome, reason: str) -> None:
+        """A local worker is as trustworthy as this machine: nothing to exclude."""
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process is None:
+                continue
+            try:
+                process.popen.stdin.close()  # EOF: the worker exits by itself
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for process in self._processes:
+            if process is None:
+                continue
+            try:
+                process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill(process)
+        self._processes = [None] * self.num_workers

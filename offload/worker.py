@@ -1,0 +1,427 @@
+"""The worker: runs one shard's local training from a task folder.
+
+    jfedrl offload worker --input TASK_DIR --output RESULT_DIR
+    python -m offload.worker --serve          (what the local executor runs)
+
+A worker restores the task, builds the simulator from the task's config
+(`make_simulator`, cached per config) and runs the very same
+`jfedrl.federated.local_training` the in-process simulator runs, jitted and
+compiled once per shard shape. With `--serve` it stays alive and reads one
+JSON request per line from stdin (`{"input": DIR, "output": DIR}`), answering
+with JSON lines on stdout (`ready`, then per task `compiled` and `done`), so
+JAX is imported and the step compiled once per run, not once per round.
+
+Inputs or outputs ending in `.tar` are unpacked / packed (what a Golem
+provider receives and returns). The persistent compilation cache lives in
+`$JFEDRL_COMPILATION_CACHE`, else `$JFEDRL_WORK_DIR/xla-cache`, else
+`/golem/work/xla-cache` on a provider, else the user cache.
+
+Fault injection (tests): `JFEDRL_FAULT="kind[:shard=S,attempt=A,round=R][;...]"`
+with kinds `crash`, `hang`, `corrupt`, `truncate`, `missing`, `nan`, `shape`,
+`dtype`, `wrong_round`, `wrong_clients`; `shard` and `round` default to any,
+`attempt` to 0 (so a retry succeeds); `*` means any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "JFEDRL_FAULT"
+FAULT_KINDS = (
+    "crash",
+    "hang",
+    "corrupt",
+    "truncate",
+    "missing",
+    "nan",
+    "shape",
+    "dtype",
+    "wrong_round",
+    "wrong_clients",
+)
+#: Cap on an input archive (the requestor's own upload).
+MAX_INPUT_BYTES = 16 << 30
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: which kind, for which shard / attempt / round (None: any)."""
+
+    kind: str
+    shard: int | None = None
+    attempt: int | None = 0
+    round: int | None = None
+
+    def matches(self, task: dict[str, Any]) -> bool:
+        return all(
+            want is None or want == task.get(field)
+            for field, want in (
+                ("shard", self.shard),
+                ("attempt", self.attempt),
+                ("round", self.round),
+            )
+        )
+
+
+def parse_faults(text: str) -> list[Fault]:
+    """Parses `$JFEDRL_FAULT` (see the module docstring)."""
+    faults = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        kind, _, filters = item.partition(":")
+        if kind not in FAULT_KINDS:
+            allowed = ", ".join(FAULT_KINDS)
+            raise ValueError(f"{FAULT_ENV}: unknown fault {kind!r}; allowed: {allowed}")
+        fields: dict[str, int | None] = {}
+        for pair in filter(None, filters.split(",")):
+            key, _, value = pair.partition("=")
+            if key not in ("shard", "attempt", "round"):
+                raise ValueError(
+                    f"{FAULT_ENV}: unknown filter {key!r}; allowed: shard, attempt, round"
+                )
+            fields[key] = None if value == "*" else int(value)
+        faults.append(Fault(kind, **fields))
+    return faults
+
+
+def _fault_for(task: dict[str, Any], spec: str | None) -> str | None:
+    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+    for fault in parse_faults(spec):
+        if fault.matches(task):
+            return fault.kind
+    return None
+
+
+def _hang() -> None:
+    """Sleeps until killed, or until the parent (the requestor) is gone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(3)
+
+
+# ---------------------------------------------------------------- the worker
+
+
+def _cache_dir() -> str | None:
+    if os.environ.get("JFEDRL_COMPILATION_CACHE"):
+        return os.environ["JFEDRL_COMPILATION_CACHE"]
+    if os.environ.get("JFEDRL_WORK_DIR"):
+        return str(Path(os.environ["JFEDRL_WORK_DIR"]) / "xla-cache")
+    if Path("/golem/work").is_dir():
+        return "/golem/work/xla-cache"
+    return None
+
+
+def versions() -> dict[str, str]:
+    import jax
+    import jaxlib
+
+    from jfedrl import __version__
+
+    return {
+        "jfedrl": __version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Worker:
+    """Runs tasks, keeping each config's simulator and compiled step across tasks."""
+
+    def __init__(self):
+        self._simulators: dict[str, Any] = {}
+        self._compiled: dict[tuple[int, int], Any] = {}
+
+    def simulator(self, config_dict: dict[str, Any]):
+        from jfedrl.config import from_dict
+        from jfedrl.federated import make_simulator
+
+        key = json.dumps(config_dict, sort_keys=True)
+        if key not in self._simulators:
+            self._simulators[key] = make_simulator(from_dict(config_dict))
+        return self._simulators[key]
+
+    def _step(self, simulator, n: int, args: tuple) -> tuple[Any, bool]:
+        """The compiled local training for `n` clients (compiled on first use)."""
+        import jax
+
+        from jfedrl.federated import local_training
+
+        key = (id(simulator), n)
+        fresh = key not in self._compiled
+        if fresh:
+            fn = jax.jit(
+                partial(
+                    local_training,
+                    simulator.algorithm,
+                    simulator.config.federation.local_updates,
+                )
+            )
+            self._compiled[key] = fn.lower(*args).compile()
+        return self._compiled[key], fresh
+
+    def run(
+        self,
+        input_path: Path,
+        output_path: Path,
+        progress: Progress | None = None,
+        fault: str | None = None,
+    ) -> dict:
+        """Runs one task; writes the result folder (or `.tar`); returns the report.
+
+        `fault` overrides `$JFEDRL_FAULT` (the local executor forwards the
+        requestor's current value, so long-lived workers follow it).
+
+        Raises:
+            TaskError: if the task folder is damaged or does not match its config.
+        """
+        from offload.task import TaskError
+
+        progress = progress or (lambda event, data: None)
+        input_path, output_path = Path(input_path), Path(output_path)
+        cleanup = []
+        try:
+            if input_path.suffix == ".tar" and input_path.is_file():
+                from offload.task import unpack
+
+                unpacked = input_path.with_name(input_path.name + ".d")
+                shutil.rmtree(unpacked, ignore_errors=True)
+                unpack(input_path.read_bytes(), unpacked, MAX_INPUT_BYTES)
+                cleanup.append(unpacked)
+                input_path = unpacked
+            if output_path.suffix == ".tar":
+                staging = output_path.with_name(output_path.name + ".d")
+                shutil.rmtree(staging, ignore_errors=True)
+                cleanup.append(staging)
+                report = self._run(input_path, staging, progress, fault)
+                from offload.task import pack
+
+                partial_tar = output_path.with_name(output_path.name + ".part")
+                partial_tar.write_bytes(pack(staging))
+                partial_tar.replace(output_path)
+                return report
+            return self._run(input_path, output_path, progress, fault)
+        except (KeyError, TypeError) as error:
+            raise TaskError(f"malformed task: {type(error).__name__}: {error}") from None
+        finally:
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _run(self, task_dir: Path, out: Path, progress: Progress, fault_spec: str | None) -> dict:
+        import jax
+        import numpy as np
+
+        from jfedrl.algorithms import Reference
+        from offload import task as fmt
+
+        start = time.perf_counter()
+        task = fmt.read_json(task_dir / fmt.TASK_FILE, fmt.TASK_FILE)
+        fmt.check_task(task)
+        fmt.verify_digests(task_dir, task["inputs"], exclude=(fmt.TASK_FILE,))
+        fault = _fault_for(task, fault_spec)
+        simulator = self.simulator(task["config"])
+        algorithm = simulator.algorithm
+        n, mode = len(task["client_ids"]), task["quantize"]
+        shapes = fmt.shard_shapes(simulator, n)
+        arrays = fmt.restore_arrays(task_dir / fmt.INPUTS_DIR, fmt.task_spec(shapes, mode))
+        global_params = fmt.decode_group("global", arrays, shapes.global_params, rows=False)
+        reference = Reference(
+            global_params,
+            fmt.decode_group("peers", arrays, shapes.peer_params, rows=True),
+            fmt.decode_group("peer_weights", arrays, shapes.peer_weights, rows=False),
+        )
+        stripped = fmt.decode_group("clients", arrays, shapes.clients, rows=False)
+        clients = fmt.with_params_jit(algorithm, stripped, global_params, False)
+        env_params = fmt.decode_group("env", arrays, shapes.env_params, rows=False)
+        keys = fmt.decode_group("keys", arrays, shapes.keys, rows=False)
+        args = (keys, clients, env_params, reference)
+        restored = time.perf_counter()
+
+        step, fresh = self._step(simulator, n, args)
+        compiled = time.perf_counter()
+        progress("compiled", {"seconds": compiled - restored, "fresh": fresh})
+        if fault == "hang":
+            _hang()
+        new_clients, metrics = step(*args)
+        new_params = jax.device_get(jax.vmap(algorithm.get_params)(new_clients))
+        new_stripped = jax.device_get(fmt.strip_params_jit(algorithm, new_clients))
+        metrics = {name: np.asarray(value) for name, value in jax.device_get(metrics).items()}
+        trained = time.perf_counter()
+
+        if fault == "nan":
+            new_params = jax.tree.map(lambda x: np.full_like(x, np.nan), new_params)
+        result, error = fmt.encode_group("params", new_params, mode, True, True)
+        stripped_arrays, _ = fmt.encode_group("clients", new_stripped, "none", False, False)
+        result.update(stripped_arrays)
+        result.update({f"metrics/{name}": value for name, value in metrics.items()})
+        if fault == "shape":
+            name = sorted(k for k in result if k.startswith("clients/"))[0]
+            result[name] = np.concatenate([result[name], result[name][:1]])
+        if fault == "dtype":
+            name = sorted(k for k in result if k.startswith("params/"))[0]
+            result[name] = result[name].astype(np.float64)
+
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()):
+            raise fmt.TaskError(f"output folder {str(out)!r} is not empty")
+        fmt.save_arrays(out / fmt.STATE_DIR, result)
+        if fault == "crash":
+            os._exit(17)  # after a partial write, like a killed provider
+        returns = metrics.get("train_return")
+        last = np.asarray(returns)[-1] if returns is not None else np.full(n, np.nan)
+        report = {
+            "format": fmt.FORMAT,
+            "run_id": task["run_id"],
+            "round": task["round"] + (1 if fault == "wrong_round" else 0),
+            "shard": task["shard"],
+            "attempt": task["attempt"],
+            "client_ids": [i + (1 if fault == "wrong_clients" else 0) for i in task["client_ids"]],
+            "returns": [float(r) if np.isfinite(r) else None for r in last],
+            "env_steps": n
+            * simulator.config.federation.local_updates
+            * algorithm.env_steps_per_update,
+            "quantize": mode,
+            "quantize_error": {
+                "relative": error.relative_error,
+                "max_abs": error.max_abs_error,
+                "raw_bytes": error.raw_bytes,
+                "encoded_bytes": error.encoded_bytes,
+            },
+            "timings": {
+                "restore": restored - start,
+                "compile": compiled - restored,
+                "compiled_fresh": fresh,
+                "train": trained - compiled,
+            },
+            "device": str(jax.devices()[0]),
+            "platform": jax.default_backend(),
+            "versions": versions(),
+        }
+        report["timings"]["total"] = time.perf_counter() - start
+        fmt.write_json(out / fmt.REPORT_FILE, report)
+        digests = {"algorithm": "sha256", "files": fmt.digest_tree(out)}
+        fmt.write_json(out / fmt.DIGESTS_FILE, digests)
+        _damage(out, fault)
+        return report
+
+
+def _damage(out: Path, fault: str | None) -> None:
+    """Output faults applied after the digests were written (transfer damage)."""
+    if fault not in ("corrupt", "truncate", "missing"):
+        return
+    from offload.task import DIGESTS_FILE, list_files
+
+    files = sorted(rel for rel in list_files(out) if rel.startswith("state/"))
+    victim = out / max(files, key=lambda rel: (out / rel).stat().st_size)
+    if fault == "missing":
+        victim.unlink()
+    elif fault == "truncate":
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])
+    else:
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    assert (out / DIGESTS_FILE).exists()
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def serve(requests, answers, root_in: Path = Path("."), root_out: Path = Path(".")) -> int:
+    """Answers task requests (JSON lines) until `requests` ends."""
+    from offload.task import TaskError
+
+    worker = Worker()
+
+    def send(event: str, data: dict[str, Any]) -> None:
+        answers.write(json.dumps({"event": event, **data}) + "\n")
+        answers.flush()
+
+    send("ready", {"pid": os.getpid()})
+    for line in requests:
+        line = line.strip()
+        if not line:
+            continue
+        start = time.perf_counter()
+        try:
+            request = json.loads(line)
+            report = worker.run(
+                root_in / request["input"],
+                root_out / request["output"],
+                progress=send,
+                fault=request.get("fault"),
+            )
+            seconds = time.perf_counter() - start
+            send("done", {"ok": True, "seconds": seconds, "timings": report["timings"]})
+        except (TaskError, ValueError, KeyError) as error:
+            send("done", {"ok": False, "error": f"{type(error).__name__}: {error}"})
+        except Exception as error:  # keep serving; the requestor decides what to do
+            traceback.print_exc(file=sys.stderr)
+            send("done", {"ok": False, "error": f"{type(error).__name__}: {error}"})
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """`jfedrl offload worker` (and `python -m offload.worker`)."""
+    from jfedrl.runner import enable_compilation_cache
+    from offload.task import TaskError
+
+    enable_compilation_cache(_cache_dir())
+    if args.serve:
+        # Stdout carries the protocol; anything else printed goes to stderr.
+        answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        return serve(sys.stdin, answers, Path(args.input or "."), Path(args.output or "."))
+    try:
+        report = Worker().run(Path(args.input), Path(args.output))
+    except (TaskError, ValueError) as error:  # ValueError: a bad config in the task
+        print(f"jfedrl offload worker: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "round": report["round"],
+                "shard": report["shard"],
+                "clients": len(report["client_ids"]),
+                "seconds": round(report["timings"]["total"], 3),
+                "device": report["device"],
+            }
+        )
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m offload.worker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--input", help="task folder or .tar (--serve: root of request paths)")
+    parser.add_argument("--output", help="result folder or .tar (--serve: root of request paths)")
+    parser.add_argument("--serve", action="store_true", help="read task requests from stdin")
+    return parser
+
+
+if __name__ == "__main__":
+    parsed = _parser().parse_args()
+    if not parsed.serve and not (parsed.input and parsed.output):
+        _parser().error("--input and --output are required without --serve")
+    sys.exit(main(parsed))

@@ -1,0 +1,266 @@
+"""Benchmark: the local offload executor against the in-process round.
+
+For 16 and 64 clients (x 4 local updates, the default PPO config on
+CartPole-v1) it measures, on this machine:
+
+- the warm in-process round (the whole round jitted) and the warm offloaded
+  round with the `local` executor (median of several rounds), and their ratio;
+- where the offloaded round's time goes: writing tasks, waiting for the
+  workers (their restore, training and save), reading and validating results;
+- worker process start (spawn to ready), the worker's compilation of the
+  local-training step with an empty persistent cache and with a warm one;
+- the bytes of a round's tasks and results (on disk, as orbax writes them,
+  compressed) with `none`, `float16` and `int8` transfer quantisation, the
+  array bytes quantisation saves, and the error it introduces.
+
+Writes bench/offload.json and bench/offload.md.
+
+    python scripts/bench_offload.py [--clients 16 64] [--rounds 5] [--shards 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jfedrl.config import Config, replace_path
+from jfedrl.federated import make_simulator
+from jfedrl.runner import InProcessRunner, enable_compilation_cache
+from offload import LocalExecutor, OffloadRunner
+from offload import task as fmt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_for(clients: int, shards: int, quantize: str = "none") -> Config:
+    config = Config()
+    for path, value in {
+        "federation.num_clients": clients,
+        "federation.local_updates": 4,
+        "federation.rounds": 100,
+        "offload.executor": "local",
+        "offload.shards": shards,
+        "offload.quantize": quantize,
+    }.items():
+        config = replace_path(config, path, value)
+    return config
+
+
+def copy(state):
+    return jax.tree.map(jnp.copy, state)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - start
+
+
+def worker_reports(run_dir: Path) -> list[dict]:
+    rounds = sorted((run_dir / "offload").glob("round-*"))
+    return [
+        json.loads(path.read_text())
+        for path in sorted(rounds[-1].glob("shard-*/result-*/report.json"))
+    ]
+
+
+def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
+    config = config_for(clients, shards)
+    simulator = make_simulator(config)
+    state = simulator.init(jax.random.PRNGKey(0))
+
+    # In-process: compile, warm up, then time single-round blocks.
+    inproc = InProcessRunner(simulator)
+    s, _ = timed(lambda: inproc.run_block(copy(state), 1)[0])
+    inproc_rounds = []
+    for _ in range(rounds):
+        s, seconds = timed(lambda s=s: inproc.run_block(s, 1)[0])
+        inproc_rounds.append(seconds)
+
+    # Worker start and compilation with an empty, then a warm persistent cache.
+    cold_cache = work / f"xla-cold-{clients}"
+    env = dict(os.environ, JFEDRL_COMPILATION_CACHE=str(cold_cache))
+    startup = {}
+    compile_seconds = {}
+    offload_rounds, breakdown = [], []
+    for phase in ("cold_cache", "warm_cache"):
+        run_dir = work / f"run-{clients}-{phase}"
+        start = time.perf_counter()
+        executor = LocalExecutor(shards, run_dir / "workers", 600, 900, env=env)
+        executor.wait_ready(600)
+        startup[phase] = time.perf_counter() - start
+        runner = OffloadRunner(simulator, run_dir, lambda sim, w, n, e=executor: e)
+        offloaded = copy(state)
+        outcomes = []
+        original_run = executor.run
+
+        def recording_run(jobs, original_run=original_run, outcomes=outcomes):
+            result = original_run(jobs)
+            outcomes.extend(result)
+            return result
+
+        executor.run = recording_run
+        offloaded, _ = runner.run_block(offloaded, 1)  # compiles
+        compile_seconds[phase] = max(o.compile_seconds for o in outcomes)
+        if phase == "warm_cache":
+            for _ in range(rounds):
+                tick = time.perf_counter()
+                offloaded, metrics = runner.run_block(offloaded, 1)
+                offload_rounds.append(time.perf_counter() - tick)
+                reports = worker_reports(run_dir)
+                breakdown.append(
+                    {
+                        "write_tasks": float(metrics["offload/seconds_write"][0]),
+                        "wait_workers": float(metrics["offload/seconds_wait"][0]),
+                        "read_results": float(metrics["offload/seconds_read"][0]),
+                        "worker_restore": max(r["timings"]["restore"] for r in reports),
+                        "worker_train": max(r["timings"]["train"] for r in reports),
+                        "worker_total": max(r["timings"]["total"] for r in reports),
+                    }
+                )
+        runner.close()
+
+    # Transfer size with each quantisation: two rounds each, the second reported
+    # (in the first, the optimiser moments are all zero and compress to nothing).
+    transfer = {}
+    for mode in ("none", "float16", "int8"):
+        qconfig = config_for(clients, shards, mode)
+        qsim = make_simulator(qconfig)
+        run_dir = work / f"run-{clients}-{mode}"
+        runner = OffloadRunner(
+            qsim,
+            run_dir,
+            lambda sim, w, n: LocalExecutor(n, w / "workers", 600, 900, env=env),
+        )
+        _, metrics = runner.run_block(qsim.init(jax.random.PRNGKey(0)), 2)
+        metrics = {name: value[1:] for name, value in metrics.items()}
+        runner.close()
+        shapes = fmt.shard_shapes(qsim, clients // len(runner.slices))
+        transfer[mode] = {
+            "bytes_sent": int(metrics["offload/bytes_sent"][0]),
+            "bytes_received": int(metrics["offload/bytes_received"][0]),
+            "bytes_saved": int(metrics["offload/bytes_saved"][0]),
+            "array_bytes_per_task": fmt.spec_bytes(fmt.task_spec(shapes, mode)),
+            "array_bytes_per_result": fmt.spec_bytes(fmt.result_spec(shapes, mode)),
+            "quantize_error_sent": float(metrics["offload/quantize_error_sent"][0]),
+            "quantize_error_received": float(metrics["offload/quantize_error_received"][0]),
+        }
+
+    inproc_median = statistics.median(inproc_rounds)
+    offload_median = statistics.median(offload_rounds)
+    median_breakdown = {key: statistics.median(b[key] for b in breakdown) for key in breakdown[0]}
+    return {
+        "clients": clients,
+        "shards": shards,
+        "local_updates": 4,
+        "env_steps_per_round": simulator.env_steps_per_round,
+        "inprocess_round_seconds": inproc_median,
+        "offload_round_seconds": offload_median,
+        "ratio": offload_median / inproc_median,
+        "offload_breakdown_seconds": median_breakdown,
+        "worker_startup_seconds": startup,
+        "worker_compile_seconds": compile_seconds,
+        "transfer": transfer,
+        "inprocess_rounds": inproc_rounds,
+        "offload_rounds": offload_rounds,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Offload benchmark: local executor vs in-process",
+        "",
+        f"Machine: {results['machine']}; load average at start {results['load_average']}.",
+        f"Default PPO on CartPole-v1, 4 local updates, {results['shards']} shards "
+        "(worker processes), median of warm rounds. Written by scripts/bench_offload.py.",
+        "",
+        "| clients | in-process round s | offloaded round s | ratio | write s | wait s | "
+        "read s | worker restore s | worker train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        b = r["offload_breakdown_seconds"]
+        lines.append(
+            f"| {r['clients']} | {r['inprocess_round_seconds']:.3f} | "
+            f"{r['offload_round_seconds']:.3f} | {r['ratio']:.2f} | {b['write_tasks']:.3f} | "
+            f"{b['wait_workers']:.3f} | {b['read_results']:.3f} | {b['worker_restore']:.3f} | "
+            f"{b['worker_train']:.3f} |"
+        )
+    target = [r for r in results["runs"] if r["clients"] == 64]
+    if target:
+        lines += [
+            "",
+            "Target (issue 5): at 64 clients x 4 local updates, a warm offloaded round takes "
+            f"at most 1.5x the in-process round: measured {target[0]['ratio']:.2f}x.",
+        ]
+    lines += [
+        "",
+        "The offload overhead is roughly fixed per round (writing the tasks, an orbax "
+        "restore and save in each worker, reading and validating the results), so it "
+        "weighs on small rounds and fades on large ones, where the worker processes train "
+        "in parallel. Worker start and compilation are paid once per run (compilation "
+        "comes from the persistent cache after the first run).",
+    ]
+    lines += [
+        "",
+        "| clients | worker start s | compile, empty cache s | compile, warm cache s |",
+        "|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        s, c = r["worker_startup_seconds"], r["worker_compile_seconds"]
+        lines.append(
+            f"| {r['clients']} | {s['cold_cache']:.2f} | {c['cold_cache']:.2f} | "
+            f"{c['warm_cache']:.2f} |"
+        )
+    lines += [
+        "",
+        "| clients | quantize | bytes sent | bytes received | bytes saved | rel. error sent | "
+        "rel. error received |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        for mode, t in r["transfer"].items():
+            lines.append(
+                f"| {r['clients']} | {mode} | {t['bytes_sent']} | {t['bytes_received']} | "
+                f"{t['bytes_saved']} | {t['quantize_error_sent']:.2e} | "
+                f"{t['quantize_error_received']:.2e} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "offload"))
+    args = parser.parse_args()
+    enable_compilation_cache(tempfile.mkdtemp(prefix="bench-offload-xla-"))
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-offload-") as work:
+        runs = [bench_clients(c, args.shards, args.rounds, Path(work)) for c in args.clients]
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}",
+        "load_average": round(load, 2),
+        "shards": args.shards,
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

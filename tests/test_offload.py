@@ -1,0 +1,326 @@
+"""Offload with the local executor: the task format, quantisation and faults.
+
+The runs share one tiny config (6 clients, 3 shards, 2 rounds) and the
+session's persistent compilation cache. The in-process reference run is
+computed once per module. The equivalence test goes through the registered
+`local` executor (its own worker processes); the fault tests borrow one
+module-wide pool of worker processes (importing JAX and gymnax costs seconds
+per process here), which they crash, hang and restart like any other.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import jax
+import numpy as np
+import pytest
+
+from jfedrl import runner
+from jfedrl.checkpoint import Checkpointer
+from jfedrl.config import replace_path
+from jfedrl.federated import make_simulator
+from jfedrl.outputs import read_metrics
+from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
+from offload import LocalExecutor, OffloadError, OffloadRunner, quantize
+from offload import task as fmt
+from offload.requestor import shard_slices
+from offload.worker import Fault, parse_faults
+from tests.helpers import tiny_config, with_run_dir
+
+ROUNDS = 2
+#: Metrics that measure time, not maths.
+TIMING = ("wall_seconds", "steps_per_second", "compile_seconds")
+
+
+def base_config(**overrides):
+    values = dict(
+        federation__num_clients=6,
+        federation__rounds=ROUNDS,
+        algo__ppo__num_steps=32,
+        log__rounds_per_block=1,
+    )
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def local_config(run_dir, **overrides):
+    config = base_config(offload__executor="local", offload__shards=3, **overrides)
+    return with_run_dir(config, run_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The in-process run every offloaded run is compared with."""
+    return train(with_run_dir(base_config(), tmp_path_factory.mktemp("inprocess")), quiet=True)
+
+
+TASK_TIMEOUT = 8.0
+
+
+class _Borrowed:
+    """The module's worker pool, lent to one run (closing it is the fixture's job)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def run(self, jobs):
+        return self.pool.run(jobs)
+
+    def blame(self, outcome, reason):
+        self.pool.blame(outcome, reason)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    workers = LocalExecutor(
+        3, tmp_path_factory.mktemp("pool"), task_timeout=TASK_TIMEOUT, compile_timeout=900
+    )
+    yield workers
+    workers.close()
+
+
+@pytest.fixture
+def pooled(pool, monkeypatch):
+    """Runs with `offload.executor: local` use the module's worker pool."""
+
+    def factory(simulator, run_dir):
+        return OffloadRunner(simulator, run_dir, lambda sim, work_dir, n: _Borrowed(pool))
+
+    monkeypatch.setitem(runner._EXECUTORS, "local", factory)
+    return pool
+
+
+def assert_same_run(got, want):
+    for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert len(got.records) == len(want.records)
+    for record, expected in zip(got.records, want.records, strict=True):
+        for name, value in expected.items():
+            if name in TIMING:
+                continue
+            np.testing.assert_allclose(
+                np.asarray(record[name], float), np.asarray(value, float), rtol=1e-5, err_msg=name
+            )
+
+
+# ---------------------------------------------------------------- unit tests
+
+
+def test_int8_and_float16_quantisation_by_hand():
+    x = np.array([[1.0, -0.5, 0.25], [0.0, 0.0, 0.0]], np.float32)
+    encoded, error = quantize.encode("p", x, "int8", rows=True)
+    # Row 0: scale 1/127, values 127, -63.5 -> -64 (round half to even), 31.75 -> 32.
+    np.testing.assert_array_equal(encoded["p"], [[127, -64, 32], [0, 0, 0]])
+    np.testing.assert_allclose(encoded["p@scale"], [1 / 127, 1.0], rtol=1e-7)
+    decoded = quantize.decode("p", encoded, np.float32, rows=True)
+    np.testing.assert_allclose(decoded[0], [1.0, -64 / 127, 32 / 127], rtol=1e-6)
+    np.testing.assert_array_equal(decoded[1], 0.0)
+    diff = np.array([0.0, -64 / 127 + 0.5, 32 / 127 - 0.25])
+    assert error.max_abs_error == pytest.approx(np.abs(diff).max(), rel=1e-5)
+    assert error.relative_error == pytest.approx(
+        np.sqrt(np.sum(diff**2) / (1 + 0.25 + 0.0625)), rel=1e-4
+    )
+    assert (error.raw_bytes, error.encoded_bytes) == (24, 6 + 8)
+
+    encoded, error = quantize.encode("p", np.array([0.1, 1.0], np.float32), "float16", rows=False)
+    assert encoded["p"].dtype == np.float16
+    assert error.max_abs_error == pytest.approx(abs(float(np.float16(0.1)) - 0.1), rel=1e-3)
+    assert (error.raw_bytes, error.encoded_bytes) == (8, 4)
+
+    ints = np.arange(4, dtype=np.int32)
+    encoded, error = quantize.encode("k", ints, "int8", rows=False)
+    assert encoded["k"] is not None and encoded["k"].dtype == np.int32  # only floats are quantised
+    assert quantize.encoded_spec("k", (4,), np.int32, "int8", rows=False) == {
+        "k": ((4,), np.dtype(np.int32))
+    }
+
+
+def test_shards_are_contiguous_and_never_empty():
+    assert shard_slices(6, 3) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert [s.stop - s.start for s in shard_slices(5, 3)] == [2, 1, 2]
+    assert shard_slices(2, 4) == [slice(0, 1), slice(1, 2)]
+
+
+def test_fault_spec_parsing():
+    faults = parse_faults("crash:shard=1;nan:shard=0,attempt=*,round=2")
+    assert faults == [Fault("crash", 1, 0, None), Fault("nan", 0, None, 2)]
+    assert faults[0].matches({"shard": 1, "attempt": 0, "round": 5})
+    assert not faults[0].matches({"shard": 1, "attempt": 1, "round": 5})
+    with pytest.raises(ValueError, match="allowed: crash"):
+        parse_faults("explode")
+
+
+def _tar(entries):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def test_unpack_accepts_plain_files_only(tmp_path):
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    (source / "d" / "a.bin").write_bytes(b"12345")
+    (source / "report.json").write_text("{}")
+    fmt.unpack(fmt.pack(source), tmp_path / "out", max_bytes=1000)
+    assert (tmp_path / "out" / "d" / "a.bin").read_bytes() == b"12345"
+
+    def file(name, data=b"x"):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        return info, data
+
+    link = tarfile.TarInfo("evil")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    cases = {
+        "escapes": [file("../evil")],
+        "not a regular file": [(link, None)],
+        "exceeds the cap": [file("big", b"x" * 2000)],
+    }
+    for message, entries in cases.items():
+        with pytest.raises(fmt.TaskError, match=message):
+            fmt.unpack(_tar(entries), tmp_path / "bad", max_bytes=1500)
+    with pytest.raises(fmt.TaskError, match="cap"):
+        fmt.unpack(b"\0" * (fmt.archive_cap(1000) + 1), tmp_path / "bad", max_bytes=1000)
+    with pytest.raises(fmt.TaskError, match="damaged"):
+        fmt.unpack(b"\1" * 5000, tmp_path / "bad", max_bytes=1000)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_local_executor_matches_inprocess(reference, tmp_path):
+    result = train(local_config(tmp_path / "local"), quiet=True)
+    assert_same_run(result, reference)
+    for record in result.records:
+        assert record["offload/tasks"] == 3
+        assert record["offload/retries"] == 0 and record["offload/clients_lost"] == 0
+        assert record["offload/bytes_sent"] > 0 and record["offload/bytes_received"] > 0
+        assert record["offload/bytes_saved"] == 0 and record["offload/quantize_error_sent"] == 0
+    # The task of the last round stays for inspection: a task.json a worker can run again.
+    task = json.loads(
+        (tmp_path / "local/offload/round-000001/shard-001/task/task.json").read_text()
+    )
+    assert task["round"] == 1 and task["client_ids"] == [2, 3] and task["quantize"] == "none"
+    assert "log" not in task["config"] and task["config"]["federation"]["num_clients"] == 6
+
+
+def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, pooled):
+    """Two faults per task and round; the third attempt succeeds, so the run equals a clean one."""
+    faults = [
+        "crash:shard=0,round=0,attempt=0",
+        "missing:shard=0,round=0,attempt=1",
+        "corrupt:shard=1,round=0,attempt=0",
+        "truncate:shard=1,round=0,attempt=1",
+        "nan:shard=2,round=0,attempt=0",
+        "shape:shard=2,round=0,attempt=1",
+        "hang:shard=0,round=1,attempt=0",
+        "wrong_round:shard=0,round=1,attempt=1",
+        "dtype:shard=1,round=1,attempt=0",
+        "wrong_clients:shard=1,round=1,attempt=1",
+    ]
+    monkeypatch.setenv("JFEDRL_FAULT", ";".join(faults))
+    run_dir = tmp_path / "faults"
+    restarts = pooled.restarts
+    result = train(local_config(run_dir, offload__max_retries=2), quiet=True)
+    assert_same_run(result, reference)
+    assert [r["offload/retries"] for r in result.records] == [6, 4]
+    assert [r["offload/attempts"] for r in result.records] == [9, 7]
+    assert all(r["offload/tasks_failed"] == 0 for r in result.records)
+    assert pooled.restarts == restarts + 2  # the crashed and the hung worker
+    log = (run_dir / "train.log").read_text()
+    for expected in (
+        "worker exited with code 17",
+        "missing file(s): state/",
+        "digest mismatch",
+        "non-finite values in params/",
+        "(3,)/float32 where (2,)/float32 is expected",
+        f"timed out while training (offload.task_timeout={TASK_TIMEOUT:g}s)",
+        "report is for round 2, expected 1",
+        "/float64 where",
+        "report is for other client ids",
+    ):
+        assert expected in log, expected
+    assert log.count("digest mismatch") == 2  # corrupt and truncate
+
+
+def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypatch, pooled):
+    run_dir = tmp_path / "lost"
+    monkeypatch.setenv("JFEDRL_FAULT", "nan:shard=1,attempt=*,round=0;corrupt:attempt=*,round=1")
+    config = local_config(run_dir, offload__max_retries=1, federation__min_participation=0.6)
+    with pytest.raises(OffloadError, match=r"round 2 failed: 0 of 6 .*min_participation=0.6"):
+        train(config, quiet=True)
+    # Round 1 lost shard 1 (clients 2, 3) after 1 retry, but 4 of 6 >= 0.6: masked.
+    (record,) = read_metrics(run_dir)
+    assert record["offload/tasks_failed"] == 1 and record["offload/clients_lost"] == 2
+    assert record["clients_excluded"] == 2 and record["offload/retries"] == 1
+    # Round 2 failed: the checkpoint of round 1 is intact, nothing of round 2 was kept.
+    simulator = make_simulator(config)
+    initial = simulator.init(jax.random.PRNGKey(config.seed))
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR)
+    assert checkpointer.rounds() == [1]
+    state, _ = checkpointer.restore(initial)
+    checkpointer.close()
+    assert int(state.round) == 1
+    leaves = zip(jax.tree.leaves(state.clients), jax.tree.leaves(initial.clients), strict=True)
+    for got, start in leaves:
+        np.testing.assert_array_equal(np.asarray(got)[2:4], np.asarray(start)[2:4])  # masked
+        if np.issubdtype(np.asarray(got).dtype, np.floating) and np.asarray(got).ndim > 2:
+            assert not np.array_equal(np.asarray(got)[:2], np.asarray(start)[:2])  # trained
+    # Without the faults the run resumes from round 1 and finishes.
+    monkeypatch.delenv("JFEDRL_FAULT")
+    resumed = train(resume_config(run_dir, {"federation.rounds": 2}), resume=True, quiet=True)
+    assert [r["round"] for r in resumed.records] == [1, 2]
+    assert resumed.records[-1]["offload/clients_lost"] == 0
+
+
+def test_int8_transfer_reports_bytes_saved_and_error(reference, tmp_path, pooled):
+    config = local_config(tmp_path / "int8", offload__quantize="int8")
+    # One round (the same config otherwise, so the pooled workers reuse their compiled step).
+    result = train(config, quiet=True, stop_after_round=1)
+    (record,) = result.records
+    assert record["offload/bytes_saved"] > 0
+    assert 0 < record["offload/quantize_error_sent"] < 0.01  # int8: at most ~1/254 per value
+    assert 0 < record["offload/quantize_error_received"] < 0.01
+    # Training from an int8 broadcast stays close to the exact run after one round.
+    exact = reference.records[0]["train_return_mean"]
+    assert record["train_return_mean"] == pytest.approx(exact, rel=0.5)
+
+
+def test_worker_cli_rejects_a_damaged_task(tmp_path):
+    from offload.worker import Worker
+
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps({"format": 99}))
+    with pytest.raises(fmt.TaskError, match="task format 99"):
+        Worker().run(task_dir, tmp_path / "out")
+    fields = {"format": 1, "run_id": "r", "round": 0, "shard": 0, "attempt": 0}
+    fields.update(client_ids="0,1", quantize="none", config={}, inputs={})
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(fields))
+    with pytest.raises(fmt.TaskError, match="client_ids is missing or not a list"):
+        Worker().run(task_dir, tmp_path / "out")
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], quantize="x")))
+    with pytest.raises(fmt.TaskError, match="quantize 'x'; allowed: none, float16, int8"):
+        Worker().run(task_dir, tmp_path / "out")
+    (task_dir / fmt.TASK_FILE).write_text("not json")
+    with pytest.raises(fmt.TaskError, match="not valid JSON"):
+        Worker().run(task_dir, tmp_path / "out")
+
+
+def test_config_errors_name_the_field(tmp_path):
+    from offload.requestor import validate_offload
+
+    config = replace_path(base_config(), "offload.task_timeout", 0)
+    with pytest.raises(ValueError, match="offload.task_timeout: must be > 0"):
+        validate_offload(config)
+    config = replace_path(base_config(), "offload.executor", "golem")
+    with pytest.raises(ValueError, match="offload.golem.image_hash / offload.golem.image_tag"):
+        validate_offload(config)
