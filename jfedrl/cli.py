@@ -35,8 +35,14 @@ SHORTCUTS = {
     "executor": "offload.executor",
     "shards": "offload.shards",
 }
-#: Section shortcuts: `--golem.budget` means `--offload.golem.budget`.
-SECTION_ALIASES = {"golem.": "offload.golem.", "ppo.": "algo.ppo."}
+#: Section shortcuts: `--golem.budget` means `--offload.golem.budget`, `--ppo.X` `--algo.ppo.X`.
+SECTION_ALIASES = {
+    "golem.": "offload.golem.",
+    "ppo.": "algo.ppo.",
+    "a2c.": "algo.a2c.",
+    "dqn.": "algo.dqn.",
+    "td3.": "algo.td3.",
+}
 
 
 def _flag(path: str) -> str:

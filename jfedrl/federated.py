@@ -149,6 +149,7 @@ class Simulator:
             * self.algorithm.env_steps_per_update
         )
 
+    @partial(jax.jit, static_argnums=(0,))
     def init(self, key: jax.Array) -> FedState:
         """Initial state: shared global params, per-client env/optimiser state."""
         key_params, key_clients, key_env, key_run = jax.random.split(key, 4)
@@ -370,13 +371,17 @@ def make_simulator(config: Config) -> Simulator:
     validate(config)
     client_envs = make_client_envs(config.env, config.federation.num_clients)
     algorithm = algorithms.make(config, client_envs.env, client_envs.default_params)
-    strategy = strategies.make(config.strategy)
     devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None
+    participants = participants_per_round(config.federation)
+    padded = -(-participants // len(devices)) * len(devices)
+    # The strategy sees the padded client axis (padding is masked).
+    strategy = strategies.make(config.strategy, num_clients=padded)
     return Simulator(
         config=config,
         envs=client_envs,
         algorithm=algorithm,
         strategy=strategy,
-        num_participants=participants_per_round(config.federation),
-        mesh=Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None,
+        num_participants=participants,
+        mesh=mesh,
     )

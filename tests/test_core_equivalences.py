@@ -31,6 +31,10 @@ def _allclose_trees(a, b, **kw):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
+def _slice(tree, i):
+    return jax.tree.map(lambda x: x[i : i + 1], tree)
+
+
 def test_vmapped_clients_equal_each_client_alone(sim, state):
     keys = jax.random.split(jax.random.PRNGKey(7), NUM_CLIENTS)
     reference = Reference(state.global_params)
@@ -40,11 +44,12 @@ def test_vmapped_clients_equal_each_client_alone(sim, state):
 
     single = jax.jit(lambda k, c, p: local_training(sim.algorithm, 2, k, c, p, reference))
     for i in range(NUM_CLIENTS):
-        take = lambda tree, i=i: jax.tree.map(lambda x: x[i : i + 1], tree)  # noqa: E731
-        alone, alone_metrics = single(keys[i : i + 1], take(state.clients), take(state.env_params))
-        _allclose_trees(take(batched), alone, rtol=1e-5, atol=1e-6)
+        alone, alone_metrics = single(
+            keys[i : i + 1], _slice(state.clients, i), _slice(state.env_params, i)
+        )
+        _allclose_trees(_slice(batched, i), alone, rtol=1e-5, atol=1e-6)
         _allclose_trees(
-            jax.tree.map(lambda x: x[:, i : i + 1], batched_metrics),
+            {k: v[:, i : i + 1] for k, v in batched_metrics.items()},
             alone_metrics,
             rtol=1e-5,
             atol=1e-6,

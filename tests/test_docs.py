@@ -30,7 +30,9 @@ def test_readme_commands_exist():
 def test_cli_help_lists_every_config_field():
     out = subprocess.run(
         [sys.executable, "-m", "jfedrl.cli", "train", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     from jfedrl.config import Config, flat_fields
 

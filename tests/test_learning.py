@@ -33,7 +33,7 @@ def test_default_train_reaches_450_on_cartpole(tmp_path):
     """The README's `jfedrl train` (embedded default config) solves CartPole-v1."""
     result = runner.train(with_run_dir(Config(), tmp_path / "default"), quiet=True, progress=False)
     assert not result.interrupted
-    assert result.final_eval_return is not None and result.final_eval_return >= 450.0, (
-        [r.get("eval_return") for r in result.records]
-    )
+    assert result.final_eval_return is not None and result.final_eval_return >= 450.0, [
+        r.get("eval_return") for r in result.records
+    ]
     assert (tmp_path / "default" / "learning_curve.png").is_file()

@@ -40,7 +40,11 @@ def _run(clients, participation, devices):
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     out = subprocess.run(
         [sys.executable, "-c", SHARDED_SCRIPT, str(clients), str(participation)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=400,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=400,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -52,10 +56,16 @@ def test_sharded_over_4_devices_equals_one_device(clients, participation):
     one = _run(clients, participation, 1)
     four = _run(clients, participation, 4)
     assert one["devices"] == 1 and four["devices"] == 4
-    assert four["padded"] % 4 == 0 and four["padded"] > participants_per_round(
-        tiny_config(federation__num_clients=clients, federation__participation=participation)
-        .federation
-    ) - 1
+    assert (
+        four["padded"] % 4 == 0
+        and four["padded"]
+        > participants_per_round(
+            tiny_config(
+                federation__num_clients=clients, federation__participation=participation
+            ).federation
+        )
+        - 1
+    )
     assert one["participants"] == four["participants"]
     for a, b in zip(one["params"], four["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -72,10 +82,18 @@ def test_participants_are_a_reproducible_sample_of_the_right_size():
 
 
 def test_participation_fraction_and_count():
-    assert participants_per_round(tiny_config(federation__num_clients=10,
-                                              federation__participation=0.5).federation) == 5
-    assert participants_per_round(tiny_config(federation__num_clients=10,
-                                              federation__participation=3).federation) == 3
+    assert (
+        participants_per_round(
+            tiny_config(federation__num_clients=10, federation__participation=0.5).federation
+        )
+        == 5
+    )
+    assert (
+        participants_per_round(
+            tiny_config(federation__num_clients=10, federation__participation=3).federation
+        )
+        == 3
+    )
     with pytest.raises(ConfigError, match="federation.participation: 12.0 exceeds"):
         validate(tiny_config(federation__num_clients=10, federation__participation=12))
 
@@ -93,8 +111,10 @@ def test_non_participants_keep_their_local_state(partial_sim):
     for client in range(5):
         old = jax.tree.map(lambda x, c=client: x[c], state.clients)
         new = jax.tree.map(lambda x, c=client: x[c], new_state.clients)
-        same = all(np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True))
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True)
+        )
         assert same == (client not in chosen), client
 
 
@@ -103,8 +123,9 @@ def test_non_finite_updates_are_excluded_and_counted(partial_sim):
     state = sim.init(jax.random.PRNGKey(1))
     inputs = jax.jit(sim.begin_round)(state)
     clients, local_metrics = jax.jit(
-        lambda i: local_training(sim.algorithm, 2, i.client_keys, i.clients, i.env_params,
-                                 i.reference)
+        lambda i: local_training(
+            sim.algorithm, 2, i.client_keys, i.clients, i.env_params, i.reference
+        )
     )(inputs)
     # Client 1 returns NaN params (a diverged or malicious update).
     poisoned = clients.replace(params=jax.tree.map(lambda x: x.at[1].set(jnp.nan), clients.params))
@@ -115,13 +136,17 @@ def test_non_finite_updates_are_excluded_and_counted(partial_sim):
     for a, b in zip(jax.tree.leaves(new_state.global_params), jax.tree.leaves(honest), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # The rejected client keeps its pre-round state.
-    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[1], new_state.clients)),
-                    jax.tree.leaves(jax.tree.map(lambda x: x[1], state.clients)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(jax.tree.map(lambda x: x[1], new_state.clients)),
+        jax.tree.leaves(jax.tree.map(lambda x: x[1], state.clients)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     # Every client rejected: the global params stay as they were.
     all_bad = clients.replace(params=jax.tree.map(lambda x: x * jnp.nan, clients.params))
     kept, metrics = jax.jit(sim.aggregate)(state, inputs, all_bad, local_metrics)
     assert int(metrics["clients_excluded"]) == 4
-    for a, b in zip(jax.tree.leaves(kept.global_params), jax.tree.leaves(state.global_params),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(kept.global_params), jax.tree.leaves(state.global_params), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
