@@ -177,7 +177,10 @@ def write_markdown(path: Path, result: dict) -> None:
     lines = [
         "# Environment throughput",
         "",
-        f"Machine: {result['machine']}, jax {result['jax']} ({result['backend']}).",
+        f"Machine: {result['machine']}, jax {result['jax']} ({result['backend']}); "
+        "1-minute load average before / after: "
+        + " / ".join(f"{x:.1f}" for x in result["load_average_1min"])
+        + " (other processes share the CPUs).",
         "",
         f"## Federated PPO round, CartPole-v1, {result['clients']} clients",
         "",
@@ -225,6 +228,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench"))
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     print(f"federated PPO round, CartPole-v1, {args.clients} clients ...", flush=True)
     federated = bench_federated(args.clients, args.rounds, args.reps)
     for label, row in federated.items():
@@ -240,6 +244,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "jax": jax.__version__,
         "backend": jax.default_backend(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "clients": args.clients,
         "reps": args.reps,
         "federated": federated,

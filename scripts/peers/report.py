@@ -259,7 +259,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("wall seconds (setup + compile + training; eval excluded)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("global policy: mean eval return")
-    axes[0][0].legend(loc="upper left", fontsize=8)
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), loc="lower right", fontsize=8)
     machine = data["machine"]
     fig.suptitle(
         f"Federated PPO on CartPole-v1 - {machine['cpu']}, {machine['nproc']} cores, "
