@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jfedrl.algorithms import networks
+from jfedrl.algorithms import common, networks
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
 from jfedrl.config import Config, ConfigError, PPOConfig
 
@@ -52,15 +52,6 @@ class Transition(struct.PyTreeNode):
     value: jax.Array
     reward: jax.Array
     done: jax.Array
-
-
-def _is_continuous(env, env_params) -> bool:
-    return not hasattr(env.action_space(env_params), "n")
-
-
-def _action_dim(env, env_params) -> int:
-    space = env.action_space(env_params)
-    return int(space.n) if hasattr(space, "n") else int(jnp.prod(jnp.array(space.shape)))
 
 
 def validate(config: Config) -> None:
@@ -116,7 +107,7 @@ def make_optimizer(ppo: PPOConfig, total_gradient_steps: int) -> optax.GradientT
 def build(config: Config, env, env_params) -> Algorithm:
     """PPO for `env`; `env_params` is one client's (unbatched) default params."""
     ppo = config.algo.ppo
-    continuous = _is_continuous(env, env_params)
+    continuous = common.is_continuous(env, env_params)
     if continuous and ppo.comm_coef > 0 and ppo.comm_reference == "mixture":
         raise ConfigError(
             "algo.ppo.comm_reference: 'mixture' needs discrete actions (the KL to a "
@@ -125,7 +116,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         )
     obs_shape = env.observation_space(env_params).shape
     network = networks.ActorCritic(
-        _action_dim(env, env_params),
+        common.action_dim(env, env_params),
         continuous,
         len(obs_shape),
         tuple(ppo.hidden_sizes),
@@ -141,8 +132,7 @@ def build(config: Config, env, env_params) -> Algorithm:
     batch_size = ppo.num_envs * ppo.num_steps
     minibatch_size = batch_size // ppo.num_minibatches
     if continuous:
-        space = env.action_space(env_params)
-        low, high = jnp.asarray(space.low), jnp.asarray(space.high)
+        low, high = common.action_bounds(env, env_params)
 
     def env_action(action):
         return jnp.clip(action, low, high) if continuous else action
@@ -184,9 +174,9 @@ def build(config: Config, env, env_params) -> Algorithm:
             )
             cut = jnp.logical_and(truncated, jnp.logical_not(terminated))
             train_reward = reward + ppo.gamma * jnp.where(cut, final_value, 0.0)
-            episode_return = episode_return + reward
-            last_return = jnp.where(done, episode_return, last_return)
-            episode_return = jnp.where(done, 0.0, episode_return)
+            episode_return, last_return = common.track_returns(
+                episode_return, last_return, reward, done
+            )
             transition = Transition(obs, action, log_prob, dist, value, train_reward, done)
             carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
             return carry, (transition, done)
@@ -247,10 +237,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         value_clipped = t.value + jnp.clip(value - t.value, -ppo.clip_eps, ppo.clip_eps)
         v_loss = 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
         ent = networks.entropy(dist, continuous).mean()
-        prox = jnp.zeros(())
-        if ppo.prox_mu > 0:
-            sq = jax.tree.map(lambda w, g: jnp.sum((w - g) ** 2), params, reference.global_params)
-            prox = 0.5 * ppo.prox_mu * sum(jax.tree.leaves(sq))
+        prox = common.prox_term(params, reference.global_params, ppo.prox_mu)
         total = pg_loss + ppo.vf_coef * v_loss - ppo.ent_coef * ent + ppo.comm_coef * comm + prox
         aux = {
             "pg_loss": pg_loss,
