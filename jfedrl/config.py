@@ -275,6 +275,9 @@ class StrategyConfig:
     """krum / multi_krum: Byzantine clients tolerated; needs participants n > 2f + 2."""
     krum_m: int = 0
     """multi_krum: clients averaged, in [0, n - f] (0: n - f)."""
+    krum_weighting: str = "mean"
+    """multi_krum: average the selected clients with equal weights (`mean`, Blanchard et al.
+    2017) or by their environment steps n_k (`num_steps`, as Flower's Multi-Krum)."""
     reward_weighting: str = "min_shift"
     """reward_weighted: `min_shift` (return - min + eps) or `softmax` (exp(return / T))."""
     temperature: float = 1.0

@@ -219,6 +219,29 @@ def test_krum_hand_computed():
     assert float(new["w"][0]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("f, m", [(1, 0), (1, 3), (2, 2)])
+def test_multi_krum_weighted_by_num_steps_matches_numpy(data, f, m):
+    """Flower's Multi-Krum: the same selection, averaged with FedAvg's n_k weights."""
+    g, c = data
+    fields = {"krum_f": f, "krum_m": m, "krum_weighting": "num_steps"}
+    new, _, metrics = run(config("multi_krum", **fields), g, c, info())
+    selected = ref_krum_selection(c, MASK, f, m)
+    expected = np.zeros(K)
+    expected[selected] = STEPS[selected] / STEPS[selected].sum()
+    assert len(set(STEPS[selected])) > 1  # unequal n_k: differs from the plain mean
+    np.testing.assert_allclose(metrics["weights"], expected, rtol=1e-6)
+    assert_tree_close(new, ref_weighted_mean(c, expected))
+
+
+def test_multi_krum_weighting_is_checked():
+    bad = Config(
+        strategy=StrategyConfig(name="multi_krum", krum_weighting="steps"),
+        federation=FederationConfig(num_clients=8),
+    )
+    with pytest.raises(ConfigError, match="strategy.krum_weighting: 'steps' is not allowed"):
+        strategies.get("multi_krum").validate(bad)
+
+
 def test_dp_fedavg_clips_each_update_without_noise(data):
     g, c = data
     clip = 0.8

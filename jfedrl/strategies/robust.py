@@ -8,7 +8,9 @@
   Adversaries: Byzantine Tolerant Gradient Descent" (NeurIPS). Each client's
   score is the sum of squared distances to its n - f - 2 nearest neighbours;
   Krum takes the client with the lowest score, Multi-Krum averages the m
-  lowest.
+  lowest: with equal weights (the paper) or, with `krum_weighting:
+  num_steps`, weighted by the clients' n_k as Flower's Multi-Krum does
+  (`flwr/server/strategy/aggregate.py`, `aggregate_krum`).
 
 Not in the seeds: these are the robust rules users of federated learning
 expect (the catalogue in Flower's `server/strategy/aggregate.py`). Shapes are
@@ -177,9 +179,18 @@ def krum_selection(flat: jax.Array, mask: jax.Array, f: int, m: int) -> tuple[ja
     return (rank < count) & mask, scores
 
 
+KRUM_WEIGHTINGS = ("mean", "num_steps")
+"""How Multi-Krum averages its selection: equal weights, or by n_k (Flower)."""
+
+
 def multi_krum(config, num_clients: int | None = None) -> Strategy:
-    """Multi-Krum: the plain mean of the `krum_m` best-scored clients (0: n - f)."""
-    return _krum(config.krum_f, config.krum_m)
+    """Multi-Krum: the mean of the `krum_m` best-scored clients (0: n - f).
+
+    `krum_weighting: mean` weights the selected clients equally (Blanchard et
+    al. 2017); `num_steps` weights them by their environment steps n_k, as
+    Flower's `aggregate_krum` does (it averages the selection with FedAvg).
+    """
+    return _krum(config.krum_f, config.krum_m, config.krum_weighting == "num_steps")
 
 
 def krum(config, num_clients: int | None = None) -> Strategy:
@@ -187,11 +198,12 @@ def krum(config, num_clients: int | None = None) -> Strategy:
     return _krum(config.krum_f, 1)
 
 
-def _krum(f: int, m: int) -> Strategy:
+def _krum(f: int, m: int, by_num_steps: bool = False) -> Strategy:
     def combine(global_params, client_params, info: ClientInfo, key):
         updates = jax.tree.map(lambda c, g: c - g, client_params, global_params)
         selected, scores = krum_selection(flatten_clients(updates), info.mask, f, m)
-        weights = normalized_weights(jnp.ones_like(info.num_steps), selected)
+        raw = info.num_steps if by_num_steps else jnp.ones_like(info.num_steps)
+        weights = normalized_weights(raw, selected)
         metrics = {
             "weights": weights,
             "scores": jnp.where(info.mask, scores, 0.0),
@@ -223,6 +235,12 @@ def validate_krum(config) -> None:
 
 def validate_multi_krum(config) -> None:
     validate_krum(config)
+    weighting = config.strategy.krum_weighting
+    if weighting not in KRUM_WEIGHTINGS:
+        raise ConfigError(
+            f"strategy.krum_weighting: {weighting!r} is not allowed; "
+            f"allowed: {', '.join(KRUM_WEIGHTINGS)}"
+        )
     f, m = config.strategy.krum_f, config.strategy.krum_m
     n = participants_per_round(config.federation)
     if not 0 <= m <= n - f:
