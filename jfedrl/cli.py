@@ -187,6 +187,7 @@ def _cmd_config() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jfedrl.privacy import PrivacyBudgetExhausted
     from jfedrl.runner import ParticipationError
 
     parser = build_parser()
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             from offload import worker
 
             return worker.main(args)
-    except (ValueError, ParticipationError) as error:  # ConfigError, CheckpointError, ...
+    except (ValueError, ParticipationError, PrivacyBudgetExhausted) as error:  # ConfigError, ...
         print(f"jfedrl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

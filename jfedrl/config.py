@@ -298,6 +298,14 @@ class StrategyConfig:
     """dp_fedavg: per-client update L2 norm bound S (> 0)."""
     dp_noise: float = 1.0
     """dp_fedavg: noise multiplier z (>= 0); noise std = z * S / n_valid per coordinate."""
+    dp_delta: float = 1e-5
+    """dp_fedavg: the delta, in (0, 1), of the (epsilon, delta) spent so far that each round
+    reports (`dp_epsilon`, Renyi DP accountant); choose it well below 1 / num_clients."""
+    dp_epsilon_budget: float = 0.0
+    """dp_fedavg: epsilon budget (>= 0; 0: none); at it the run does `dp_budget_action`."""
+    dp_budget_action: str = "stop"
+    """dp_fedavg: at the budget, `stop` (end after the last round within it, checkpointed, with
+    an error) or `warn` (log a warning and go on)."""
     clip_update_norm: float = 0.0
     """If > 0, clip every client update to this L2 norm before aggregating (any strategy)."""
 

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jfedrl import __version__
+from jfedrl import __version__, privacy
 from jfedrl.checkpoint import Checkpointer, CheckpointError
 from jfedrl.config import Config, ConfigError, load_yaml, replace_path, save_yaml
 from jfedrl.federated import FedState, Simulator, make_simulator
@@ -41,7 +41,13 @@ log = logging.getLogger("jfedrl")
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 #: Fields that may differ between a run and its resumption (the rest fix the maths).
-RESUMABLE_PREFIXES = ("federation.rounds", "log.", "offload.")
+RESUMABLE_PREFIXES = (
+    "federation.rounds",
+    "log.",
+    "offload.",
+    "strategy.dp_epsilon_budget",
+    "strategy.dp_budget_action",
+)
 
 
 def enable_compilation_cache(directory: str | None = None) -> str:
@@ -143,8 +149,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     for path, value in (overrides or {}).items():
         if not path.startswith(RESUMABLE_PREFIXES):
             raise ConfigError(
-                f"{path}: cannot be changed when resuming (only federation.rounds, log.* "
-                "and offload.* can); start a new run instead"
+                f"{path}: cannot be changed when resuming (only federation.rounds, log.*, "
+                "offload.* and the strategy.dp_ budget fields can); start a new run instead"
             )
         config = replace_path(config, path, value)
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
@@ -266,6 +272,8 @@ def train(
     executor = make_executor(simulator, run_dir)
     show_progress = config.log.progress if progress is None else progress
     interrupted = False
+    budget_stop = None
+    accountant = privacy.accountant(config)
     blocks_done = 0
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
     drifting = config.env.drift != "none"
@@ -285,6 +293,8 @@ def train(
                 num_rounds = min(
                     config.log.rounds_per_block, config.federation.rounds - first_round
                 )
+                if accountant is not None:  # raises if not even one more round fits
+                    num_rounds = accountant.rounds_allowed(first_round, num_rounds)
                 compile_before = executor.compile_seconds
                 tick = time.perf_counter()
                 state, metrics = executor.run_block(state, num_rounds)
@@ -308,6 +318,8 @@ def train(
                 if compile_seconds > 0:
                     block_records[0]["compile_seconds"] = compile_seconds
                 check_participation(block_records, config.federation.min_participation)
+                if accountant is not None:
+                    accountant.annotate(block_records)
                 writer.write(block_records)
                 records.extend(block_records)
                 if drifting:
@@ -317,8 +329,15 @@ def train(
                         f.write("\n")
                 blocks_done += 1
                 finished = int(state.round) >= config.federation.rounds
-                stopping = stop.requested or (
-                    stop_after_round is not None and int(state.round) >= stop_after_round
+                if accountant is not None and not finished:
+                    try:
+                        accountant.rounds_allowed(int(state.round), 1)
+                    except privacy.PrivacyBudgetExhausted as error:
+                        budget_stop = error
+                stopping = (
+                    stop.requested
+                    or budget_stop is not None
+                    or (stop_after_round is not None and int(state.round) >= stop_after_round)
                 )
                 if finished or stopping or blocks_done % config.log.checkpoint_every == 0:
                     checkpointer.save(
@@ -347,6 +366,9 @@ def train(
                     last["eval_return"],
                     f"  (compiled in {compile_seconds:.1f}s)" if compile_seconds else "",
                 )
+                if budget_stop is not None:
+                    log.error("%s", budget_stop)
+                    break
                 if stopping and not finished:
                     interrupted = True
                     log.warning(
@@ -362,6 +384,8 @@ def train(
         checkpointer.close()
         if config.log.plot:
             plot_learning_curve(run_dir, f"{config.env.name} · {config.strategy.name}")
+    if budget_stop is not None:
+        raise budget_stop
     return TrainResult(run_dir=run_dir, state=state, records=records, interrupted=interrupted)
 
 

@@ -7,7 +7,9 @@ clipped updates are averaged with equal weights, and Gaussian noise
 N(0, (z S / n)^2) is added per coordinate, z being the noise multiplier
 (`dp_noise`). One client changes the average by at most S / n, so the noise
 std is z times that sensitivity: user-level (here client-level) privacy for
-one round; the privacy budget over rounds (moments accountant) is not tracked.
+one round. The (epsilon, delta) spent over the rounds is tracked on the host
+by `jfedrl.privacy` (Renyi DP accountant of the sampled Gaussian mechanism),
+which also enforces `dp_epsilon_budget`.
 
 Unlike the paper's fixed-denominator estimator (expected participants qW),
 n is the number of *valid* clients this round (the round masks non-finite
@@ -75,8 +77,33 @@ def dp_fedavg(config, num_clients: int | None = None) -> Strategy:
 
 
 def validate(config) -> None:
+    """Checks the dp_* fields; a `stop` budget must allow at least the first round."""
+    from jfedrl import privacy
+
     strategy = config.strategy
     if not strategy.dp_clip > 0:
         raise ConfigError(f"strategy.dp_clip: must be > 0, got {strategy.dp_clip!r}")
     if not strategy.dp_noise >= 0:
         raise ConfigError(f"strategy.dp_noise: must be >= 0, got {strategy.dp_noise!r}")
+    if not 0.0 < strategy.dp_delta < 1.0:
+        raise ConfigError(f"strategy.dp_delta: must be in (0, 1), got {strategy.dp_delta!r}")
+    if not strategy.dp_epsilon_budget >= 0:
+        raise ConfigError(
+            f"strategy.dp_epsilon_budget: must be >= 0 (0: none), "
+            f"got {strategy.dp_epsilon_budget!r}"
+        )
+    if strategy.dp_budget_action not in privacy.BUDGET_ACTIONS:
+        raise ConfigError(
+            f"strategy.dp_budget_action: {strategy.dp_budget_action!r} is not allowed; "
+            f"allowed: {', '.join(privacy.BUDGET_ACTIONS)}"
+        )
+    accountant = privacy.accountant(config)
+    if accountant.budget > 0 and accountant.action == "stop":
+        first = accountant.epsilon(1)
+        if first > accountant.budget:
+            raise ConfigError(
+                f"strategy.dp_epsilon_budget: {accountant.budget:g} is below the epsilon of one "
+                f"round, {first:.4g} (dp_noise = {strategy.dp_noise:g}, sampling rate "
+                f"{accountant.sampling_rate:g}, dp_delta = {accountant.delta:g}); raise the "
+                "budget or strategy.dp_noise"
+            )
