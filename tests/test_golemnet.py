@@ -3,6 +3,9 @@
 Real yagna daemons and real yapapi 0.13.1 on the requestor side; scripted
 providers whose stand-in exe-units run the commands on this machine (see
 tests/golemnet). No jfedrl code is involved: this checks the harness itself.
+
+One network serves the module; each provider sits in its own subnet so that
+each test's requestor meets exactly the provider (behaviour) it is about.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import pytest
 
 from offload.golem import import_yapapi
 from tests.golemnet import GolemNetwork, ProviderSpec
+from tests.golemnet.procs import marked_pids
 
-pytestmark = [pytest.mark.golem, pytest.mark.timeout(170)]
+pytestmark = [pytest.mark.golem, pytest.mark.timeout(240)]
 
 PACKAGE_URL = "hash:sha3:" + "0" * 56 + ":http://127.0.0.1:9/golemnet.gvmi"
-BUDGET = 1.0
+BEHAVIOURS = ("ok", "fail", "corrupt", "truncate", "die")
 
 
 def payload():
@@ -41,37 +45,46 @@ def payload():
     return FixedPackage()
 
 
-@pytest.fixture
-def requestor_env(monkeypatch):
-    def apply(net: GolemNetwork):
-        for key, value in net.requestor_env.items():
-            monkeypatch.setenv(key, value)
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    specs = [
+        ProviderSpec(b, behaviour=b, subnet=f"gn-{b}", debit_note_interval=1.0 if b == "ok" else 0)
+        for b in BEHAVIOURS
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        with GolemNetwork(tmp_path_factory.mktemp("golemnet"), providers=specs) as network:
+            for key, value in network.requestor_env.items():
+                patch.setenv(key, value)
+            print(f"golemnet start-up: {network.startup_seconds:.1f} s")
+            yield network
 
-    return apply
 
-
-async def execute(net: GolemNetwork, worker, tasks, timeout=90):
-    yapapi = import_yapapi()
+def execute(subnet, worker, tasks, timeout=60.0, events=None):
+    """Runs a yapapi job in `subnet`; returns the accepted results."""
+    import_yapapi()
     from yapapi import Golem, Task
 
-    results = []
-    async with Golem(budget=BUDGET, subnet_tag=net.subnet) as golem:
-        async for task in golem.execute_tasks(
-            worker,
-            [Task(data=data) for data in tasks],
-            payload=payload(),
-            max_workers=1,
-            timeout=timedelta(seconds=timeout),
-        ):
-            results.append(task.result)
-    assert yapapi
-    return results
+    async def job():
+        results = []
+        async with Golem(budget=1.0, subnet_tag=subnet) as golem:
+            if events is not None:
+                golem.add_event_consumer(lambda e: events.append((time.time(), e)))
+            async for task in golem.execute_tasks(
+                worker,
+                [Task(data=data) for data in tasks],
+                payload=payload(),
+                max_workers=1,
+                timeout=timedelta(seconds=timeout),
+            ):
+                results.append(task.result)
+        return results
+
+    return asyncio.run(job())
 
 
-def test_round_trip_background_process_and_invoice(tmp_path, requestor_env):
-    source = tmp_path / "x.txt"
+def test_round_trip_background_process_and_invoice(net, tmp_path):
+    source, target = tmp_path / "x.txt", tmp_path / "y.txt"
     source.write_text("hello golem\n")
-    target = tmp_path / "y.txt"
     pidfile = "/golem/work/bg.pid"
 
     async def worker(ctx, tasks):
@@ -83,22 +96,116 @@ def test_round_trip_background_process_and_invoice(tmp_path, requestor_env):
             script.download_file("/golem/output/y", str(target))
             yield script
             upper = target.read_text()
-            # A second batch of the same activity: the background process still runs.
+            # A second batch in the same activity: the background process still runs.
             script = ctx.new_script(timeout=timedelta(seconds=30))
             alive = script.run("/bin/sh", "-c", f"kill -0 $(cat {pidfile}) && echo alive")
+            script.run("/bin/sleep", "2")  # long enough for a debit note
             yield script
             task.accept_result((upper, (await alive).stdout))
 
-    with GolemNetwork(tmp_path / "net", providers=[ProviderSpec("p0")], subnet="gn-self") as net:
-        requestor_env(net)
-        began = time.monotonic()
-        results = asyncio.run(execute(net, worker, ["t0"]))
-        assert results == [("HELLO GOLEM\n", "alive\n")]
-        provider = net.providers[0]
-        stats = net.wait_for(
-            lambda: (s := provider.stats)["invoices_accepted"] >= 1 and s, timeout=30
-        )
-        print(f"startup {net.startup_seconds:.1f}s, run {time.monotonic() - began:.1f}s")
-        assert len(stats["agreements"]) == 1 and len(stats["activities"]) == 1
-        assert any("tr a-z A-Z" in " ".join(argv) for argv in stats["runs"])
-        assert stats["errors"] == []
+    began = time.monotonic()
+    results = execute("gn-ok", worker, ["t0"])
+    print(f"round trip: {time.monotonic() - began:.1f} s")
+    assert results == [("HELLO GOLEM\n", "alive\n")]
+
+    provider = net.provider("ok")
+    # After the `Golem` context: the agreement is terminated, the invoice issued and
+    # accepted (the provider's daemon learns of the acceptance a moment later).
+    stats = provider.stats
+    assert stats["invoices_issued"] == 1, stats
+    stats = net.wait_for(lambda: (s := provider.stats)["invoices_accepted"] and s, timeout=10)
+    assert stats["invoices_accepted"] == 1, stats["invoices"]
+    assert float(stats["amount_accepted"]) > 0
+    assert len(stats["agreements"]) == 1 and len(stats["activities"]) == 1
+    assert stats["destroyed_activities"] == stats["activities"]
+    (reason,) = [t["reason"] for t in stats["terminations"].values()]
+    assert reason == "Successfully finished all work"
+    assert any("tr a-z A-Z" in " ".join(argv) for argv in stats["runs"])
+    assert stats["errors"] == []
+    assert stats["debit_notes"], stats
+    net.wait_for(lambda: provider.stats["debit_notes_accepted"], timeout=10)
+    # The activity is destroyed: its background process is gone.
+    (activity,) = stats["activities"]
+    assert net.wait_for(lambda: not marked_pids("GOLEMNET_ACTIVITY", activity), timeout=10)
+
+
+def test_failing_command_reaches_yapapi(net):
+    import_yapapi()
+    from yapapi.rest.activity import CommandExecutionError
+
+    async def worker(ctx, tasks):
+        async for task in tasks:
+            script = ctx.new_script(timeout=timedelta(seconds=30))
+            script.run("/bin/sh", "-c", "echo fine")
+            try:
+                yield script
+            except CommandExecutionError as error:
+                task.accept_result(("error", error.message, error.stderr))
+            else:
+                task.accept_result(("ok",))
+
+    ((outcome, message, stderr),) = execute("gn-fail", worker, ["t0"])
+    assert outcome == "error"
+    assert "exited with code 1" in message
+    assert "behaviour 'fail'" in stderr
+    assert net.provider("fail").stats["runs"]
+
+
+@pytest.mark.parametrize("behaviour", ["corrupt", "truncate"])
+def test_tampered_downloads(net, tmp_path, behaviour):
+    data = bytes(range(256)) * 4
+    source, target = tmp_path / "in.bin", tmp_path / "out.bin"
+    source.write_bytes(data)
+
+    async def worker(ctx, tasks):
+        async for task in tasks:
+            script = ctx.new_script(timeout=timedelta(seconds=30))
+            script.upload_file(str(source), "/golem/input/in.bin")
+            script.run("/bin/cp", "/golem/input/in.bin", "/golem/output/out.bin")
+            script.download_file("/golem/output/out.bin", str(target))
+            yield script
+            task.accept_result(target.read_bytes())
+
+    (received,) = execute(f"gn-{behaviour}", worker, ["t0"])
+    if behaviour == "truncate":
+        assert received == data[: len(data) // 2]
+    else:
+        assert len(received) == len(data)
+        assert sum(a != b for a, b in zip(received, data, strict=True)) == 1
+
+
+def test_dying_provider(net):
+    """Behaviour 'die': the provider vanishes at its first `run`; yapapi's worker fails."""
+    events = []
+
+    async def worker(ctx, tasks):
+        async for task in tasks:
+            script = ctx.new_script(timeout=timedelta(seconds=60))
+            script.run("/bin/sh", "-c", "echo never")
+            yield script
+            task.accept_result("finished")
+
+    provider = net.provider("die")
+    results = execute("gn-die", worker, ["t0"], timeout=15, events=events)
+    assert results == []
+    assert not provider.alive
+    assert provider.stats["died"]
+    assert not marked_pids("GOLEMNET_PROVIDER", provider.tag)
+    died_at = (provider.root / "died").stat().st_mtime
+    failures = [
+        (at - died_at, type(e).__name__, str(getattr(e, "exc_info", (None, None))[1])[:300])
+        for at, e in events
+        if type(e).__name__ in ("WorkerFinished", "ActivityCreateFailed", "TaskRejected")
+        and getattr(e, "exc_info", None)
+    ]
+    print("after the provider died:", failures[:3])
+    assert failures, [type(e).__name__ for _, e in events]
+
+
+def test_kill_provider_from_the_test(net):
+    provider = net.provider("fail")
+    assert provider.alive
+    provider.kill()
+    assert not provider.alive
+    assert not marked_pids("GOLEMNET_PROVIDER", provider.tag)
+    assert all(path.exists() for path in net.log_paths())

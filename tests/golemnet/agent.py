@@ -67,6 +67,8 @@ class ProviderSpec:
         mem_gib, storage_gib, cpu_threads: the resources it offers.
         debit_note_interval: seconds between debit notes per running activity
             (0: none).
+        subnet: its `golem.node.debug.subnet` if not the network's, so that one
+            network can hold providers that only some requestors see.
     """
 
     name: str
@@ -76,6 +78,7 @@ class ProviderSpec:
     storage_gib: float = 20.0
     cpu_threads: int = 4
     debit_note_interval: float = 0.0
+    subnet: str | None = None
 
     def __post_init__(self):
         if self.behaviour not in BEHAVIOURS:
@@ -92,7 +95,7 @@ class ProviderAgent:
     def __init__(self, spec: ProviderSpec, daemon: Daemon, subnet: str, root: Path, tag: str):
         self.spec = spec
         self.daemon = daemon
-        self.subnet = subnet
+        self.subnet = spec.subnet or subnet
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tag = tag
