@@ -93,12 +93,16 @@ def test_round_trip_background_process_and_invoice(net, tmp_path):
             script.upload_file(str(source), "/golem/input/x")
             script.run("/bin/sh", "-c", "tr a-z A-Z < /golem/input/x > /golem/output/y")
             script.run("/bin/sh", "-c", f"nohup sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}")
+            # A daemon that leaves the process group and session (setsid, double fork).
+            script.run("/bin/sh", "-c", f"setsid -f sh -c 'echo $$ > {pidfile}2; exec sleep 301'")
             script.download_file("/golem/output/y", str(target))
             yield script
             upper = target.read_text()
             # A second batch in the same activity: the background process still runs.
             script = ctx.new_script(timeout=timedelta(seconds=30))
-            alive = script.run("/bin/sh", "-c", f"kill -0 $(cat {pidfile}) && echo alive")
+            alive = script.run(
+                "/bin/sh", "-c", f"kill -0 $(cat {pidfile}) $(cat {pidfile}2) && echo alive"
+            )
             script.run("/bin/sleep", "2")  # long enough for a debit note
             yield script
             task.accept_result((upper, (await alive).stdout))
@@ -120,7 +124,7 @@ def test_round_trip_background_process_and_invoice(net, tmp_path):
     assert stats["destroyed_activities"] == stats["activities"]
     (reason,) = [t["reason"] for t in stats["terminations"].values()]
     assert reason == "Successfully finished all work"
-    assert any("tr a-z A-Z" in " ".join(argv) for argv in stats["runs"])
+    assert ["/bin/sh", "-c", "tr a-z A-Z < /golem/input/x > /golem/output/y"] in stats["runs"]
     assert stats["errors"] == []
     assert stats["debit_notes"], stats
     net.wait_for(lambda: provider.stats["debit_notes_accepted"], timeout=10)

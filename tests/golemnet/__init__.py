@@ -26,8 +26,9 @@ that maps URLs to local files). This is not execution on Golem.
 
 `stats` (a fresh snapshot each time) holds: offers, proposals (countered),
 agreements (approved), activities, destroyed_activities, commands (every
-exe-script command with its args and outcome), runs (argv of every `run`,
-paths as given by the requestor... after /golem mapping), invoices (id,
+exe-script command with its args and outcome, in time order), runs (the argv
+of every `run` as the requestor sent it; `commands` also holds the
+`local_argv` actually executed, /golem mapped to the activity dir), invoices (id,
 agreement_id, amount, status), invoices_issued, invoices_accepted,
 amount_invoiced, amount_accepted, debit_notes, debit_notes_accepted,
 terminations ({agreement id: terminator, reason}), errors (agent faults),

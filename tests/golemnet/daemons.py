@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -128,10 +129,16 @@ class Daemon:
         return self.home / "gsb.sock"
 
     def start(self) -> Daemon:
+        command = [find_yagna(), "service", "run", "--disable-metrics-push"]
+        setpriv = shutil.which("setpriv")
+        if setpriv and threading.current_thread() is threading.main_thread():
+            # If the test process dies hard, its daemons go with it (the parent
+            # death signal fires when the forking thread ends: main thread only).
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
-                [find_yagna(), "service", "run", "--disable-metrics-push"],
+                command,
                 env=self.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,

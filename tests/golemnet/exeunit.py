@@ -268,8 +268,9 @@ class ExeUnit:
 
     def cmd_run(self, name, args):
         argv = [args.get("entry_point") or args.get("entryPoint")] + list(args.get("args") or [])
-        argv = [self.local(str(arg)) for arg in argv]
-        self.record({"command": "run-argv", "argv": argv})
+        requested = [str(arg) for arg in argv]
+        argv = [self.local(arg) for arg in requested]
+        self.record({"command": "run-argv", "argv": requested, "local_argv": argv})
         if self.behaviour == "die":
             self.die()
         if self.behaviour == "fail":
@@ -332,8 +333,10 @@ class ExeUnit:
         threading.Thread(target=self.report_usage, daemon=True).start()
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        parent = os.getppid()
         while not self.stop.wait(0.5):
-            if self.client.closed.is_set() or os.getppid() == 1:
+            # The daemon went away, or the agent's process (the test) died.
+            if self.client.closed.is_set() or os.getppid() != parent:
                 break
         self.terminate("destroyed")
         self.client.close()
