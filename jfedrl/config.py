@@ -85,13 +85,17 @@ class PPOConfig:
     kl_coef: float = 0.01
     """beta for the `kl` and `mdpo` objectives."""
     kl_target: float = 0.0
-    """If > 0, adapt beta towards this KL (Schulman et al. 2017, sec. 4)."""
+    """If > 0, adapt beta after each local update (Schulman et al. 2017, sec. 4): doubled if
+    the update's mean KL[pi_old || pi] exceeds 1.5 kl_target, halved if below kl_target / 1.5."""
     comm_coef: float = 0.0
     """Weight of the communication KL term (seed 002 `--comm-coeff`): KL between
     the policy and `comm_reference` (KL[ref, pi], or KL[pi, ref] for `mdpo`)."""
     comm_reference: str = "global"
     """Communication target: `global` (the broadcast global policy) or `mixture`
-    (the weighted mixture of the peers' last-round policies; discrete actions)."""
+    (the weighted mixture of the peers' last-round policies)."""
+    mixture_samples: int = 8
+    """Monte-Carlo samples per state of the KL to or from a Gaussian mixture (continuous
+    actions with `comm_reference: mixture`; it has no closed form). Discrete: exact."""
     prox_mu: float = 0.0
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
 

@@ -122,3 +122,63 @@ def mixture_logits(stacked_logits, weights):
     logp = jax.nn.log_softmax(stacked_logits)
     w = jnp.log(jnp.maximum(weights, 1e-30)).reshape((-1,) + (1,) * (logp.ndim - 1))
     return jax.nn.logsumexp(logp + w, axis=0)
+
+
+def _mixture_log_prob(stacked_dists, weights, action):
+    """Log density of the Gaussian mixture sum_i w_i N(peer i); peers `[P, ..., 2A]`."""
+    logp = jax.vmap(log_prob, in_axes=(0, None, None))(stacked_dists, action, True)
+    w = jnp.log(jnp.maximum(weights, 1e-30)).reshape((-1,) + (1,) * (logp.ndim - 1))
+    return jax.nn.logsumexp(logp + w, axis=0)
+
+
+def kl_from_mixture_mc(key, stacked_dists, weights, q, num_samples: int):
+    """Monte-Carlo KL[sum_i w_i p_i || q] for diagonal Gaussians (no closed form exists).
+
+    The unbiased estimate (1/S) sum_s [log m(a_s) - log q(a_s)] with a_s drawn from
+    the mixture m (a component i ~ w, then a ~ p_i), S = `num_samples`. The samples
+    do not depend on q, so its gradient is that of -(1/S) sum_s log q(a_s), an
+    unbiased estimate of the true gradient (m is a fixed reference).
+
+    Args:
+        key: PRNG key of the samples.
+        stacked_dists: the components' `concat(mean, log_std)`, `[P, ..., 2A]`.
+        weights: mixture weights `[P]` (sum to one).
+        q: the other Gaussian, `[..., 2A]`.
+        num_samples: S.
+
+    Returns:
+        The estimate per state, shape `q.shape[:-1]`.
+    """
+    key_component, key_noise = jax.random.split(key)
+    logits = jnp.log(jnp.maximum(weights, 1e-30))
+    batch = q.shape[:-1]
+    component = jax.random.categorical(key_component, logits, shape=(num_samples,) + batch)
+    chosen = jax.vmap(lambda c: jnp.take_along_axis(stacked_dists, c[None, ..., None], 0)[0])(
+        component
+    )  # [S, ..., 2A]
+    action = sample(key_noise, chosen, True)
+    log_m = jax.vmap(_mixture_log_prob, in_axes=(None, None, 0))(stacked_dists, weights, action)
+    return jnp.mean(log_m - log_prob(q, action, True), axis=0)
+
+
+def kl_to_mixture_mc(key, p, stacked_dists, weights, num_samples: int):
+    """Monte-Carlo KL[p || sum_i w_i p_i] for diagonal Gaussians (no closed form exists).
+
+    (1/S) sum_s [log p(a_s) - log m(a_s)] with reparameterised samples
+    a_s = mean_p + std_p eps_s, so the gradient with respect to p flows through the
+    samples too (Kingma & Welling 2014), unbiased like the estimate itself.
+
+    Args:
+        key: PRNG key of eps.
+        p: the policy's `concat(mean, log_std)`, `[..., 2A]`.
+        stacked_dists: the mixture's components, `[P, ..., 2A]`.
+        weights: mixture weights `[P]` (sum to one).
+        num_samples: S.
+
+    Returns:
+        The estimate per state, shape `p.shape[:-1]`.
+    """
+    action = jax.vmap(lambda k: sample(k, p, True))(jax.random.split(key, num_samples))
+    log_m = jax.vmap(_mixture_log_prob, in_axes=(None, None, 0))(stacked_dists, weights, action)
+    log_p = jax.vmap(log_prob, in_axes=(None, 0, None))(p, action, True)
+    return jnp.mean(log_p - log_m, axis=0)

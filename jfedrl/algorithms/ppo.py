@@ -17,6 +17,7 @@ client's state; the simulator vmaps it over clients.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -57,7 +58,7 @@ class Transition(struct.PyTreeNode):
 def validate(config: Config) -> None:
     """Checks the PPO section; raises `ConfigError` naming the field."""
     ppo = config.algo.ppo
-    for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches"):
+    for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "mixture_samples"):
         if getattr(ppo, name) < 1:
             raise ConfigError(f"algo.ppo.{name}: must be >= 1, got {getattr(ppo, name)}")
     if ppo.learning_rate <= 0:
@@ -104,16 +105,123 @@ def make_optimizer(ppo: PPOConfig, total_gradient_steps: int) -> optax.GradientT
     return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
+def comm_kl(
+    key: jax.Array,
+    network: networks.ActorCritic,
+    ppo: PPOConfig,
+    continuous: bool,
+    dist: jax.Array,
+    reference: Reference,
+    obs: jax.Array,
+) -> jax.Array:
+    """Per-sample KL of the communication term (seed 002), `[B]`.
+
+    KL[ref || pi] for `none` / `clip` / `kl`, KL[pi || ref] for `mdpo`, where
+    ref is the broadcast global policy (`comm_reference: global`) or the
+    mixture sum_i w_i pi_i of the peers' last-round policies (`mixture`). The
+    reference gets no gradient. Every KL is in closed form except a Gaussian
+    mixture's, which has none: there it is the Monte-Carlo estimate of
+    `networks.kl_from_mixture_mc` / `kl_to_mixture_mc` with
+    `ppo.mixture_samples` samples per state, drawn from `key`.
+    """
+    reverse = ppo.objective == "mdpo"
+    if ppo.comm_reference == "mixture":
+        peer_dists, _ = jax.vmap(network.apply, in_axes=(0, None))(reference.peer_params, obs)
+        peer_dists = jax.lax.stop_gradient(peer_dists)
+        weights = reference.peer_weights
+        if continuous:
+            if reverse:
+                return networks.kl_to_mixture_mc(
+                    key, dist, peer_dists, weights, ppo.mixture_samples
+                )
+            return networks.kl_from_mixture_mc(key, peer_dists, weights, dist, ppo.mixture_samples)
+        ref = networks.mixture_logits(peer_dists, weights)
+    else:
+        ref = jax.lax.stop_gradient(network.apply(reference.global_params, obs)[0])
+    return networks.kl(dist, ref, continuous) if reverse else networks.kl(ref, dist, continuous)
+
+
+def loss(
+    params: Any,
+    minibatch: tuple[Transition, jax.Array, jax.Array],
+    kl_coef: jax.Array,
+    reference: Reference,
+    key: jax.Array,
+    *,
+    network: networks.ActorCritic,
+    ppo: PPOConfig,
+    continuous: bool,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The PPO loss of one minibatch (minimised), and its parts.
+
+    total = L_pi + vf_coef L_V - ent_coef H + comm_coef C + mu/2 ||w - w_global||^2,
+    with r = pi(a|s) / pi_old(a|s) and A the per-minibatch standardised GAE
+    advantages, L_pi is by `ppo.objective` (seed 002, Schulman et al. 2017, Tomar
+    et al. 2020):
+
+    - `clip`: -mean(min(r A, clip(r, 1 - eps, 1 + eps) A));
+    - `none`: -mean(r A);
+    - `kl`:   -mean(r A) + beta mean KL[pi_old || pi];
+    - `mdpo`: -mean(r A) + beta mean KL[pi || pi_old];
+
+    C is the mean of `comm_kl` (0 unless `comm_coef` > 0), L_V the clipped value
+    loss 0.5 mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)) and
+    H the mean entropy.
+
+    Args:
+        params: the client's network params.
+        minibatch: `(transitions, advantages, returns)`, leading axis = sample.
+        kl_coef: beta (the client's current, possibly adapted, value).
+        reference: the broadcast global params and the peers (communication, FedProx).
+        key: draws the Monte-Carlo samples of a Gaussian mixture KL (else unused).
+        network: the actor-critic module.
+        ppo: the PPO config section.
+        continuous: Gaussian (True) or categorical (False) policy.
+
+    Returns:
+        The total loss and a dict of its parts (`pg_loss`, `value_loss`,
+        `entropy`, `approx_kl` = mean KL[pi_old || pi], `comm_kl`, `prox`).
+    """
+    t, adv, target = minibatch
+    dist, value = network.apply(params, t.obs)
+    log_prob = networks.log_prob(dist, t.action, continuous)
+    ratio = jnp.exp(log_prob - t.log_prob)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    kl_old_new = networks.kl(t.dist, dist, continuous).mean()
+    kl_new_old = networks.kl(dist, t.dist, continuous).mean()
+    if ppo.objective == "clip":
+        clipped = jnp.clip(ratio, 1.0 - ppo.clip_eps, 1.0 + ppo.clip_eps)
+        pg_loss = -jnp.minimum(ratio * adv, clipped * adv).mean()
+    else:
+        pg_loss = -(ratio * adv).mean()
+        if ppo.objective == "kl":
+            pg_loss = pg_loss + kl_coef * kl_old_new
+        elif ppo.objective == "mdpo":
+            pg_loss = pg_loss + kl_coef * kl_new_old
+    comm = jnp.zeros(())
+    if ppo.comm_coef > 0:
+        comm = comm_kl(key, network, ppo, continuous, dist, reference, t.obs).mean()
+    # Clipped value loss, as in the reference PPO implementations.
+    value_clipped = t.value + jnp.clip(value - t.value, -ppo.clip_eps, ppo.clip_eps)
+    v_loss = 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
+    ent = networks.entropy(dist, continuous).mean()
+    prox = common.prox_term(params, reference.global_params, ppo.prox_mu)
+    total = pg_loss + ppo.vf_coef * v_loss - ppo.ent_coef * ent + ppo.comm_coef * comm + prox
+    aux = {
+        "pg_loss": pg_loss,
+        "value_loss": v_loss,
+        "entropy": ent,
+        "approx_kl": kl_old_new,
+        "comm_kl": comm,
+        "prox": prox,
+    }
+    return total, aux
+
+
 def build(config: Config, env, env_params) -> Algorithm:
     """PPO for `env`; `env_params` is one client's (unbatched) default params."""
     ppo = config.algo.ppo
     continuous = common.is_continuous(env, env_params)
-    if continuous and ppo.comm_coef > 0 and ppo.comm_reference == "mixture":
-        raise ConfigError(
-            "algo.ppo.comm_reference: 'mixture' needs discrete actions (the KL to a "
-            f"Gaussian mixture has no closed form); {config.env.name} is continuous, "
-            "use 'global'"
-        )
     obs_shape = env.observation_space(env_params).shape
     network = networks.ActorCritic(
         common.action_dim(env, env_params),
@@ -202,54 +310,9 @@ def build(config: Config, env, env_params) -> Algorithm:
         )
         return adv, adv + batch.value
 
-    def comm_reference_dist(reference: Reference, obs):
-        if ppo.comm_reference == "mixture":
-            peer_dists, _ = jax.vmap(network.apply, in_axes=(0, None))(reference.peer_params, obs)
-            return networks.mixture_logits(peer_dists, reference.peer_weights)
-        dist, _ = network.apply(reference.global_params, obs)
-        return dist
-
-    def loss_fn(params, minibatch, kl_coef, reference: Reference):
-        t, adv, target = minibatch
-        dist, value = network.apply(params, t.obs)
-        log_prob = networks.log_prob(dist, t.action, continuous)
-        ratio = jnp.exp(log_prob - t.log_prob)
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        kl_old_new = networks.kl(t.dist, dist, continuous).mean()
-        kl_new_old = networks.kl(dist, t.dist, continuous).mean()
-        if ppo.objective == "clip":
-            clipped = jnp.clip(ratio, 1.0 - ppo.clip_eps, 1.0 + ppo.clip_eps)
-            pg_loss = -jnp.minimum(ratio * adv, clipped * adv).mean()
-        else:
-            pg_loss = -(ratio * adv).mean()
-            if ppo.objective == "kl":
-                pg_loss = pg_loss + kl_coef * kl_old_new
-            elif ppo.objective == "mdpo":
-                pg_loss = pg_loss + kl_coef * kl_new_old
-        comm = jnp.zeros(())
-        if ppo.comm_coef > 0:
-            ref_dist = jax.lax.stop_gradient(comm_reference_dist(reference, t.obs))
-            if ppo.objective == "mdpo":
-                comm = networks.kl(dist, ref_dist, continuous).mean()
-            else:
-                comm = networks.kl(ref_dist, dist, continuous).mean()
-        # Clipped value loss, as in the reference PPO implementations.
-        value_clipped = t.value + jnp.clip(value - t.value, -ppo.clip_eps, ppo.clip_eps)
-        v_loss = 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
-        ent = networks.entropy(dist, continuous).mean()
-        prox = common.prox_term(params, reference.global_params, ppo.prox_mu)
-        total = pg_loss + ppo.vf_coef * v_loss - ppo.ent_coef * ent + ppo.comm_coef * comm + prox
-        aux = {
-            "pg_loss": pg_loss,
-            "value_loss": v_loss,
-            "entropy": ent,
-            "approx_kl": kl_old_new,
-            "comm_kl": comm,
-            "prox": prox,
-        }
-        return total, aux
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grad_fn = jax.grad(
+        functools.partial(loss, network=network, ppo=ppo, continuous=continuous), has_aux=True
+    )
 
     def local_update(key, state: PPOState, client_env_params, reference: Reference):
         key_rollout, key_epochs = jax.random.split(key)
@@ -259,9 +322,10 @@ def build(config: Config, env, env_params) -> Algorithm:
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target))
 
         def epoch(carry, epoch_key):
-            def minibatch_step(carry, minibatch):
+            def minibatch_step(carry, inputs):
+                minibatch, loss_key = inputs
                 params, opt_state = carry
-                grads, aux = grad_fn(params, minibatch, state.kl_coef, reference)
+                grads, aux = grad_fn(params, minibatch, state.kl_coef, reference, loss_key)
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), aux
 
@@ -270,7 +334,9 @@ def build(config: Config, env, env_params) -> Algorithm:
                 lambda x: x[order].reshape((ppo.num_minibatches, minibatch_size) + x.shape[1:]),
                 flat,
             )
-            return jax.lax.scan(minibatch_step, carry, shuffled)
+            # Only the Monte-Carlo mixture KL (continuous actions) draws from these keys.
+            loss_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), ppo.num_minibatches)
+            return jax.lax.scan(minibatch_step, carry, (shuffled, loss_keys))
 
         (params, opt_state), aux = jax.lax.scan(
             epoch,
