@@ -32,7 +32,7 @@ T = TypeVar("T")
 PROVIDER_DAEMON_ENV = {
     # Offers are re-broadcast every ~5 s, so a demand published after the
     # offer still sees it within seconds (the default waits minutes).
-    "MEAN_CYCLIC_BCAST_INTERVAL": "5s",
+    "MEAN_CYCLIC_BCAST_INTERVAL": "2s",
     # yagna destroys an activity whose usage counters go stale; the stand-in
     # reports every second, these only give slack on a loaded machine.
     "INACTIVITY_LIMIT_SECONDS": "600",
