@@ -31,6 +31,7 @@ nothing a worker returns is unpickled, and its size is capped.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -389,8 +390,64 @@ def archive_cap(max_bytes: int) -> int:
     return max_bytes + (1 << 20)
 
 
+#: Longest entry name and path an archive may hold, in bytes (Linux NAME_MAX and PATH_MAX).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+#: Errors of this machine's disk, not of the archive: retrying elsewhere cannot help.
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _shown(name: str) -> str:
+    """An entry name for an error line (long ones shortened, with their length)."""
+    return repr(name) if len(name) <= 80 else f"{name[:40]!r}... ({len(name)} characters)"
+
+
+def _entry_paths(members: list[tarfile.TarInfo], destination: Path) -> list[tuple[str, ...]]:
+    """The relative path of every entry, after checking all of them together.
+
+    Raises:
+        TaskError: if an entry escapes, is not a regular file, has a name or path
+            longer than the filesystem allows, or clashes with another entry (the
+            same file twice, or a file where another entry needs a folder).
+    """
+    base = len(os.fsencode(str(destination.absolute())))
+    files: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
+    paths = []
+    for member in members:
+        parts = Path(member.name).parts
+        shown = _shown(member.name)
+        if member.name.startswith("/") or ".." in parts or not parts:
+            raise TaskError(f"archive entry {shown} escapes the folder")
+        if not member.isfile():
+            raise TaskError(f"archive entry {shown} is not a regular file")
+        if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in parts):
+            raise TaskError(f"archive entry {shown} has a name longer than {MAX_NAME_BYTES} bytes")
+        if base + 1 + len(os.fsencode("/".join(parts))) >= MAX_PATH_BYTES:
+            raise TaskError(
+                f"archive entry {shown} makes a path longer than {MAX_PATH_BYTES} bytes"
+            )
+        if parts in files:
+            raise TaskError(f"archive entry {shown} appears twice")
+        if parts in folders:
+            raise TaskError(f"archive entry {shown} is a file where another entry needs a folder")
+        for end in range(1, len(parts)):
+            if parts[:end] in files:
+                raise TaskError(
+                    f"archive entry {shown} needs a folder where the entry "
+                    f"{'/'.join(parts[:end])!r} is a file"
+                )
+            folders.add(parts[:end])
+        files.add(parts)
+        paths.append(parts)
+    return paths
+
+
 def unpack(data: bytes, destination: Path, max_bytes: int) -> None:
     """Extracts a tar from an untrusted source: regular files only, inside `destination`.
+
+    Every entry is checked before anything is written, so a malformed archive is
+    a bad result of its worker (a `TaskError`), never an `OSError` of this process.
 
     Args:
         data: the archive.
@@ -398,27 +455,25 @@ def unpack(data: bytes, destination: Path, max_bytes: int) -> None:
         max_bytes: cap on the extracted content (the archive may be 1 MiB larger).
 
     Raises:
-        TaskError: if the archive is too big, damaged, or holds anything but
-            plain relative files.
+        TaskError: if the archive is too big, damaged, holds anything but plain
+            relative files, or entries that are too long or clash with each other
+            or with what `destination` already holds.
+        OffloadError: if this machine cannot write to `destination` (full disk,
+            read-only or not permitted): no worker can fix that.
     """
     if len(data) > archive_cap(max_bytes):
         raise TaskError(f"archive of {len(data)} bytes exceeds the cap of {archive_cap(max_bytes)}")
-    destination.mkdir(parents=True, exist_ok=True)
-    total = 0
+    target = destination
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = tar.getmembers()
             if len(members) > MAX_FILES:
                 raise TaskError(f"archive holds more than {MAX_FILES} entries")
-            for member in members:
-                parts = Path(member.name).parts
-                if member.name.startswith("/") or ".." in parts or not parts:
-                    raise TaskError(f"archive entry {member.name!r} escapes the folder")
-                if not member.isfile():
-                    raise TaskError(f"archive entry {member.name!r} is not a regular file")
-                total += member.size
-                if total > max_bytes:
-                    raise TaskError(f"archive content exceeds the cap of {max_bytes} bytes")
+            paths = _entry_paths(members, destination)
+            if sum(member.size for member in members) > max_bytes:
+                raise TaskError(f"archive content exceeds the cap of {max_bytes} bytes")
+            destination.mkdir(parents=True, exist_ok=True)
+            for member, parts in zip(members, paths, strict=True):
                 target = destination.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
@@ -427,6 +482,13 @@ def unpack(data: bytes, destination: Path, max_bytes: int) -> None:
                     out.write(source.read())
     except tarfile.TarError as error:
         raise TaskError(f"damaged archive: {error}") from None
+    except OSError as error:
+        if error.errno in _LOCAL_ERRNOS:
+            raise OffloadError(
+                f"cannot unpack a result into {str(destination)!r}: {error.strerror}"
+            ) from None
+        shown = _shown(target.relative_to(destination).as_posix())
+        raise TaskError(f"archive entry {shown} cannot be written: {error.strerror}") from None
 
 
 # ---------------------------------------------------------------- results
