@@ -8,6 +8,7 @@ compiled, and every error names the field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -456,9 +457,12 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         return int(as_float)
     if annotation is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -573,10 +577,20 @@ def load_yaml(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML: {_yaml_reason(error)}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return from_dict(data)
+
+
+def _yaml_reason(error: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line: what is wrong, and where."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def save_yaml(config: Config, path: str | Path) -> None:
@@ -598,6 +612,24 @@ def _positive(path: str, value: float, strict: bool = True) -> None:
         raise ConfigError(f"{path}: must be {bound}, got {value!r}")
 
 
+def _check_finite(path: str, value: Any) -> None:
+    """Every float in the tree (fields, tuples, `env.ranges`, ...) is finite.
+
+    Also catches values set in code, which skip the coercion of YAML and flags.
+    """
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _check_finite(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(f"{path}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(f"{path}[{i}]", item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+
+
 def validate(config: Config) -> Config:
     """Checks every field that can be checked without compiling; returns config.
 
@@ -607,6 +639,7 @@ def validate(config: Config) -> Config:
     import envs
     from jfedrl import algorithms, strategies
 
+    _check_finite("", config)
     _choice("env.name", config.env.name, envs.names())
     _choice("algo.name", config.algo.name, algorithms.names())
     _choice("strategy.name", config.strategy.name, strategies.names())
