@@ -4,11 +4,18 @@ A checkpoint at round r holds the `FedState` after r rounds (global params,
 server state, every client's algorithm and environment state, the run key)
 and a small JSON record (wall seconds, env steps, versions). Orbax writes to a
 temporary folder and renames it, so a crash mid-save leaves the previous
-checkpoint intact.
+checkpoint intact. Saves are synchronous in this thread: a save that fails (a
+full or read-only disk) raises at once, naming the checkpoint, and leaves no
+background thread behind to delay the exit.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,10 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            # Async saves fail late and their threads wait minutes on exit (orbax barriers).
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            ),
             item_names=("state", "meta"),
         )
 
@@ -40,15 +50,34 @@ class Checkpointer:
         return rounds[-1] if rounds else None
 
     def save(self, round_index: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves synchronously: when this returns, the checkpoint is on disk."""
-        self._manager.save(
-            round_index,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        """Saves synchronously: when this returns, the checkpoint is on disk.
+
+        Raises:
+            CheckpointError: if it cannot be written (full or read-only disk, ...);
+                the previous checkpoints are left as they were.
+        """
+        absl = logging.getLogger("absl")
+        absl.addFilter(_drop_save_thread_errors)
+        try:
+            self._manager.save(
+                round_index,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:  # OSError, or tensorstore's ValueError carrying an errno
+            for partial in self.directory.glob(f"{round_index}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)  # frees a full disk
+            latest = self.latest_round()
+            raise CheckpointError(
+                f"checkpoint of round {round_index} could not be saved in "
+                f"{str(self.directory)!r}: {_reason(error)}; "
+                + (f"the checkpoint of round {latest} is intact" if latest else "none is kept")
+            ) from None
+        finally:
+            absl.removeFilter(_drop_save_thread_errors)
 
     def restore(self, target: Any, round_index: int | None = None) -> tuple[Any, dict]:
         """Restores the state into the structure of `target` (arrays or shape structs).
@@ -78,6 +107,22 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _drop_save_thread_errors(record: logging.LogRecord) -> bool:
+    """Drops orbax's logged copy of a save error (the raised one names it once)."""
+    return "raised an exception" not in record.getMessage()
+
+
+def _reason(error: Exception) -> str:
+    """A short, one-line reason for a failed save (tensorstore's errors are long)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code and int(code.group(1)) in errno.errorcode:
+        return os.strerror(int(code.group(1)))
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def _check_structure(restored: Any, abstract: Any, where: Path) -> None:

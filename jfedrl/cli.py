@@ -13,6 +13,7 @@ then `--config` YAML, then flags.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from typing import Any
@@ -164,6 +165,7 @@ def _cmd_envs() -> int:
         if info.get("params"):
             tunables = ", ".join(f"{k}={v}" for k, v in info["params"].items())
             print(f"    params: {tunables}")
+    sys.stdout.flush()  # a closed pipe raises here, inside main's handler
     return 0
 
 
@@ -182,7 +184,7 @@ def _cmd_config() -> int:
         stack = stack[:indent] + [key]
         doc = docs.get(".".join(stack))
         out.append(f"{line}  # {doc}" if doc and not line.rstrip().endswith(":") else line)
-    print("\n".join(out))
+    print("\n".join(out), flush=True)  # a closed pipe raises here, inside main's handler
     return 0
 
 
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jfedrl: aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `jfedrl config | head`: the reader has what it wanted
+        # Python's final flush of stdout at exit would raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
     return 1
 
 

@@ -1,20 +1,28 @@
 """What a run writes: metrics.jsonl, TensorBoard events, the learning curve, the log.
 
-All of it happens on the host between jitted blocks.
+All of it happens on the host between jitted blocks. The run folder is locked
+for as long as a process trains in it (`RunLock`), so two runs never share one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jfedrl.config import ConfigError
+
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
+LOCK_FILE = ".lock"
 
 log = logging.getLogger("jfedrl")
 
@@ -45,11 +53,31 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def truncate_metrics(run_dir: str | Path, last_round: int) -> list[dict[str, Any]]:
-    """Keeps only records up to `last_round` (used on resume); returns them."""
+    """Keeps only records up to `last_round` (used on resume); returns them.
+
+    The kept records go to a new file that then replaces metrics.jsonl, so a
+    crash at any moment leaves either the old or the new history, whole.
+    """
     records = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
     path = Path(run_dir) / METRICS_FILE
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    try:
+        replace_file(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    except OSError as error:
+        raise RunDirError(f"log.run_dir: cannot rewrite {str(path)!r}: {error.strerror}") from None
     return records
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Writes `data` to a new file beside `path`, syncs it, and renames it over `path`."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 class MetricsWriter:
@@ -64,10 +92,15 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        with self.path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-            f.flush()
+        try:
+            with self.path.open("a") as f:
+                for record in records:
+                    f.write(json.dumps(record) + "\n")
+                f.flush()
+        except OSError as error:  # a torn last line is skipped by read_metrics
+            raise RunDirError(
+                f"log.run_dir: cannot write {str(self.path)!r}: {error.strerror}"
+            ) from None
         if self._tb is not None:
             for record in records:
                 step = record["env_steps"]
@@ -82,7 +115,11 @@ class MetricsWriter:
 
 
 def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
-    """Writes learning_curve.png: client training returns and the global eval return."""
+    """Writes learning_curve.png: client training returns and the global eval return.
+
+    The image is written beside and renamed into place, so a failure (a full
+    disk) leaves the previous curve or none, never a truncated file.
+    """
     records = read_metrics(run_dir)
     if not records:
         return None
@@ -111,8 +148,13 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(run_dir) / CURVE_FILE
-    fig.savefig(path)
-    plt.close(fig)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        fig.savefig(partial, format="png")
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -124,7 +166,7 @@ def setup_logging(run_dir: Path, quiet: bool = False) -> None:
         logger.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    file_handler = logging.FileHandler(run_dir / "train.log")
+    file_handler = _LogFileHandler(run_dir / "train.log")
     file_handler.setFormatter(fmt)
     logger.addHandler(file_handler)
     if not quiet:
@@ -132,3 +174,78 @@ def setup_logging(run_dir: Path, quiet: bool = False) -> None:
         stream.setFormatter(fmt)
         logger.addHandler(stream)
     logger.propagate = False
+
+
+class _LogFileHandler(logging.FileHandler):
+    """train.log that goes quiet when it cannot be written (a full disk).
+
+    The default prints a traceback per record; the run's own error says what failed.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self.setLevel(logging.CRITICAL + 1)
+
+
+class RunDirError(ConfigError):
+    """The run folder cannot be used: not a folder, not writable, or in use by another run."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held until `release` or the process's end.
+
+    `flock` on `RUN_DIR/.lock`: the kernel drops it when the process exits or is
+    killed, so a crash never leaves a stale lock. The file names the holder
+    (pid and host) for the error of a second run.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        """Creates the run folder if needed and locks it.
+
+        Raises:
+            RunDirError: naming `log.run_dir`, if the folder cannot be created or
+                written, or another process holds it.
+        """
+        self.run_dir = Path(run_dir)
+        shown = str(self.run_dir)
+        self._fd: int | None = None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileExistsError, NotADirectoryError):
+            raise RunDirError(
+                f"log.run_dir: {shown!r} is not a folder (a file is in the way)"
+            ) from None
+        except OSError as error:
+            raise RunDirError(f"log.run_dir: {shown!r} cannot be used: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise RunDirError(
+                    f"log.run_dir: {shown!r} cannot be locked: {error.strerror}"
+                ) from None
+            raise RunDirError(
+                f"log.run_dir: {shown!r} is in use by another run ({holder or 'starting'}); "
+                "wait for it to end or choose another --run-dir"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as error:
+            os.close(fd)
+            raise RunDirError(f"log.run_dir: {shown!r} cannot be used: {error.strerror}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlocks the folder (the lock file stays: removing it would race a waiting run)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -30,6 +30,7 @@ from jfedrl.config import Config, ConfigError, load_yaml, replace_path, save_yam
 from jfedrl.federated import FedState, Simulator, make_simulator
 from jfedrl.outputs import (
     MetricsWriter,
+    RunLock,
     plot_learning_curve,
     setup_logging,
     to_jsonable,
@@ -230,11 +231,29 @@ def train(
 
     Returns:
         The run folder, the final state and every metrics record.
+
+    Raises:
+        RunDirError: `log.run_dir` is not a writable folder, or another process
+            trains in it (the folder is locked while this runs).
+        CheckpointError: a checkpoint cannot be restored or saved (named).
     """
     enable_compilation_cache()
     simulator = make_simulator(config)  # validates before anything compiles
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # one process per run folder, until this returns or the process dies
+        return _train_locked(config, simulator, run_dir, resume, progress, quiet, stop_after_round)
+
+
+def _train_locked(
+    config: Config,
+    simulator: Simulator,
+    run_dir: Path,
+    resume: bool,
+    progress: bool | None,
+    quiet: bool,
+    stop_after_round: int | None,
+) -> TrainResult:
+    """`train` once its run folder is locked."""
     setup_logging(run_dir, quiet=quiet)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
     key = jax.random.PRNGKey(config.seed)
@@ -353,17 +372,17 @@ def train(
                 bar.update(num_rounds)
                 bar.set_postfix(
                     steps_s=f"{last['steps_per_second']:.3g}",
-                    ret=f"{last['train_return_mean']:.1f}",
-                    eval=f"{last['eval_return']:.1f}",
+                    ret=_number(last["train_return_mean"]),
+                    eval=_number(last["eval_return"]),
                 )
                 log.info(
-                    "round %d/%d  env steps %d  %.0f steps/s  train return %.1f  eval %.1f%s",
+                    "round %d/%d  env steps %d  %.0f steps/s  train return %s  eval %s%s",
                     last["round"],
                     config.federation.rounds,
                     last["env_steps"],
                     last["steps_per_second"],
-                    last["train_return_mean"],
-                    last["eval_return"],
+                    _number(last["train_return_mean"]),
+                    _number(last["eval_return"]),
                     f"  (compiled in {compile_seconds:.1f}s)" if compile_seconds else "",
                 )
                 if budget_stop is not None:
@@ -383,7 +402,7 @@ def train(
         writer.close()
         checkpointer.close()
         if config.log.plot:
-            plot_learning_curve(run_dir, f"{config.env.name} · {config.strategy.name}")
+            _plot_best_effort(run_dir, f"{config.env.name} · {config.strategy.name}")
     if budget_stop is not None:
         raise budget_stop
     return TrainResult(run_dir=run_dir, state=state, records=records, interrupted=interrupted)
@@ -418,6 +437,19 @@ def check_participation(records: list[dict[str, Any]], min_participation: float)
 def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
     """Evaluates the global policy with a key that depends only on the round."""
     return simulator.evaluate(state, jax.random.fold_in(eval_key, state.round))
+
+
+def _number(value: float | None) -> str:
+    """A return for the progress line (None: every client update was excluded)."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _plot_best_effort(run_dir: Path, title: str) -> None:
+    """The learning curve, if it can be drawn: it never hides the run's own error."""
+    try:
+        plot_learning_curve(run_dir, title)
+    except Exception as error:  # a full disk, a broken matplotlib backend, ...
+        log.warning("learning curve not written: %s: %s", type(error).__name__, error)
 
 
 def _json(data: Any) -> str:
