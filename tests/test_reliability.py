@@ -1,0 +1,421 @@
+"""Fault probes (issue 14): every fault a clear error, nothing lost, one run per folder.
+
+Each test backs a row of docs/reliability.md. Full and read-only disks are real:
+a small tmpfs (root, as in CI), else a chmod where that is enough.
+"""
+
+import dataclasses
+import errno
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jfedrl import runner
+from jfedrl.checkpoint import Checkpointer, CheckpointError
+from jfedrl.cli import main as cli_main
+from jfedrl.config import Config, ConfigError, flat_fields, replace_path, validate
+from jfedrl.outputs import METRICS_FILE, RunDirError, RunLock, truncate_metrics
+from offload import task as fmt
+from tests.helpers import tiny_config, with_run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+DROP = ("wall_seconds", "steps_per_second", "compile_seconds")
+FLOAT_FIELDS = [path for path, annotation, _ in flat_fields(Config) if annotation is float]
+
+
+def _maths(records):
+    return [{k: v for k, v in r.items() if k not in DROP} for r in records]
+
+
+def _assert_same_run(result, reference):
+    for a, b in zip(jax.tree.leaves(reference.state), jax.tree.leaves(result.state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    assert _maths(result.records) == _maths(reference.records)
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("jfedrl: error: "), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    config = with_run_dir(tiny_config(), tmp_path_factory.mktemp("uninterrupted"))
+    return runner.train(config, quiet=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts small tmpfs folders (`tmpfs(size)`), unmounted after the test."""
+    mounted = []
+
+    def mount(size: str, name: str = "fs", options: str = "") -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        path = tmp_path / name
+        path.mkdir()
+        opts = f"size={size}" + (f",{options}" if options else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"this OS refuses a tmpfs mount: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _remount_read_only(path: Path, bind: bool = False) -> None:
+    if bind:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+def _fill(directory: Path, leave_bytes: int) -> Path:
+    """Fills the filesystem of `directory` up to `leave_bytes` of free space."""
+    stats = os.statvfs(directory)
+    ballast = directory / "ballast"
+    try:
+        with open(ballast, "wb") as f:
+            f.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave_bytes))
+    except OSError as error:  # the last page may not fit: full is what we want
+        assert error.errno == errno.ENOSPC, error
+    return ballast
+
+
+def _copy_of_round_2(uninterrupted, destination: Path) -> Path:
+    """The uninterrupted run's folder as a crash right after round 2 leaves it."""
+    shutil.copytree(uninterrupted.run_dir, destination, dirs_exist_ok=True)
+    shutil.rmtree(destination / "checkpoints" / "4")
+    return destination
+
+
+# ---------------------------------------------------------------- 1: malicious archives
+
+
+def _archive(*entries: tuple[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([("state", b"x"), ("state/x", b"y")], "needs a folder where the entry 'state' is a file"),
+        ([("state/x", b"y"), ("state", b"x")], "is a file where another entry needs a folder"),
+        ([("a/b", b"x"), ("a/./b", b"y")], "appears twice"),
+        ([("n" * 300, b"x")], "has a name longer than 255 bytes"),
+        ([("/".join(["d" * 200] * 25), b"x")], "makes a path longer than 4096 bytes"),
+    ],
+    ids=["file-then-dir", "dir-then-file", "duplicate", "300-char-name", "5000-char-path"],
+)
+def test_malicious_archive_is_a_bad_result_not_a_crash(entries, message, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(fmt.TaskError, match=message):
+        fmt.unpack(_archive(*entries), out, max_bytes=10_000)
+    assert not out.exists() or not any(out.rglob("*")), "nothing is written before the checks"
+
+
+def test_archive_clashing_with_the_destination_is_a_bad_result(tmp_path):
+    out = tmp_path / "out"
+    (out / "state").mkdir(parents=True)
+    with pytest.raises(fmt.TaskError, match="'state' cannot be written"):
+        fmt.unpack(_archive(("state", b"x")), out, max_bytes=10_000)
+
+
+def test_archive_on_a_full_local_disk_stops_offloading(tmpfs):
+    disk = tmpfs("64k")
+    with pytest.raises(fmt.OffloadError, match="cannot unpack a result into .*No space left"):
+        fmt.unpack(_archive(("big", os.urandom(100_000))), disk / "out", max_bytes=200_000)
+
+
+# ---------------------------------------------------------------- 3: all updates excluded
+
+
+def test_all_updates_excluded_reports_and_continues(tmp_path):
+    config = with_run_dir(
+        tiny_config(algo__ppo__learning_rate=1e30, federation__rounds=2), tmp_path / "run"
+    )
+    result = runner.train(config, quiet=True)
+    last = result.records[-1]
+    assert last["round"] == 2 and (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    assert last["clients_excluded"] == last["clients_participating"] > 0
+    assert last["train_return_mean"] is None
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "every client update was excluded" in log_text
+    assert "train return n/a" in log_text
+
+
+# ---------------------------------------------------------------- 4: non-finite config values
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("path", FLOAT_FIELDS)
+def test_non_finite_value_is_rejected_naming_the_field(path, value):
+    with pytest.raises(ConfigError, match=rf"^{path}: must be a finite number, got '{value}'$"):
+        replace_path(Config(), path, value)
+
+
+def _set_unchecked(config, path: str, value):
+    head, _, rest = path.partition(".")
+    inner = _set_unchecked(getattr(config, head), rest, value) if rest else value
+    return dataclasses.replace(config, **{head: inner})
+
+
+@pytest.mark.parametrize("path", FLOAT_FIELDS)
+def test_non_finite_value_set_in_code_fails_validation(path):
+    with pytest.raises(ConfigError, match=rf"^{path}: must be a finite number, got nan$"):
+        validate(_set_unchecked(tiny_config(), path, math.nan))
+
+
+def test_non_finite_values_inside_mappings_are_rejected():
+    config = _set_unchecked(tiny_config(), "env.ranges", {"length": [0.3, math.inf]})
+    with pytest.raises(ConfigError, match=r"^env.ranges.length\[1\]: must be a finite number"):
+        validate(config)
+
+
+def test_non_finite_cli_flag_and_yaml_value_are_one_line(tmp_path, capsys):
+    assert cli_main(["train", "--participation", "nan", "--run-dir", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys)
+    assert line == "jfedrl: error: federation.participation: must be a finite number, got 'nan'"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("offload:\n  task_timeout: .inf\n")
+    assert cli_main(["train", "--config", str(yaml_file)]) == 2
+    assert "offload.task_timeout: must be a finite number, got inf" in _one_error_line(capsys)
+    assert not (tmp_path / "a").exists()
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("federation:\n  num_clients: [3\n  rounds: 2\n")
+    assert cli_main(["train", "--config", str(yaml_file)]) == 2
+    line = _one_error_line(capsys)
+    assert f"config file {str(yaml_file)!r} is not valid YAML: " in line
+    assert "at line " in line
+
+
+# ---------------------------------------------------------------- 5: one run per folder
+
+
+def test_concurrent_runs_on_one_folder_second_fails_naming_the_holder(
+    uninterrupted, tmp_path, capsys
+):
+    run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
+    before = {name: (run_dir / name).read_bytes() for name in ("config.yaml", METRICS_FILE)}
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from jfedrl.outputs import RunLock; "
+            "lock = RunLock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+            str(run_dir),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        expected = (
+            f"jfedrl: error: log.run_dir: {str(run_dir)!r} is in use by another run "
+            f"(pid {holder.pid} on {socket.gethostname()}); wait for it to end or choose "
+            "another --run-dir"
+        )
+        assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+        assert _one_error_line(capsys) == expected
+        config = with_run_dir(tiny_config(), run_dir)
+        with pytest.raises(RunDirError, match="is in use by another run"):
+            runner.train(config, quiet=True)
+        assert {n: (run_dir / n).read_bytes() for n in before} == before
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+    with RunLock(run_dir):
+        with pytest.raises(RunDirError, match=rf"\(pid {os.getpid()} on "):
+            RunLock(run_dir)
+    RunLock(run_dir).release()  # released on exit of the `with`
+
+
+# ---------------------------------------------------------------- 6: unusable run folder
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-file", "read-only"])
+def test_unusable_run_dir_is_one_line_exit_2(case, tmp_path, capsys, request):
+    if case == "read-only":
+        if os.geteuid() == 0:
+            run_dir = request.getfixturevalue("tmpfs")("1m", options="ro") / "run"
+        else:
+            (tmp_path / "ro").mkdir(mode=0o555)
+            run_dir = tmp_path / "ro" / "run"
+        reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+        expected = f"log.run_dir: {str(run_dir)!r} cannot be used: {reason}"
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        run_dir = tmp_path / "file" if case == "file" else tmp_path / "file" / "run"
+        expected = f"log.run_dir: {str(run_dir)!r} is not a folder (a file is in the way)"
+    assert cli_main(["train", "--run-dir", str(run_dir), "--clients", "2"]) == 2
+    assert _one_error_line(capsys) == f"jfedrl: error: {expected}"
+
+
+# ---------------------------------------------------------------- 7: checkpoint saves
+
+
+def test_failed_save_raises_at_once_and_leaves_no_thread(tmpfs):
+    disk = tmpfs("4m")
+    checkpointer = Checkpointer(disk / "checkpoints", 3)
+    checkpointer.save(1, {"a": np.ones(3)}, {"round": 1})
+    _remount_read_only(disk)
+    threads = set(threading.enumerate())
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.save(2, {"a": np.ones(3)}, {"round": 2})
+    assert str(error.value) == (
+        f"checkpoint of round 2 could not be saved in {str(disk / 'checkpoints')!r}: "
+        "Read-only file system; the checkpoint of round 1 is intact"
+    )
+    # orbax's async saves left a thread waiting 300 s on a barrier, delaying the exit
+    assert [t.name for t in set(threading.enumerate()) - threads if t.is_alive()] == []
+    checkpointer.close()
+    assert Checkpointer(disk / "checkpoints").rounds() == [1]
+
+
+def test_full_disk_names_the_checkpoint_error_keeps_round_2_and_resumes(
+    uninterrupted, tmpfs, capsys
+):
+    run_dir = _copy_of_round_2(uninterrupted, tmpfs("8m") / "run")
+    ballast = _fill(run_dir.parent, leave_bytes=64 << 10)
+    code = cli_main(
+        ["train", "--resume", str(run_dir), "--quiet", "--no-progress", "--log.plot", "true"]
+    )
+    assert code == 2
+    assert _one_error_line(capsys) == (
+        f"jfedrl: error: checkpoint of round 4 could not be saved in "
+        f"{str(run_dir / 'checkpoints')!r}: No space left on device; "
+        "the checkpoint of round 2 is intact"
+    )
+    curve = run_dir / "learning_curve.png"
+    assert not curve.exists() or curve.stat().st_size > 0
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2"]
+    ballast.unlink()
+    resumed = runner.train(runner.resume_config(run_dir), resume=True, quiet=True)
+    _assert_same_run(resumed, uninterrupted)
+
+
+def test_read_only_checkpoints_fail_fast_with_one_line(uninterrupted, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (CI runs as root)")
+    run_dir = _copy_of_round_2(uninterrupted, tmp_path / "run")
+    _remount_read_only(run_dir / "checkpoints", bind=True)
+    try:
+        code = cli_main(["train", "--resume", str(run_dir), "--quiet", "--no-progress"])
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir / "checkpoints")], check=False)
+    assert code == 2
+    assert _one_error_line(capsys).endswith(
+        ": Read-only file system; the checkpoint of round 2 is intact"
+    )
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+from orbax.checkpoint._src.path import atomicity
+from jfedrl import runner
+from jfedrl.checkpoint import Checkpointer
+from tests.helpers import tiny_config, with_run_dir
+
+saving = []
+save, finalize = Checkpointer.save, atomicity.AtomicRenameTemporaryPath.finalize
+
+def recording_save(self, round_index, *args):
+    saving.append(round_index)
+    return save(self, round_index, *args)
+
+async def killing_finalize(self, *args, **kwargs):
+    if saving[-1] == 4:  # round 4's files are written, not yet renamed into place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+Checkpointer.save = recording_save
+atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+runner.train(with_run_dir(tiny_config(), sys.argv[1]), quiet=True)
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    run_dir = tmp_path / "killed"
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(run_dir)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert Checkpointer(run_dir / "checkpoints").rounds() == [2]
+    assert len((run_dir / METRICS_FILE).read_text().splitlines()) == 4  # written before the save
+    resumed = runner.train(runner.resume_config(run_dir), resume=True, quiet=True)
+    _assert_same_run(resumed, uninterrupted)
+
+
+# ---------------------------------------------------------------- also
+
+
+def test_metrics_rewrite_on_resume_replaces_the_file(uninterrupted, tmp_path):
+    run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
+    path = run_dir / METRICS_FILE
+    old_inode = path.stat().st_ino
+    kept = truncate_metrics(run_dir, 2)
+    assert [r["round"] for r in kept] == [1, 2]
+    assert [json.loads(line)["round"] for line in path.read_text().splitlines()] == [1, 2]
+    assert path.stat().st_ino != old_inode  # a new file renamed over the old one
+    assert sorted(p.name for p in run_dir.glob(METRICS_FILE + "*")) == [METRICS_FILE]
+
+
+def test_metrics_rewrite_failure_leaves_the_history_whole(uninterrupted, tmpfs):
+    disk = tmpfs("1m")
+    metrics = Path(shutil.copy(uninterrupted.run_dir / METRICS_FILE, disk / METRICS_FILE))
+    history = metrics.read_bytes()
+    _fill(disk, leave_bytes=0)
+    with pytest.raises(RunDirError, match="cannot rewrite .*No space left on device"):
+        truncate_metrics(disk, 2)
+    assert metrics.read_bytes() == history
+    assert sorted(p.name for p in disk.iterdir()) == ["ballast", METRICS_FILE]
+
+
+def test_config_into_a_closed_pipe_prints_no_traceback():
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "jfedrl.cli", "config"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader_gone.stdout.close()  # like `| head` exiting before jfedrl writes
+    stderr = reader_gone.stderr.read()
+    assert reader_gone.wait() == 141
+    assert stderr == ""
