@@ -72,7 +72,8 @@ class PPOConfig:
     """Adam step size (high for PPO, but FedAvg of 16 clients averages the noise;
     the default run solves CartPole-v1 with it; lower it for harder tasks)."""
     anneal_lr: bool = True
-    """Linearly anneal the learning rate to zero over the whole run."""
+    """Linearly anneal the learning rate to zero over `federation.schedule_rounds` rounds
+    (default: the whole run as started), then hold it at zero."""
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
@@ -114,7 +115,8 @@ class A2CConfig:
     optimizer: str = "rmsprop"
     """`rmsprop` (Mnih et al. 2016: decay 0.99, eps 1e-5 outside the root) or `adam`."""
     anneal_lr: bool = False
-    """Linearly anneal the learning rate to zero over the whole run."""
+    """Linearly anneal the learning rate to zero over `federation.schedule_rounds` rounds
+    (default: the whole run as started), then hold it at zero."""
     gamma: float = 0.99
     """Discount factor in (0, 1]."""
     gae_lambda: float = 1.0
@@ -166,8 +168,9 @@ class DQNConfig:
     epsilon_end: float = 0.05
     """Final epsilon, in [0, 1]."""
     exploration_fraction: float = 0.5
-    """Fraction in (0, 1] of a client's step budget (rounds x local_updates x num_steps x
-    num_envs, counted on the client's own steps) over which epsilon decays linearly."""
+    """Fraction in (0, 1] of a client's step budget (federation.schedule_rounds x
+    local_updates x num_steps x num_envs, counted on the client's own steps) over which
+    epsilon decays linearly."""
     target_update_interval: int = 100
     """Gradient updates between target-network updates."""
     tau: float = 1.0
@@ -242,6 +245,12 @@ class TD3Config:
     policies around the two actions, up to a constant factor)."""
     prox_mu: float = 0.0
     """FedProx proximal term mu/2 ||w - w_global||^2 on the actor and the critics."""
+    critic_period: int = 1
+    """Rounds between aggregations of the critic (seed 001's N, as N / critic steps per
+    round; docs/algorithms.md). Between them each client keeps its own critic."""
+    actor_period: int = 1
+    """Rounds between aggregations of the actor (seed 001's M * L, as M * L / critic steps
+    per round, M = policy_delay). Between them each client keeps its own actor."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +271,7 @@ class StrategyConfig:
 
     name: str = "fedavg"
     """Registered strategy: fedavg, mean, reward_weighted, evolutionary, fedavgm, fedadam,
-    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg."""
+    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg, fednova."""
     server_lr: float = 1.0
     """Server learning rate (> 0) of fedavgm / fedadam / fedyogi / fedadagrad. 1.0 suits
     fedavgm; the adaptive rules step about server_lr per coordinate, so use ~1e-3..1e-2."""
@@ -322,7 +331,34 @@ class FederationConfig:
     num_clients: int = 16
     rounds: int = 24
     local_updates: int = 4
-    """Local updates (rollout + epochs) each client runs per round."""
+    """Local updates (rollout + epochs) each client runs per round (under system
+    heterogeneity, the most any client runs: the static length of the local scan)."""
+    local_updates_dist: str = "fixed"
+    """System heterogeneity (docs/strategies.md): each client's local updates per round are
+    `fixed` (= local_updates for every client) or `uniform` (an integer uniform in
+    [local_updates_min, local_updates]); the surplus steps of the scan are masked."""
+    local_updates_min: int = 1
+    """Fewest local updates a client draws under `uniform` (1 <= it <= local_updates)."""
+    local_updates_redraw: bool = False
+    """Redraw every client's count each round (true), or draw it once per client for the
+    whole run (false: a fixed property of the client's device)."""
+    straggler_prob: float = 0.0
+    """Probability in [0, 1] per round that a participant straggles: it completes only an
+    integer uniform in [1, its count] of its local updates (its partial work is kept and
+    weighted by the environment steps it took)."""
+    dropout_prob: float = 0.0
+    """Probability in [0, 1) per round that a participant drops out: it returns nothing, is
+    masked out of the aggregate and keeps its state from before the round."""
+    staleness: int = 0
+    """Asynchrony: each participant starts its round from the global params of s rounds
+    ago, s drawn uniformly in [0, min(staleness, round)] (0: synchronous rounds)."""
+    staleness_decay: float = 0.0
+    """FedAsync staleness weighting a >= 0 (Xie et al. 2019): an update s rounds stale is
+    scaled by (1 + s)^-a before aggregation; 0: no decay."""
+    schedule_rounds: int = 0
+    """Horizon in rounds of the learning-rate anneals (PPO, A2C) and the DQN epsilon decay;
+    0: `rounds` at the run's start. Saved resolved in config.yaml, so a resume with more
+    --rounds continues at the schedules' end values instead of stretching them."""
     participation: float = 1.0
     """Fraction (<= 1) or count (> 1) of clients sampled each round."""
     sampling: str = "uniform"
@@ -662,6 +698,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"federation.min_participation: must be in [0, 1], got {fed.min_participation}"
         )
+    _validate_system(config)
     _positive("log.rounds_per_block", config.log.rounds_per_block)
     _positive("log.eval_episodes", config.log.eval_episodes)
     _positive("log.checkpoint_every", config.log.checkpoint_every)
@@ -676,6 +713,54 @@ def validate(config: Config) -> Config:
     algorithms.get(config.algo.name).validate(config)
     strategies.get(config.strategy.name).validate(config)
     return config
+
+
+def _validate_system(config: Config) -> None:
+    """System heterogeneity, asynchrony and the schedule horizon (`federation.*`)."""
+    fed = config.federation
+    _choice("federation.local_updates_dist", fed.local_updates_dist, ("fixed", "uniform"))
+    if not 1 <= fed.local_updates_min <= fed.local_updates:
+        raise ConfigError(
+            f"federation.local_updates_min: must be in [1, local_updates={fed.local_updates}], "
+            f"got {fed.local_updates_min}"
+        )
+    if not 0.0 <= fed.straggler_prob <= 1.0:
+        raise ConfigError(f"federation.straggler_prob: must be in [0, 1], got {fed.straggler_prob}")
+    if not 0.0 <= fed.dropout_prob < 1.0:
+        raise ConfigError(f"federation.dropout_prob: must be in [0, 1), got {fed.dropout_prob}")
+    _positive("federation.staleness", fed.staleness, strict=False)
+    _positive("federation.staleness_decay", fed.staleness_decay, strict=False)
+    _positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
+    in_process_only = {
+        "federation.local_updates_dist": fed.local_updates_dist != "fixed",
+        "federation.straggler_prob": fed.straggler_prob > 0,
+        "federation.dropout_prob": fed.dropout_prob > 0,
+        "federation.staleness": fed.staleness > 0,
+    }
+    for path, used in in_process_only.items():
+        if used and config.offload.executor != "inprocess":
+            raise ConfigError(
+                f"{path}: is simulated by the in-process executor only; set "
+                f"offload.executor to inprocess (got {config.offload.executor!r})"
+            )
+
+
+def schedule_horizon(fed: FederationConfig) -> int:
+    """Rounds over which the schedules (LR anneal, epsilon decay) run to their end value."""
+    return fed.schedule_rounds if fed.schedule_rounds > 0 else fed.rounds
+
+
+def resolve_schedule(config: Config) -> Config:
+    """`config` with `federation.schedule_rounds` fixed (0 becomes `rounds`).
+
+    Called when a run starts (and on a resume of a run saved without it), so the
+    horizon saved in config.yaml does not move when `--rounds` is raised later.
+    """
+    fed = config.federation
+    return dataclasses.replace(
+        config,
+        federation=dataclasses.replace(fed, schedule_rounds=schedule_horizon(fed)),
+    )
 
 
 def participants_per_round(fed: FederationConfig) -> int:
