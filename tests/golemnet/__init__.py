@@ -37,17 +37,20 @@ died.
 Behaviours (`ProviderSpec.behaviour`): "ok"; "fail" (every `run` exits 1
 with a message on stderr); "corrupt" (flips one byte of every file the
 requestor downloads); "truncate" (halves every downloaded file); "die"
-(kills its daemon, agent and exe-units at its first `run`).
+(kills its daemon, agent and exe-units 1 s into its first `run`).
 
 Timing measured on a loaded 2-core machine (yagna 0.17.6, yapapi 0.13.1):
 start-up of a router, a requestor and 5 providers ~10-15 s; a one-task yapapi
 job from `Golem()` to context exit ~7-13 s (offers are re-broadcast every ~2 s;
 the invoice is issued ~20 ms after the agreement ends and shows ACCEPTED on
 the provider ~0.5-1 s later, before yapapi leaves its context). A provider
-that dies at its first `run` surfaces ~6 s later as `ApiException (408)`
-thrown into the worker at `yield script`; one killed during a long `run`
-~13 s later as `ApiException (500)`. After either, leaving the `Golem`
-context takes ~30 s more: yapapi waits for the invoice that never comes.
+that dies or is killed while a command runs surfaces ~13-17 s later as
+`ya_activity.ApiException` (HTTP 500) thrown into the worker at `yield
+script`; one that dies while the batch is being handed over (the Exec call)
+fails the worker outside the generator instead (yapapi event `WorkerFinished`
+with `exc_info`, ApiException 408, ~6 s; the task is retried elsewhere).
+After either, leaving the `Golem` context takes ~30 s more: yapapi waits for
+an invoice that never comes.
 """
 
 from tests.golemnet.agent import BEHAVIOURS, Price, ProviderSpec

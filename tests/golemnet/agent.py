@@ -62,7 +62,7 @@ class ProviderSpec:
         behaviour: "ok"; "fail" (every `run` exits 1 with a message on stderr);
             "corrupt" (flips one byte of every file the requestor downloads);
             "truncate" (halves every downloaded file); "die" (kills its daemon,
-            agent and exe-units at its first `run` command).
+            agent and exe-units 1 s into its first `run` command).
         price: its pricing.
         mem_gib, storage_gib, cpu_threads: the resources it offers.
         debit_note_interval: seconds between debit notes per running activity

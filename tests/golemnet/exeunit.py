@@ -309,7 +309,13 @@ class ExeUnit:
     # -- life and death
 
     def die(self) -> None:
-        """Behaviour 'die': the whole provider goes away mid-task (daemon, agent, exe-units)."""
+        """Behaviour 'die': the whole provider goes away mid-task (daemon, agent, exe-units).
+
+        It waits a second first, so that the reply to `Exec` reaches the
+        requestor: the provider dies while the command runs, not while the
+        batch is being handed over.
+        """
+        time.sleep(1.0)
         (Path(self.config["provider_dir"]) / "died").write_text(now_iso())
         for pid in self.config.get("kill_pids", []):
             try:
