@@ -8,6 +8,13 @@ works only between blocks.
 
 Randomness: the round key is `fold_in(run_key, round)`, so a run resumed from
 round k draws exactly what the uninterrupted run draws.
+
+System heterogeneity (per-client local updates, stragglers, drop-outs) keeps
+the static scan of `local_updates` steps and masks each client's surplus steps;
+asynchrony (`federation.staleness`) keeps the last k + 1 global params in a ring
+buffer in the state; per-component aggregation periods (seed 001's TD3) select
+components with `jnp.where` on the round counter. None of them recompiles per
+round, and with all three off the round is exactly the synchronous one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ from jfedrl.algorithms import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round, validate
 from jfedrl.environment import ClientEnvs, make_client_envs
 from jfedrl.strategies import ClientInfo, Strategy
+from jfedrl.strategies.base import tree_where
+
+#: Streams folded into the round key for the draws of system heterogeneity and
+#: staleness, apart from the round key's `split`, so runs without them draw as before.
+_SYSTEM_STREAM = 1
+_STALENESS_STREAM = 2
 
 
 class RoundInputs(NamedTuple):
@@ -44,7 +57,15 @@ class RoundInputs(NamedTuple):
     env_params: Any
     client_keys: jax.Array
     reference: Reference
+    """The broadcast: global params (stacked per client, `[P, ...]`, with staleness:
+    each client's own stale global), peers and their weights."""
     key_aggregate: jax.Array
+    num_updates: jax.Array
+    """`[P]` int32 local updates each participant really runs this round (0: dropped out)."""
+    staleness: jax.Array
+    """`[P]` int32 rounds by which each participant's start params are stale (0: fresh)."""
+    start_params: Any = None
+    """With staleness, the global params each participant started from, stacked; else None."""
 
 
 class FedState(struct.PyTreeNode):
@@ -61,6 +82,9 @@ class FedState(struct.PyTreeNode):
     peer_weights: jax.Array
     round: jax.Array
     key: jax.Array
+    global_history: Any = ()
+    """With `federation.staleness` k > 0, a ring buffer of the last k + 1 global params,
+    stacked: slot `r % (k + 1)` holds the global params after r rounds; else ()."""
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
@@ -80,6 +104,13 @@ def _put(tree: Any, index: jax.Array, values: Any) -> Any:
     return jax.tree.map(lambda x, v: x.at[index].set(v, mode="drop"), tree, values)
 
 
+def _where_clients(condition: jax.Array, new: Any, old: Any) -> Any:
+    """Per client (leading axis): `new` where `condition[k]`, else `old`."""
+    return jax.tree.map(
+        lambda n, o: jnp.where(condition.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
+    )
+
+
 def sample_participants(key: jax.Array, num_clients: int, count: int, weights=None):
     """`count` distinct client ids (sorted), uniformly or proportionally to `weights`."""
     if count == num_clients:
@@ -95,6 +126,8 @@ def local_training(
     clients: Any,
     env_params: Any,
     reference: Reference,
+    num_updates: jax.Array | None = None,
+    stacked_reference: bool = False,
 ) -> tuple[Any, dict[str, jax.Array]]:
     """The clients' local work for one round: `local_updates` vmapped updates.
 
@@ -103,20 +136,30 @@ def local_training(
 
     Args:
         algorithm: the local learner.
-        local_updates: local updates per client this round.
+        local_updates: local updates per client this round (the scan's static length).
         keys: one key per client, `[K, 2]`.
         clients: stacked client states (leading axis K).
         env_params: stacked environment params (leading axis K).
         reference: the broadcast global params (and peers), shared by all.
+        num_updates: optional `[K]` updates each client really runs (<= local_updates).
+            Client k's steps from `num_updates[k]` on are computed and discarded, so its
+            state is exactly the state after its last real step. None: all run all.
+        stacked_reference: `reference.global_params` has a leading client axis (each
+            client regularises towards the params it started from; staleness).
 
     Returns:
-        The new client states and metrics of shape `[local_updates, K]`.
+        The new client states and metrics of shape `[local_updates, K]` (a client's
+        metrics after its last real step belong to discarded steps).
     """
-    update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, None))
+    reference_axes = Reference(0, None, None) if stacked_reference else None
+    update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, reference_axes))
 
     def one_update(clients, index):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
-        return update(step_keys, clients, env_params, reference)
+        new, metrics = update(step_keys, clients, env_params, reference)
+        if num_updates is not None:
+            new = _where_clients(index < num_updates, new, clients)
+        return new, metrics
 
     return jax.lax.scan(one_update, clients, jnp.arange(local_updates))
 
@@ -143,11 +186,65 @@ class Simulator:
 
     @property
     def env_steps_per_round(self) -> int:
+        """Environment steps of a round with every participant running `local_updates`.
+
+        Under system heterogeneity this is the most; `env_steps_taken` logs the real count.
+        """
         return (
             self.num_participants
             * self.config.federation.local_updates
             * self.algorithm.env_steps_per_update
         )
+
+    @property
+    def heterogeneous(self) -> bool:
+        """True if participants may run unequal numbers of local updates."""
+        fed = self.config.federation
+        return fed.local_updates_dist != "fixed" or fed.straggler_prob > 0 or fed.dropout_prob > 0
+
+    @property
+    def periodic(self) -> bool:
+        """True if some params component is aggregated less often than every round."""
+        return any(period > 1 for _, period in self.algorithm.aggregation_periods)
+
+    def client_local_updates(self, run_key: jax.Array, round_index: jax.Array) -> jax.Array:
+        """Every client's local updates in round `round_index`, `[C]` int32.
+
+        Drawn from `federation.local_updates_dist`, before stragglers and drop-outs:
+        once per client for the run (from `run_key`, the state's key) or, with
+        `local_updates_redraw`, from the round key.
+        """
+        fed = self.config.federation
+        if fed.local_updates_dist == "fixed":
+            return jnp.full((self.num_clients,), fed.local_updates, jnp.int32)
+        if fed.local_updates_redraw:
+            key = jax.random.fold_in(jax.random.fold_in(run_key, round_index), _SYSTEM_STREAM)
+        else:
+            key = jax.random.split(run_key, 3)[2]  # apart from the round and drift keys
+        key = jax.random.fold_in(key, 0)
+        shape = (self.num_clients,)
+        return jax.random.randint(key, shape, fed.local_updates_min, fed.local_updates + 1)
+
+    def _stragglers_and_dropouts(self, key: jax.Array, counts: jax.Array) -> jax.Array:
+        """The participants' counts after stragglers (partial work) and drop-outs (0)."""
+        fed = self.config.federation
+        key_straggle, key_partial, key_drop = jax.random.split(jax.random.fold_in(key, 1), 3)
+        straggling = jax.random.uniform(key_straggle, counts.shape) < fed.straggler_prob
+        partial_work = jax.random.randint(key_partial, counts.shape, 1, counts + 1)
+        counts = jnp.where(straggling, partial_work, counts)
+        dropped = jax.random.uniform(key_drop, counts.shape) < fed.dropout_prob
+        return jnp.where(dropped, 0, counts).astype(jnp.int32)
+
+    def component_where(self, round_index: jax.Array, new: Any, old: Any) -> Any:
+        """Params whose periodic components come from `new` where due, else from `old`.
+
+        A component with period p is due when `round_index % p == 0`; components
+        without a period always come from `new`.
+        """
+        out = dict(new)
+        for name, period in self.algorithm.aggregation_periods:
+            out[name] = tree_where(round_index % period == 0, new[name], old[name])
+        return out
 
     @partial(jax.jit, static_argnums=(0,))
     def init(self, key: jax.Array) -> FedState:
@@ -177,7 +274,14 @@ class Simulator:
             ),
             round=jnp.asarray(0, jnp.int32),
             key=key_run,
+            global_history=self._initial_history(global_params),
         )
+
+    def _initial_history(self, global_params: Any) -> Any:
+        slots = self.config.federation.staleness + 1
+        if slots == 1:
+            return ()
+        return jax.tree.map(lambda x: jnp.stack([x] * slots), global_params)
 
     def current_env_params(self, state: FedState, round_index: jax.Array) -> Any:
         """The clients' env params in round `round_index`: drift applied to the base."""
@@ -198,12 +302,22 @@ class Simulator:
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
     def begin_round(self, state: FedState) -> RoundInputs:
-        """Samples the participants and broadcasts the global params to them."""
+        """Samples the participants and broadcasts the global params to them.
+
+        Under system heterogeneity it also draws each participant's local updates;
+        with staleness, each participant's start params from the ring buffer; with
+        aggregation periods, a component is broadcast only in the rounds that follow
+        its aggregation (else the client keeps its own copy).
+        """
         fed = self.config.federation
         key = jax.random.fold_in(state.key, state.round)
         key_sample, key_clients, key_aggregate = jax.random.split(key, 3)
         env_params = self.current_env_params(state, state.round)
-        steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
+        counts = self.client_local_updates(state.key, state.round) if self.heterogeneous else None
+        if counts is None:
+            steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
+        else:
+            steps = counts.astype(jnp.float32) * float(self.algorithm.env_steps_per_update)
         sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
         ids = sample_participants(
             key_sample, self.num_clients, self.num_participants, sampling_weights
@@ -212,10 +326,30 @@ class Simulator:
         valid = jnp.arange(self.padded_participants) < self.num_participants
         # Padding slots repeat a real client's work; their results are masked and dropped.
         ids = jnp.concatenate([ids, jnp.full((padding,), ids[0], ids.dtype)])
+        if counts is None:
+            num_updates = jnp.full(ids.shape, fed.local_updates, jnp.int32)
+        else:
+            system_key = jax.random.fold_in(key, _SYSTEM_STREAM)
+            num_updates = self._stragglers_and_dropouts(system_key, counts[ids])
         before = self.shard_clients(_take(state.clients, ids))
-        clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(
-            before, state.global_params
+        staleness = jnp.zeros(ids.shape, jnp.int32)
+        start_params = None
+        broadcast, broadcast_axis = state.global_params, None
+        if fed.staleness > 0:
+            oldest = jnp.minimum(fed.staleness, state.round)
+            stale_key = jax.random.fold_in(key, _STALENESS_STREAM)
+            staleness = jax.random.randint(stale_key, ids.shape, 0, oldest + 1, jnp.int32)
+            slots = (state.round - staleness) % (fed.staleness + 1)
+            start_params = self.shard_clients(_take(state.global_history, slots))
+            broadcast, broadcast_axis = start_params, 0
+        if self.periodic:
+            local = jax.vmap(self.algorithm.get_params)(before)
+            broadcast = self.component_where(state.round, broadcast, local)
+            broadcast_axis = 0
+        clients = jax.vmap(self.algorithm.set_params, in_axes=(0, broadcast_axis))(
+            before, broadcast
         )
+        reference_params = state.global_params if start_params is None else start_params
         return RoundInputs(
             ids=ids,
             valid=valid,
@@ -223,8 +357,11 @@ class Simulator:
             clients=clients,
             env_params=self.shard_clients(_take(env_params, ids)),
             client_keys=self.shard_clients(jax.random.split(key_clients, self.num_clients)[ids]),
-            reference=Reference(state.global_params, state.peer_params, state.peer_weights),
+            reference=Reference(reference_params, state.peer_params, state.peer_weights),
             key_aggregate=key_aggregate,
+            num_updates=num_updates,
+            staleness=staleness,
+            start_params=start_params,
         )
 
     def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
@@ -237,6 +374,8 @@ class Simulator:
             inputs.clients,
             inputs.env_params,
             inputs.reference,
+            num_updates=inputs.num_updates if self.heterogeneous else None,
+            stacked_reference=inputs.start_params is not None,
         )
         return self.aggregate(state, inputs, clients, local_metrics)
 
@@ -248,6 +387,12 @@ class Simulator:
         local_metrics: dict[str, jax.Array],
     ) -> tuple[FedState, dict[str, jax.Array]]:
         """Validates the participants' updates, aggregates, scatters states back.
+
+        A client that dropped out or returned non-finite params is masked out and
+        keeps its state from before the round. With staleness, an update is measured
+        from the client's stale start params and applied to the current global params
+        (as A3C applies stale gradients), scaled by (1 + s)^-a with
+        `federation.staleness_decay` a (FedAsync, Xie et al. 2019).
 
         Args:
             state: the state the round started from.
@@ -263,29 +408,49 @@ class Simulator:
         ids, before, key = inputs.ids, inputs.before, inputs.key_aggregate
         client_params = jax.vmap(self.algorithm.get_params)(clients)
         finite = jnp.logical_and(jax.vmap(tree_all_finite)(client_params), inputs.valid)
-        deltas = jax.tree.map(lambda c, g: c - g, client_params, state.global_params)
+        returned = inputs.valid
+        if self.heterogeneous:
+            returned = jnp.logical_and(inputs.valid, inputs.num_updates > 0)
+            finite = jnp.logical_and(finite, returned)
+        start = state.global_params if inputs.start_params is None else inputs.start_params
+        deltas = jax.tree.map(lambda c, g: c - g, client_params, start)
         update_norms = jax.vmap(tree_norm)(deltas)
         max_norm = self.config.strategy.clip_update_norm
+        scale = None
         if max_norm > 0:
             scale = jnp.minimum(1.0, max_norm / jnp.maximum(update_norms, 1e-12))
+        if fed.staleness > 0 and fed.staleness_decay > 0:
+            decay = (1.0 + inputs.staleness.astype(jnp.float32)) ** -fed.staleness_decay
+            scale = decay if scale is None else scale * decay
+        if scale is not None:
             client_params = jax.tree.map(
                 lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
                 state.global_params,
                 deltas,
             )
+        elif inputs.start_params is not None:
+            # A stale update moves the current global params; a fresh one is kept as is.
+            rebased = jax.tree.map(lambda g, d: g + d, state.global_params, deltas)
+            client_params = _where_clients(inputs.staleness > 0, rebased, client_params)
         # Rejected clients keep the state they had before the round.
-        clients = jax.tree.map(
-            lambda new, old: jnp.where(finite.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            clients,
-            before,
-        )
-        returns = local_metrics["train_return"][-1]
+        clients = _where_clients(finite, clients, before)
+        if self.heterogeneous:
+            last_step = jnp.maximum(inputs.num_updates - 1, 0)[None]
+
+            def final(value):
+                return jnp.take_along_axis(value, last_step, axis=0)[0]
+        else:
+
+            def final(value):
+                return value[-1]
+
+        returns = final(local_metrics["train_return"])
+        local_steps = inputs.num_updates.astype(jnp.float32)
         info = ClientInfo(
-            num_steps=jnp.full(
-                ids.shape, float(fed.local_updates * self.algorithm.env_steps_per_update)
-            ),
+            num_steps=local_steps * float(self.algorithm.env_steps_per_update),
             returns=jnp.where(finite, returns, 0.0),
             mask=finite,
+            local_steps=local_steps,
         )
         safe_params = jax.tree.map(
             lambda p, g: jnp.where(finite.reshape((-1,) + (1,) * (p.ndim - 1)), p, g),
@@ -295,6 +460,15 @@ class Simulator:
         global_params, server_state, strategy_metrics = self.strategy.aggregate(
             state.server_state, state.global_params, safe_params, info, key
         )
+        if self.periodic:
+            # A component not due after this round keeps its global params.
+            global_params = self.component_where(
+                state.round + 1, global_params, state.global_params
+            )
+        history = state.global_history
+        if fed.staleness > 0:
+            slot = (state.round + 1) % (fed.staleness + 1)
+            history = jax.tree.map(lambda h, g: h.at[slot].set(g), history, global_params)
         peers, peer_weights = state.peer_params, state.peer_weights
         if self.algorithm.needs_peers:
             peers = safe_params
@@ -307,21 +481,34 @@ class Simulator:
             peer_params=peers,
             peer_weights=peer_weights,
             round=state.round + 1,
+            global_history=history,
         )
         valid = jnp.maximum(finite.sum(), 1)
         masked_returns = jnp.where(finite, returns, jnp.nan)
+        participants = jnp.maximum(inputs.valid.sum(), 1)
         metrics = {
             "train_return_mean": jnp.nanmean(masked_returns),
             "train_return_min": jnp.nanmin(masked_returns),
             "train_return_max": jnp.nanmax(masked_returns),
             "clients_participating": jnp.sum(inputs.valid).astype(jnp.int32),
-            "clients_excluded": jnp.sum(inputs.valid & ~finite).astype(jnp.int32),
+            "clients_excluded": jnp.sum(returned & ~finite).astype(jnp.int32),
+            "clients_dropped": jnp.sum(inputs.valid & ~returned).astype(jnp.int32),
             "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
             "participants": ids[: self.num_participants],
+            "local_steps_mean": jnp.sum(jnp.where(inputs.valid, local_steps, 0.0)) / participants,
+            "local_steps_min": jnp.min(
+                jnp.where(inputs.valid, inputs.num_updates, fed.local_updates)
+            ),
+            "local_steps_max": jnp.max(jnp.where(inputs.valid, inputs.num_updates, 0)),
+            "env_steps_taken": jnp.sum(jnp.where(inputs.valid, info.num_steps, 0.0)),
         }
+        if fed.staleness > 0:
+            stale = jnp.where(inputs.valid, inputs.staleness, 0)
+            metrics["staleness_mean"] = jnp.sum(stale) / participants
+            metrics["staleness_max"] = jnp.max(stale)
         for name, value in local_metrics.items():
             if name not in ("train_return",):
-                metrics[name] = jnp.nanmean(jnp.where(finite, value[-1], jnp.nan))
+                metrics[name] = jnp.nanmean(jnp.where(finite, final(value), jnp.nan))
         for name, value in strategy_metrics.items():
             metrics["strategy/" + name] = value
         return new_state, metrics

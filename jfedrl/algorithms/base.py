@@ -46,6 +46,10 @@ class Algorithm(NamedTuple):
     env_steps_per_update: int
     needs_peers: bool = False
     """True if `local_update` reads `reference.peer_params`."""
+    aggregation_periods: tuple[tuple[str, int], ...] = ()
+    """Rounds between aggregations of each named top-level component of the params
+    (e.g. `(("actor", 2), ("critic", 1))`, seed 001); between them each client keeps
+    its own copy of the component. Unlisted components are aggregated every round."""
 
 
 @dataclass(frozen=True)

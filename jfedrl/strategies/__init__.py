@@ -7,7 +7,7 @@ and its config fields.
 from __future__ import annotations
 
 from jfedrl.config import ConfigError
-from jfedrl.strategies import averaging, dp, evolutionary, reward, robust, server_opt
+from jfedrl.strategies import averaging, dp, evolutionary, fednova, reward, robust, server_opt
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -132,6 +132,7 @@ _BUILTIN = (
         "clipped updates + Gaussian noise (McMahan 2018)",
         dp.validate,
     ),
+    ("fednova", fednova.fednova, "normalised averaging for unequal local steps (Wang 2020)", _none),
 )
 
 for _name, _build, _description, _validate in _BUILTIN:

@@ -34,6 +34,9 @@ class ClientInfo(NamedTuple):
     """The client's recent mean training return (fitness for reward-based rules)."""
     mask: jax.Array
     """True where the client participated and its update is valid."""
+    local_steps: jax.Array | None = None
+    """Local updates the client really ran this round (FedNova's tau_i); None where the
+    caller does not know them (rules that need them then use `num_steps`)."""
 
 
 class Strategy(NamedTuple):
