@@ -38,6 +38,20 @@ target reset each round would make it jump by a whole round's progress. A
 client adopts the broadcast as its targets once, before its first update, so
 the targets never start as unrelated random networks. With `"global"` they
 are reset to the new global params at every broadcast.
+
+Separate periods (seed 001's pseudo-code): the seed counts critic updates t and
+sends the critic every N of them, updates the actor every M (the policy delay)
+and sends it every L actor updates, i.e. every M * L critic updates. Here
+clients talk to the server only at round ends, and a round is
+`local_updates x gradient_steps` critic updates, so `critic_period` and
+`actor_period` are those periods in rounds: N / (critic updates per round)
+and M * L / (critic updates per round). With `local_updates = 1` and
+`gradient_steps = N` they are 1 and M * L / N (an integer when M * L is a
+multiple of N, as the seed asks). Between its aggregations a component stays
+local: the client keeps training its own copy, and the server keeps the last
+aggregate. With N = L = 1 (one critic update per round, `actor_period =
+policy_delay`) and one client this is centralised TD3, the seed's claim, which
+tests/test_td3_periods.py checks exactly.
 """
 
 from __future__ import annotations
@@ -152,7 +166,15 @@ class TD3State(struct.PyTreeNode):
 def validate(config: Config) -> None:
     """Checks the `algo.td3` section; raises `ConfigError` naming the field."""
     td3 = config.algo.td3
-    for name in ("num_envs", "num_steps", "gradient_steps", "batch_size", "policy_delay"):
+    for name in (
+        "num_envs",
+        "num_steps",
+        "gradient_steps",
+        "batch_size",
+        "policy_delay",
+        "critic_period",
+        "actor_period",
+    ):
         common.require(getattr(td3, name) >= 1, f"algo.td3.{name}", ">= 1", getattr(td3, name))
     steps = td3.num_envs * td3.num_steps
     common.require(
@@ -173,6 +195,13 @@ def validate(config: Config) -> None:
     common.require_layers("algo.td3.hidden_sizes", td3.hidden_sizes)
     common.require_choice("algo.td3.activation", td3.activation, tuple(networks.ACTIVATIONS))
     common.require_choice("algo.td3.target_sync", td3.target_sync, ("local", "global"))
+    periodic = td3.critic_period > 1 or td3.actor_period > 1
+    if periodic and config.offload.executor != "inprocess":
+        raise ConfigError(
+            "algo.td3.critic_period / actor_period: periods > 1 are simulated by the "
+            f"in-process executor only; set offload.executor to inprocess "
+            f"(got {config.offload.executor!r})"
+        )
 
 
 def build(config: Config, env, env_params) -> Algorithm:
@@ -389,6 +418,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         set_params=set_params,
         act=act,
         env_steps_per_update=batch_size,
+        aggregation_periods=(("actor", td3.actor_period), ("critic", td3.critic_period)),
     )
 
 
