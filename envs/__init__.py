@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs.suggest import did_you_mean
 from envs.variants import VARIANTS, ParamError, Tunable
 
 EnvFactory = Callable[..., tuple[Any, Any]]
@@ -119,7 +120,8 @@ def spec(name: str) -> EnvSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"env.name: unknown environment {name!r}; allowed: {', '.join(names())}"
+            f"env.name: {name!r} is not allowed; allowed: {', '.join(names())}."
+            + did_you_mean(name, names())
         ) from None
 
 
@@ -133,7 +135,10 @@ def make(name: str, **options: Any) -> tuple[Any, Any]:
     entry = spec(name)
     if "backend" in options and options["backend"] not in entry.backends:
         allowed = ", ".join(entry.backends) if entry.backends else "none (not a Brax env)"
-        raise ValueError(f"{name}: backend {options['backend']!r} not allowed; allowed: {allowed}")
+        raise ValueError(
+            f"{name}: backend {options['backend']!r} not allowed; allowed: {allowed}."
+            + did_you_mean(options["backend"], entry.backends)
+        )
     return entry.factory(**options)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from envs.suggest import did_you_mean
 from envs.variants import ParamError
 
 DISTURBANCES = ("none", "impulse", "obs_noise")
@@ -90,7 +91,9 @@ def disturb(name: str, env: Any, kind: str = "none", prob: float = 0.0, scale: f
 
     if kind not in DISTURBANCES:
         raise ParamError(
-            "disturbance", f"{kind!r} is not allowed; allowed: {', '.join(DISTURBANCES)}"
+            "disturbance",
+            f"{kind!r} is not allowed; allowed: {', '.join(DISTURBANCES)}."
+            + did_you_mean(kind, DISTURBANCES),
         )
     if kind == "none":
         return env

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from envs.suggest import did_you_mean
 from envs.variants import ParamError
 
 DRIFTS = ("none", "switch", "linear", "sinusoidal", "random_walk")
@@ -76,13 +77,18 @@ def resolve_drift_params(name: str, kind: str, params: Sequence[str] = ()) -> tu
 
     entry = envs.spec(name)
     if kind not in DRIFTS:
-        raise ParamError("drift", f"{kind!r} is not allowed; allowed: {', '.join(DRIFTS)}")
+        raise ParamError(
+            "drift",
+            f"{kind!r} is not allowed; allowed: {', '.join(DRIFTS)}." + did_you_mean(kind, DRIFTS),
+        )
     driftable = [t.name for t in entry.tunables if t.driftable]
     listing = ", ".join(driftable) if driftable else "none"
     for p in params:
         if p not in driftable:
             raise ParamError(
-                "drift_params", f"{p!r} cannot drift in {name}; driftable params: {listing}"
+                "drift_params",
+                f"{p!r} cannot drift in {name}; driftable params: {listing}."
+                + did_you_mean(p, driftable),
             )
     chosen = tuple(params) or entry.drift_params
     if kind != "none" and not chosen:

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs.suggest import did_you_mean
+
 VARIANTS = ("default", "random", "extreme")
 
 Interval = tuple[float, float]
@@ -143,7 +145,8 @@ def check_overrides(
     if variant not in entry.variants:
         raise ParamError(
             "variant",
-            f"{variant!r} is not allowed for {name}; allowed: {', '.join(entry.variants)}",
+            f"{variant!r} is not allowed for {name}; allowed: {', '.join(entry.variants)}."
+            + did_you_mean(variant, entry.variants),
         )
     tunable = entry.tunable_names
     listing = ", ".join(tunable) if tunable else "none"
@@ -155,7 +158,7 @@ def check_overrides(
             raise ParamError(
                 field,
                 f"unknown parameter(s) {', '.join(map(str, unknown))} for {name}; "
-                f"tunable: {listing}",
+                f"tunable: {listing}." + did_you_mean(unknown[0], tunable),
             )
     for param, raw in (ranges or {}).items():
         intervals = _as_intervals(param, raw)

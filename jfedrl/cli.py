@@ -141,19 +141,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class third_party_quiet:
+    """Keeps third-party warnings out of the CLI's output while building envs.
+
+    Python warnings are ignored, and anything libraries write straight to file
+    descriptor 2 (MuJoCo's C-level `settotalmass` deprecation notice, when Brax
+    compiles a model) goes to a scratch file. Exceptions still propagate.
+    """
+
+    def __enter__(self):
+        import tempfile
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._sink = tempfile.TemporaryFile()
+        os.dup2(self._sink.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._sink.close()
+        self._warnings.__exit__(*exc)
+        return False
+
+
 def _cmd_envs() -> int:
     import envs
 
     describe = getattr(envs, "describe", None)
     for name in envs.names():
         if describe is None:
-            env, params = envs.make(name)
+            with third_party_quiet():
+                env, params = envs.make(name)
             print(
                 f"{name:28s} obs {env.observation_space(params).shape}  "
                 f"actions {env.action_space(params)}"
             )
             continue
-        info = describe(name)
+        with third_party_quiet():
+            info = describe(name)
         print(f"{name}")
         print(f"    {info.get('description', '')}")
         print(

@@ -271,7 +271,7 @@ class StrategyConfig:
 
     name: str = "fedavg"
     """Registered strategy: fedavg, mean, reward_weighted, evolutionary, fedavgm, fedadam,
-    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg, fednova."""
+    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg, fedprox, fednova."""
     server_lr: float = 1.0
     """Server learning rate (> 0) of fedavgm / fedadam / fedyogi / fedadagrad. 1.0 suits
     fedavgm; the adaptive rules step about server_lr per coordinate, so use ~1e-3..1e-2."""
@@ -320,6 +320,9 @@ class StrategyConfig:
     dp_budget_action: str = "stop"
     """dp_fedavg: at the budget, `stop` (end after the last round within it, checkpointed, with
     an error) or `warn` (log a warning and go on)."""
+    prox_mu: float = 0.01
+    """fedprox: the proximal coefficient mu (> 0) of FedProx (Li et al. 2020); fedprox is
+    fedavg with the algorithm's term mu/2 ||w - w_global||^2, and this sets algo.<name>.prox_mu."""
     clip_update_norm: float = 0.0
     """If > 0, clip every client update to this L2 norm before aggregating (any strategy)."""
 
@@ -521,6 +524,12 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _did_you_mean(value: str, allowed: typing.Iterable[str]) -> str:
+    from envs.suggest import did_you_mean
+
+    return did_you_mean(value, allowed)
+
+
 def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
     """Builds dataclass `cls` from a nested mapping; unknown keys are errors."""
     hints = _field_types(cls)
@@ -529,7 +538,10 @@ def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in allowed:
-            raise ConfigError(f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}."
+                + _did_you_mean(name, allowed)
+            )
         kwargs[name] = _coerce(prefix + name, value, hints[name])
     return cls(**kwargs)
 
@@ -556,7 +568,10 @@ def replace_path(config: Any, dotted: str, value: Any, _prefix: str = "") -> Any
     here = _prefix + head
     names = [f.name for f in dataclasses.fields(config)]
     if head not in names:
-        raise ConfigError(f"{here}: unknown config field; allowed: {', '.join(names)}")
+        raise ConfigError(
+            f"{here}: unknown config field; allowed: {', '.join(names)}."
+            + _did_you_mean(head, names)
+        )
     current = getattr(config, head)
     if rest:
         if not dataclasses.is_dataclass(current):
@@ -636,10 +651,53 @@ def save_yaml(config: Config, path: str | Path) -> None:
 # ---------------------------------------------------------------- validation
 
 
+#: Names users type for features that live elsewhere: field -> typed name -> where it is.
+ELSEWHERE: dict[str, dict[str, str]] = {
+    "algo.name": {
+        "ddpg": "DDPG is a TD3 switch: --algo td3 --td3.ddpg true",
+        "a3c": "A3C runs synchronously as --algo a2c (--federation.staleness adds asynchrony)",
+        "ddqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+        "double_dqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+        "dueling_dqn": "Dueling DQN is a DQN switch: --algo dqn --dqn.dueling true",
+        "mdpo": "MDPO is a PPO objective: --algo ppo --ppo.objective mdpo",
+    },
+    "strategy.name": {
+        "fedasync": "Asynchrony is not an aggregation rule: --federation.staleness K "
+        "(--federation.staleness-decay A for FedAsync's weighting)",
+        "pso": "--strategy evolutionary --strategy.evo-algorithm pso",
+        "de": "--strategy evolutionary --strategy.evo-algorithm differential_evolution",
+        "differential_evolution": "--strategy evolutionary "
+        "--strategy.evo-algorithm differential_evolution",
+        "clip": "Update clipping works with every strategy: --strategy.clip-update-norm S",
+        "weighted": "Weighted by env steps is fedavg; by return, reward_weighted",
+        "average": "The unweighted average is mean; weighted by env steps, fedavg",
+    },
+    "algo.ppo.objective": {
+        "adaptive_kl": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+        "kl_adaptive": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+        "ppo": "PPO's clipped surrogate is 'clip'",
+    },
+}
+
+
+def not_allowed(path: str, value: Any, allowed: typing.Iterable[str]) -> str:
+    """The error for a name `path` does not know.
+
+    It lists the allowed names, then either where a feature that is not a `path`
+    value lives instead (`ELSEWHERE`) or the nearest allowed names (difflib).
+    """
+    from envs.suggest import did_you_mean
+
+    allowed = tuple(allowed)
+    message = f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}."
+    hint = ELSEWHERE.get(path, {}).get(str(value).lower().replace("-", "_"))
+    return message + (f" {hint}." if hint else did_you_mean(value, allowed))
+
+
 def _choice(path: str, value: str, allowed: typing.Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ConfigError(not_allowed(path, value, allowed))
 
 
 def _positive(path: str, value: float, strict: bool = True) -> None:
@@ -761,6 +819,18 @@ def resolve_schedule(config: Config) -> Config:
         config,
         federation=dataclasses.replace(fed, schedule_rounds=schedule_horizon(fed)),
     )
+
+
+def with_fedprox(config: Config) -> Config:
+    """`config` with `strategy.prox_mu` as the algorithm's `prox_mu` under `fedprox`.
+
+    FedProx (Li et al. 2020) is FedAvg on the server plus a proximal term in each
+    client's loss, which every algorithm has as `algo.<name>.prox_mu`; the
+    `fedprox` strategy routes its `prox_mu` there. Other strategies: unchanged.
+    """
+    if config.strategy.name != "fedprox":
+        return config
+    return replace_path(config, f"algo.{config.algo.name}.prox_mu", config.strategy.prox_mu)
 
 
 def participants_per_round(fed: FederationConfig) -> int:

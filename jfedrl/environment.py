@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 import envs
+from envs.suggest import did_you_mean
 from jfedrl.config import ConfigError, EnvConfig
 
 DriftFn = Callable[[jax.Array, Any, jax.Array], Any]
@@ -51,7 +52,8 @@ def _check(config: EnvConfig, num_clients: int) -> None:
     if config.backend and config.backend not in entry.backends:
         allowed = ", ".join(entry.backends) if entry.backends else "'' (not a Brax env)"
         raise ConfigError(
-            f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}"
+            f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}."
+            + did_you_mean(config.backend, entry.backends)
         )
     if config.max_episode_steps < 0:
         raise ConfigError(f"env.max_episode_steps: must be >= 0, got {config.max_episode_steps}")

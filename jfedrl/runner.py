@@ -111,8 +111,12 @@ def make_executor(simulator: Simulator, run_dir: Path) -> BlockRunner:
     if name not in _EXECUTORS:
         importlib.import_module("offload")  # a plugin: registers its executors on import
     if name not in _EXECUTORS:
+        from jfedrl.config import not_allowed
+
         raise ConfigError(
-            f"offload.executor: {name!r} is not available; allowed: {', '.join(_EXECUTORS)}"
+            not_allowed("offload.executor", name, _EXECUTORS).replace(
+                "is not allowed", "is not available"
+            )
         )
     return _EXECUTORS[name](simulator, run_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
+from jfedrl.config import not_allowed, with_fedprox
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}
 
@@ -22,14 +23,16 @@ def get(name: str) -> AlgorithmSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"algo.name: unknown algorithm {name!r}; allowed: {', '.join(names())}"
-        ) from None
+        raise ValueError(not_allowed("algo.name", name, names())) from None
 
 
 def make(config, env, env_params) -> Algorithm:
-    """Builds the algorithm named by `config.algo.name` for `env`."""
-    return get(config.algo.name).build(config, env, env_params)
+    """Builds the algorithm named by `config.algo.name` for `env`.
+
+    Under `strategy.name: fedprox` the algorithm sees `strategy.prox_mu` as its own
+    `prox_mu` (FedProx is FedAvg plus the client's proximal term).
+    """
+    return get(config.algo.name).build(with_fedprox(config), env, env_params)
 
 
 def _register_builtins() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError
+from jfedrl.config import ConfigError, not_allowed
 
 
 def is_continuous(env, env_params) -> bool:
@@ -66,7 +66,7 @@ def require(ok: bool, path: str, rule: str, value: Any) -> None:
 def require_choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
     """Raises `ConfigError` naming `path` and the allowed values unless `value` is one."""
     if value not in allowed:
-        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ConfigError(not_allowed(path, value, allowed))
 
 
 def require_layers(path: str, sizes: tuple[int, ...]) -> None:

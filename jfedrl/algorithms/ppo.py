@@ -27,7 +27,7 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError, PPOConfig
+from jfedrl.config import Config, ConfigError, PPOConfig, not_allowed
 
 
 class PPOState(struct.PyTreeNode):
@@ -90,10 +90,7 @@ def validate(config: Config) -> None:
     }
     for name, values in allowed.items():
         if getattr(ppo, name) not in values:
-            raise ConfigError(
-                f"algo.ppo.{name}: {getattr(ppo, name)!r} is not allowed; "
-                f"allowed: {', '.join(values)}"
-            )
+            raise ConfigError(not_allowed(f"algo.ppo.{name}", getattr(ppo, name), values))
 
 
 def make_optimizer(ppo: PPOConfig, total_gradient_steps: int) -> optax.GradientTransformation:

@@ -6,7 +6,7 @@ and its config fields.
 
 from __future__ import annotations
 
-from jfedrl.config import ConfigError
+from jfedrl.config import ConfigError, not_allowed
 from jfedrl.strategies import averaging, dp, evolutionary, fednova, reward, robust, server_opt
 from jfedrl.strategies.base import (
     ClientInfo,
@@ -38,9 +38,7 @@ def get(name: str) -> StrategySpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"strategy.name: unknown strategy {name!r}; allowed: {', '.join(names())}"
-        ) from None
+        raise ValueError(not_allowed("strategy.name", name, names())) from None
 
 
 def make(strategy_config, num_clients: int | None = None) -> Strategy:
@@ -73,9 +71,34 @@ def _none(config) -> None:
     return None
 
 
+def _validate_fedprox(config) -> None:
+    """FedProx's mu must be positive and not contradict the algorithm's own `prox_mu`."""
+    mu = config.strategy.prox_mu
+    if not mu > 0:
+        raise ConfigError(f"strategy.prox_mu: must be > 0 for fedprox, got {mu!r}")
+    section = getattr(config.algo, config.algo.name, None)
+    own = getattr(section, "prox_mu", None)
+    if own is None:
+        raise ConfigError(
+            f"strategy.name: 'fedprox' needs an algorithm with a proximal term "
+            f"(algo.<name>.prox_mu); {config.algo.name!r} has none"
+        )
+    if own not in (0.0, mu):
+        raise ConfigError(
+            f"algo.{config.algo.name}.prox_mu: {own!r} contradicts strategy.prox_mu={mu!r} "
+            "under fedprox; set only strategy.prox_mu (or use fedavg with the algorithm's)"
+        )
+
+
 _BUILTIN = (
     ("fedavg", averaging.fedavg, "mean weighted by env steps n_k/n (McMahan 2017)", _none),
     ("mean", averaging.mean, "unweighted mean (seed 000 Average)", _none),
+    (
+        "fedprox",
+        averaging.fedavg,
+        "fedavg + the clients' proximal term mu/2 ||w - w_global||^2, mu = prox_mu (Li 2020)",
+        _validate_fedprox,
+    ),
     (
         "reward_weighted",
         reward.reward_weighted,

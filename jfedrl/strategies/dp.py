@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError
+from jfedrl.config import ConfigError, not_allowed
 from jfedrl.strategies.base import ClientInfo, Strategy, normalized_weights, stateless
 
 
@@ -94,8 +94,9 @@ def validate(config) -> None:
         )
     if strategy.dp_budget_action not in privacy.BUDGET_ACTIONS:
         raise ConfigError(
-            f"strategy.dp_budget_action: {strategy.dp_budget_action!r} is not allowed; "
-            f"allowed: {', '.join(privacy.BUDGET_ACTIONS)}"
+            not_allowed(
+                "strategy.dp_budget_action", strategy.dp_budget_action, privacy.BUDGET_ACTIONS
+            )
         )
     accountant = privacy.accountant(config)
     if accountant.budget > 0 and accountant.action == "stop":

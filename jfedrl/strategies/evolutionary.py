@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from evosax.algorithms import PSO, DifferentialEvolution
 
-from jfedrl.config import ConfigError, participants_per_round
+from jfedrl.config import ConfigError, not_allowed, participants_per_round
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -181,10 +181,7 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
 def validate(config) -> None:
     strategy = config.strategy
     if strategy.evo_algorithm not in ALGORITHMS:
-        raise ConfigError(
-            f"strategy.evo_algorithm: {strategy.evo_algorithm!r} is not allowed; "
-            f"allowed: {', '.join(ALGORITHMS)}"
-        )
+        raise ConfigError(not_allowed("strategy.evo_algorithm", strategy.evo_algorithm, ALGORITHMS))
     n = participants_per_round(config.federation)
     need = MIN_POPULATION[strategy.evo_algorithm]
     if n < need:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError
+from jfedrl.config import ConfigError, not_allowed
 from jfedrl.strategies.base import ClientInfo, Strategy, keep_if_empty, stateless, weighted_mean
 
 WEIGHTINGS = ("min_shift", "softmax")
@@ -77,8 +77,7 @@ def validate(config) -> None:
     strategy = config.strategy
     if strategy.reward_weighting not in WEIGHTINGS:
         raise ConfigError(
-            f"strategy.reward_weighting: {strategy.reward_weighting!r} is not allowed; "
-            f"allowed: {', '.join(WEIGHTINGS)}"
+            not_allowed("strategy.reward_weighting", strategy.reward_weighting, WEIGHTINGS)
         )
     if not strategy.temperature > 0:
         raise ConfigError(f"strategy.temperature: must be > 0, got {strategy.temperature!r}")

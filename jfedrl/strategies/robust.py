@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jfedrl.config import ConfigError, participants_per_round
+from jfedrl.config import ConfigError, not_allowed, participants_per_round
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -237,10 +237,7 @@ def validate_multi_krum(config) -> None:
     validate_krum(config)
     weighting = config.strategy.krum_weighting
     if weighting not in KRUM_WEIGHTINGS:
-        raise ConfigError(
-            f"strategy.krum_weighting: {weighting!r} is not allowed; "
-            f"allowed: {', '.join(KRUM_WEIGHTINGS)}"
-        )
+        raise ConfigError(not_allowed("strategy.krum_weighting", weighting, KRUM_WEIGHTINGS))
     f, m = config.strategy.krum_f, config.strategy.krum_m
     n = participants_per_round(config.federation)
     if not 0 <= m <= n - f:
