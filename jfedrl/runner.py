@@ -26,7 +26,15 @@ from flax import serialization
 
 from jfedrl import __version__, privacy
 from jfedrl.checkpoint import Checkpointer, CheckpointError
-from jfedrl.config import Config, ConfigError, load_yaml, replace_path, save_yaml
+from jfedrl.config import (
+    Config,
+    ConfigError,
+    load_yaml,
+    replace_path,
+    resolve_schedule,
+    save_yaml,
+    schedule_horizon,
+)
 from jfedrl.federated import FedState, Simulator, make_simulator
 from jfedrl.outputs import (
     MetricsWriter,
@@ -161,6 +169,21 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
 
 
+def fixed_schedule(config: Config, resume: bool) -> Config:
+    """`config` with the schedules' horizon `federation.schedule_rounds` fixed.
+
+    A new run fixes it at its `rounds` (unless set); a resume keeps the horizon of the
+    run's saved config.yaml (its `rounds` for runs saved before the field existed),
+    so raising `--rounds` continues at the schedules' end values.
+    """
+    if resume and config.federation.schedule_rounds == 0 and config.log.run_dir:
+        saved = Path(config.log.run_dir) / CONFIG_FILE
+        if saved.is_file():
+            horizon = schedule_horizon(load_yaml(saved).federation)
+            return replace_path(config, "federation.schedule_rounds", horizon)
+    return resolve_schedule(config)
+
+
 def params_record(params: Any) -> Any:
     """Env params (a struct pytree) as nested JSON-friendly data."""
     return jax.tree.map(to_jsonable, serialization.to_state_dict(params))
@@ -242,6 +265,7 @@ def train(
         CheckpointError: a checkpoint cannot be restored or saved (named).
     """
     enable_compilation_cache()
+    config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
     with RunLock(run_dir):  # one process per run folder, until this returns or the process dies

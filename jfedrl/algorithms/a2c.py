@@ -33,7 +33,7 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import A2CConfig, Config
+from jfedrl.config import A2CConfig, Config, schedule_horizon
 
 
 class A2CState(struct.PyTreeNode):
@@ -137,7 +137,8 @@ def build(config: Config, env, env_params) -> Algorithm:
         tuple(a2c.hidden_sizes),
         a2c.activation,
     )
-    optimizer = make_optimizer(a2c, config.federation.rounds * config.federation.local_updates)
+    horizon = schedule_horizon(config.federation)  # fixed at the run's start
+    optimizer = make_optimizer(a2c, horizon * config.federation.local_updates)
     batch_size = a2c.num_envs * a2c.num_steps
     if continuous:
         low, high = common.action_bounds(env, env_params)

@@ -45,7 +45,7 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError
+from jfedrl.config import Config, ConfigError, schedule_horizon
 
 
 def _dense(features: int, scale: float) -> nn.Dense:
@@ -217,7 +217,8 @@ def build(config: Config, env, env_params) -> Algorithm:
     )
     batch_size = dqn.num_envs * dqn.num_steps
     fed = config.federation
-    decay_steps = dqn.exploration_fraction * fed.rounds * fed.local_updates * batch_size
+    horizon = schedule_horizon(fed)  # fixed at the run's start (docs/algorithms.md)
+    decay_steps = dqn.exploration_fraction * horizon * fed.local_updates * batch_size
 
     def init(key, client_env_params) -> DQNState:
         key_net, key_env = jax.random.split(key)

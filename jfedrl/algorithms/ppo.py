@@ -27,7 +27,7 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError, PPOConfig, not_allowed
+from jfedrl.config import Config, ConfigError, PPOConfig, not_allowed, schedule_horizon
 
 
 class PPOState(struct.PyTreeNode):
@@ -227,8 +227,9 @@ def build(config: Config, env, env_params) -> Algorithm:
         tuple(ppo.hidden_sizes),
         ppo.activation,
     )
+    # The anneal's horizon is fixed at the run's start, so a longer resumed run holds the end value.
     gradient_steps = (
-        config.federation.rounds
+        schedule_horizon(config.federation)
         * config.federation.local_updates
         * ppo.update_epochs
         * ppo.num_minibatches

@@ -1,0 +1,138 @@
+"""Schedules with a horizon fixed at the run's start (issue 12 part 5).
+
+Raising `--rounds` on `--resume` used to stretch the PPO/A2C learning-rate
+anneal and the DQN epsilon decay. Prepare tiny runs whose horizon
+`federation.schedule_rounds` is 2; execute them fresh, interrupted and resumed,
+and extended; assert exact equality of params and metrics.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jfedrl import runner
+from jfedrl.config import ConfigError, load_yaml, replace_path, validate
+from jfedrl.federated import make_simulator
+from tests.helpers import tiny_config, with_run_dir
+
+HORIZON = 2
+
+
+def _equal_trees(a, b) -> bool:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return False
+    pairs = zip(leaves_a, leaves_b, strict=True)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+
+
+def _maths(records):
+    """Every metric that does not measure time."""
+    return [
+        {k: v for k, v in r.items() if "seconds" not in k and k != "steps_per_second"}
+        for r in records
+    ]
+
+
+def _ppo(**overrides):
+    # Two clients: FedAvg of two equal copies (0.5 x + 0.5 x) is exact.
+    return tiny_config(federation__num_clients=2, algo__ppo__anneal_lr=True, **overrides)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A PPO run of HORIZON rounds: its horizon is fixed at HORIZON when it starts."""
+    run_dir = tmp_path_factory.mktemp("short")
+    return runner.train(with_run_dir(_ppo(federation__rounds=HORIZON), run_dir), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A fresh run of 2 * HORIZON rounds with the same explicit horizon."""
+    run_dir = tmp_path_factory.mktemp("long")
+    config = _ppo(federation__rounds=2 * HORIZON, federation__schedule_rounds=HORIZON)
+    return runner.train(with_run_dir(config, run_dir), quiet=True)
+
+
+def test_the_horizon_is_fixed_and_saved_at_the_start(short_run):
+    saved = load_yaml(short_run.run_dir / runner.CONFIG_FILE)
+    assert saved.federation.schedule_rounds == HORIZON
+
+
+def test_extending_a_run_continues_at_the_schedules_end(short_run, long_run):
+    config = runner.resume_config(short_run.run_dir, {"federation.rounds": 2 * HORIZON})
+    assert config.federation.schedule_rounds == HORIZON
+    extended = runner.train(config, resume=True, quiet=True)
+    # The extension is the fresh longer run with the same horizon, exactly ...
+    assert _equal_trees(extended.state, long_run.state)
+    assert _maths(extended.records) == _maths(long_run.records)
+    # ... whose first part is the original run, exactly.
+    assert _maths(long_run.records[:HORIZON]) == _maths(short_run.records)
+    # After the horizon the learning rate is the anneal's end value, 0: nothing moves.
+    assert _equal_trees(extended.state.global_params, short_run.state.global_params)
+    for i in range(2):  # the clients received it and did not move it either
+        client = jax.tree.map(lambda x, i=i: x[i], extended.state.clients.params)
+        assert _equal_trees(client, short_run.state.global_params)
+    saved = load_yaml(short_run.run_dir / runner.CONFIG_FILE)
+    assert saved.federation.rounds == 2 * HORIZON and saved.federation.schedule_rounds == HORIZON
+
+
+def test_interrupted_and_resumed_equals_uninterrupted_exactly(long_run, tmp_path):
+    config = _ppo(federation__rounds=2 * HORIZON, federation__schedule_rounds=HORIZON)
+    first = runner.train(with_run_dir(config, tmp_path), quiet=True, stop_after_round=HORIZON)
+    assert first.interrupted
+    resumed = runner.train(runner.resume_config(tmp_path), resume=True, quiet=True)
+    assert _equal_trees(resumed.state, long_run.state)
+    assert _maths(resumed.records) == _maths(long_run.records)
+
+
+def test_a_run_saved_without_a_horizon_keeps_its_rounds_as_horizon(short_run, tmp_path):
+    """Runs saved before `schedule_rounds` existed: the horizon is their saved rounds."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(short_run.run_dir, old)
+    text = (old / runner.CONFIG_FILE).read_text()
+    (old / runner.CONFIG_FILE).write_text(text.replace(f"schedule_rounds: {HORIZON}", ""))
+    saved = load_yaml(old / runner.CONFIG_FILE).federation
+    assert saved.schedule_rounds == 0
+    config = runner.resume_config(old, {"federation.rounds": saved.rounds + 2})
+    assert runner.fixed_schedule(config, resume=True).federation.schedule_rounds == saved.rounds
+    with pytest.raises(ConfigError, match="federation.schedule_rounds: cannot be changed"):
+        runner.resume_config(old, {"federation.schedule_rounds": 10})
+
+
+def test_dqn_epsilon_decays_over_the_horizon_only():
+    fields = {
+        "hidden_sizes": [8],
+        "num_steps": 8,
+        "gradient_steps": 2,
+        "batch_size": 16,
+        "buffer_size": 256,
+        "learning_starts": 16,
+        "exploration_fraction": 1.0,
+    }
+    config = tiny_config(algo__name="dqn", federation__rounds=2 * HORIZON)
+    for name, value in fields.items():
+        config = replace_path(config, f"algo.dqn.{name}", value)
+    short = replace_path(config, "federation.rounds", HORIZON)
+    extended = replace_path(config, "federation.schedule_rounds", HORIZON)
+    key = jax.random.PRNGKey(0)
+    runs = {}
+    for name, c in (("short", short), ("extended", extended)):
+        sim = make_simulator(c)
+        runs[name] = sim.run_block(jax.jit(sim.init)(key), c.federation.rounds)[1]
+    for name, values in runs["short"].items():
+        assert np.array_equal(
+            np.asarray(values), np.asarray(runs["extended"][name])[:HORIZON], equal_nan=True
+        ), name
+    epsilon = np.asarray(runs["extended"]["epsilon"])
+    assert epsilon[0] > epsilon[HORIZON - 1] > config.algo.dqn.epsilon_end
+    np.testing.assert_allclose(epsilon[HORIZON:], config.algo.dqn.epsilon_end, rtol=1e-6)
+
+
+def test_negative_horizon_is_refused():
+    with pytest.raises(ConfigError, match="federation.schedule_rounds: must be >= 0"):
+        validate(tiny_config(federation__schedule_rounds=-1))
