@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     offload = commands.add_parser("offload", help="offload tools (the provider-side worker)")
     offload_commands = offload.add_subparsers(dest="offload_command", required=True)
     worker = offload_commands.add_parser("worker", help="run one offload task folder")
-    worker.add_argument("--input", required=True, help="task folder (task.json + checkpoint)")
-    worker.add_argument("--output", required=True, help="where the results are written")
+    worker.add_argument("--input", help="task folder or .tar (task.json + checkpoint)")
+    worker.add_argument("--output", help="where the result folder or .tar is written")
     worker.add_argument(
         "--serve", action="store_true", help="keep running: read task folders from stdin"
+    )
+    worker.add_argument(
+        "--serve-dir", help="keep running: answer task requests dropped into this folder"
     )
     return parser
 
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _cmd_config()
         if args.command == "offload":
+            if not (args.serve or args.serve_dir or (args.input and args.output)):
+                parser.error("offload worker: --input and --output are required")
             from offload import worker
 
             return worker.main(args)

@@ -421,9 +421,14 @@ class GolemConfig:
     max_workers: int = 4
     """Most providers working at the same time."""
     task_timeout: float = 600.0
-    """Seconds one task may take on a provider (upload, run, download) before it is retried."""
+    """Seconds one task may take on a provider (upload, run, download); then the provider is
+    excluded and the task retried elsewhere."""
     offer_timeout: float = 300.0
-    """Seconds to wait for a first provider to take a task; the round fails if none does."""
+    """Seconds a task may wait for a provider to take it (with no agreement at all yet, the run
+    fails; later, the attempt fails and is retried)."""
+    health_interval: float = 20.0
+    """Seconds between checks that a working provider's activity still answers; after 3 missed
+    checks in a row it counts as lost: its task fails at once and it is excluded."""
     worker_command: str = "/opt/venv/bin/jfedrl offload worker"
     """The worker command inside the provider image."""
 
@@ -446,6 +451,10 @@ class OffloadConfig:
     """Local worker: seconds to start (import JAX) or to restore and compile a task."""
     keep_tasks: bool = False
     """Keep every round's task and result folders under RUN_DIR/offload (default: the last)."""
+    state_sync_rounds: int = 10
+    """Sticky clients: each shard's worker keeps its clients' states and only params travel;
+    the states come home every this many rounds and before each checkpoint (0: every round;
+    needs federation.participation 1)."""
     golem: GolemConfig = field(default_factory=GolemConfig)
 
 
@@ -768,6 +777,7 @@ def validate(config: Config) -> Config:
             f"federation.num_clients={fed.num_clients}"
         )
     _positive("offload.max_retries", config.offload.max_retries, strict=False)
+    _positive("offload.state_sync_rounds", config.offload.state_sync_rounds, strict=False)
     algorithms.get(config.algo.name).validate(config)
     strategies.get(config.strategy.name).validate(config)
     return config

@@ -82,6 +82,10 @@ class BlockRunner(Protocol):
 
     def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]: ...
 
+    def state_for_checkpoint(self, state: FedState) -> FedState:
+        """The complete state to save (an executor may keep client states elsewhere)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -100,6 +104,9 @@ class InProcessRunner:
             self._compiled[num_rounds] = lowered.compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[num_rounds](state)
+
+    def state_for_checkpoint(self, state: FedState) -> FedState:
+        return state
 
     def close(self) -> None:
         self._compiled.clear()
@@ -387,6 +394,7 @@ def _train_locked(
                     or (stop_after_round is not None and int(state.round) >= stop_after_round)
                 )
                 if finished or stopping or blocks_done % config.log.checkpoint_every == 0:
+                    state = executor.state_for_checkpoint(state)
                     checkpointer.save(
                         int(state.round),
                         state,

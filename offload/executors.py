@@ -1,10 +1,14 @@
 """The executor interface and the `local` executor (worker processes here).
 
-An executor runs one attempt of a batch of tasks and says, per task, whether
-a result folder was produced; the requestor validates the folders and decides
-on retries. Two implementations: `LocalExecutor` (this module: long-lived
-`python -m offload.worker --serve` processes, one per shard) and
-`GolemExecutor` (`offload.golem`: yapapi providers).
+An executor runs job attempts and reports each one as soon as it ends; the
+requestor validates the result folder, tells the executor its verdict (so a
+Golem provider that returned a bad result is dropped at once) and resubmits
+failures straight away, without waiting for the other shards of the round.
+Two implementations: `LocalExecutor` (this module: long-lived
+`python -m offload.worker --serve` processes) and `GolemExecutor`
+(`offload.golem`: yapapi providers). Jobs of one shard always go to the same
+worker (process or provider activity) while it lives, so a worker can keep
+its clients' state between rounds (sticky clients, docs/offload.md).
 """
 
 from __future__ import annotations
@@ -55,14 +59,29 @@ class Outcome:
 
 
 class Executor(Protocol):
-    """Runs one attempt of each job, concurrently; never raises for a failed job."""
+    """Runs job attempts concurrently; never raises for a failed job."""
 
-    def run(self, jobs: list[Job]) -> list[Outcome]: ...
+    def submit(self, job: Job) -> None:
+        """Starts (or queues) one attempt; jobs of one shard go to that shard's worker."""
 
-    def blame(self, outcome: Outcome, reason: str) -> None:
-        """A result was rejected: don't trust whoever produced it (Golem: another provider)."""
+    def wait(self, timeout: float) -> list[Outcome]:
+        """The attempts that ended since the last call (waits up to `timeout` for one)."""
+
+    def verdict(self, outcome: Outcome, error: str | None) -> None:
+        """The requestor's check of a result: None if valid, else why it was rejected."""
 
     def close(self) -> None: ...
+
+
+def run_all(executor: Executor, jobs: list[Job]) -> list[Outcome]:
+    """Submits `jobs` and waits for every one (benchmarks and tests; no verdicts)."""
+    for job in jobs:
+        executor.submit(job)
+    done: dict[int, Outcome] = {}
+    while len(done) < len(jobs):
+        for outcome in executor.wait(1.0):
+            done[id(outcome.job)] = outcome
+    return [done[id(job)] for job in jobs]
 
 
 # ---------------------------------------------------------------- local
@@ -76,6 +95,8 @@ class _Process:
     popen: subprocess.Popen
     log_path: Path
     ready: bool = False
+    warm: bool = False
+    """It has compiled a step already: a task's restore is held to `task_timeout`."""
     job: Job | None = None
     phase: str = "starting"
     deadline: float = 0.0
@@ -87,13 +108,15 @@ class _Process:
 class LocalExecutor:
     """Worker processes on this machine, alive for the whole run.
 
-    Each process imports JAX once and keeps its compiled local-training step,
-    so a warm round costs a restore, the training itself and a save. A process
-    that crashes or hangs is killed and restarted; its job counts as failed.
+    Each process imports JAX once and keeps its compiled local-training step
+    (and, with sticky clients, its shard's client states), so a warm round
+    costs the training itself plus moving the params. Shard `s` always runs on
+    process `s % num_workers`. A process that crashes or hangs is killed and
+    restarted; its job counts as failed.
 
-    Timeouts: a worker may take `compile_timeout` seconds to start or to
-    restore and compile a task, then `task_timeout` seconds to train and write
-    its result; a worker silent for longer is considered hung.
+    Timeouts, by phase: starting (importing JAX) and a first compilation get
+    `compile_timeout`; restoring a task on a warm worker, and training and
+    writing the result, get `task_timeout`. A timeout names the phase.
     """
 
     def __init__(
@@ -112,6 +135,7 @@ class LocalExecutor:
         self.env = dict(os.environ if env is None else env)
         self.restarts = 0
         self._events: queue.Queue = queue.Queue()
+        self._done: list[Outcome] = []
         self._processes: list[_Process | None] = [None] * num_workers
         for index in range(num_workers):
             self._processes[index] = self._spawn(index)
@@ -180,12 +204,22 @@ class LocalExecutor:
         useful = [line for line in text if not _XLA_LOG.match(line)][-lines:]
         return " | ".join(useful)
 
+    def _limit(self, process: _Process, phase: str) -> tuple[str, float]:
+        """The timeout that applies to `phase` (config field name, seconds)."""
+        slow = phase == "compiling" or (phase in ("starting", "restoring") and not process.warm)
+        if slow:
+            return "compile_timeout", self.compile_timeout
+        return "task_timeout", self.task_timeout
+
+    def _enter(self, process: _Process, phase: str) -> None:
+        process.phase = phase
+        process.deadline = time.monotonic() + self._limit(process, phase)[1]
+
     def _send(self, process: _Process, job: Job) -> None:
         process.job = job
-        process.phase = "compiling"
         process.sent_at = time.monotonic()
-        process.deadline = process.sent_at + self.compile_timeout
         process.compile_seconds = 0.0
+        self._enter(process, "restoring")
         request = {
             "input": str(job.task_dir.absolute()),
             "output": str(job.output_dir.absolute()),
@@ -198,18 +232,11 @@ class LocalExecutor:
         except (BrokenPipeError, OSError):
             pass  # the reader thread reports the exit
 
-    # -- the executor interface
-
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        outcomes: dict[int, Outcome] = {}
-        for i, job in enumerate(jobs):
-            self._processes[i % self.num_workers].pending.append(job)
-        order = {id(job): i for i, job in enumerate(jobs)}
-
-        def finish(process: _Process, ok: bool, error: str = "") -> None:
-            job = process.job
-            assert job is not None
-            outcomes[order[id(job)]] = Outcome(
+    def _finish(self, process: _Process, ok: bool, error: str = "") -> None:
+        job = process.job
+        assert job is not None
+        self._done.append(
+            Outcome(
                 job,
                 ok,
                 error,
@@ -217,52 +244,78 @@ class LocalExecutor:
                 seconds=time.monotonic() - process.sent_at,
                 compile_seconds=process.compile_seconds,
             )
-            process.job = None
+        )
+        process.job = None
 
-        def dispatch() -> None:
-            for process in self._processes:
-                if process.ready and process.job is None and process.pending:
-                    self._send(process, process.pending.pop(0))
+    def _dispatch(self) -> None:
+        for process in self._processes:
+            if process.ready and process.job is None and process.pending:
+                self._send(process, process.pending.pop(0))
 
-        dispatch()
-        while len(outcomes) < len(jobs):
+    def _handle(self, process: _Process, message: dict | None) -> None:
+        if message is None:  # the worker exited
+            code = process.popen.wait()
+            reason = f"worker exited with code {code} while {process.phase}"
+            tail = self._stderr_tail(process)
+            if process.job is not None:
+                self._finish(process, False, reason + (f" ({tail})" if tail else ""))
+            log.warning("offload: local %s; restarting it", reason)
+            self._restart(process)
+            return
+        event = message.get("event")
+        if event == "ready":
+            process.ready = True
+            process.phase = "idle"
+        elif process.job is None:
+            return
+        elif event == "compiling":
+            self._enter(process, "compiling")
+        elif event == "compiled":
+            process.warm = True
+            process.compile_seconds = float(message.get("seconds", 0.0))
+            self._enter(process, "training")
+        elif event == "done":
+            self._finish(process, bool(message.get("ok")), str(message.get("error", "")))
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for process in list(self._processes):
+            if (process.job is not None or not process.ready) and now > process.deadline:
+                limit, seconds = self._limit(process, process.phase)
+                reason = f"timed out while {process.phase} (offload.{limit}={seconds:g}s)"
+                if process.job is not None:
+                    self._finish(process, False, reason)
+                log.warning("offload: local worker %d %s; restarting it", process.index, reason)
+                self._restart(process)
+
+    # -- the executor interface
+
+    def submit(self, job: Job) -> None:
+        self._processes[job.shard % self.num_workers].pending.append(job)
+        self._dispatch()
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        end = time.monotonic() + timeout
+        while not self._done:
             now = time.monotonic()
+            if now >= end:
+                break
             busy = [p for p in self._processes if p.job is not None or not p.ready]
-            wait = min((p.deadline for p in busy), default=now + 1.0) - now
+            until = min([p.deadline for p in busy] + [end]) - now
             try:
-                process, message = self._events.get(timeout=max(0.01, min(wait, 1.0)))
+                process, message = self._events.get(timeout=max(0.01, min(until, 1.0)))
             except queue.Empty:
                 process, message = None, None
             if process is not None and process is self._processes[process.index]:
-                if message is None:  # the worker exited
-                    code = process.popen.wait()
-                    reason = f"worker exited with code {code}"
-                    tail = self._stderr_tail(process)
-                    if process.job is not None:
-                        finish(process, False, reason + (f" ({tail})" if tail else ""))
-                    log.warning("offload: local %s; restarting it", reason)
-                    self._restart(process)
-                elif message.get("event") == "ready":
-                    process.ready = True
-                    process.phase = "idle"
-                elif message.get("event") == "compiled" and process.job is not None:
-                    process.phase = "training"
-                    process.compile_seconds = float(message.get("seconds", 0.0))
-                    process.deadline = time.monotonic() + self.task_timeout
-                elif message.get("event") == "done" and process.job is not None:
-                    finish(process, bool(message.get("ok")), str(message.get("error", "")))
-            now = time.monotonic()
-            for process in list(self._processes):
-                if (process.job is not None or not process.ready) and now > process.deadline:
-                    limit = "task_timeout" if process.phase == "training" else "compile_timeout"
-                    seconds = self.task_timeout if limit == "task_timeout" else self.compile_timeout
-                    reason = f"timed out while {process.phase} (offload.{limit}={seconds:g}s)"
-                    if process.job is not None:
-                        finish(process, False, reason)
-                    log.warning("offload: local worker %d %s; restarting it", process.index, reason)
-                    self._restart(process)
-            dispatch()
-        return [outcomes[i] for i in range(len(jobs))]
+                self._handle(process, message)
+            self._check_deadlines()
+            self._dispatch()
+        done, self._done = self._done, []
+        return done
+
+    def run(self, jobs: list[Job]) -> list[Outcome]:
+        """Runs `jobs` to the end (benchmarks and tests)."""
+        return run_all(self, jobs)
 
     def wait_ready(self, timeout: float) -> float:
         """Blocks until every worker has imported JAX (for benchmarks); returns the seconds."""
@@ -275,16 +328,11 @@ class LocalExecutor:
                 process, message = self._events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if process is not self._processes[process.index]:
-                continue
-            if message is None:
-                self._restart(process)
-            elif message.get("event") == "ready":
-                process.ready = True
-                process.phase = "idle"
+            if process is self._processes[process.index]:
+                self._handle(process, message)
         return time.monotonic() - start
 
-    def blame(self, outcome: Outcome, reason: str) -> None:
+    def verdict(self, outcome: Outcome, error: str | None) -> None:
         """A local worker is as trustworthy as this machine: nothing to exclude."""
 
     def close(self) -> None:

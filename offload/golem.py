@@ -1,24 +1,36 @@
 """The `golem` executor: tasks on Golem Network providers through yapapi 0.13.1.
 
-A thin adapter; everything Golem-specific lives here:
+A thin adapter; everything Golem-specific lives here.
 
-- the yagna daemon is checked first (`GET $YAGNA_API_URL/me` with the app key
-  from `YAGNA_APPKEY`, which is read from the environment only and never
-  written anywhere): an unreachable daemon or a rejected key fails the run at
-  once with one clear line naming the URL;
-- the payload is the provider image (`golem.image_hash` + optional
-  `golem.image_url`, or `golem.image_tag` resolved through the public
-  registry) with CPU requirements, or for `golem.gpu` the `vm-nvidia` runtime
-  and the `!exp:gpu` capability;
-- one `Golem` engine and one `execute_tasks` job live for the whole run, fed
-  from a queue, so provider activities (and the XLA cache in their
-  `/golem/work` volume) survive from round to round;
-- `golem_worker` is the yapapi worker function: per task it uploads the task
-  archive, runs the worker command and downloads the result archive (capped).
-  A failed attempt is reported, the provider's agreement is dropped and the
-  provider is excluded, so the retry goes to another provider;
-- if no provider has taken a task within `golem.offer_timeout` the round fails
-  with an `OffloadError`.
+- The yagna daemon is checked first (`GET $YAGNA_API_URL/me` with the app key
+  from `YAGNA_APPKEY`, which is read from the environment only): an
+  unreachable daemon or a rejected key fails the run at once with one line.
+- The payload is the provider image (`golem.image_hash` + optional
+  `golem.image_url`, or `golem.image_tag`) with CPU requirements, or for
+  `golem.gpu` the `vm-nvidia` runtime and the `!exp:gpu` capability.
+- One `Golem` engine and one `execute_tasks` job live for the whole run. Its
+  yapapi tasks are *slots*, one per shard: a provider activity that takes a
+  slot serves that shard's jobs round after round, so the provider runs one
+  long-lived worker process (`jfedrl offload worker --serve-dir`, started by
+  the first task; `remote_command` is the shell client each task runs) that
+  compiles once and keeps the shard's client states (sticky clients).
+- Faults: a provider whose command fails, whose result the requestor rejects
+  (digest, structure, report), which exceeds `golem.task_timeout`, or whose
+  activity stops answering (`golem.health_interval`; three missed checks) is
+  excluded from that moment: its buffered offers are dropped, later offers
+  are scored as rejected, its activity is destroyed and its agreement
+  terminated, and its shard gets a new slot that another provider takes.
+  Its job fails at once, so the requestor retries it right away. A job no
+  provider starts within `golem.offer_timeout` fails, naming how many
+  providers were excluded.
+- Shutdown lets the job finish (no cancellation): slots are released, yapapi
+  destroys the activities and terminates the agreements as finished, and
+  `Golem.stop` accepts the invoices and debit notes that arrive (a bounded
+  wait, within `golem.budget`). One log line says what was paid; `golem/spent`
+  is in every round's metrics, and no work is started once the budget is spent.
+- yapapi's and its REST clients' log records go to the run's train.log (their
+  level: `JFEDRL_GOLEM_LOG`, default WARNING), and the app key is removed from
+  every log record of every logger (a record factory), at any level.
 """
 
 from __future__ import annotations
@@ -29,15 +41,20 @@ import importlib.metadata
 import json
 import logging
 import os
+import queue
+import shlex
 import shutil
 import sys
 import threading
 import time
+import traceback
 import types
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +68,11 @@ DEFAULT_API_URL = "http://127.0.0.1:7465"
 REMOTE_TASK = "/golem/input/task.tar"
 REMOTE_RESULT = "/golem/output/result.tar"
 REMOTE_WORK = "/golem/work"
+REMOTE_WORKER = "/golem/work/worker"
+#: The loggers of yapapi and of its generated REST clients (which log request headers).
+GOLEM_LOGGERS = ("yapapi", "ya_market", "ya_activity", "ya_payment", "ya_net")
+#: Consecutive failed activity checks after which a working provider counts as gone.
+HEALTH_CHECKS = 3
 
 
 def api_url() -> str:
@@ -185,128 +207,123 @@ def make_payload(config: GolemConfig, package_url: str):
     return JfedrlVmPackage()
 
 
-def remote_command(worker_command: str) -> str:
-    """The shell command a provider runs for one task."""
+def remote_command(worker_command: str, name: str) -> str:
+    """The shell command a provider runs for one task: a client of its worker process.
+
+    The first task of an activity starts `worker_command --serve-dir` in the
+    background (it outlives the command, so it compiles once and keeps its
+    shard's client states); every task drops a request file for it and
+    prints the worker's answer (one JSON line) when it appears. If the worker
+    process dies, the command fails with the end of its log.
+    """
+    d = REMOTE_WORKER
+    request = json.dumps({"input": REMOTE_TASK, "output": REMOTE_RESULT})
     return (
-        f"set -e; mkdir -p {REMOTE_WORK} /golem/output; rm -f {REMOTE_RESULT}; "
-        f"JFEDRL_WORK_DIR={REMOTE_WORK} {worker_command} "
-        f"--input {REMOTE_TASK} --output {REMOTE_RESULT}"
+        f"set -e; D={d}; mkdir -p $D/requests $D/answers /golem/output; rm -f {REMOTE_RESULT}; "
+        'if ! { [ -f $D/pid ] && kill -0 "$(cat $D/pid)" 2>/dev/null; }; then '
+        f"JFEDRL_WORK_DIR={REMOTE_WORK} nohup {worker_command} --serve-dir $D "
+        ">> $D/worker.log 2>&1 < /dev/null & echo $! > $D/pid; fi; "
+        f"printf '%s' {shlex.quote(request)} > $D/requests/.{name}; "
+        f"mv $D/requests/.{name} $D/requests/{name}.json; "
+        f"while [ ! -f $D/answers/{name}.json ]; do "
+        'if ! kill -0 "$(cat $D/pid)" 2>/dev/null; then '
+        'echo "the worker process died; its log ends:" >&2; tail -n 5 $D/worker.log >&2; '
+        "exit 3; fi; sleep 0.1; done; "
+        f"cat $D/answers/{name}.json"
     )
 
 
-# ---------------------------------------------------------------- the worker function
+def parse_answer(stdout: str | None) -> dict[str, Any]:
+    """The worker's answer from the last JSON line a task's command printed."""
+    for line in reversed((stdout or "").strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(answer, dict) and "ok" in answer:
+            return answer
+    return {"ok": False, "error": "the task printed no answer from the worker"}
+
+
+# ---------------------------------------------------------------- logging
+
+
+def _redactor(key: str):
+    """A log record factory that removes `key` from every record's message and traceback."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return record
+        if key in message:
+            record.msg, record.args = message.replace(key, "<YAGNA_APPKEY>"), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            if key in text:
+                record.exc_info, record.exc_text = None, text.replace(key, "<YAGNA_APPKEY>")
+        return record
+
+    return factory, previous
+
+
+def route_golem_logs(level: str | None = None) -> None:
+    """Sends yapapi's records (and its REST clients') to the handlers of the `jfedrl` logger."""
+    handlers = logging.getLogger("jfedrl").handlers
+    level = (level or os.environ.get("JFEDRL_GOLEM_LOG") or "WARNING").upper()
+    for name in GOLEM_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = False
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
+# ---------------------------------------------------------------- slots and jobs
 
 
 @dataclass
-class GolemJob:
-    """One attempt of one task, as it travels through yapapi."""
+class _Slot:
+    """One shard's place on a provider: the activity that takes it serves the shard's jobs."""
+
+    shard: int
+    number: int
+    jobs: asyncio.Queue
+    provider: str = ""
+    retired: bool = False
+    task: Any = None
+    """The yapapi task of this slot, while an activity holds it."""
+
+
+@dataclass
+class _GolemJob:
+    """One job as it travels through a slot."""
 
     job: Job
     task_tar: Path
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    abandoned: bool = False
-
-
-@dataclass
-class WorkerOutcome:
-    ok: bool
-    data: bytes = b""
-    error: str = ""
+    submitted: float
+    started: float | None = None
     provider: str = ""
-    seconds: float = 0.0
-
-
-def prepare_job(job: Job) -> GolemJob:
-    """Packs the task folder into the archive that is uploaded."""
-    task_tar = job.task_dir.parent / f"task-{job.attempt}.tar"
-    task_tar.write_bytes(fmt.pack(job.task_dir))
-    return GolemJob(job, task_tar)
-
-
-def finish_job(golem_job: GolemJob) -> Outcome:
-    """Unpacks a downloaded result (capped, plain files only) into the job's output folder."""
-    result: WorkerOutcome = golem_job.future.result()
-    job = golem_job.job
-    outcome = Outcome(
-        job,
-        result.ok,
-        result.error,
-        worker=result.provider,
-        seconds=result.seconds,
-        bytes_sent=golem_job.task_tar.stat().st_size,
-        bytes_received=len(result.data),
-    )
-    if result.ok:
-        try:
-            fmt.unpack(result.data, job.output_dir, job.max_result_bytes)
-        except fmt.TaskError as error:
-            outcome.ok, outcome.error = False, f"bad archive: {error}"
-    golem_job.task_tar.unlink(missing_ok=True)
-    return outcome
+    slot: _Slot | None = None
+    finished: bool = False
+    verdict: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 class ProviderFailed(Exception):
-    """Ends a provider's activity after a failed task (its agreement is not reused)."""
+    """Ends a provider's activity and agreement (the provider is excluded)."""
 
 
-async def golem_worker(ctx, tasks, *, task_timeout: float, worker_command: str):
-    """The yapapi worker: upload, run, download for each task this provider gets.
-
-    Every task is accepted with a `WorkerOutcome` (success or failure), so
-    yapapi never retries on its own: the requestor validates results and
-    decides. After a failure the activity ends, so the provider's agreement is
-    not reused.
-    """
-    command = remote_command(worker_command)
-    async for task in tasks:
-        golem_job: GolemJob = task.data
-        if golem_job.abandoned:
-            task.accept_result(WorkerOutcome(False, error="abandoned", provider=ctx.provider_id))
-            continue
-        received: dict[str, bytes] = {}
-
-        async def on_download(data: bytes, received=received) -> None:
-            received["data"] = data
-
-        start = time.monotonic()
-        script = ctx.new_script(timeout=timedelta(seconds=task_timeout))
-        script.upload_file(str(golem_job.task_tar), REMOTE_TASK)
-        script.run("/bin/sh", "-c", command)
-        script.download_bytes(
-            REMOTE_RESULT, on_download, limit=fmt.archive_cap(golem_job.job.max_result_bytes) + 1
-        )
-        try:
-            yield script
-            outcome = WorkerOutcome(
-                "data" in received,
-                received.get("data", b""),
-                "" if "data" in received else "no result downloaded",
-            )
-        except Exception as error:
-            outcome = WorkerOutcome(False, error=f"{type(error).__name__}: {error}"[:2000])
-        outcome.provider = ctx.provider_id
-        outcome.seconds = time.monotonic() - start
-        task.accept_result(outcome)
-        _resolve(golem_job.future, outcome)
-        if not outcome.ok:
-            raise ProviderFailed(outcome.error)
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except Exception:
+        return Decimal(0)
 
 
 # ---------------------------------------------------------------- the executor
-
-
-class _RedactKey(logging.Filter):
-    """Keeps the app key out of any log record that passes through yapapi's loggers."""
-
-    def __init__(self, key: str):
-        super().__init__()
-        self.key = key
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.key and self.key in record.getMessage():
-            record.msg = record.getMessage().replace(self.key, "<YAGNA_APPKEY>")
-            record.args = ()
-        return True
 
 
 class GolemExecutor:
@@ -318,6 +335,8 @@ class GolemExecutor:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.url = api_url()
         key = app_key()
+        factory, self._previous_factory = _redactor(key)
+        logging.setLogRecordFactory(factory)
         self.identity = check_yagna(self.url, key)
         if shutil.which("gftp") is None:
             raise fmt.OffloadError(
@@ -325,33 +344,44 @@ class GolemExecutor:
                 "requestor installer; PyPI's golem-node has only `yagna`) is not on PATH"
             )
         import_yapapi()
-        logging.getLogger("yapapi").addFilter(_RedactKey(key))
-        self.blocked: set[str] = set()
+        route_golem_logs()
+        self.blocked: dict[str, str] = {}
+        """Excluded provider id -> why."""
         self.stats = {"proposals": 0, "agreements": 0, "subscriptions": 0}
         self.first_agreement: float | None = None
-        self.first_submit: float | None = None
+        self.invoices: dict[str, Decimal] = {}
+        """Agreement id -> accepted invoice amount (GLM)."""
+        self.debit_notes: dict[str, Decimal] = {}
+        """Agreement id -> largest accepted debit note amount (GLM, cumulative per activity)."""
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._finished: queue.Queue = queue.Queue()
+        self._jobs: list[_GolemJob] = []
+        self._slots: dict[int, _Slot] = {}
+        self._slot_count = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="golem", daemon=True)
         self._thread.start()
-        self._queue: asyncio.Queue | None = None
+        self._source: asyncio.Queue | None = None
         self._golem = None
         self._consumer: asyncio.Task | None = None
         job_seconds = max(1800.0, rounds * config.task_timeout + config.offer_timeout)
-        self._job_timeout = timedelta(seconds=min(job_seconds, 24 * 3600.0))
+        self._job_timeout = timedelta(seconds=min(job_seconds, 7 * 24 * 3600.0))
         try:
             self._submit(self._start(), timeout=120)
         except BaseException:
             self.close()
             raise
         log.info(
-            "golem: requestor %s on yagna %s; demand for %s on subnet %r, payment %s/%s",
+            "golem: requestor %s on yagna %s; demand for %s on subnet %r, payment %s/%s, "
+            "budget %g GLM",
             self.identity,
             self.url,
             constraints(config),
             config.subnet,
             config.payment_driver,
             config.payment_network,
+            config.budget,
         )
 
     # -- the event loop thread
@@ -378,6 +408,24 @@ class GolemExecutor:
             if self.first_agreement is None:
                 self.first_agreement = time.monotonic()
             log.info("golem: agreement with provider %s", _provider(event))
+        elif name == "AgreementTerminated":
+            provider = _provider_id(event)
+            reason = getattr(event, "reason", {}) or {}
+            if reason.get("golem.requestor.code") is None:  # the provider ended it
+                self._lost(provider, f"the provider terminated the agreement: {reason}")
+        elif name == "WorkerFinished" and getattr(event, "exc_info", None):
+            error = event.exc_info[1]
+            if not isinstance(error, ProviderFailed):
+                self._lost(_provider_id(event), f"{type(error).__name__}: {error}"[:500])
+        elif name == "DebitNoteAccepted":
+            agreement = event.agreement.id
+            amount = _decimal(event.amount)
+            self.debit_notes[agreement] = max(self.debit_notes.get(agreement, Decimal(0)), amount)
+        elif name == "InvoiceAccepted":
+            self.invoices[event.agreement.id] = _decimal(event.amount)
+            log.info("golem: invoice of %s GLM accepted (%s)", event.amount, _provider(event))
+        elif name == "PaymentFailed":
+            log.warning("golem: payment failed for %s: %s", _provider(event), event.exception)
         elif name in ("SubscriptionFailed", "CollectFailed"):
             log.warning("golem: %s: %s", name, getattr(event, "reason", ""))
 
@@ -400,7 +448,7 @@ class GolemExecutor:
         config = self.config
         package_url = await resolve_image(config)
         payload = make_payload(config, package_url)
-        self._queue = asyncio.Queue()
+        self._source = asyncio.Queue()
         golem = Golem(
             budget=config.budget,
             strategy=ExcludeFailedProviders(LeastExpensiveLinearPayuMS()),
@@ -420,16 +468,15 @@ class GolemExecutor:
 
         async def source():
             while True:
-                item = await self._queue.get()
-                if item is None:
+                slot = await self._source.get()
+                if slot is None:
                     return
-                yield Task(data=item)
+                yield Task(data=slot)
 
         async def consume():
             try:
-                worker = _bind_worker(config.task_timeout, config.worker_command)
                 async for _ in golem.execute_tasks(
-                    worker,
+                    self._work,
                     source(),
                     payload=payload,
                     max_workers=config.max_workers,
@@ -438,103 +485,344 @@ class GolemExecutor:
                     pass
             except asyncio.CancelledError:
                 raise
-            except BaseException as error:  # surfaces in `run`
+            except BaseException as error:  # surfaces in `wait`
                 self._error = error
 
         self._consumer = asyncio.get_running_loop().create_task(consume())
 
-    async def _stop(self) -> None:
-        if self._queue is not None:
-            self._queue.put_nowait(None)
-        if self._consumer is not None:
-            self._consumer.cancel()
-            try:
-                await self._consumer
-            except BaseException:
-                pass
-        if self._golem is not None:
-            try:
-                await asyncio.wait_for(self._golem.stop(), timeout=60)
-            except BaseException as error:
-                log.warning("golem: shutdown: %s: %s", type(error).__name__, error)
+    # -- slots (event loop thread)
 
-    # -- the executor interface
+    def _slot(self, shard: int) -> _Slot:
+        slot = self._slots.get(shard)
+        if slot is None or slot.retired:
+            self._slot_count += 1
+            slot = _Slot(shard, self._slot_count, asyncio.Queue())
+            self._slots[shard] = slot
+            self._source.put_nowait(slot)
+        return slot
 
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        config = self.config
-        submitted = []
-        now = time.monotonic()
-        if self.first_submit is None:
-            self.first_submit = now
-        for job in jobs:
-            golem_job = prepare_job(job)
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, golem_job)
-            submitted.append((golem_job, now))
-        deadline_after = config.offer_timeout + config.task_timeout
-        while not all(g.future.done() for g, _ in submitted):
+    def _retire(self, slot: _Slot) -> None:
+        """Takes a slot from its provider; its shard's queued jobs go to a fresh slot."""
+        if slot.retired:
+            return
+        slot.retired = True
+        if slot.task is not None:
+            slot.task.accept_result(None)  # done: yapapi must not hand it out again
+            slot.task = None
+        waiting = []
+        while not slot.jobs.empty():
+            item = slot.jobs.get_nowait()
+            if item is not None:
+                waiting.append(item)
+        fresh = self._slot(slot.shard)
+        for item in waiting:
+            fresh.jobs.put_nowait(item)
+
+    def _exclude(self, provider: str, reason: str) -> None:
+        """From now on `provider` gets nothing in this run (loop thread)."""
+        if not provider or provider in self.blocked:
+            return
+        self.blocked[provider] = reason
+        log.warning("golem: excluding provider %s: %s", provider, reason)
+        for job in getattr(getattr(self._golem, "_engine", None), "_jobs", ()):
+            # yapapi keeps one scored offer per provider and would sign it again.
+            getattr(job.agreements_pool, "_offer_buffer", {}).pop(provider, None)
+        for slot in list(self._slots.values()):
+            if slot.provider == provider:
+                self._retire(slot)
+
+    def _lost(self, provider: str, reason: str) -> None:
+        """A provider stopped working: fail its running job at once and exclude it."""
+        for golem_job in list(self._jobs):
+            if golem_job.provider == provider and golem_job.started and not golem_job.finished:
+                self._finish(golem_job, False, f"provider lost: {reason}")
+        self._exclude(provider, reason)
+
+    def _finish(self, golem_job: _GolemJob, ok: bool, error: str = "", data: bytes = b"") -> bool:
+        """Hands a job's outcome to the requestor once (any thread); False if already done."""
+        with self._lock:
+            if golem_job.finished:
+                return False
+            golem_job.finished = True
+        job = golem_job.job
+        outcome = Outcome(
+            job,
+            ok,
+            error,
+            worker=golem_job.provider,
+            seconds=time.monotonic() - (golem_job.started or golem_job.submitted),
+            bytes_sent=golem_job.task_tar.stat().st_size if golem_job.task_tar.exists() else 0,
+            bytes_received=len(data),
+        )
+        if ok:
+            try:
+                shutil.rmtree(job.output_dir, ignore_errors=True)
+                fmt.unpack(data, job.output_dir, job.max_result_bytes)
+            except fmt.TaskError as bad:
+                outcome.ok, outcome.error = False, f"bad archive: {bad}"
+        golem_job.task_tar.unlink(missing_ok=True)
+        self._finished.put(outcome)
+        return True
+
+    async def _watch(self, ctx, golem_job: _GolemJob) -> None:
+        """Fails the job at once when the provider's activity stops answering."""
+        misses = 0
+        interval = self.config.health_interval
+        while not golem_job.finished:
+            await asyncio.sleep(interval)
+            try:
+                state = await asyncio.wait_for(ctx._activity.state(), timeout=interval)
+                names = [str(s) for s in (getattr(state, "state", None) or []) if s]
+                gone = any(n in ("Terminated", "Unresponsive") for n in names)
+            except Exception:
+                gone = True
+            misses = misses + 1 if gone else 0
+            if misses >= HEALTH_CHECKS:
+                self._lost(
+                    golem_job.provider,
+                    f"its activity did not answer {HEALTH_CHECKS} checks "
+                    f"{interval:g}s apart (offload.golem.health_interval)",
+                )
+                return
+
+    async def _work(self, ctx, tasks):
+        """The yapapi worker: hold a slot and serve its shard's jobs until the run ends.
+
+        Each job is two batches: upload + the worker command (whose answer says
+        whether a result exists), then the result's download. The requestor's
+        verdict on the result is awaited before the next job, so a provider
+        whose result was rejected gets no further work.
+        """
+        provider = ctx.provider_id
+        async for task in tasks:
+            slot: _Slot = task.data
+            if slot.retired:
+                task.accept_result(None)
+                continue
+            if provider in self.blocked:
+                task.reject_result("provider excluded", retry=True)
+                raise ProviderFailed(f"provider {provider} is excluded")
+            slot.provider, slot.task = provider, task
+            log.info("golem: provider %s serves shard %d", _name(ctx), slot.shard)
+            while True:
+                golem_job = await slot.jobs.get()
+                if golem_job is None:  # the end of the run
+                    if slot.task is not None:
+                        slot.task.accept_result(None)
+                        slot.task = None
+                    break
+                if golem_job.finished:  # given up at its deadline while queued
+                    continue
+                job = golem_job.job
+                golem_job.started, golem_job.provider = time.monotonic(), provider
+                golem_job.slot = slot
+                watchdog = asyncio.get_running_loop().create_task(self._watch(ctx, golem_job))
+                timeout = timedelta(seconds=self.config.task_timeout)
+                received: dict[str, bytes] = {}
+
+                async def on_download(data: bytes, received=received) -> None:
+                    received["data"] = data
+
+                failure, answer = None, {"ok": False}
+                try:
+                    name = f"{job.shard:03d}-{job.attempt:02d}-{uuid.uuid4().hex[:8]}"
+                    script = ctx.new_script(timeout=timeout)
+                    script.upload_file(str(golem_job.task_tar), REMOTE_TASK)
+                    run = script.run(
+                        "/bin/sh", "-c", remote_command(self.config.worker_command, name)
+                    )
+                    yield script
+                    answer = parse_answer((await run).stdout)
+                    if answer.get("ok"):
+                        download = ctx.new_script(timeout=timeout)
+                        limit = fmt.archive_cap(job.max_result_bytes) + 1
+                        download.download_bytes(REMOTE_RESULT, on_download, limit=limit)
+                        yield download
+                except Exception as error:
+                    failure = f"{type(error).__name__}: {error}"[:2000]
+                finally:
+                    watchdog.cancel()
+                drop = await self._conclude(golem_job, failure, answer, received.get("data"))
+                if drop is not None:
+                    self._exclude(provider, drop)
+                if slot.retired or provider in self.blocked:
+                    raise ProviderFailed(self.blocked.get(provider, "slot retired"))
+
+    async def _conclude(
+        self, golem_job: _GolemJob, failure: str | None, answer: dict, data: bytes | None
+    ) -> str | None:
+        """Hands the job's outcome over; returns why the provider must go, or None."""
+        if failure is not None:
+            self._finish(golem_job, False, failure)
+            return failure
+        if not answer.get("ok"):
+            error = str(answer.get("error") or "failed")
+            self._finish(golem_job, False, error)
+            return None if error.startswith(fmt.CACHE_MISS) else error
+        if data is None:
+            self._finish(golem_job, False, "no result downloaded")
+            return "no result downloaded"
+        if not self._finish(golem_job, True, data=data):
+            return None  # given up at its deadline meanwhile: the requestor has moved on
+        return await asyncio.wrap_future(golem_job.verdict)
+
+    # -- the executor interface (the requestor's thread)
+
+    def submit(self, job: Job) -> None:
+        spent = self.spent()
+        if spent >= Decimal(str(self.config.budget)):
+            raise fmt.OffloadError(
+                f"golem: the budget is spent ({spent} of offload.golem.budget="
+                f"{self.config.budget:g} GLM); raise it to go on (--resume keeps the rounds done)"
+            )
+        task_tar = job.task_dir.parent / f"task-{job.attempt}.tar"
+        task_tar.write_bytes(fmt.pack(job.task_dir))
+        golem_job = _GolemJob(job, task_tar, time.monotonic())
+        with self._lock:
+            self._jobs = [g for g in self._jobs if not g.finished] + [golem_job]
+
+        def enqueue() -> None:
+            self._slot(job.shard).jobs.put_nowait(golem_job)
+
+        self._loop.call_soon_threadsafe(enqueue)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        end = time.monotonic() + timeout
+        done: list[Outcome] = []
+        while True:
             if self._error is not None:
                 raise fmt.OffloadError(
                     f"golem: the requestor stopped: {type(self._error).__name__}: {self._error}"
                 )
-            now = time.monotonic()
-            if self.first_agreement is None and now - self.first_submit > config.offer_timeout:
-                raise fmt.OffloadError(
-                    f"golem: no provider took a task within offload.golem.offer_timeout="
-                    f"{config.offer_timeout:g}s (yagna {self.url}, subnet {config.subnet!r}, "
-                    f"payment {config.payment_driver}/{config.payment_network}, demand "
-                    f"{constraints(config)}; {self.stats['subscriptions']} demand(s) published, "
-                    f"{self.stats['proposals']} offer(s), {self.stats['agreements']} agreement(s))"
-                )
-            for golem_job, start in submitted:
-                if not golem_job.future.done() and now - start > deadline_after:
-                    golem_job.abandoned = True
-                    _resolve(
-                        golem_job.future,
-                        WorkerOutcome(False, error=f"no result within {deadline_after:g}s"),
-                    )
-            time.sleep(0.2)
-        outcomes = [finish_job(golem_job) for golem_job, _ in submitted]
-        for outcome in outcomes:
-            if not outcome.ok:
-                self.blame(outcome, outcome.error)
-        return outcomes
+            self._check_deadlines()
+            try:
+                done.append(self._finished.get(timeout=max(0.0, min(0.2, end - time.monotonic()))))
+            except queue.Empty:
+                pass
+            while not self._finished.empty():
+                done.append(self._finished.get_nowait())
+            if done or time.monotonic() >= end:
+                return done
 
-    def blame(self, outcome: Outcome, reason: str) -> None:
-        if outcome.worker:
-            self.blocked.add(outcome.worker)
-            log.warning("golem: excluding provider %s: %s", outcome.worker, reason)
+    def _check_deadlines(self) -> None:
+        config, now = self.config, time.monotonic()
+        for golem_job in list(self._jobs):
+            if golem_job.finished:
+                continue
+            if golem_job.started is None and now - golem_job.submitted > config.offer_timeout:
+                if self.first_agreement is None:
+                    raise fmt.OffloadError(self._no_provider_message())
+                excluded = f"; {len(self.blocked)} provider(s) excluded" if self.blocked else ""
+                self._finish(
+                    golem_job,
+                    False,
+                    f"no provider took the task within offload.golem.offer_timeout="
+                    f"{config.offer_timeout:g}s{excluded}",
+                )
+            elif golem_job.started is not None and now - golem_job.started > config.task_timeout:
+                reason = f"no result within offload.golem.task_timeout={config.task_timeout:g}s"
+                provider = golem_job.provider
+                if self._finish(golem_job, False, reason):
+                    self._loop.call_soon_threadsafe(self._exclude, provider, reason)
+
+    def _no_provider_message(self) -> str:
+        config = self.config
+        return (
+            f"golem: no provider took a task within offload.golem.offer_timeout="
+            f"{config.offer_timeout:g}s (yagna {self.url}, subnet {config.subnet!r}, "
+            f"payment {config.payment_driver}/{config.payment_network}, demand "
+            f"{constraints(config)}; {self.stats['subscriptions']} demand(s) published, "
+            f"{self.stats['proposals']} offer(s), {self.stats['agreements']} agreement(s))"
+        )
+
+    def verdict(self, outcome: Outcome, error: str | None) -> None:
+        for golem_job in list(self._jobs):
+            if golem_job.job is outcome.job and not golem_job.verdict.done():
+                golem_job.verdict.set_result(error)
+                if error is not None and golem_job.provider:
+                    self._loop.call_soon_threadsafe(
+                        self._exclude, golem_job.provider, f"result rejected: {error}"
+                    )
+
+    def spent(self) -> Decimal:
+        """GLM accepted so far: invoices, plus debit notes of agreements not yet invoiced."""
+        invoiced = sum(self.invoices.values(), Decimal(0))
+        noted = sum((v for k, v in self.debit_notes.items() if k not in self.invoices), Decimal(0))
+        return invoiced + noted
+
+    def metrics(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {
+            "golem/spent": np.float64(self.spent()),
+            "golem/providers_excluded": np.int32(len(self.blocked)),
+            "golem/agreements": np.int32(self.stats["agreements"]),
+        }
+
+    # -- shutdown
+
+    async def _stop(self) -> None:
+        """Lets the job end by itself: slots released, activities destroyed, invoices paid."""
+        for slot in self._slots.values():
+            slot.jobs.put_nowait(None)
+        if self._source is not None:
+            self._source.put_nowait(None)
+        if self._consumer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._consumer), timeout=60)
+            except asyncio.TimeoutError:
+                log.warning("golem: the job did not end within 60 s; cancelling it")
+                self._consumer.cancel()
+            except BaseException:
+                pass
+        if self._golem is not None:
+            try:
+                await asyncio.wait_for(self._golem.stop(), timeout=90)
+            except BaseException as error:
+                log.warning("golem: shutdown: %s: %s", type(error).__name__, error)
 
     def close(self) -> None:
         if self._loop.is_closed():
             return
         if self._thread.is_alive():
             try:
-                asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=90)
+                asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=180)
             except Exception as error:
                 log.warning("golem: shutdown: %s: %s", type(error).__name__, error)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
-
-
-def _resolve(future: concurrent.futures.Future, value: Any) -> None:
-    """Sets a result once (the worker and the requestor's deadline may race)."""
-    try:
-        future.set_result(value)
-    except concurrent.futures.InvalidStateError:
-        pass
-
-
-def _bind_worker(task_timeout: float, worker_command: str):
-    def worker(ctx, tasks):
-        return golem_worker(ctx, tasks, task_timeout=task_timeout, worker_command=worker_command)
-
-    return worker
+        if self._golem is not None:
+            unpaid = sorted(set(self.debit_notes) - set(self.invoices))
+            log.info(
+                "golem: paid %s GLM: %d invoice(s) accepted for %d agreement(s)%s; "
+                "%d provider(s) excluded",
+                self.spent(),
+                len(self.invoices),
+                self.stats["agreements"],
+                f", {len(unpaid)} agreement(s) paid by debit notes only" if unpaid else "",
+                len(self.blocked),
+            )
+        logging.setLogRecordFactory(self._previous_factory)
 
 
 def _provider(event: Any) -> str:
     try:
         return event.agreement.details.provider_node_info.name or event.agreement.provider_id
     except AttributeError:
-        return "?"
+        return _provider_id(event) or "?"
+
+
+def _provider_id(event: Any) -> str:
+    try:
+        return str(event.provider_id)
+    except Exception:
+        return ""
+
+
+def _name(ctx: Any) -> str:
+    try:
+        return f"{ctx.provider_name} ({ctx.provider_id})"
+    except AttributeError:
+        return str(ctx.provider_id)

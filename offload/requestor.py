@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,14 @@ def validate_offload(config: Config) -> None:
             raise ConfigError(f"offload.{name}: must be > 0, got {getattr(offload, name)}")
     golem = offload.golem
     if config.offload.executor == "golem":
-        for name in ("budget", "task_timeout", "offer_timeout", "min_mem_gib", "min_storage_gib"):
+        for name in (
+            "budget",
+            "task_timeout",
+            "offer_timeout",
+            "health_interval",
+            "min_mem_gib",
+            "min_storage_gib",
+        ):
             if getattr(golem, name) <= 0:
                 raise ConfigError(f"offload.golem.{name}: must be > 0, got {getattr(golem, name)}")
         for name in ("min_cpu_threads", "max_workers"):
@@ -94,6 +102,12 @@ def _plain(group: str, tree: Any) -> dict[str, np.ndarray]:
     return fmt.encode_group(group, tree, "none", False, False)[0]
 
 
+def _set_rows(full: np.ndarray, rows: slice, part: np.ndarray) -> np.ndarray:
+    full = np.array(full, copy=True)
+    full[rows] = part
+    return full
+
+
 def _concat(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *trees)
 
@@ -118,8 +132,40 @@ def _folder_bytes(path: Path) -> int:
         return 0
 
 
+@dataclass
+class _Attempt:
+    """What was sent for one job, to check its result against."""
+
+    header: dict[str, Any]
+    spec: fmt.Spec
+    task_dir: Path
+
+
+@dataclass
+class _Execution:
+    """The outcome of running a set of shards to valid results (or giving up)."""
+
+    results: dict[int, tuple[dict, dict]] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)
+    attempts: int = 0
+    state_resends: int = 0
+    """Attempts sent again with their states after a `cache miss` (not failures)."""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_saved: int = 0
+    wait_seconds: float = 0.0
+    worker_compile: float = 0.0
+
+
 class OffloadRunner:
-    """A `BlockRunner` (see `jfedrl.runner`) that ships local training to an executor."""
+    """A `BlockRunner` (see `jfedrl.runner`) that ships local training to an executor.
+
+    Sticky clients (`offload.state_sync_rounds` > 0, full participation): a
+    shard's worker keeps its clients' states, so a round moves only the
+    broadcast params up and the new params and metrics back; the states come
+    home every `state_sync_rounds` rounds and before each checkpoint.
+    """
 
     def __init__(self, simulator: Simulator, run_dir: Path, make_executor: ExecutorFactory):
         validate_offload(simulator.config)
@@ -133,6 +179,19 @@ class OffloadRunner:
         self._compiled: dict[tuple, Any] = {}
         self._task_config = task_config(self.config)
         self.slices = shard_slices(simulator.num_participants, self.config.offload.shards)
+        sync_every = self.config.offload.state_sync_rounds
+        self.sticky = sync_every > 0 and simulator.num_participants == simulator.num_clients
+        if sync_every > 0 and not self.sticky:
+            log.info(
+                "offload: clients change shards with partial participation, so their states "
+                "travel every round (offload.state_sync_rounds applies at participation 1)"
+            )
+        self._kept: dict[int, int] = {}
+        """Shard -> the last round whose end states its worker keeps (sticky clients)."""
+        self._synced: dict[int, int] = {}
+        """Shard -> the round count when its clients' states last came home."""
+        self._revert: dict[int, list[int]] = {}
+        """Shard -> its clients rejected last round (the worker restores their old state)."""
         self.executor = make_executor(simulator, self.work_dir, len(self.slices))
         self._threads = ThreadPoolExecutor(len(self.slices), thread_name_prefix="offload-io")
         self._cleaner: threading.Thread | None = None
@@ -162,6 +221,48 @@ class OffloadRunner:
         stacked = {name: np.stack([np.asarray(r[name]) for r in records]) for name in records[0]}
         return state, stacked
 
+    def state_for_checkpoint(self, state: FedState) -> FedState:
+        """`state` with every client's state brought home from the workers that keep it.
+
+        A shard whose worker is gone keeps the states of its last sync (logged).
+        """
+        round_index = int(state.round)
+        stale = [
+            shard
+            for shard in range(len(self.slices))
+            if self._kept.get(shard) == round_index - 1 and self._synced.get(shard, 0) < round_index
+        ]
+        if not self.sticky or not stale:
+            return state
+        round_dir = self.work_dir / f"fetch-{round_index:06d}"
+        shapes = {s: fmt.shard_shapes(self.simulator, self._size(s)) for s in stale}
+
+        def write(shard: int, source: str) -> tuple[dict, Path]:
+            everyone = list(range(self.simulator.num_clients))
+            return self._write_task(
+                round_dir, shard, round_index, everyone, "fetch", source, None, False
+            )
+
+        done = self._execute(round_index, {s: "cache" for s in stale}, write, fetch=True)
+        clients = jax.device_get(state.clients)
+        for shard, (arrays, _) in done.results.items():
+            rows = self.slices[shard]
+            kept = fmt.decode_group("clients", arrays, shapes[shard].new_clients, rows=False)
+            params = jax.device_get(
+                jax.vmap(self.simulator.algorithm.get_params)(_rows(clients, rows))
+            )
+            merged = fmt.with_params_jit(self.simulator.algorithm, kept, params, True)
+            clients = jax.tree.map(
+                lambda full, part, rows=rows: _set_rows(full, rows, part),
+                clients,
+                jax.device_get(merged),
+            )
+            self._synced[shard] = round_index
+        for shard in done.lost:
+            self._kept.pop(shard, None)
+            self._log_stale(shard, done.failures.get(shard, "?"))
+        return state.replace(clients=jax.device_put(clients))
+
     def close(self) -> None:
         self.executor.close()
         self._threads.shutdown()
@@ -169,6 +270,168 @@ class OffloadRunner:
             self._cleaner.join()
 
     # -- one round
+
+    def _size(self, shard: int) -> int:
+        return self.slices[shard].stop - self.slices[shard].start
+
+    def _log_stale(self, shard: int, reason: str) -> None:
+        rows = self.slices[shard]
+        log.warning(
+            "offload: the worker keeping clients %d-%d is lost (%s); their local state goes "
+            "back to round %d, the last sync",
+            rows.start,
+            rows.stop - 1,
+            reason,
+            self._synced.get(shard, 0),
+        )
+
+    def _write_task(
+        self,
+        round_dir: Path,
+        shard: int,
+        round_index: int,
+        client_ids: list[int],
+        op: str,
+        source: str,
+        arrays: Callable[[int, str], dict[str, np.ndarray]] | None,
+        return_state: bool,
+    ) -> tuple[dict[str, Any], Path]:
+        """Writes one shard's task folder (inputs + digests); returns its header and folder."""
+        task_dir = round_dir / f"shard-{shard:03d}" / f"{op}-{source}"
+        shutil.rmtree(task_dir, ignore_errors=True)
+        task_dir.mkdir(parents=True)
+        if arrays is not None:
+            fmt.save_arrays(task_dir / fmt.INPUTS_DIR, arrays(shard, source))
+        rows = self.slices[shard]
+        header = {
+            "format": fmt.FORMAT,
+            "kind": "jfedrl-offload-task",
+            "run_id": self.run_id,
+            "round": round_index,
+            "shard": shard,
+            "num_shards": len(self.slices),
+            "attempt": 0,
+            "client_ids": client_ids[rows],
+            "seed": self.config.seed,
+            "quantize": self.config.offload.quantize,
+            "op": op,
+            "state": source,
+            "revert": self._revert.get(shard, []) if source == "cache" else [],
+            "return_state": return_state,
+            "config": self._task_config,
+            "versions": {"jfedrl": __version__, "jax": jax.__version__},
+            "inputs": fmt.digest_tree(task_dir, exclude=(fmt.TASK_FILE,)),
+        }
+        return header, task_dir
+
+    def _execute(
+        self,
+        round_index: int,
+        plan: dict[int, str],
+        write: Callable[[int, str], tuple[dict, Path]],
+        fetch: bool = False,
+    ) -> _Execution:
+        """Runs the planned shards (shard -> state source) until each has a valid result.
+
+        A failed attempt is retried as soon as it is known (up to
+        `offload.max_retries` times); a worker that no longer keeps a shard's
+        states (`cache miss`) is sent them at once, which is not a failure.
+        """
+        offload = self.config.offload
+        done = _Execution()
+        written: dict[tuple[int, str], tuple[dict, Path]] = {}
+        launches: dict[int, int] = {}
+        failed: dict[int, int] = {}
+        in_flight: dict[tuple[int, int], _Attempt] = {}
+        mode = offload.quantize
+
+        def task_for(shard: int, source: str) -> tuple[dict, Path]:
+            if (shard, source) not in written:
+                written[(shard, source)] = write(shard, source)
+            return written[(shard, source)]
+
+        def launch(shard: int, source: str, again: int | None = None) -> None:
+            """Submits the shard's next attempt (or attempt `again`, resent with its states)."""
+            if again is None:
+                attempt = launches.get(shard, 0)
+                launches[shard] = attempt + 1
+                done.attempts += 1
+            else:
+                attempt = again
+                done.state_resends += 1
+            header, task_dir = task_for(shard, source)
+            header = dict(header, attempt=attempt)
+            fmt.write_json(task_dir / fmt.TASK_FILE, header)
+            output = task_dir.parent / f"result-{attempt}"
+            shutil.rmtree(output, ignore_errors=True)
+            shapes = fmt.shard_shapes(self.simulator, self._size(shard))
+            spec = fmt.result_spec(shapes, mode, header["op"], header["return_state"])
+            in_flight[(shard, attempt)] = _Attempt(header, spec, task_dir)
+            done.bytes_sent += _folder_bytes(task_dir)
+            if header["op"] == "train":
+                done.bytes_saved += fmt.spec_bytes(
+                    fmt.task_spec(shapes, "none", "train", source)
+                ) - fmt.spec_bytes(fmt.task_spec(shapes, mode, "train", source))
+            self.executor.submit(Job(shard, attempt, task_dir, output, fmt.max_result_bytes(spec)))
+
+        # The first tasks are written in parallel (orbax does its I/O off the GIL).
+        list(self._threads.map(lambda item: task_for(*item), plan.items()))
+        for shard, source in plan.items():
+            launch(shard, source)
+        start = time.perf_counter()
+        while in_flight:
+            for outcome in self.executor.wait(1.0):
+                shard, attempt = outcome.job.shard, outcome.job.attempt
+                sent = in_flight.pop((shard, attempt))
+                done.worker_compile = max(done.worker_compile, outcome.compile_seconds)
+                done.bytes_received += _folder_bytes(outcome.job.output_dir)
+                error = outcome.error or "failed"
+                if outcome.ok:
+                    try:
+                        arrays, report = fmt.read_result(
+                            outcome.job.output_dir, sent.header, sent.spec
+                        )
+                    except fmt.TaskError as bad:
+                        error = f"bad result: {bad}"
+                    else:
+                        self.executor.verdict(outcome, None)
+                        done.results[shard] = (arrays, report)
+                        if sent.header["op"] == "train":
+                            shapes = fmt.shard_shapes(self.simulator, self._size(shard))
+                            done.bytes_saved += fmt.spec_bytes(
+                                fmt.result_spec(shapes, "none", "train", True)
+                            ) - fmt.spec_bytes(fmt.result_spec(shapes, mode, "train", True))
+                        continue
+                if error.startswith(fmt.CACHE_MISS):
+                    self.executor.verdict(outcome, None)  # not the worker's fault
+                    self._kept.pop(shard, None)
+                    if fetch:
+                        done.failures[shard] = error
+                        done.lost.append(shard)
+                    else:
+                        self._log_stale(shard, "a new worker took its shard")
+                        launch(shard, "task", again=attempt)
+                    continue
+                self.executor.verdict(outcome, error)
+                failed[shard] = failed.get(shard, 0) + 1
+                done.failures[shard] = error
+                retry = failed[shard] <= offload.max_retries
+                log.warning(
+                    "offload: round %d shard %d attempt %d on %s failed: %s%s",
+                    round_index + 1,
+                    shard,
+                    attempt,
+                    outcome.worker or "?",
+                    error,
+                    "; retrying" if retry else "; giving up on its clients this round",
+                )
+                if retry:
+                    launch(shard, sent.header["state"])
+                else:
+                    done.lost.append(shard)
+        done.wait_seconds = time.perf_counter() - start
+        done.lost.sort()
+        return done
 
     def run_round(self, state: FedState) -> tuple[FedState, dict]:
         sim, offload = self.simulator, self.config.offload
@@ -181,7 +444,7 @@ class OffloadRunner:
         stripped = jax.device_get(stripped)
         ids = [int(i) for i in np.asarray(host.ids)[: sim.num_participants]]
 
-        # Tasks: the broadcast once per task, the shard's states, env params and keys.
+        # The broadcast once per task, the shard's states (unless kept), env params and keys.
         reference = host.reference
         shared, sent_error = fmt.encode_group("global", reference.global_params, mode, True, False)
         peers, peer_error = fmt.encode_group("peers", reference.peer_params, mode, True, True)
@@ -191,166 +454,134 @@ class OffloadRunner:
         round_dir = self.work_dir / f"round-{round_index:06d}"
         self._clean_old_rounds(round_dir)
 
-        def write_task(shard: int) -> dict[str, Any]:
+        def arrays(shard: int, source: str) -> dict[str, np.ndarray]:
             rows = self.slices[shard]
-            task_dir = round_dir / f"shard-{shard:03d}" / "task"
-            shutil.rmtree(task_dir, ignore_errors=True)
-            task_dir.mkdir(parents=True)
-            arrays = dict(shared)
-            arrays.update(_plain("clients", _rows(stripped, rows)))
-            arrays.update(_plain("env", _rows(host.env_params, rows)))
-            arrays.update(_plain("keys", _rows(host.client_keys, rows)))
-            fmt.save_arrays(task_dir / fmt.INPUTS_DIR, arrays)
-            return {
-                "format": fmt.FORMAT,
-                "kind": "jfedrl-offload-task",
-                "run_id": self.run_id,
-                "round": round_index,
-                "shard": shard,
-                "num_shards": len(self.slices),
-                "attempt": 0,
-                "client_ids": ids[rows],
-                "seed": self.config.seed,
-                "quantize": mode,
-                "config": self._task_config,
-                "versions": {"jfedrl": __version__, "jax": jax.__version__},
-                "inputs": fmt.digest_tree(task_dir, exclude=(fmt.TASK_FILE,)),
-            }
+            data = dict(shared)
+            if source == "task":
+                data.update(_plain("clients", _rows(stripped, rows)))
+            data.update(_plain("env", _rows(host.env_params, rows)))
+            data.update(_plain("keys", _rows(host.client_keys, rows)))
+            return data
 
-        # Orbax does its I/O off the GIL: the shards are written (and read) in parallel.
-        tasks = list(self._threads.map(write_task, range(len(self.slices))))
-        specs = []
-        for rows in self.slices:
-            shapes = fmt.shard_shapes(sim, rows.stop - rows.start)
-            specs.append((shapes, fmt.result_spec(shapes, mode)))
+        sync = not self.sticky or (round_index + 1) % offload.state_sync_rounds == 0
+
+        def write(shard: int, source: str) -> tuple[dict, Path]:
+            return self._write_task(
+                round_dir, shard, round_index, ids, "train", source, arrays, sync
+            )
+
+        plan = {
+            shard: "cache" if self.sticky and self._kept.get(shard) == round_index - 1 else "task"
+            for shard in range(len(self.slices))
+        }
         written = time.perf_counter()
-
-        # Attempts: run, validate, retry the failures.
-        results: dict[int, tuple[dict, dict]] = {}
-        failures: dict[int, str] = {}
-        counters = {"attempts": 0, "bytes_sent": 0, "bytes_received": 0, "bytes_saved": 0}
-        task_bytes_saved = fmt.spec_bytes(fmt.task_spec(specs[0][0], "none")) - fmt.spec_bytes(
-            fmt.task_spec(specs[0][0], mode)
-        )
-        wait_seconds = worker_compile = 0.0
-        pending = list(range(len(self.slices)))
-        for attempt in range(offload.max_retries + 1):
-            if not pending:
-                break
-            jobs = []
-            for shard in pending:
-                header = dict(tasks[shard], attempt=attempt)
-                shard_dir = round_dir / f"shard-{shard:03d}"
-                fmt.write_json(shard_dir / "task" / fmt.TASK_FILE, header)
-                output = shard_dir / f"result-{attempt}"
-                shutil.rmtree(output, ignore_errors=True)
-                cap = fmt.max_result_bytes(specs[shard][1])
-                jobs.append(Job(shard, attempt, shard_dir / "task", output, cap))
-                counters["bytes_sent"] += _folder_bytes(shard_dir / "task")
-                counters["bytes_saved"] += task_bytes_saved
-            counters["attempts"] += len(jobs)
-            start = time.perf_counter()
-            outcomes = self.executor.run(jobs)
-            wait_seconds += time.perf_counter() - start
-
-            def validate(outcome, attempt=attempt):
-                if not outcome.ok:
-                    return outcome.error or "failed"
-                shard = outcome.job.shard
-                header = dict(tasks[shard], attempt=attempt)
-                try:
-                    return fmt.read_result(outcome.job.output_dir, header, specs[shard][1])
-                except fmt.TaskError as bad:
-                    return f"bad result: {bad}"
-
-            pending = []
-            for outcome, checked in zip(
-                outcomes, self._threads.map(validate, outcomes), strict=True
-            ):
-                shard = outcome.job.shard
-                worker_compile = max(worker_compile, outcome.compile_seconds)
-                counters["bytes_received"] += _folder_bytes(outcome.job.output_dir)
-                if not isinstance(checked, str):
-                    results[shard] = checked
-                    shapes, spec = specs[shard]
-                    counters["bytes_saved"] += fmt.spec_bytes(
-                        fmt.result_spec(shapes, "none")
-                    ) - fmt.spec_bytes(spec)
-                    continue
-                error = checked
-                if outcome.ok:
-                    self.executor.blame(outcome, error)
-                failures[shard] = error
-                pending.append(shard)
-                retry = attempt < offload.max_retries
-                log.warning(
-                    "offload: round %d shard %d attempt %d on %s failed: %s%s",
-                    round_index + 1,
-                    shard,
-                    attempt,
-                    outcome.worker or "?",
-                    error,
-                    "; retrying" if retry else "; giving up on its clients this round",
-                )
-        lost = sorted(pending)
-        self.compile_seconds += worker_compile
+        done = self._execute(round_index, plan, write)
+        self.compile_seconds += done.worker_compile
         gathered = time.perf_counter()
 
-        clients, metrics, received_error = self._assemble(host, stripped, specs, results, lost)
-        lost_clients = sum(self.slices[s].stop - self.slices[s].start for s in lost)
+        clients, metrics, received_error, bad = self._assemble(host, stripped, done.results)
+        lost_clients = sum(self._size(s) for s in done.lost)
         if lost_clients == sim.num_participants:
-            raise fmt.OffloadError(self._failure_message(round_index, lost, failures, 0))
+            raise fmt.OffloadError(self._failure_message(round_index, done.lost, done.failures, 0))
         new_state, round_metrics = self._call(
             "aggregate", sim.aggregate, state, inputs, clients, metrics
         )
         participating = int(round_metrics["clients_participating"])
         valid = participating - int(round_metrics["clients_excluded"])
         if valid / participating < self.config.federation.min_participation:
-            raise fmt.OffloadError(self._failure_message(round_index, lost, failures, valid))
+            raise fmt.OffloadError(
+                self._failure_message(round_index, done.lost, done.failures, valid)
+            )
+        for shard in range(len(self.slices)):
+            if shard in done.results and self.sticky:
+                self._kept[shard] = round_index
+                self._revert[shard] = [
+                    ids[self.slices[shard]][i] for i in np.flatnonzero(bad[self.slices[shard]])
+                ]
+                if sync:
+                    self._synced[shard] = round_index + 1
+            else:
+                if shard in done.lost and self._kept.pop(shard, None) is not None:
+                    self._log_stale(shard, done.failures.get(shard, "?"))
+                self._revert.pop(shard, None)
         round_metrics = dict(round_metrics)
         round_metrics.update(
             {
                 "offload/tasks": np.int32(len(self.slices)),
-                "offload/attempts": np.int32(counters["attempts"]),
-                "offload/retries": np.int32(counters["attempts"] - len(self.slices)),
-                "offload/tasks_failed": np.int32(len(lost)),
+                "offload/attempts": np.int32(done.attempts),
+                "offload/retries": np.int32(done.attempts - len(self.slices)),
+                "offload/tasks_failed": np.int32(len(done.lost)),
                 "offload/clients_lost": np.int32(lost_clients),
-                "offload/bytes_sent": np.int64(counters["bytes_sent"]),
-                "offload/bytes_received": np.int64(counters["bytes_received"]),
-                "offload/bytes_saved": np.int64(counters["bytes_saved"]),
+                "offload/clients_rejected": np.int32(bad.sum()),
+                "offload/state_synced": np.int32(sync),
+                "offload/state_resends": np.int32(done.state_resends),
+                "offload/bytes_sent": np.int64(done.bytes_sent),
+                "offload/bytes_received": np.int64(done.bytes_received),
+                "offload/bytes_saved": np.int64(done.bytes_saved),
                 "offload/quantize_error_sent": np.float32(sent_error.relative_error),
                 "offload/quantize_error_received": np.float32(received_error),
                 "offload/seconds_write": np.float32(written - tick),
-                "offload/seconds_wait": np.float32(wait_seconds),
-                "offload/seconds_read": np.float32(gathered - written - wait_seconds),
+                "offload/seconds_wait": np.float32(done.wait_seconds),
+                "offload/seconds_read": np.float32(gathered - written - done.wait_seconds),
             }
         )
+        extra = getattr(self.executor, "metrics", None)
+        if extra is not None:
+            round_metrics.update(extra())
         return new_state, round_metrics
 
-    def _assemble(self, host, stripped, specs, results, lost):
-        """The K participants' new states and metrics (lost shards: NaN params), padded to P."""
+    def _assemble(self, host, stripped, results):
+        """The participants' new states and metrics, padded to the simulator's client axis.
+
+        A lost shard's clients, and any client whose returned values are not
+        finite, get NaN params, which `Simulator.aggregate` masks (they keep
+        their old state and stay out of the average). Clients whose worker kept
+        their states (sticky clients) get this side's last synced copy with
+        their new params.
+
+        Returns:
+            The clients, the metrics, the largest quantisation error the
+            workers reported, and `[K]` True for each rejected client.
+        """
         sim = self.simulator
         algorithm = sim.algorithm
         trees, metric_parts = [], []
         received_error = 0.0
+        bad = np.zeros(sim.num_participants, bool)
         for shard, rows in enumerate(self.slices):
-            shapes, _ = specs[shard]
+            shapes = fmt.shard_shapes(sim, self._size(shard))
+            states = _rows(stripped, rows)
             if shard in results:
                 arrays, report = results[shard]
                 params = fmt.decode_group("params", arrays, shapes.new_params, rows=True)
-                states = fmt.decode_group("clients", arrays, shapes.new_clients, rows=False)
+                if any(name.startswith("clients/") for name in arrays):
+                    states = fmt.decode_group("clients", arrays, shapes.new_clients, rows=False)
                 part = {name: arrays[f"metrics/{name}"] for name in shapes.metrics}
+                bad[rows] = fmt.nonfinite_rows(arrays, self._size(shard))
                 try:  # the worker's own account (it alone saw the unquantised params)
                     reported = float(report["quantize_error"]["relative"])
                 except (KeyError, TypeError, ValueError):
                     reported = 0.0
                 if math.isfinite(reported):
                     received_error = max(received_error, reported)
+                if bad[rows].any():
+                    rejected = np.flatnonzero(bad[rows]) + rows.start
+                    log.warning(
+                        "offload: shard %d returned non-finite values for client(s) %s; "
+                        "they are left out of this round",
+                        shard,
+                        ", ".join(str(i) for i in np.asarray(host.ids)[rejected]),
+                    )
+                    params = jax.tree.map(
+                        lambda p, b=bad[rows]: np.where(
+                            b.reshape((-1,) + (1,) * (p.ndim - 1)), np.nan, p
+                        ).astype(p.dtype),
+                        params,
+                    )
             else:
                 params = jax.tree.map(
                     lambda s: np.full(s.shape, np.nan, s.dtype), shapes.new_params
                 )
-                states = jax.device_get(fmt.strip_params_jit(algorithm, _rows(host.before, rows)))
                 part = {name: _missing(s.shape, s.dtype) for name, s in shapes.metrics.items()}
             trees.append(jax.device_get(fmt.with_params_jit(algorithm, states, params, True)))
             metric_parts.append(part)
@@ -371,7 +602,7 @@ class OffloadRunner:
             name: np.concatenate([part[name] for part in metric_parts], axis=1)
             for name in metric_parts[0]
         }
-        return clients, metrics, received_error
+        return clients, metrics, received_error, bad
 
     def _failure_message(self, round_index, lost, failures, valid) -> str:
         reasons = "; ".join(f"shard {s}: {failures.get(s, '?')}" for s in lost[:4])

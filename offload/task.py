@@ -3,23 +3,28 @@
 A task is a folder::
 
     task.json         run id, round, shard, attempt, client ids, the config (as
-                      a dict), seed, quantisation, package versions, and the
-                      SHA-256 of every input file
+                      a dict), seed, quantisation, package versions, the
+                      SHA-256 of every input file, and what to do with the
+                      clients' state (`op`, `state`, `revert`, `return_state`:
+                      see `check_task`)
     inputs/           an orbax checkpoint of flat arrays:
                       global/NNNN    the broadcast global params (quantised)
                       peers/NNNN     the peers' params (mixture-KL), if any (quantised)
                       peer_weights/0000
                       clients/NNNN   the shard's client states with the params
                                      stripped (the worker puts the global params
-                                     back with the algorithm's own `set_params`)
+                                     back with the algorithm's own `set_params`);
+                                     absent when the worker keeps them (`state:
+                                     cache`)
                       env/NNNN       the shard's environment params (drift applied)
                       keys/0000      one PRNG key per client
 
 A result is a folder::
 
     state/            an orbax checkpoint: clients/NNNN (new states, params
-                      stripped), params/NNNN (new params, quantised),
-                      metrics/<name> (`[local_updates, n]`)
+                      stripped; only with `return_state`), params/NNNN (new
+                      params, quantised), metrics/<name> (`[local_updates, n]`);
+                      a `fetch` result holds clients/NNNN only
     report.json       round, shard, client ids, returns, env steps, timings,
                       device, versions, quantisation error
     digests.json      SHA-256 of every other file the worker wrote
@@ -46,7 +51,13 @@ import numpy as np
 
 from offload import quantize
 
-FORMAT = 1
+FORMAT = 2
+#: What a task asks of a worker: train the shard, or only hand back its kept states.
+OPS = ("train", "fetch")
+#: Where the clients' states come from: the task's inputs, or the worker's own copy.
+STATE_SOURCES = ("task", "cache")
+#: The error prefix of a worker that does not hold the state a task asks for.
+CACHE_MISS = "cache miss"
 TASK_FILE = "task.json"
 REPORT_FILE = "report.json"
 DIGESTS_FILE = "digests.json"
@@ -208,19 +219,32 @@ def decode_group(group: str, arrays: dict[str, np.ndarray], abstract: Any, rows:
     return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
-def task_spec(shapes: ShardShapes, mode: str) -> Spec:
+def task_spec(shapes: ShardShapes, mode: str, op: str = "train", state: str = "task") -> Spec:
+    """The arrays of a task's inputs (a `fetch`, or states kept by the worker, carry fewer)."""
     spec: Spec = {}
+    if op == "fetch":
+        return spec
     for group, field, quantised, rows in TASK_GROUPS:
+        if group == "clients" and state == "cache":
+            continue
         spec.update(group_spec(group, getattr(shapes, field), mode, quantised, rows))
     return spec
 
 
-def result_spec(shapes: ShardShapes, mode: str) -> Spec:
+def result_spec(
+    shapes: ShardShapes, mode: str, op: str = "train", return_state: bool = True
+) -> Spec:
+    """The arrays of a result: new params and metrics, plus the states when asked for."""
     spec: Spec = {}
     for group, field, quantised, rows in RESULT_GROUPS:
+        if group == "clients" and not (return_state or op == "fetch"):
+            continue
+        if group == "params" and op == "fetch":
+            continue
         spec.update(group_spec(group, getattr(shapes, field), mode, quantised, rows))
-    for name, leaf in shapes.metrics.items():
-        spec[f"metrics/{name}"] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+    if op == "train":
+        for name, leaf in shapes.metrics.items():
+            spec[f"metrics/{name}"] = (tuple(leaf.shape), np.dtype(leaf.dtype))
     return spec
 
 
@@ -517,6 +541,16 @@ def check_task(task: dict[str, Any]) -> None:
         raise TaskError(
             f"task.json: quantize {task['quantize']!r}; allowed: {', '.join(quantize.MODES)}"
         )
+    for field, allowed in (("op", OPS), ("state", STATE_SOURCES)):
+        if task.get(field) not in allowed:
+            raise TaskError(
+                f"task.json: {field} {task.get(field)!r}; allowed: {', '.join(allowed)}"
+            )
+    revert = task.get("revert")
+    if not isinstance(revert, list) or not set(revert) <= set(task["client_ids"]):
+        raise TaskError("task.json: revert must list some of the task's client ids")
+    if not isinstance(task.get("return_state"), bool):
+        raise TaskError("task.json: return_state is missing or not a bool")
 
 
 def check_report(report: dict[str, Any], task: dict[str, Any]) -> None:
@@ -547,8 +581,9 @@ def read_result(
 
     Checks, in order: size cap and file types, digests (nothing missing,
     truncated, altered or added), the report (round, shard, client ids,
-    version), the checkpoint's structure, shapes and dtypes, and that every
-    returned state and param is finite.
+    version), and the checkpoint's structure, shapes and dtypes. Non-finite
+    values are judged per client by the requestor (`nonfinite_rows`), so one
+    bad client does not cost its shard.
 
     Raises:
         TaskError: naming the first problem found.
@@ -564,8 +599,21 @@ def read_result(
     report = read_json(result_dir / REPORT_FILE, REPORT_FILE)
     check_report(report, task)
     arrays = restore_arrays(result_dir / STATE_DIR, spec)
-    for name, array in arrays.items():
-        if name.startswith(("clients/", "params/")) and np.issubdtype(array.dtype, np.floating):
-            if not np.all(np.isfinite(array)):
-                raise TaskError(f"non-finite values in {name}")
     return arrays, report
+
+
+def nonfinite_rows(arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """`[n]` True for each client with a non-finite returned state, param or return.
+
+    Quantisation scales (`@scale`) are per client too; metrics are
+    `[local_updates, n]`, everything else has the client axis first.
+    """
+    bad = np.zeros(n, bool)
+    for name, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        if name.startswith(("clients/", "params/")) and array.ndim and array.shape[0] == n:
+            bad |= ~np.isfinite(array.reshape(n, -1)).all(axis=1)
+        elif name == "metrics/train_return":
+            bad |= ~np.isfinite(array[-1])
+    return bad

@@ -2,14 +2,28 @@
 
     jfedrl offload worker --input TASK_DIR --output RESULT_DIR
     python -m offload.worker --serve          (what the local executor runs)
+    jfedrl offload worker --serve-dir DIR     (what a Golem provider keeps running)
 
 A worker restores the task, builds the simulator from the task's config
 (`make_simulator`, cached per config) and runs the very same
 `jfedrl.federated.local_training` the in-process simulator runs, jitted and
 compiled once per shard shape. With `--serve` it stays alive and reads one
 JSON request per line from stdin (`{"input": DIR, "output": DIR}`), answering
-with JSON lines on stdout (`ready`, then per task `compiled` and `done`), so
-JAX is imported and the step compiled once per run, not once per round.
+with JSON lines on stdout (`ready`, then per task `compiling` (only when it
+compiles), `compiled` and `done`), so JAX is imported and the step compiled
+once per run, not once per round. `--serve-dir DIR` is the same loop over
+files: a request is `DIR/requests/NAME.json`, its answer
+`DIR/answers/NAME.json` (see `offload.golem.remote_command`, the shell client
+a provider runs per task).
+
+Sticky clients: after training, a worker keeps its shard's new client states
+(and those it started from) keyed by run and shard. A task with `state:
+cache` carries no client states: the worker starts from its own copy, first
+putting back the pre-round state of the clients the requestor rejected last
+round (`revert`). `return_state` asks for the states in the result (a state
+sync); `op: fetch` only returns them. A worker that does not hold what a task
+asks for answers with an error starting `cache miss`, and the requestor sends
+the states.
 
 Inputs or outputs ending in `.tar` are unpacked / packed (what a Golem
 provider receives and returns). The persistent compilation cache lives in
@@ -70,6 +84,8 @@ class Fault:
     round: int | None = None
 
     def matches(self, task: dict[str, Any]) -> bool:
+        if task.get("op", "train") != "train":
+            return False  # faults hit training tasks, not state fetches
         return all(
             want is None or want == task.get(field)
             for field, want in (
@@ -143,12 +159,48 @@ def versions() -> dict[str, str]:
     }
 
 
+@dataclass
+class ShardCache:
+    """The client states a worker keeps for one shard of one run (sticky clients)."""
+
+    round: int
+    """The round last trained."""
+    client_ids: list[int]
+    before: Any
+    """Stripped states at the start of `round` (what a retry of that round starts from)."""
+    after: Any
+    """Stripped states at the end of `round`."""
+
+
+class CacheMiss(Exception):
+    """The worker does not hold the client states a task asks for."""
+
+
+def _revert_rows(after: Any, before: Any, rows: list[int]) -> Any:
+    """`after` with the given rows taken from `before` (clients the requestor rejected)."""
+    import numpy as np
+
+    if not rows:
+        return after
+    index = np.asarray(rows)
+
+    def put(new, old):
+        new = np.array(new, copy=True)
+        new[index] = np.asarray(old)[index]
+        return new
+
+    import jax
+
+    return jax.tree.map(put, after, before)
+
+
 class Worker:
     """Runs tasks, keeping each config's simulator and compiled step across tasks."""
 
     def __init__(self):
         self._simulators: dict[str, Any] = {}
         self._compiled: dict[tuple[int, int], Any] = {}
+        self._cache: dict[tuple[str, int], ShardCache] = {}
 
     def simulator(self, config_dict: dict[str, Any]):
         from jfedrl.config import from_dict
@@ -159,7 +211,7 @@ class Worker:
             self._simulators[key] = make_simulator(from_dict(config_dict))
         return self._simulators[key]
 
-    def _step(self, simulator, n: int, args: tuple) -> tuple[Any, bool]:
+    def _step(self, simulator, n: int, args: tuple, progress: Progress) -> tuple[Any, bool]:
         """The compiled local training for `n` clients (compiled on first use)."""
         import jax
 
@@ -168,6 +220,7 @@ class Worker:
         key = (id(simulator), n)
         fresh = key not in self._compiled
         if fresh:
+            progress("compiling", {})
             fn = jax.jit(
                 partial(
                     local_training,
@@ -239,23 +292,32 @@ class Worker:
         fault = _fault_for(task, fault_spec)
         simulator = self.simulator(task["config"])
         algorithm = simulator.algorithm
-        n, mode = len(task["client_ids"]), task["quantize"]
+        n, mode, op = len(task["client_ids"]), task["quantize"], task["op"]
         shapes = fmt.shard_shapes(simulator, n)
-        arrays = fmt.restore_arrays(task_dir / fmt.INPUTS_DIR, fmt.task_spec(shapes, mode))
+        spec = fmt.task_spec(shapes, mode, op, task["state"])
+        arrays = fmt.restore_arrays(task_dir / fmt.INPUTS_DIR, spec) if spec else {}
+        if task["state"] == "cache":
+            stripped = self._kept_states(task)
+        else:
+            stripped = fmt.decode_group("clients", arrays, shapes.clients, rows=False)
+        if op == "fetch":
+            result = fmt.encode_group("clients", stripped, "none", False, False)[0]
+            out.mkdir(parents=True, exist_ok=True)
+            fmt.save_arrays(out / fmt.STATE_DIR, result)
+            return self._finish(task, out, fault, {"total": time.perf_counter() - start})
         global_params = fmt.decode_group("global", arrays, shapes.global_params, rows=False)
         reference = Reference(
             global_params,
             fmt.decode_group("peers", arrays, shapes.peer_params, rows=True),
             fmt.decode_group("peer_weights", arrays, shapes.peer_weights, rows=False),
         )
-        stripped = fmt.decode_group("clients", arrays, shapes.clients, rows=False)
         clients = fmt.with_params_jit(algorithm, stripped, global_params, False)
         env_params = fmt.decode_group("env", arrays, shapes.env_params, rows=False)
         keys = fmt.decode_group("keys", arrays, shapes.keys, rows=False)
         args = (keys, clients, env_params, reference)
         restored = time.perf_counter()
 
-        step, fresh = self._step(simulator, n, args)
+        step, fresh = self._step(simulator, n, args, progress)
         compiled = time.perf_counter()
         progress("compiled", {"seconds": compiled - restored, "fresh": fresh})
         if fault == "hang":
@@ -265,15 +327,20 @@ class Worker:
         new_stripped = jax.device_get(fmt.strip_params_jit(algorithm, new_clients))
         metrics = {name: np.asarray(value) for name, value in jax.device_get(metrics).items()}
         trained = time.perf_counter()
+        self._cache[(task["run_id"], task["shard"])] = ShardCache(
+            task["round"], list(task["client_ids"]), jax.device_get(stripped), new_stripped
+        )
 
-        if fault == "nan":
-            new_params = jax.tree.map(lambda x: np.full_like(x, np.nan), new_params)
+        if fault == "nan":  # one client diverged
+            new_params = jax.tree.map(
+                lambda x: np.concatenate([np.full_like(x[:1], np.nan), x[1:]]), new_params
+            )
         result, error = fmt.encode_group("params", new_params, mode, True, True)
-        stripped_arrays, _ = fmt.encode_group("clients", new_stripped, "none", False, False)
-        result.update(stripped_arrays)
+        if task["return_state"]:
+            result.update(fmt.encode_group("clients", new_stripped, "none", False, False)[0])
         result.update({f"metrics/{name}": value for name, value in metrics.items()})
         if fault == "shape":
-            name = sorted(k for k in result if k.startswith("clients/"))[0]
+            name = sorted(k for k in result if k.startswith("params/"))[0]
             result[name] = np.concatenate([result[name], result[name][:1]])
         if fault == "dtype":
             name = sorted(k for k in result if k.startswith("params/"))[0]
@@ -287,35 +354,79 @@ class Worker:
             os._exit(17)  # after a partial write, like a killed provider
         returns = metrics.get("train_return")
         last = np.asarray(returns)[-1] if returns is not None else np.full(n, np.nan)
-        report = {
-            "format": fmt.FORMAT,
-            "run_id": task["run_id"],
-            "round": task["round"] + (1 if fault == "wrong_round" else 0),
-            "shard": task["shard"],
-            "attempt": task["attempt"],
-            "client_ids": [i + (1 if fault == "wrong_clients" else 0) for i in task["client_ids"]],
+        extra = {
             "returns": [float(r) if np.isfinite(r) else None for r in last],
             "env_steps": n
             * simulator.config.federation.local_updates
             * algorithm.env_steps_per_update,
-            "quantize": mode,
             "quantize_error": {
                 "relative": error.relative_error,
                 "max_abs": error.max_abs_error,
                 "raw_bytes": error.raw_bytes,
                 "encoded_bytes": error.encoded_bytes,
             },
-            "timings": {
-                "restore": restored - start,
-                "compile": compiled - restored,
-                "compiled_fresh": fresh,
-                "train": trained - compiled,
-            },
+        }
+        timings = {
+            "restore": restored - start,
+            "compile": compiled - restored,
+            "compiled_fresh": fresh,
+            "train": trained - compiled,
+            "total": time.perf_counter() - start,
+        }
+        return self._finish(task, out, fault, timings, extra)
+
+    def _kept_states(self, task: dict[str, Any]) -> Any:
+        """The shard's kept states for this task's round, with `revert` applied.
+
+        Raises:
+            CacheMiss: if this worker does not hold them (a new or restarted worker).
+        """
+        key = (task["run_id"], task["shard"])
+        cache = self._cache.get(key)
+        if cache is None or cache.client_ids != task["client_ids"]:
+            raise CacheMiss(f"no kept state for shard {task['shard']} of run {task['run_id']}")
+        if cache.round == task["round"] and task["op"] == "train":
+            return cache.before  # a retry of the round last trained
+        if cache.round != task["round"] - 1:
+            raise CacheMiss(
+                f"kept state of shard {task['shard']} is for round {cache.round + 2}, "
+                f"not {task['round'] + 1}"
+            )
+        rows = [cache.client_ids.index(i) for i in task["revert"]]
+        cache.after = _revert_rows(cache.after, cache.before, rows)
+        cache.before = cache.after
+        return cache.after
+
+    def _finish(
+        self,
+        task: dict[str, Any],
+        out: Path,
+        fault: str | None,
+        timings: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> dict:
+        """Writes the report and the digests next to the saved arrays; returns the report."""
+        import jax
+
+        from offload import task as fmt
+
+        client_ids = task["client_ids"]
+        report = {
+            "format": fmt.FORMAT,
+            "run_id": task["run_id"],
+            "round": task["round"] + (1 if fault == "wrong_round" else 0),
+            "shard": task["shard"],
+            "attempt": task["attempt"],
+            "op": task["op"],
+            "client_ids": [i + (1 if fault == "wrong_clients" else 0) for i in client_ids],
+            "returns": [None] * len(client_ids),
+            "quantize": task["quantize"],
+            "timings": timings,
             "device": str(jax.devices()[0]),
             "platform": jax.default_backend(),
             "versions": versions(),
+            **(extra or {}),
         }
-        report["timings"]["total"] = time.perf_counter() - start
         fmt.write_json(out / fmt.REPORT_FILE, report)
         digests = {"algorithm": "sha256", "files": fmt.digest_tree(out)}
         fmt.write_json(out / fmt.DIGESTS_FILE, digests)
@@ -346,10 +457,33 @@ def _damage(out: Path, fault: str | None) -> None:
 # ---------------------------------------------------------------- entry points
 
 
+def _answer(
+    worker: Worker, request: dict[str, Any], root_in: Path, root_out: Path, progress: Progress
+) -> dict[str, Any]:
+    """Runs one request; the `done` answer (never raises for a bad task)."""
+    from offload.task import CACHE_MISS, TaskError
+
+    start = time.perf_counter()
+    try:
+        report = worker.run(
+            root_in / request["input"],
+            root_out / request["output"],
+            progress=progress,
+            fault=request.get("fault"),
+        )
+        seconds = time.perf_counter() - start
+        return {"event": "done", "ok": True, "seconds": seconds, "timings": report["timings"]}
+    except CacheMiss as error:
+        return {"event": "done", "ok": False, "error": f"{CACHE_MISS}: {error}"}
+    except (TaskError, ValueError, KeyError) as error:
+        return {"event": "done", "ok": False, "error": f"{type(error).__name__}: {error}"}
+    except Exception as error:  # keep serving; the requestor decides what to do
+        traceback.print_exc(file=sys.stderr)
+        return {"event": "done", "ok": False, "error": f"{type(error).__name__}: {error}"}
+
+
 def serve(requests, answers, root_in: Path = Path("."), root_out: Path = Path(".")) -> int:
     """Answers task requests (JSON lines) until `requests` ends."""
-    from offload.task import TaskError
-
     worker = Worker()
 
     def send(event: str, data: dict[str, Any]) -> None:
@@ -361,22 +495,46 @@ def serve(requests, answers, root_in: Path = Path("."), root_out: Path = Path(".
         line = line.strip()
         if not line:
             continue
-        start = time.perf_counter()
         try:
             request = json.loads(line)
-            report = worker.run(
-                root_in / request["input"],
-                root_out / request["output"],
-                progress=send,
-                fault=request.get("fault"),
-            )
-            seconds = time.perf_counter() - start
-            send("done", {"ok": True, "seconds": seconds, "timings": report["timings"]})
-        except (TaskError, ValueError, KeyError) as error:
-            send("done", {"ok": False, "error": f"{type(error).__name__}: {error}"})
-        except Exception as error:  # keep serving; the requestor decides what to do
-            traceback.print_exc(file=sys.stderr)
-            send("done", {"ok": False, "error": f"{type(error).__name__}: {error}"})
+        except json.JSONDecodeError as error:
+            send("done", {"ok": False, "error": f"bad request: {error}"})
+            continue
+        answer = _answer(worker, request, root_in, root_out, send)
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+    return 0
+
+
+def serve_dir(directory: Path, idle_timeout: float = 6 * 3600.0) -> int:
+    """Answers requests dropped as files into `directory/requests` (a provider's worker).
+
+    Each `requests/NAME.json` (`{"input": ..., "output": ...}`) is answered by
+    `answers/NAME.json`, written atomically; requests run one at a time in
+    name order. The worker exits after `idle_timeout` seconds without work.
+    """
+    requests, answers = directory / "requests", directory / "answers"
+    requests.mkdir(parents=True, exist_ok=True)
+    answers.mkdir(parents=True, exist_ok=True)
+    worker = Worker()
+    (directory / "ready").write_text(str(os.getpid()))
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < idle_timeout:
+        pending = sorted(requests.glob("*.json"))
+        if not pending:
+            time.sleep(0.05)
+            continue
+        path = pending[0]
+        try:
+            request = json.loads(path.read_text())
+            answer = _answer(worker, request, Path("/"), Path("/"), lambda e, d: None)
+        except (OSError, json.JSONDecodeError) as error:
+            answer = {"event": "done", "ok": False, "error": f"bad request: {error}"}
+        path.unlink(missing_ok=True)
+        staging = answers / f".{path.name}.part"
+        staging.write_text(json.dumps(answer))
+        staging.replace(answers / path.name)
+        idle_since = time.monotonic()
     return 0
 
 
@@ -386,6 +544,8 @@ def main(args: argparse.Namespace) -> int:
     from offload.task import TaskError
 
     enable_compilation_cache(_cache_dir())
+    if getattr(args, "serve_dir", None):
+        return serve_dir(Path(args.serve_dir))
     if args.serve:
         # Stdout carries the protocol; anything else printed goes to stderr.
         answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -417,11 +577,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", help="task folder or .tar (--serve: root of request paths)")
     parser.add_argument("--output", help="result folder or .tar (--serve: root of request paths)")
     parser.add_argument("--serve", action="store_true", help="read task requests from stdin")
+    parser.add_argument("--serve-dir", help="answer task requests dropped into this folder")
     return parser
 
 
 if __name__ == "__main__":
     parsed = _parser().parse_args()
-    if not parsed.serve and not (parsed.input and parsed.output):
-        _parser().error("--input and --output are required without --serve")
+    if not (parsed.serve or parsed.serve_dir) and not (parsed.input and parsed.output):
+        _parser().error("--input and --output are required without --serve / --serve-dir")
     sys.exit(main(parsed))

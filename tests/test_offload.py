@@ -66,11 +66,14 @@ class _Borrowed:
     def __init__(self, pool):
         self.pool = pool
 
-    def run(self, jobs):
-        return self.pool.run(jobs)
+    def submit(self, job):
+        self.pool.submit(job)
 
-    def blame(self, outcome, reason):
-        self.pool.blame(outcome, reason)
+    def wait(self, timeout):
+        return self.pool.wait(timeout)
+
+    def verdict(self, outcome, error):
+        self.pool.verdict(outcome, error)
 
     def close(self):
         pass
@@ -205,10 +208,12 @@ def test_local_executor_matches_inprocess(reference, tmp_path):
         assert record["offload/bytes_sent"] > 0 and record["offload/bytes_received"] > 0
         assert record["offload/bytes_saved"] == 0 and record["offload/quantize_error_sent"] == 0
     # The task of the last round stays for inspection: a task.json a worker can run again.
+    # Sticky clients: round 1 starts from the states the worker kept, so it carries none.
     task = json.loads(
-        (tmp_path / "local/offload/round-000001/shard-001/task/task.json").read_text()
+        (tmp_path / "local/offload/round-000001/shard-001/train-cache/task.json").read_text()
     )
     assert task["round"] == 1 and task["client_ids"] == [2, 3] and task["quantize"] == "none"
+    assert task["state"] == "cache" and task["return_state"] is False
     assert "log" not in task["config"] and task["config"]["federation"]["num_clients"] == 6
 
 
@@ -219,7 +224,7 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
         "missing:shard=0,round=0,attempt=1",
         "corrupt:shard=1,round=0,attempt=0",
         "truncate:shard=1,round=0,attempt=1",
-        "nan:shard=2,round=0,attempt=0",
+        "missing:shard=2,round=0,attempt=0",
         "shape:shard=2,round=0,attempt=1",
         "hang:shard=0,round=1,attempt=0",
         "wrong_round:shard=0,round=1,attempt=1",
@@ -240,8 +245,7 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
         "worker exited with code 17",
         "missing file(s): state/",
         "digest mismatch",
-        "non-finite values in params/",
-        "(3,)/float32 where (2,)/float32 is expected",
+        "/float32 where (2, 16)/float32 is expected",  # one client too many
         f"timed out while training (offload.task_timeout={TASK_TIMEOUT:g}s)",
         "report is for round 2, expected 1",
         "/float64 where",
@@ -253,7 +257,9 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
 
 def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypatch, pooled):
     run_dir = tmp_path / "lost"
-    monkeypatch.setenv("JFEDRL_FAULT", "nan:shard=1,attempt=*,round=0;corrupt:attempt=*,round=1")
+    monkeypatch.setenv(
+        "JFEDRL_FAULT", "missing:shard=1,attempt=*,round=0;corrupt:attempt=*,round=1"
+    )
     config = local_config(run_dir, offload__max_retries=1, federation__min_participation=0.6)
     with pytest.raises(OffloadError, match=r"round 2 failed: 0 of 6 .*min_participation=0.6"):
         train(config, quiet=True)
@@ -281,6 +287,18 @@ def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypa
     assert resumed.records[-1]["offload/clients_lost"] == 0
 
 
+def test_one_non_finite_client_is_masked_not_its_shard(tmp_path, monkeypatch, pooled):
+    """A worker returns NaN params for one client: only that client is left out, no retry."""
+    monkeypatch.setenv("JFEDRL_FAULT", "nan:shard=2,round=0,attempt=*")
+    result = train(local_config(tmp_path / "nan"), quiet=True, stop_after_round=1)
+    (record,) = result.records
+    assert record["offload/retries"] == 0 and record["offload/tasks_failed"] == 0
+    assert record["offload/clients_rejected"] == 1 and record["clients_excluded"] == 1
+    assert record["offload/clients_lost"] == 0
+    log = (tmp_path / "nan" / "train.log").read_text()
+    assert "returned non-finite values for client(s) 4" in log
+
+
 def test_int8_transfer_reports_bytes_saved_and_error(reference, tmp_path, pooled):
     config = local_config(tmp_path / "int8", offload__quantize="int8")
     # One round (the same config otherwise, so the pooled workers reuse their compiled step).
@@ -302,13 +320,20 @@ def test_worker_cli_rejects_a_damaged_task(tmp_path):
     (task_dir / fmt.TASK_FILE).write_text(json.dumps({"format": 99}))
     with pytest.raises(fmt.TaskError, match="task format 99"):
         Worker().run(task_dir, tmp_path / "out")
-    fields = {"format": 1, "run_id": "r", "round": 0, "shard": 0, "attempt": 0}
+    fields = {"format": fmt.FORMAT, "run_id": "r", "round": 0, "shard": 0, "attempt": 0}
     fields.update(client_ids="0,1", quantize="none", config={}, inputs={})
+    fields.update(op="train", state="task", revert=[], return_state=True)
     (task_dir / fmt.TASK_FILE).write_text(json.dumps(fields))
     with pytest.raises(fmt.TaskError, match="client_ids is missing or not a list"):
         Worker().run(task_dir, tmp_path / "out")
     (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], quantize="x")))
     with pytest.raises(fmt.TaskError, match="quantize 'x'; allowed: none, float16, int8"):
+        Worker().run(task_dir, tmp_path / "out")
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], op="x")))
+    with pytest.raises(fmt.TaskError, match="op 'x'; allowed: train, fetch"):
+        Worker().run(task_dir, tmp_path / "out")
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], revert=[5])))
+    with pytest.raises(fmt.TaskError, match="revert must list some of the task's client ids"):
         Worker().run(task_dir, tmp_path / "out")
     (task_dir / fmt.TASK_FILE).write_text("not json")
     with pytest.raises(fmt.TaskError, match="not valid JSON"):

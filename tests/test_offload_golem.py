@@ -1,15 +1,14 @@
-"""The `golem` executor: its yapapi worker function, and a real yagna daemon.
+"""The `golem` executor's pieces: the provider side, the demand, a real yagna.
 
-No provider can run here (no provider agent, exe-unit or VM runtime is
-installable), so two things are tested separately:
+- The provider side (`offload.golem.remote_command`, the long-lived
+  `--serve-dir` worker, sticky state) runs here under /bin/sh with `/golem/`
+  mapped to a folder: no yagna involved.
+- The executor against a real `yagna` 0.17 from golem-node, started offline
+  on loopback with no provider: it authenticates with a real app key,
+  publishes its demand, finds no provider and fails the round with a clear
+  error, after which the run resumes with the local executor.
 
-- `offload.golem.golem_worker`, driven by a stand-in for yapapi's WorkContext
-  that executes the script's upload / run / download steps on this machine in
-  a temporary `/golem`-style tree (a stand-in, not Golem);
-- the executor against a real `yagna` 0.17 from golem-node, started offline on
-  loopback: it authenticates with a real app key, publishes its demand, finds
-  no provider and fails the round with a clear error, after which the run
-  resumes with the local executor.
+The whole protocol with providers is in tests/test_golem_protocol.py.
 """
 
 from __future__ import annotations
@@ -32,13 +31,13 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import __version__, cli
+from jfedrl import cli
 from jfedrl.checkpoint import Checkpointer
 from jfedrl.config import GolemConfig
 from jfedrl.federated import make_simulator
 from jfedrl.outputs import read_metrics
 from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
-from offload import OffloadError, OffloadRunner, golem
+from offload import OffloadError, OffloadRunner, Outcome, golem
 from offload import task as fmt
 from tests.helpers import tiny_config, with_run_dir
 
@@ -59,171 +58,90 @@ def config_for(run_dir, **overrides):
     return with_run_dir(tiny_config(**values), run_dir)
 
 
-# ---------------------------------------------------------------- a stand-in work context
+# ---------------------------------------------------------------- the provider side, here
 
 
-class StandInScript:
-    """Records upload / run / download steps; `execute` performs them locally."""
+class ShellProvider:
+    """Runs each job as a provider would: the golem task command in a `/golem` tree.
 
-    def __init__(self, root: Path, timeout):
-        self.root = root
-        self.timeout = timeout.total_seconds() if timeout else None
-        self.steps = []
-
-    def _add(self, kind, *args):
-        future = asyncio.get_running_loop().create_future()
-        self.steps.append((kind, args, future))
-        return future
-
-    def local(self, remote: str) -> Path:
-        assert remote.startswith("/golem/"), remote
-        return self.root / remote[len("/golem/") :]
-
-    def upload_file(self, source, destination):
-        return self._add("upload", source, destination)
-
-    def run(self, *command):
-        return self._add("run", *command)
-
-    def download_bytes(self, source, on_download, limit):
-        return self._add("download", source, on_download, limit)
-
-    async def execute(self, env):
-        for kind, args, future in self.steps:
-            if kind == "upload":
-                target = self.local(args[1])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(args[0], target)
-                future.set_result(None)
-            elif kind == "run":
-                command = [arg.replace("/golem/", f"{self.root}/") for arg in args]
-                process = await asyncio.create_subprocess_exec(
-                    *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-                )
-                out, err = await asyncio.wait_for(process.communicate(), self.timeout)
-                if process.returncode:
-                    # What yapapi throws into the worker when a command fails.
-                    raise RuntimeError(
-                        f"command failed with code {process.returncode}: {err.decode()[-300:]}"
-                    )
-                future.set_result(out)
-            else:
-                source, on_download, limit = args
-                await on_download(self.local(source).read_bytes()[:limit])
-                future.set_result(None)
-
-
-class StandInContext:
-    """What `golem_worker` uses of yapapi's WorkContext: a provider id and scripts."""
-
-    def __init__(self, root: Path, provider_id: str):
-        self.root, self.provider_id = root, provider_id
-
-    def new_script(self, timeout=None):
-        return StandInScript(self.root, timeout)
-
-
-class StandInTask:
-    def __init__(self, data):
-        self.data, self.result = data, None
-
-    def accept_result(self, result=None):
-        self.result = result
-
-
-class StandInGolemExecutor:
-    """Drives `golem_worker` as yapapi's engine does, one stand-in provider at a time.
-
-    A provider whose worker raises (`ProviderFailed`) is replaced by a fresh
-    one for the remaining tasks, like yapapi starting a worker on another
-    agreement; blamed providers are recorded as the real executor does. One
-    `/golem` tree stands in for every provider's VM (so the worker compiles
-    once into its `/golem/work` cache).
+    Not Golem: `offload.golem.remote_command` runs under /bin/sh on this
+    machine with `/golem/` mapped to a folder, which exercises the provider
+    side (the long-lived worker, its request files, sticky state) without yagna.
     """
 
     def __init__(self, root: Path, env: dict[str, str]):
         self.root, self.env = root, env
-        self.providers = 0
-        self.blocked = set()
+        self.outcomes = []
+        self.answers = []
 
-    async def _provider(self, pending):
-        self.providers += 1
-        ctx = StandInContext(self.root, f"p{self.providers}")
-
-        async def tasks():
-            for golem_job in pending:
-                if not golem_job.future.done():
-                    yield StandInTask(golem_job)
-
-        worker = golem.golem_worker(
-            ctx, tasks(), task_timeout=300, worker_command=f"{sys.executable} -m offload.worker"
+    def submit(self, job):
+        (self.root / "input").mkdir(parents=True, exist_ok=True)
+        (self.root / "input" / "task.tar").write_bytes(fmt.pack(job.task_dir))
+        name = f"{job.shard:03d}-{job.attempt:02d}-{len(self.answers)}"
+        command = golem.remote_command(f"{sys.executable} -m offload.worker", name)
+        done = subprocess.run(
+            ["/bin/sh", "-c", command.replace("/golem/", f"{self.root}/")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
-        try:
-            script = await worker.__anext__()
-            while True:
-                try:
-                    await script.execute(self.env)
-                except Exception as error:  # as in yapapi's process_batches
-                    script = await worker.athrow(error)
-                else:
-                    script = await worker.asend(None)
-        except (StopAsyncIteration, golem.ProviderFailed):
-            pass
+        answer = golem.parse_answer(done.stdout)
+        self.answers.append(answer)
+        ok = done.returncode == 0 and answer["ok"]
+        if ok:
+            result = (self.root / "output" / "result.tar").read_bytes()
+            fmt.unpack(result, job.output_dir, job.max_result_bytes)
+        self.outcomes.append(Outcome(job, ok, answer.get("error", done.stderr[-500:])))
 
-    def run(self, jobs):
-        golem_jobs = [golem.prepare_job(job) for job in jobs]
-        while not all(g.future.done() for g in golem_jobs):
-            asyncio.run(self._provider(golem_jobs))
-        outcomes = [golem.finish_job(g) for g in golem_jobs]
-        for outcome in outcomes:
-            if not outcome.ok:
-                self.blame(outcome, outcome.error)
-        return outcomes
+    def wait(self, timeout):
+        done, self.outcomes = self.outcomes, []
+        return done
 
-    def blame(self, outcome, reason):
-        self.blocked.add(outcome.worker)
-
-    def close(self):
+    def verdict(self, outcome, error):
         pass
 
+    def close(self):
+        pid = int((self.root / "work" / "worker" / "pid").read_text())
+        os.kill(pid, signal.SIGTERM)
 
-def test_golem_worker_function_with_a_standin_work_context(tmp_path):
-    """A round through `golem_worker`: failed providers are replaced, the result is valid."""
-    image = {k.replace(".", "__"): v for k, v in IMAGE.items()}
-    config = config_for(tmp_path / "run", offload__executor="golem", **image)
+
+def test_provider_keeps_one_worker_and_the_clients_state_between_rounds(tmp_path):
+    """Three rounds through the provider-side command equal the in-process run.
+
+    One worker process serves every task (started by the first, found alive by
+    the next), compiles once, and keeps the clients' states: rounds 2 and 3
+    carry none, round 3 brings them home (`state_sync_rounds: 3`).
+    """
+    config = config_for(tmp_path / "run", federation__rounds=3, offload__state_sync_rounds=3)
     simulator = make_simulator(config)
     state = simulator.init(jax.random.PRNGKey(config.seed))
+    expected, _ = simulator.run_block(jax.tree.map(lambda x: x.copy(), state), 3)
 
-    # A provider's view: its own compilation cache under /golem/work, and faults:
-    # the first provider crashes, the second returns a corrupt result, the third is fine.
     env = {k: v for k, v in os.environ.items() if k != "JFEDRL_COMPILATION_CACHE"}
-    env["JFEDRL_FAULT"] = "crash:attempt=0;corrupt:attempt=1"
-    executor = StandInGolemExecutor(tmp_path / "golem", env)
-    runner = OffloadRunner(simulator, tmp_path / "run", lambda sim, work, n: executor)
-    new_state, metrics = runner.run_block(state, 1)
-
-    assert metrics["offload/retries"].tolist() == [2]
-    assert metrics["offload/tasks_failed"].tolist() == [0]
-    assert metrics["clients_excluded"].tolist() == [0] and int(new_state.round) == 1
-    assert executor.blocked == {"p1", "p2"}  # crashed, corrupt
-    assert executor.providers == 3
-    # The third provider's downloaded result is a valid result folder for its task.
-    shard = tmp_path / "run" / "offload" / "round-000000" / "shard-000"
-    task = json.loads((shard / "task" / fmt.TASK_FILE).read_text())
-    spec = fmt.result_spec(fmt.shard_shapes(simulator, 4), "none")
-    arrays, report = fmt.read_result(shard / "result-2", task, spec)
-    assert report["client_ids"] == [0, 1, 2, 3] and report["round"] == 0
-    assert report["versions"]["jfedrl"] == __version__
-    params = fmt.decode_group("params", arrays, fmt.shard_shapes(simulator, 4).new_params, True)
-    np.testing.assert_allclose(
-        jax.tree.leaves(params)[0].mean(axis=0),
-        np.asarray(jax.tree.leaves(new_state.global_params)[0]),
-        rtol=1e-5,
-        atol=1e-6,
-    )  # FedAvg of equal-weight clients is their mean
-    tree = tmp_path / "golem"
-    assert (tree / "input" / "task.tar").is_file() and (tree / "output" / "result.tar").is_file()
-    assert any((tree / "work" / "xla-cache").iterdir())  # the provider's own XLA cache
+    provider = ShellProvider(tmp_path / "golem", env)
+    runner = OffloadRunner(simulator, tmp_path / "run", lambda sim, work, n: provider)
+    try:
+        new_state, metrics = runner.run_block(state, 3)
+        pid = (tmp_path / "golem" / "work" / "worker" / "pid").read_text()
+    finally:
+        runner.close()
+    for got, want in zip(jax.tree.leaves(new_state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert metrics["offload/state_synced"].tolist() == [0, 0, 1]
+    sent = metrics["offload/bytes_sent"].tolist()
+    assert sent[1] < sent[0] and sent[2] < sent[0]  # no client states travel up after round 1
+    received = metrics["offload/bytes_received"].tolist()
+    assert received[0] < received[2] and received[1] < received[2]  # they come home in round 3
+    assert [a["ok"] for a in provider.answers] == [True, True, True]
+    compiled = [a["timings"]["compiled_fresh"] for a in provider.answers]
+    assert compiled == [True, False, False]  # one process: it compiled once
+    log = (tmp_path / "golem" / "work" / "worker" / "worker.log").read_text()
+    assert pid.strip() and "Traceback" not in log
+    rounds = tmp_path / "run" / "offload" / "round-000002" / "shard-000"
+    task = json.loads((rounds / "train-cache" / fmt.TASK_FILE).read_text())
+    assert task["state"] == "cache" and task["return_state"] is True
+    assert (tmp_path / "golem" / "work" / "xla-cache").is_dir()  # the provider's own cache
 
 
 @pytest.mark.parametrize("gpu", [False, True])
