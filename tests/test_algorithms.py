@@ -1,5 +1,5 @@
 """A2C, DQN (double / dueling) and TD3 (DDPG): the maths by hand, the federated loop,
-the vmap equivalence and tiny learning checks.
+tiny learning checks (the vmap equivalence of every algorithm: test_core_equivalences.py).
 
 One simulator per algorithm is compiled once (module fixtures) and serves both the
 "runs and counts its steps" checks and the learning check.
@@ -280,48 +280,6 @@ def test_dqn_learns_cartpole_with_two_clients(dqn_run):
     # Measured: first block ~25, last ~210, evaluation ~230; random play is ~20.
     assert last > 100.0 and last > 3 * first, dqn_run.returns
     assert dqn_run.evals.mean() > 100.0, dqn_run.evals
-
-
-def test_dqn_vmapped_clients_equal_each_client_alone():
-    """`jax.vmap` over clients == each client's update run on its own (`lax.map`)."""
-    fields = {
-        "num_envs": 2,
-        "num_steps": 8,
-        "gradient_steps": 4,
-        "batch_size": 8,
-        "buffer_size": 64,
-        "learning_starts": 32,
-        "hidden_sizes": [16],
-    }
-    sim = make_simulator(_config("dqn", "CartPole-v1", fields, federation__num_clients=3))
-    state = jax.jit(sim.init)(jax.random.PRNGKey(0))
-    keys = jax.random.split(jax.random.PRNGKey(7), 3)
-    reference = Reference(state.global_params)
-
-    def both(keys, clients, env_params):
-        batched = local_training(sim.algorithm, 2, keys, clients, env_params, reference)
-
-        def alone(args):
-            key, client, params = args
-            one = jax.tree.map(lambda x: x[None], (key, client, params))
-            client, metrics = local_training(sim.algorithm, 2, *one, reference)
-            return jax.tree.map(lambda x: x[0], client), jax.tree.map(lambda x: x[:, 0], metrics)
-
-        single = jax.lax.map(alone, (keys, clients, env_params))
-        return batched, single
-
-    (batched, batched_metrics), (single, single_metrics) = jax.jit(both)(
-        keys, state.clients, state.env_params
-    )
-    for x, y in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-    for name, value in batched_metrics.items():
-        # lax.map stacks clients first: [K, updates] vs the vmapped [updates, K].
-        np.testing.assert_allclose(value, single_metrics[name].T, rtol=1e-5, atol=1e-6)
-    # Learning started in the second update, and the clients really differ.
-    np.testing.assert_array_equal(batched.updates, [4, 4, 4])
-    kernel = batched.params["params"]["torso_0"]["kernel"]
-    assert not np.allclose(kernel[0], kernel[1])
 
 
 # ------------------------------------------------------------------ A2C

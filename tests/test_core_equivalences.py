@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from jfedrl import strategies
+from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Reference
-from jfedrl.config import StrategyConfig
+from jfedrl.config import StrategyConfig, replace_path
 from jfedrl.federated import local_training, make_simulator
 from jfedrl.strategies import ClientInfo
 from tests.helpers import tiny_config
@@ -31,32 +31,106 @@ def _allclose_trees(a, b, **kw):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
+def _equal_trees(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def _slice(tree, i):
     return jax.tree.map(lambda x: x[i : i + 1], tree)
 
 
-def test_vmapped_clients_equal_each_client_alone(sim, state):
-    keys = jax.random.split(jax.random.PRNGKey(7), NUM_CLIENTS)
-    reference = Reference(state.global_params)
-    batched, batched_metrics = jax.jit(
-        lambda k, c, p: local_training(sim.algorithm, 2, k, c, p, reference)
-    )(keys, state.clients, state.env_params)
+#: A tiny config per registered algorithm (TD3 also as DDPG); learning starts inside
+#: the two local updates, so the gradient path is compared too.
+ALGORITHM_FIELDS = {
+    "ppo": ("CartPole-v1", {}),
+    "a2c": ("CartPole-v1", {"num_envs": 2, "num_steps": 8, "hidden_sizes": [16]}),
+    "dqn": (
+        "CartPole-v1",
+        {
+            "num_envs": 2,
+            "num_steps": 8,
+            "gradient_steps": 4,
+            "batch_size": 8,
+            "buffer_size": 64,
+            "learning_starts": 16,
+            "hidden_sizes": [16],
+        },
+    ),
+    "td3": (
+        "Pendulum-v1",
+        {
+            "num_envs": 2,
+            "num_steps": 8,
+            "gradient_steps": 4,
+            "batch_size": 8,
+            "buffer_size": 64,
+            "learning_starts": 16,
+            "hidden_sizes": [16],
+        },
+    ),
+}
+VARIANTS = [(name, {}) for name in ALGORITHM_FIELDS] + [("td3", {"ddpg": True})]
 
-    single = jax.jit(lambda k, c, p: local_training(sim.algorithm, 2, k, c, p, reference))
-    for i in range(NUM_CLIENTS):
-        alone, alone_metrics = single(
-            keys[i : i + 1], _slice(state.clients, i), _slice(state.env_params, i)
+
+def test_every_registered_algorithm_is_covered():
+    assert set(ALGORITHM_FIELDS) == set(algorithms.names())
+
+
+def _algorithm_config(name, extra):
+    env, fields = ALGORITHM_FIELDS[name]
+    config = tiny_config(algo__name=name, env__name=env, federation__num_clients=NUM_CLIENTS)
+    for field, value in {**fields, **extra}.items():
+        config = replace_path(config, f"algo.{name}.{field}", value)
+    return config
+
+
+@pytest.mark.parametrize(
+    "name, extra", VARIANTS, ids=[n + ("-ddpg" if e else "") for n, e in VARIANTS]
+)
+def test_vmapped_clients_equal_each_client_alone(name, extra):
+    """`jax.vmap` over clients == each client's update run on its own (`lax.map`), for
+    every algorithm; and `set_params(get_params)` is the identity on a client."""
+    sim = make_simulator(_algorithm_config(name, extra))
+    algo = sim.algorithm
+    state = jax.jit(sim.init)(jax.random.PRNGKey(0))
+    keys = jax.random.split(jax.random.PRNGKey(7), NUM_CLIENTS)
+    reference = Reference(state.global_params, state.peer_params, state.peer_weights)
+
+    def both(keys, clients, env_params):
+        batched = local_training(algo, 2, keys, clients, env_params, reference)
+
+        def alone(args):
+            one = jax.tree.map(lambda x: x[None], args)
+            client, metrics = local_training(algo, 2, *one, reference)
+            return jax.tree.map(lambda x: x[0], client), jax.tree.map(lambda x: x[:, 0], metrics)
+
+        return batched, jax.lax.map(alone, (keys, clients, env_params))
+
+    (batched, batched_metrics), (single, single_metrics) = jax.jit(both)(
+        keys, state.clients, state.env_params
+    )
+    _allclose_trees(batched, single, rtol=1e-5, atol=1e-6)
+    for metric, value in batched_metrics.items():
+        # lax.map stacks clients first: [K, updates] vs the vmapped [updates, K].
+        np.testing.assert_allclose(
+            value, single_metrics[metric].T, rtol=1e-5, atol=1e-6, err_msg=metric
         )
-        _allclose_trees(_slice(batched, i), alone, rtol=1e-5, atol=1e-6)
-        _allclose_trees(
-            {k: v[:, i : i + 1] for k, v in batched_metrics.items()},
-            alone_metrics,
-            rtol=1e-5,
-            atol=1e-6,
-        )
-    # Clients really differ (different keys), so the comparison is not vacuous.
-    p = batched.params["params"]["actor"]["Dense_0"]["kernel"]
-    assert not np.allclose(p[0], p[1])
+    # The clients really differ (own keys and envs), so the comparison is not vacuous.
+    params = algo.get_params(batched)
+    assert any(not np.allclose(x[0], x[1]) for x in jax.tree.leaves(params))
+
+    # get/set round trip on one client, exactly: set_params really sets what get_params
+    # reads, and setting twice is setting once (set_params may also reset derived state,
+    # e.g. DQN's target network under target_sync: global).
+    client = jax.tree.map(lambda x: x[0], batched)
+    other = jax.tree.map(lambda x: x + 1.0, algo.get_params(client))
+    once = algo.set_params(client, other)
+    _equal_trees(algo.get_params(once), other)
+    _equal_trees(algo.set_params(once, other), once)
+    _equal_trees(
+        algo.get_params(algo.set_params(client, algo.get_params(client))), algo.get_params(client)
+    )
 
 
 def _stacked_params(key, num_clients):
@@ -150,15 +224,35 @@ def test_fedavg_of_one_sgd_step_equals_centralised_sgd_step():
     assert not np.allclose(client_params[0]["dense"]["kernel"], client_params[3]["dense"]["kernel"])
 
 
-def test_round_step_matches_manual_composition(sim, state):
-    """run_block = begin_round + local_training + aggregate, nothing else."""
-    new_state, metrics = jax.jit(sim.round_step)(state)
+def test_rounds_compose_from_blocks_and_from_client_shards(sim, state):
+    """A block is its rounds: `run_block(state, 2)` (one `lax.scan`, state donated) ==
+    two jitted `round_step`s. And a round is its pieces even when the clients' local
+    training runs in shards, as offload runs it: `begin_round`, `local_training` on
+    clients [0] and [1, 2] separately, the results concatenated, then `aggregate`."""
+    step = jax.jit(sim.round_step)
+    once, _ = step(state)
+    twice, twice_metrics = step(once)
+    blocked, block_metrics = sim.run_block(jax.tree.map(jnp.copy, state), 2)
+    _allclose_trees(blocked, twice, rtol=1e-6, atol=1e-7)
+    assert int(blocked.round) == 2
+    np.testing.assert_allclose(
+        block_metrics["train_return_mean"][1], twice_metrics["train_return_mean"], rtol=1e-6
+    )
+
     inputs = jax.jit(sim.begin_round)(state)
-    clients, local_metrics = jax.jit(
-        lambda i: local_training(
-            sim.algorithm, 2, i.client_keys, i.clients, i.env_params, i.reference
+
+    def shard(lo, hi):
+        part = jax.tree.map(
+            lambda x: x[lo:hi], (inputs.client_keys, inputs.clients, inputs.env_params)
         )
-    )(inputs)
-    manual, manual_metrics = jax.jit(sim.aggregate)(state, inputs, clients, local_metrics)
-    _allclose_trees(new_state.global_params, manual.global_params, rtol=1e-5, atol=1e-6)
-    assert int(new_state.round) == int(manual.round) == 1
+        return jax.jit(lambda p: local_training(sim.algorithm, 2, *p, inputs.reference))(part)
+
+    (c0, m0), (c1, m1) = shard(0, 1), shard(1, NUM_CLIENTS)
+    clients = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), c0, c1)
+    metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), m0, m1)
+    manual, _ = jax.jit(sim.aggregate)(state, inputs, clients, metrics)
+    _allclose_trees(manual, once, rtol=1e-5, atol=1e-6)
+    # The round changed the global params, so the comparison is not vacuous.
+    assert not np.allclose(
+        jax.tree.leaves(once.global_params)[0], jax.tree.leaves(state.global_params)[0]
+    )
