@@ -419,18 +419,21 @@ class Simulator:
         scale = None
         if max_norm > 0:
             scale = jnp.minimum(1.0, max_norm / jnp.maximum(update_norms, 1e-12))
-        if fed.staleness > 0 and fed.staleness_decay > 0:
-            decay = (1.0 + inputs.staleness.astype(jnp.float32)) ** -fed.staleness_decay
-            scale = decay if scale is None else scale * decay
-        if scale is not None:
             client_params = jax.tree.map(
                 lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
                 state.global_params,
                 deltas,
             )
-        elif inputs.start_params is not None:
-            # A stale update moves the current global params; a fresh one is kept as is.
-            rebased = jax.tree.map(lambda g, d: g + d, state.global_params, deltas)
+        if inputs.start_params is not None:
+            # A stale update moves the current global params, scaled by the FedAsync decay;
+            # a fresh one (s = 0) is kept exactly as the synchronous round keeps it.
+            factor = (1.0 + inputs.staleness.astype(jnp.float32)) ** -fed.staleness_decay
+            factor = factor if scale is None else factor * scale
+            rebased = jax.tree.map(
+                lambda g, d: g + d * factor.reshape((-1,) + (1,) * (d.ndim - 1)),
+                state.global_params,
+                deltas,
+            )
             client_params = _where_clients(inputs.staleness > 0, rebased, client_params)
         # Rejected clients keep the state they had before the round.
         clients = _where_clients(finite, clients, before)
