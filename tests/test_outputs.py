@@ -1,0 +1,79 @@
+"""TensorBoard events and the progress bar: what a run shows outside metrics.jsonl."""
+
+import contextlib
+import io
+import json
+import re
+import struct
+
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from jfedrl import runner
+from tests.helpers import tiny_config, with_run_dir
+
+
+def read_events(path):
+    """Every Event of a TFRecord file: [length u64][crc u32][Event proto][crc u32]."""
+    events, data = [], path.read_bytes()
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        body = data[offset + 12 : offset + 12 + length]
+        events.append(event_pb2.Event.FromString(body))
+        offset += 12 + length + 4
+    return events
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("outputs")
+    config = tiny_config(log__tensorboard=True, log__progress=True)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        result = runner.train(with_run_dir(config, run_dir), quiet=True)
+    return result, run_dir, stderr.getvalue()
+
+
+def test_tensorboard_has_every_numeric_metric_at_its_env_step(run):
+    result, run_dir, _ = run
+    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars = {}
+    for event in read_events(files[0]):
+        for value in event.summary.value:
+            scalars[(value.tag, event.step)] = value.simple_value
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    expected = {
+        (name, record["env_steps"]): value
+        for record in records
+        for name, value in record.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    assert ("eval_return", records[-1]["env_steps"]) in expected  # evaluations included
+    assert set(scalars) == set(expected)
+    for key, value in expected.items():
+        assert scalars[key] == np.float32(value), key  # stored as float32, exactly
+
+
+def test_progress_bar_counts_rounds_and_shows_returns(run):
+    result, _, stderr = run
+    # tqdm redraws with carriage returns; the last frame is the finished bar.
+    frames = [f for f in re.split(r"[\r\n]", stderr) if "round" in f]
+    assert frames, stderr
+    last = frames[-1]
+    assert "4/4" in last and "100%" in last, last
+    final_eval = result.records[-1]["eval_return"]
+    assert f"eval={final_eval:.1f}" in last, last
+    assert "ret=" in last and "steps_s=" in last, last
+    # One update per block of 2 rounds: the bar passed through 2/4.
+    assert any("2/4" in f for f in frames), frames
+
+
+def test_no_progress_bar_when_disabled(tmp_path):
+    stderr = io.StringIO()
+    config = with_run_dir(tiny_config(federation__rounds=2), tmp_path / "quiet")
+    with contextlib.redirect_stderr(stderr):
+        runner.train(config, quiet=True)
+    assert stderr.getvalue() == ""
