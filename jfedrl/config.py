@@ -799,18 +799,6 @@ def _validate_system(config: Config) -> None:
     _positive("federation.staleness", fed.staleness, strict=False)
     _positive("federation.staleness_decay", fed.staleness_decay, strict=False)
     _positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
-    in_process_only = {
-        "federation.local_updates_dist": fed.local_updates_dist != "fixed",
-        "federation.straggler_prob": fed.straggler_prob > 0,
-        "federation.dropout_prob": fed.dropout_prob > 0,
-        "federation.staleness": fed.staleness > 0,
-    }
-    for path, used in in_process_only.items():
-        if used and config.offload.executor != "inprocess":
-            raise ConfigError(
-                f"{path}: is simulated by the in-process executor only; set "
-                f"offload.executor to inprocess (got {config.offload.executor!r})"
-            )
 
 
 def schedule_horizon(fed: FederationConfig) -> int:

@@ -353,6 +353,8 @@ class GolemExecutor:
         """Agreement id -> accepted invoice amount (GLM)."""
         self.debit_notes: dict[str, Decimal] = {}
         """Agreement id -> largest accepted debit note amount (GLM, cumulative per activity)."""
+        self.owed: dict[str, Decimal] = {}
+        """Agreement id -> the most a provider has asked for (debit notes or invoice, GLM)."""
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._finished: queue.Queue = queue.Queue()
@@ -417,6 +419,10 @@ class GolemExecutor:
             error = event.exc_info[1]
             if not isinstance(error, ProviderFailed):
                 self._lost(_provider_id(event), f"{type(error).__name__}: {error}"[:500])
+        elif name in ("DebitNoteReceived", "InvoiceReceived"):
+            agreement = event.agreement.id
+            amount = _decimal(event.amount)
+            self.owed[agreement] = max(self.owed.get(agreement, Decimal(0)), amount)
         elif name == "DebitNoteAccepted":
             agreement = event.agreement.id
             amount = _decimal(event.amount)
@@ -669,10 +675,10 @@ class GolemExecutor:
     # -- the executor interface (the requestor's thread)
 
     def submit(self, job: Job) -> None:
-        spent = self.spent()
-        if spent >= Decimal(str(self.config.budget)):
+        owed = max(self.spent(), sum(self.owed.values(), Decimal(0)))
+        if owed >= Decimal(str(self.config.budget)):
             raise fmt.OffloadError(
-                f"golem: the budget is spent ({spent} of offload.golem.budget="
+                f"golem: the budget is spent (providers asked for {owed} of offload.golem.budget="
                 f"{self.config.budget:g} GLM); raise it to go on (--resume keeps the rounds done)"
             )
         task_tar = job.task_dir.parent / f"task-{job.attempt}.tar"
@@ -768,10 +774,14 @@ class GolemExecutor:
         if self._source is not None:
             self._source.put_nowait(None)
         if self._consumer is not None:
+            # A slot no provider ever took keeps yapapi's job open: nothing to wait for then.
+            untaken = any(not s.provider and not s.retired for s in self._slots.values())
+            grace = 5 if untaken or self.first_agreement is None else 60
             try:
-                await asyncio.wait_for(asyncio.shield(self._consumer), timeout=60)
+                await asyncio.wait_for(asyncio.shield(self._consumer), timeout=grace)
             except asyncio.TimeoutError:
-                log.warning("golem: the job did not end within 60 s; cancelling it")
+                if not untaken:
+                    log.warning("golem: the job did not end within %d s; cancelling it", grace)
                 self._consumer.cancel()
             except BaseException:
                 pass

@@ -444,13 +444,24 @@ class OffloadRunner:
         stripped = jax.device_get(stripped)
         ids = [int(i) for i in np.asarray(host.ids)[: sim.num_participants]]
 
-        # The broadcast once per task, the shard's states (unless kept), env params and keys.
+        # The broadcast once per task, the shard's states (unless kept), env params and keys;
+        # per client where clients differ: their own starting params (aggregation periods,
+        # staleness), stale reference params, and their number of local updates.
+        shapes = fmt.shard_shapes(sim, self._size(0))
         reference = host.reference
-        shared, sent_error = fmt.encode_group("global", reference.global_params, mode, True, False)
+        stacked = shapes.stacked_reference
+        shared, sent_error = {}, fmt.quantize.NO_ERROR
+        if not stacked:
+            shared, sent_error = fmt.encode_group(
+                "global", reference.global_params, mode, True, False
+            )
         peers, peer_error = fmt.encode_group("peers", reference.peer_params, mode, True, True)
         shared.update(peers)
         shared.update(_plain("peer_weights", reference.peer_weights))
         sent_error = sent_error + peer_error
+        starts = None
+        if shapes.start_params is not None:
+            starts = jax.device_get(jax.vmap(algorithm.get_params)(inputs.clients))
         round_dir = self.work_dir / f"round-{round_index:06d}"
         self._clean_old_rounds(round_dir)
 
@@ -461,6 +472,13 @@ class OffloadRunner:
                 data.update(_plain("clients", _rows(stripped, rows)))
             data.update(_plain("env", _rows(host.env_params, rows)))
             data.update(_plain("keys", _rows(host.client_keys, rows)))
+            if stacked:
+                stale = _rows(reference.global_params, rows)
+                data.update(fmt.encode_group("global", stale, mode, True, True)[0])
+            if starts is not None:
+                data.update(fmt.encode_group("start", _rows(starts, rows), mode, True, True)[0])
+            if shapes.num_updates is not None:
+                data.update(_plain("updates", _rows(host.num_updates, rows)))
             return data
 
         sync = not self.sticky or (round_index + 1) % offload.state_sync_rounds == 0

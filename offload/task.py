@@ -86,7 +86,13 @@ class TaskError(Exception):
 
 
 class ShardShapes(NamedTuple):
-    """Abstract trees (shape/dtype structs) of one shard of `n` clients."""
+    """Abstract trees (shape/dtype structs) of one shard of `n` clients.
+
+    `start_params` (each client's own starting params: aggregation periods or
+    staleness) and `num_updates` (per-client local work) are None when the
+    config does not need them; with staleness the reference `global_params`
+    are per client (`stacked_reference`).
+    """
 
     global_params: Any
     peer_params: Any
@@ -98,6 +104,9 @@ class ShardShapes(NamedTuple):
     new_clients: Any
     new_params: Any
     metrics: dict[str, Any]
+    start_params: Any = None
+    num_updates: Any = None
+    stacked_reference: bool = False
 
 
 def _rows(tree: Any, n: int) -> Any:
@@ -135,24 +144,40 @@ def shard_shapes(simulator, n: int) -> ShardShapes:
     clients = _rows(inputs.clients, n)
     env_params = _rows(inputs.env_params, n)
     keys = _rows(inputs.client_keys, n)
+    stacked = inputs.start_params is not None
+    reference = inputs.reference
+    if stacked:
+        reference = reference._replace(global_params=_rows(reference.global_params, n))
+    num_updates = _rows(inputs.num_updates, n) if simulator.heterogeneous else None
     stripped = jax.eval_shape(partial(strip_params, algorithm), clients)
     new_clients, metrics = jax.eval_shape(
-        partial(local_training, algorithm, simulator.config.federation.local_updates),
+        partial(
+            local_training,
+            algorithm,
+            simulator.config.federation.local_updates,
+            stacked_reference=stacked,
+        ),
         keys,
         clients,
         env_params,
-        inputs.reference,
+        reference,
+        num_updates,
     )
+    per_client_start = stacked or simulator.periodic
+    new_params = jax.eval_shape(jax.vmap(algorithm.get_params), new_clients)
     return ShardShapes(
-        global_params=inputs.reference.global_params,
-        peer_params=inputs.reference.peer_params,
-        peer_weights=inputs.reference.peer_weights,
+        global_params=reference.global_params,
+        peer_params=reference.peer_params,
+        peer_weights=reference.peer_weights,
         clients=stripped,
         env_params=env_params,
         keys=keys,
         new_clients=jax.eval_shape(partial(strip_params, algorithm), new_clients),
-        new_params=jax.eval_shape(jax.vmap(algorithm.get_params), new_clients),
+        new_params=new_params,
         metrics=dict(metrics),
+        start_params=new_params if per_client_start else None,
+        num_updates=num_updates,
+        stacked_reference=stacked,
     )
 
 
@@ -166,6 +191,8 @@ TASK_GROUPS = (
     ("clients", "clients", False, False),
     ("env", "env_params", False, False),
     ("keys", "keys", False, False),
+    ("start", "start_params", True, True),
+    ("updates", "num_updates", False, False),
 )
 RESULT_GROUPS = (
     ("clients", "new_clients", False, False),
@@ -225,8 +252,9 @@ def task_spec(shapes: ShardShapes, mode: str, op: str = "train", state: str = "t
     if op == "fetch":
         return spec
     for group, field, quantised, rows in TASK_GROUPS:
-        if group == "clients" and state == "cache":
+        if (group == "clients" and state == "cache") or getattr(shapes, field) is None:
             continue
+        rows = rows or (group == "global" and shapes.stacked_reference)
         spec.update(group_spec(group, getattr(shapes, field), mode, quantised, rows))
     return spec
 

@@ -226,6 +226,7 @@ class Worker:
                     local_training,
                     simulator.algorithm,
                     simulator.config.federation.local_updates,
+                    stacked_reference=simulator.config.federation.staleness > 0,
                 )
             )
             self._compiled[key] = fn.lower(*args).compile()
@@ -305,16 +306,24 @@ class Worker:
             out.mkdir(parents=True, exist_ok=True)
             fmt.save_arrays(out / fmt.STATE_DIR, result)
             return self._finish(task, out, fault, {"total": time.perf_counter() - start})
-        global_params = fmt.decode_group("global", arrays, shapes.global_params, rows=False)
+        stacked = shapes.stacked_reference
+        global_params = fmt.decode_group("global", arrays, shapes.global_params, rows=stacked)
         reference = Reference(
             global_params,
             fmt.decode_group("peers", arrays, shapes.peer_params, rows=True),
             fmt.decode_group("peer_weights", arrays, shapes.peer_weights, rows=False),
         )
-        clients = fmt.with_params_jit(algorithm, stripped, global_params, False)
+        if shapes.start_params is not None:  # each client starts from its own params
+            own = fmt.decode_group("start", arrays, shapes.start_params, rows=True)
+            clients = fmt.with_params_jit(algorithm, stripped, own, True)
+        else:
+            clients = fmt.with_params_jit(algorithm, stripped, global_params, False)
         env_params = fmt.decode_group("env", arrays, shapes.env_params, rows=False)
         keys = fmt.decode_group("keys", arrays, shapes.keys, rows=False)
-        args = (keys, clients, env_params, reference)
+        num_updates = None
+        if shapes.num_updates is not None:
+            num_updates = fmt.decode_group("updates", arrays, shapes.num_updates, rows=False)
+        args = (keys, clients, env_params, reference, num_updates)
         restored = time.perf_counter()
 
         step, fresh = self._step(simulator, n, args, progress)

@@ -11,7 +11,11 @@ CartPole-v1) it measures, on this machine:
   local-training step with an empty persistent cache and with a warm one;
 - the bytes of a round's tasks and results (on disk, as orbax writes them,
   compressed) with `none`, `float16` and `int8` transfer quantisation, the
-  array bytes quantisation saves, and the error it introduces.
+  array bytes quantisation saves, and the error it introduces;
+- sticky clients: bytes moved per warm round (up + back) when every round
+  ships the clients' full states (`offload.state_sync_rounds: 0`) and when
+  the workers keep them (`state_sync_rounds: 10`), for PPO and for DQN (whose
+  replay buffer lives in the client state), with the round times.
 
 Writes bench/offload.json and bench/offload.md.
 
@@ -41,15 +45,19 @@ from offload import task as fmt
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def config_for(clients: int, shards: int, quantize: str = "none") -> Config:
+def config_for(
+    clients: int, shards: int, quantize: str = "none", algo: str = "ppo", sync: int = 10
+) -> Config:
     config = Config()
     for path, value in {
+        "algo.name": algo,
         "federation.num_clients": clients,
         "federation.local_updates": 4,
         "federation.rounds": 100,
         "offload.executor": "local",
         "offload.shards": shards,
         "offload.quantize": quantize,
+        "offload.state_sync_rounds": sync,
     }.items():
         config = replace_path(config, path, value)
     return config
@@ -72,6 +80,32 @@ def worker_reports(run_dir: Path) -> list[dict]:
         json.loads(path.read_text())
         for path in sorted(rounds[-1].glob("shard-*/result-*/report.json"))
     ]
+
+
+def traffic(
+    clients: int, shards: int, algo: str, sync: int, rounds: int, work: Path, env: dict
+) -> dict:
+    """Bytes moved and seconds per warm round (median), states shipped or kept."""
+    config = config_for(clients, shards, algo=algo, sync=sync)
+    simulator = make_simulator(config)
+    state = simulator.init(jax.random.PRNGKey(0))
+    run_dir = work / f"traffic-{clients}-{algo}-{sync}"
+    runner = OffloadRunner(
+        simulator, run_dir, lambda sim, w, n: LocalExecutor(n, w / "workers", 600, 900, env=env)
+    )
+    state, _ = runner.run_block(state, 1)  # compiles; the first round ships the states
+    moved, seconds = [], []
+    for _ in range(rounds):
+        tick = time.perf_counter()
+        state, metrics = runner.run_block(state, 1)
+        seconds.append(time.perf_counter() - tick)
+        moved.append(int(metrics["offload/bytes_sent"][0] + metrics["offload/bytes_received"][0]))
+    runner.close()
+    return {
+        "bytes_per_round": statistics.median(moved),
+        "round_seconds": statistics.median(seconds),
+        "bytes": moved,
+    }
 
 
 def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
@@ -102,14 +136,14 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
         runner = OffloadRunner(simulator, run_dir, lambda sim, w, n, e=executor: e)
         offloaded = copy(state)
         outcomes = []
-        original_run = executor.run
+        original_wait = executor.wait
 
-        def recording_run(jobs, original_run=original_run, outcomes=outcomes):
-            result = original_run(jobs)
-            outcomes.extend(result)
-            return result
+        def recording_wait(timeout, original_wait=original_wait, outcomes=outcomes):
+            done = original_wait(timeout)
+            outcomes.extend(done)
+            return done
 
-        executor.run = recording_run
+        executor.wait = recording_wait
         offloaded, _ = runner.run_block(offloaded, 1)  # compiles
         compile_seconds[phase] = max(o.compile_seconds for o in outcomes)
         if phase == "warm_cache":
@@ -134,7 +168,7 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
     # (in the first, the optimiser moments are all zero and compress to nothing).
     transfer = {}
     for mode in ("none", "float16", "int8"):
-        qconfig = config_for(clients, shards, mode)
+        qconfig = config_for(clients, shards, mode, sync=0)
         qsim = make_simulator(qconfig)
         run_dir = work / f"run-{clients}-{mode}"
         runner = OffloadRunner(
@@ -156,6 +190,14 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
             "quantize_error_received": float(metrics["offload/quantize_error_received"][0]),
         }
 
+    sticky = {
+        algo: {
+            label: traffic(clients, shards, algo, sync, rounds, work, env)
+            for label, sync in (("states_every_round", 0), ("sticky", 10))
+        }
+        for algo in ("ppo", "dqn")
+    }
+
     inproc_median = statistics.median(inproc_rounds)
     offload_median = statistics.median(offload_rounds)
     median_breakdown = {key: statistics.median(b[key] for b in breakdown) for key in breakdown[0]}
@@ -171,6 +213,7 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
         "worker_startup_seconds": startup,
         "worker_compile_seconds": compile_seconds,
         "transfer": transfer,
+        "sticky": sticky,
         "inprocess_rounds": inproc_rounds,
         "offload_rounds": offload_rounds,
     }
@@ -234,6 +277,26 @@ def markdown(results: dict) -> str:
                 f"| {r['clients']} | {mode} | {t['bytes_sent']} | {t['bytes_received']} | "
                 f"{t['bytes_saved']} | {t['quantize_error_sent']:.2e} | "
                 f"{t['quantize_error_received']:.2e} |"
+            )
+    lines += [
+        "",
+        "Sticky clients: bytes moved per warm round (task up + result back, on disk) when every "
+        "round ships the clients' states vs when each worker keeps its shard's states "
+        "(`offload.state_sync_rounds` 0 vs 10; the states then come home every 10 rounds and "
+        "before each checkpoint, not counted here).",
+        "",
+        "| clients | algorithm | states every round, bytes | kept, bytes | less | "
+        "round s (every round) | round s (kept) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        for algo, t in r["sticky"].items():
+            full, kept = t["states_every_round"], t["sticky"]
+            lines.append(
+                f"| {r['clients']} | {algo} | {full['bytes_per_round']:.0f} | "
+                f"{kept['bytes_per_round']:.0f} | "
+                f"{full['bytes_per_round'] / kept['bytes_per_round']:.1f}x | "
+                f"{full['round_seconds']:.3f} | {kept['round_seconds']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 

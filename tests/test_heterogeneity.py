@@ -276,7 +276,6 @@ def test_weighted_sampling_follows_the_clients_work():
         ("federation.local_updates_min", 3, r"local_updates_min: must be in \[1, local_updates"),
         ("federation.straggler_prob", 1.5, r"straggler_prob: must be in \[0, 1\]"),
         ("federation.dropout_prob", 1.0, r"dropout_prob: must be in \[0, 1\)"),
-        ("offload.executor", "local", "local_updates_dist: is simulated by the in-process"),
     ],
 )
 def test_bad_heterogeneity_configs_name_the_field(path, value, message):

@@ -100,15 +100,16 @@ def pooled(pool, monkeypatch):
 
 
 def assert_same_run(got, want):
+    """Bit-identical final state and metrics (docs/offload.md promises it on CPU)."""
     for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(got.records) == len(want.records)
     for record, expected in zip(got.records, want.records, strict=True):
         for name, value in expected.items():
             if name in TIMING:
                 continue
-            np.testing.assert_allclose(
-                np.asarray(record[name], float), np.asarray(value, float), rtol=1e-5, err_msg=name
+            np.testing.assert_array_equal(
+                np.asarray(record[name], float), np.asarray(value, float), err_msg=name
             )
 
 
@@ -253,6 +254,9 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
     ):
         assert expected in log, expected
     assert log.count("digest mismatch") == 2  # corrupt and truncate
+    # Round 2: shard 1's retry (which then fails on its client ids) ran while shard 0 hung;
+    # a failed shard is retried at once, not after the round's slowest shard.
+    assert log.index("report is for other client ids") < log.index("timed out while training")
 
 
 def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypatch, pooled):
@@ -285,6 +289,42 @@ def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypa
     resumed = train(resume_config(run_dir, {"federation.rounds": 2}), resume=True, quiet=True)
     assert [r["round"] for r in resumed.records] == [1, 2]
     assert resumed.records[-1]["offload/clients_lost"] == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "federation__local_updates_dist": "uniform",
+            "federation__local_updates_redraw": True,
+            "federation__dropout_prob": 0.3,
+            "federation__staleness": 2,
+            "federation__staleness_decay": 0.5,
+        },
+        {
+            "algo__name": "td3",
+            "env__name": "Pendulum-v1",
+            "algo__td3__critic_period": 1,
+            "algo__td3__actor_period": 2,
+        },
+    ],
+    ids=["unequal-work-dropouts-staleness", "td3-periods"],
+)
+def test_per_client_work_and_start_params_offload_exactly(tmp_path, overrides):
+    """Unequal local work, drop-outs, stale starts and per-component periods travel too."""
+    values = dict(federation__rounds=3, log__rounds_per_block=3, **overrides)
+    config = base_config(**values)
+    want = train(with_run_dir(config, tmp_path / "inprocess"), quiet=True)
+    got = train(local_config(tmp_path / "local", **values), quiet=True)
+    if config.algo.name == "ppo":
+        assert_same_run(got, want)
+        return
+    # TD3's update compiles to a different fusion alone than inside the whole round, so its
+    # floats agree to rounding (which 3 rounds of training amplify to ~1e-5), not bit for bit
+    # (PPO's agree exactly). Starting a client from the global actor instead of its own would
+    # be off by orders of magnitude more.
+    for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
 
 
 def test_one_non_finite_client_is_masked_not_its_shard(tmp_path, monkeypatch, pooled):

@@ -126,8 +126,3 @@ def test_periods_must_be_positive(name):
     with pytest.raises(ConfigError, match=f"algo.td3.{name}: must be >= 1"):
         validate(_config(1, **{name: 0}))
 
-
-def test_periods_need_the_in_process_executor():
-    config = replace_path(_config(1, actor_period=2), "offload.executor", "local")
-    with pytest.raises(ConfigError, match="actor_period: periods > 1 are simulated by the in-pro"):
-        validate(config)

@@ -195,13 +195,6 @@ def validate(config: Config) -> None:
     common.require_layers("algo.td3.hidden_sizes", td3.hidden_sizes)
     common.require_choice("algo.td3.activation", td3.activation, tuple(networks.ACTIVATIONS))
     common.require_choice("algo.td3.target_sync", td3.target_sync, ("local", "global"))
-    periodic = td3.critic_period > 1 or td3.actor_period > 1
-    if periodic and config.offload.executor != "inprocess":
-        raise ConfigError(
-            "algo.td3.critic_period / actor_period: periods > 1 are simulated by the "
-            f"in-process executor only; set offload.executor to inprocess "
-            f"(got {config.offload.executor!r})"
-        )
 
 
 def build(config: Config, env, env_params) -> Algorithm:
