@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -668,6 +669,11 @@ class GolemExecutor:
         if data is None:
             self._finish(golem_job, False, "no result downloaded")
             return "no result downloaded"
+        expected = answer.get("archive_sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            error = "bad result: the archive changed in transfer (its sha256 differs)"
+            self._finish(golem_job, False, error)
+            return error
         if not self._finish(golem_job, True, data=data):
             return None  # given up at its deadline meanwhile: the requestor has moved on
         return await asyncio.wrap_future(golem_job.verdict)

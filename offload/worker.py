@@ -31,14 +31,16 @@ provider receives and returns). The persistent compilation cache lives in
 `/golem/work/xla-cache` on a provider, else the user cache.
 
 Fault injection (tests): `JFEDRL_FAULT="kind[:shard=S,attempt=A,round=R][;...]"`
-with kinds `crash`, `hang`, `corrupt`, `truncate`, `missing`, `nan`, `shape`,
-`dtype`, `wrong_round`, `wrong_clients`; `shard` and `round` default to any,
+with kinds `crash`, `hang` (after compiling), `stall` (before restoring),
+`corrupt`, `truncate`, `missing`, `nan` (one client), `shape`, `dtype`,
+`wrong_round`, `wrong_clients`; `shard` and `round` default to any,
 `attempt` to 0 (so a retry succeeds); `*` means any.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -56,6 +58,7 @@ FAULT_ENV = "JFEDRL_FAULT"
 FAULT_KINDS = (
     "crash",
     "hang",
+    "stall",
     "corrupt",
     "truncate",
     "missing",
@@ -269,8 +272,12 @@ class Worker:
                 from offload.task import pack
 
                 partial_tar = output_path.with_name(output_path.name + ".part")
-                partial_tar.write_bytes(pack(staging))
+                archive = pack(staging)
+                partial_tar.write_bytes(archive)
                 partial_tar.replace(output_path)
+                # Sent apart from the file (a Golem task prints it), so any change the
+                # transfer makes to the archive shows, even in tar padding.
+                report["archive_sha256"] = hashlib.sha256(archive).hexdigest()
                 return report
             return self._run(input_path, output_path, progress, fault)
         except (KeyError, TypeError) as error:
@@ -291,6 +298,8 @@ class Worker:
         fmt.check_task(task)
         fmt.verify_digests(task_dir, task["inputs"], exclude=(fmt.TASK_FILE,))
         fault = _fault_for(task, fault_spec)
+        if fault == "stall":  # stuck before the step, e.g. on a slow disk
+            _hang()
         simulator = self.simulator(task["config"])
         algorithm = simulator.algorithm
         n, mode, op = len(task["client_ids"]), task["quantize"], task["op"]
@@ -481,7 +490,10 @@ def _answer(
             fault=request.get("fault"),
         )
         seconds = time.perf_counter() - start
-        return {"event": "done", "ok": True, "seconds": seconds, "timings": report["timings"]}
+        answer = {"event": "done", "ok": True, "seconds": seconds, "timings": report["timings"]}
+        if "archive_sha256" in report:
+            answer["archive_sha256"] = report["archive_sha256"]
+        return answer
     except CacheMiss as error:
         return {"event": "done", "ok": False, "error": f"{CACHE_MISS}: {error}"}
     except (TaskError, ValueError, KeyError) as error:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import numpy as np
+
 from jfedrl.config import Config, replace_path
 
 
@@ -36,3 +39,17 @@ def tiny_config(**overrides) -> Config:
 
 def with_run_dir(config: Config, run_dir) -> Config:
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
+
+
+def equal_trees(a, b) -> bool:
+    """True if two pytrees have the same leaves, bit for bit."""
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return False
+    pairs = zip(leaves_a, leaves_b, strict=True)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+
+
+def row(tree, i):
+    """Client `i` of a stacked pytree."""
+    return jax.tree.map(lambda x: x[i], tree)

@@ -20,22 +20,10 @@ from jfedrl.algorithms import Reference
 from jfedrl.config import ConfigError, StrategyConfig, validate
 from jfedrl.federated import local_training, make_simulator
 from jfedrl.strategies import ClientInfo
-from tests.helpers import tiny_config
+from tests.helpers import equal_trees, row, tiny_config
 
 NUM_CLIENTS = 4
 LOCAL_UPDATES = 3
-
-
-def _equal_trees(a, b) -> bool:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    if len(leaves_a) != len(leaves_b):
-        return False
-    pairs = zip(leaves_a, leaves_b, strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
-
-
-def _row(tree, i):
-    return jax.tree.map(lambda x: x[i], tree)
 
 
 # ------------------------------------------------------------------ FedNova maths
@@ -94,7 +82,7 @@ def test_fednova_with_equal_steps_is_fedavg_and_keeps_global_when_all_masked():
     for name in global_params:
         np.testing.assert_allclose(np.asarray(nova[name]), np.asarray(fedavg[name]), rtol=1e-6)
     none, _ = _aggregate("fednova", global_params, clients, tau, np.zeros(4, bool))
-    assert _equal_trees(none, global_params)
+    assert equal_trees(none, global_params)
 
 
 def test_fednova_without_local_steps_uses_num_steps():
@@ -160,11 +148,11 @@ def test_masked_surplus_steps_leave_the_state_of_the_last_real_step(sim, state):
             lambda k, c, p, steps=steps: local_training(sim.algorithm, steps, k, c, p, reference)
         )(*args)
         for client in np.flatnonzero(np.asarray(counts) == steps):
-            assert _equal_trees(_row(masked, client), _row(exact, client)), (steps, client)
+            assert equal_trees(row(masked, client), row(exact, client)), (steps, client)
     # Zero steps: the client's state is untouched.
-    assert _equal_trees(_row(masked, 2), _row(state.clients, 2))
+    assert equal_trees(row(masked, 2), row(state.clients, 2))
     # And the clients really moved differently.
-    assert not _equal_trees(_row(masked, 1).params, _row(masked, 0).params)
+    assert not equal_trees(row(masked, 1).params, row(masked, 0).params)
 
 
 def test_dropouts_are_masked_and_keep_their_state(sim, state, pieces):
@@ -181,7 +169,7 @@ def test_dropouts_are_masked_and_keep_their_state(sim, state, pieces):
             if counts[slot] == 0:
                 seen_dropout = True
                 assert weights[slot] == 0.0
-                assert _equal_trees(_row(new.clients, client), _row(current.clients, client))
+                assert equal_trees(row(new.clients, client), row(current.clients, client))
         seen_partial |= bool(np.any((counts > 0) & (counts < LOCAL_UPDATES)))
         assert int(metrics["clients_dropped"]) == int(np.sum(counts == 0))
         assert int(metrics["clients_excluded"]) == 0
@@ -220,8 +208,8 @@ def test_unequal_work_makes_fedavg_differ_from_mean(sim, state, pieces):
 def test_heterogeneous_rounds_are_reproducible_from_the_seed(sim, state):
     first, m1 = sim.run_block(state, 2)
     again, m2 = sim.run_block(jax.jit(sim.init)(jax.random.PRNGKey(0)), 2)
-    assert _equal_trees(first, again)
-    assert _equal_trees(m1, m2)
+    assert equal_trees(first, again)
+    assert equal_trees(m1, m2)
 
 
 def test_fixed_counts_stay_per_client_and_redraw_changes_them():

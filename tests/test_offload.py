@@ -231,16 +231,17 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
         "wrong_round:shard=0,round=1,attempt=1",
         "dtype:shard=1,round=1,attempt=0",
         "wrong_clients:shard=1,round=1,attempt=1",
+        "stall:shard=2,round=1,attempt=0",
     ]
     monkeypatch.setenv("JFEDRL_FAULT", ";".join(faults))
     run_dir = tmp_path / "faults"
     restarts = pooled.restarts
     result = train(local_config(run_dir, offload__max_retries=2), quiet=True)
     assert_same_run(result, reference)
-    assert [r["offload/retries"] for r in result.records] == [6, 4]
-    assert [r["offload/attempts"] for r in result.records] == [9, 7]
+    assert [r["offload/retries"] for r in result.records] == [6, 5]
+    assert [r["offload/attempts"] for r in result.records] == [9, 8]
     assert all(r["offload/tasks_failed"] == 0 for r in result.records)
-    assert pooled.restarts == restarts + 2  # the crashed and the hung worker
+    assert pooled.restarts == restarts + 3  # the crashed, the hung and the stalled worker
     log = (run_dir / "train.log").read_text()
     for expected in (
         "worker exited with code 17",
@@ -248,6 +249,8 @@ def test_every_fault_is_detected_and_retried(reference, tmp_path, monkeypatch, p
         "digest mismatch",
         "/float32 where (2, 16)/float32 is expected",  # one client too many
         f"timed out while training (offload.task_timeout={TASK_TIMEOUT:g}s)",
+        # A warm worker stuck before its step is held to task_timeout, not compile_timeout.
+        f"timed out while restoring (offload.task_timeout={TASK_TIMEOUT:g}s)",
         "report is for round 2, expected 1",
         "/float64 where",
         "report is for other client ids",
@@ -339,7 +342,7 @@ def test_one_non_finite_client_is_masked_not_its_shard(tmp_path, monkeypatch, po
     assert "returned non-finite values for client(s) 4" in log
 
 
-def test_int8_transfer_reports_bytes_saved_and_error(reference, tmp_path, pooled):
+def test_int8_transfer_reports_bytes_saved_and_error(tmp_path, pooled):
     config = local_config(tmp_path / "int8", offload__quantize="int8")
     # One round (the same config otherwise, so the pooled workers reuse their compiled step).
     result = train(config, quiet=True, stop_after_round=1)
@@ -347,9 +350,13 @@ def test_int8_transfer_reports_bytes_saved_and_error(reference, tmp_path, pooled
     assert record["offload/bytes_saved"] > 0
     assert 0 < record["offload/quantize_error_sent"] < 0.01  # int8: at most ~1/254 per value
     assert 0 < record["offload/quantize_error_received"] < 0.01
-    # Training from an int8 broadcast stays close to the exact run after one round.
-    exact = reference.records[0]["train_return_mean"]
-    assert record["train_return_mean"] == pytest.approx(exact, rel=0.5)
+    # One round from an int8 broadcast, with int8 updates back, lands within about the
+    # quantisation error of the exact round's global params (and not on them).
+    exact = train(local_config(tmp_path / "exact"), quiet=True, stop_after_round=1)
+    got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(result.state.global_params)])
+    want = np.concatenate([np.ravel(x) for x in jax.tree.leaves(exact.state.global_params)])
+    relative = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 0 < relative < 0.02, relative
 
 
 def test_worker_cli_rejects_a_damaged_task(tmp_path):

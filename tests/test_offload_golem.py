@@ -134,6 +134,7 @@ def test_provider_keeps_one_worker_and_the_clients_state_between_rounds(tmp_path
     received = metrics["offload/bytes_received"].tolist()
     assert received[0] < received[2] and received[1] < received[2]  # they come home in round 3
     assert [a["ok"] for a in provider.answers] == [True, True, True]
+    assert all(len(a["archive_sha256"]) == 64 for a in provider.answers)  # checked on download
     compiled = [a["timings"]["compiled_fresh"] for a in provider.answers]
     assert compiled == [True, False, False]  # one process: it compiled once
     log = (tmp_path / "golem" / "work" / "worker" / "worker.log").read_text()

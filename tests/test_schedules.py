@@ -15,17 +15,9 @@ import pytest
 from jfedrl import runner
 from jfedrl.config import ConfigError, load_yaml, replace_path, validate
 from jfedrl.federated import make_simulator
-from tests.helpers import tiny_config, with_run_dir
+from tests.helpers import equal_trees, tiny_config, with_run_dir
 
 HORIZON = 2
-
-
-def _equal_trees(a, b) -> bool:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    if len(leaves_a) != len(leaves_b):
-        return False
-    pairs = zip(leaves_a, leaves_b, strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
 
 
 def _maths(records):
@@ -66,15 +58,15 @@ def test_extending_a_run_continues_at_the_schedules_end(short_run, long_run):
     assert config.federation.schedule_rounds == HORIZON
     extended = runner.train(config, resume=True, quiet=True)
     # The extension is the fresh longer run with the same horizon, exactly ...
-    assert _equal_trees(extended.state, long_run.state)
+    assert equal_trees(extended.state, long_run.state)
     assert _maths(extended.records) == _maths(long_run.records)
     # ... whose first part is the original run, exactly.
     assert _maths(long_run.records[:HORIZON]) == _maths(short_run.records)
     # After the horizon the learning rate is the anneal's end value, 0: nothing moves.
-    assert _equal_trees(extended.state.global_params, short_run.state.global_params)
+    assert equal_trees(extended.state.global_params, short_run.state.global_params)
     for i in range(2):  # the clients received it and did not move it either
         client = jax.tree.map(lambda x, i=i: x[i], extended.state.clients.params)
-        assert _equal_trees(client, short_run.state.global_params)
+        assert equal_trees(client, short_run.state.global_params)
     saved = load_yaml(short_run.run_dir / runner.CONFIG_FILE)
     assert saved.federation.rounds == 2 * HORIZON and saved.federation.schedule_rounds == HORIZON
 
@@ -84,7 +76,7 @@ def test_interrupted_and_resumed_equals_uninterrupted_exactly(long_run, tmp_path
     first = runner.train(with_run_dir(config, tmp_path), quiet=True, stop_after_round=HORIZON)
     assert first.interrupted
     resumed = runner.train(runner.resume_config(tmp_path), resume=True, quiet=True)
-    assert _equal_trees(resumed.state, long_run.state)
+    assert equal_trees(resumed.state, long_run.state)
     assert _maths(resumed.records) == _maths(long_run.records)
 
 

@@ -16,7 +16,7 @@ from jfedrl import runner
 from jfedrl.algorithms import Reference
 from jfedrl.config import ConfigError, replace_path, validate
 from jfedrl.federated import local_training, make_simulator
-from tests.helpers import tiny_config, with_run_dir
+from tests.helpers import equal_trees, row, tiny_config, with_run_dir
 
 K = 2
 DECAY = 0.5
@@ -24,18 +24,6 @@ DECAY = 0.5
 
 def _config(**overrides):
     return tiny_config(**overrides)
-
-
-def _equal_trees(a, b) -> bool:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    if len(leaves_a) != len(leaves_b):
-        return False
-    pairs = zip(leaves_a, leaves_b, strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
-
-
-def _row(tree, i):
-    return jax.tree.map(lambda x: x[i], tree)
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +48,16 @@ def test_k0_is_the_synchronous_round_bit_for_bit(stale, history):
     assert state.global_history == ()
     after, _ = jax.jit(sync.round_step)(state)
     # In round 0 every client is fresh (s = 0): the stale path is then the synchronous one.
-    assert _equal_trees(after.global_params, history[1].global_params)
-    assert _equal_trees(after.clients, history[1].clients)
-    assert not _equal_trees(after.global_params, history[0].global_params)
+    assert equal_trees(after.global_params, history[1].global_params)
+    assert equal_trees(after.clients, history[1].clients)
+    assert not equal_trees(after.global_params, history[0].global_params)
 
 
 def test_ring_buffer_holds_the_last_k_plus_1_globals(history):
     for r, state in enumerate(history):
         for back in range(min(K, r) + 1):
             slot = (r - back) % (K + 1)
-            assert _equal_trees(_row(state.global_history, slot), history[r - back].global_params)
+            assert equal_trees(row(state.global_history, slot), history[r - back].global_params)
 
 
 def test_each_client_starts_from_the_global_of_s_rounds_ago(stale, history):
@@ -82,9 +70,9 @@ def test_each_client_starts_from_the_global_of_s_rounds_ago(stale, history):
         assert (staleness >= 0).all() and (staleness <= min(K, r)).all()
         for i, s in enumerate(staleness):
             stale_global = history[r - s].global_params
-            assert _equal_trees(_row(inputs.start_params, i), stale_global)
-            assert _equal_trees(_row(inputs.clients.params, i), stale_global)
-            assert _equal_trees(_row(inputs.reference.global_params, i), stale_global)
+            assert equal_trees(row(inputs.start_params, i), stale_global)
+            assert equal_trees(row(inputs.clients.params, i), stale_global)
+            assert equal_trees(row(inputs.reference.global_params, i), stale_global)
             seen.add(int(s))
         # Reproducible: the draw is a function of the run key and the round.
         assert np.array_equal(np.asarray(begin(history[r]).staleness), staleness)
@@ -138,7 +126,7 @@ def test_resume_with_staleness_is_exact(tmp_path):
     assert first.interrupted
     resumed = runner.train(runner.resume_config(tmp_path / "resumed"), resume=True, quiet=True)
     assert int(resumed.state.round) == config.federation.rounds
-    assert _equal_trees(full.state, resumed.state)
+    assert equal_trees(full.state, resumed.state)
     assert (
         np.asarray(full.state.global_history["params"]["actor"]["Dense_0"]["kernel"]).shape[0]
         == K + 1
@@ -167,10 +155,10 @@ def test_each_client_regularises_towards_its_own_start_params():
     both = jax.jit(lambda r: train(r, True))(stacked)
     shared = jax.jit(lambda r: train(r, False))
     for i, reference in enumerate((state.global_params, far)):
-        alone = _row(shared(reference), i)
-        for got, want in zip(jax.tree.leaves(_row(both, i)), jax.tree.leaves(alone), strict=True):
+        alone = row(shared(reference), i)
+        for got, want in zip(jax.tree.leaves(row(both, i)), jax.tree.leaves(alone), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
-    assert not _equal_trees(_row(both, 1), _row(shared(state.global_params), 1))
+    assert not equal_trees(row(both, 1), row(shared(state.global_params), 1))
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from jfedrl.algorithms import Reference
 from jfedrl.config import ConfigError, replace_path, validate
 from jfedrl.federated import local_training, make_simulator
-from tests.helpers import tiny_config
+from tests.helpers import equal_trees, row, tiny_config
 
 POLICY_DELAY = 2
 
@@ -42,18 +42,6 @@ def _config(num_clients: int, **fields):
     return config
 
 
-def _equal_trees(a, b) -> bool:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    if len(leaves_a) != len(leaves_b):
-        return False
-    pairs = zip(leaves_a, leaves_b, strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
-
-
-def _row(tree, i):
-    return jax.tree.map(lambda x: x[i], tree)
-
-
 def test_one_client_with_n_l_1_is_centralised_td3():
     """N = 1 critic update per round (critic_period 1); the actor is updated every M =
     policy_delay critic updates and sent after each (L = 1): actor_period = M rounds."""
@@ -64,7 +52,7 @@ def test_one_client_with_n_l_1_is_centralised_td3():
     step = jax.jit(sim.round_step)
     train = jax.jit(
         lambda keys, agent: local_training(
-            sim.algorithm, 1, keys, agent, state.env_params, Reference(_row(agent.params, 0))
+            sim.algorithm, 1, keys, agent, state.env_params, Reference(row(agent.params, 0))
         )
     )
     federated = state
@@ -74,8 +62,8 @@ def test_one_client_with_n_l_1_is_centralised_td3():
         _, key_clients, _ = jax.random.split(jax.random.fold_in(state.key, r), 3)
         agent, _ = train(jax.random.split(key_clients, 1), agent)
     assert int(agent.updates[0]) > 2 * POLICY_DELAY  # it learned, with delayed actor updates
-    assert _equal_trees(federated.clients, agent)
-    assert _equal_trees(federated.global_params, _row(agent.params, 0))
+    assert equal_trees(federated.clients, agent)
+    assert equal_trees(federated.global_params, row(agent.params, 0))
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +81,10 @@ def two_clients():
 def test_actor_is_averaged_only_every_actor_period(two_clients):
     sim, state0, state1, state2 = two_clients
     # After round 1 the critic is averaged, the actor is not (period 2).
-    assert _equal_trees(state1.global_params["actor"], state0.global_params["actor"])
-    assert not _equal_trees(state1.global_params["critic"], state0.global_params["critic"])
+    assert equal_trees(state1.global_params["actor"], state0.global_params["actor"])
+    assert not equal_trees(state1.global_params["critic"], state0.global_params["critic"])
     # After round 2 both are: the actor is the mean of the clients' actors.
-    assert not _equal_trees(state2.global_params["actor"], state0.global_params["actor"])
+    assert not equal_trees(state2.global_params["actor"], state0.global_params["actor"])
     for got, clients in zip(
         jax.tree.leaves(state2.global_params["actor"]),
         jax.tree.leaves(state2.clients.params["actor"]),
@@ -109,20 +97,17 @@ def test_a_component_not_due_stays_local_at_the_broadcast(two_clients):
     sim, _, state1, state2 = two_clients
     inputs = jax.jit(sim.begin_round)(state1)
     # Round 1: the clients keep their own actors and receive the averaged critic.
-    assert _equal_trees(inputs.clients.params["actor"], state1.clients.params["actor"])
-    assert not _equal_trees(_row(inputs.clients.params["actor"], 0), state1.global_params["actor"])
+    assert equal_trees(inputs.clients.params["actor"], state1.clients.params["actor"])
+    assert not equal_trees(row(inputs.clients.params["actor"], 0), state1.global_params["actor"])
     for i in range(2):
-        assert _equal_trees(
-            _row(inputs.clients.params["critic"], i), state1.global_params["critic"]
-        )
+        assert equal_trees(row(inputs.clients.params["critic"], i), state1.global_params["critic"])
     # Round 2: both components are broadcast.
     inputs = jax.jit(sim.begin_round)(state2)
     for i in range(2):
-        assert _equal_trees(_row(inputs.clients.params, i), state2.global_params)
+        assert equal_trees(row(inputs.clients.params, i), state2.global_params)
 
 
 @pytest.mark.parametrize("name", ["critic_period", "actor_period"])
 def test_periods_must_be_positive(name):
     with pytest.raises(ConfigError, match=f"algo.td3.{name}: must be >= 1"):
         validate(_config(1, **{name: 0}))
-

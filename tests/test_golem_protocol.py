@@ -1,0 +1,181 @@
+"""The `golem` executor end to end over a PROTOCOL-LEVEL Golem network.
+
+Real yagna 0.17.6 daemons (a router, the requestor, the providers) and the
+real executor (yapapi 0.13.1); scripted provider agents and stand-in
+exe-units that run the task commands on this machine (tests/golemnet). This
+checks the protocol: market, agreements, activities, exec batches,
+transfers, debit notes and invoices, and what the executor does with each
+fault. It is not execution on Golem (nothing is isolated, no VM runs).
+
+One network serves the module; each test's requestor sees only the providers
+of its own subnet: the provider whose behaviour the test is about, cheaper so
+that it is offered work first, and a healthy one to take over.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jfedrl.federated import make_simulator
+from jfedrl.outputs import read_metrics
+from jfedrl.runner import train
+from offload import OffloadError
+from tests.golemnet import GolemNetwork, Price, ProviderSpec
+from tests.helpers import tiny_config, with_run_dir
+
+pytestmark = [pytest.mark.golem, pytest.mark.timeout(600)]
+
+IMAGE = {
+    "offload.golem.image_hash": "0" * 56,
+    "offload.golem.image_url": "http://127.0.0.1:9/jfedrl.gvmi",
+}
+CHEAP, DEAR = Price(per_hour=0.01, per_cpu_sec=0.0, start=0.0), Price(per_hour=0.5, start=0.01)
+FAULTS = ("fail", "corrupt", "die")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    specs = [
+        ProviderSpec("ok-a", subnet="jf-ok", debit_note_interval=1.0),
+        ProviderSpec("ok-b", subnet="jf-ok", debit_note_interval=1.0),
+    ]
+    for fault in FAULTS:
+        specs.append(ProviderSpec(fault, behaviour=fault, subnet=f"jf-{fault}", price=CHEAP))
+        specs.append(ProviderSpec(f"{fault}-spare", subnet=f"jf-{fault}", price=DEAR))
+    with GolemNetwork(tmp_path_factory.mktemp("golemnet"), providers=specs) as network:
+        yield network
+
+
+def golem_config(run_dir, subnet, shards=1, rounds=1, **overrides):
+    values = {
+        "federation.num_clients": 4,
+        "federation.rounds": rounds,
+        "algo.ppo.num_steps": 32,
+        "log.rounds_per_block": 1,
+        "offload.executor": "golem",
+        "offload.shards": shards,
+        "offload.golem.subnet": subnet,
+        "offload.golem.max_workers": shards,
+        "offload.golem.min_cpu_threads": 1,
+        "offload.golem.offer_timeout": 120,
+        "offload.golem.task_timeout": 300,
+        "offload.golem.health_interval": 5,
+        "offload.golem.worker_command": f"{sys.executable} -m offload.worker",
+        **IMAGE,
+        **overrides,
+    }
+    return with_run_dir(
+        tiny_config(**{k.replace(".", "__"): v for k, v in values.items()}), run_dir
+    )
+
+
+def inprocess(config):
+    """The final state of the same run, in process."""
+    simulator = make_simulator(config)
+    state = simulator.init(jax.random.PRNGKey(config.seed))
+    state, _ = simulator.run_block(state, config.federation.rounds)
+    return state
+
+
+def assert_bit_identical(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def worker_runs(provider) -> int:
+    """How many task commands (client of the provider's worker process) a provider ran."""
+    return sum("--serve-dir" in " ".join(run) for run in provider.stats["runs"])
+
+
+def test_happy_path_equals_inprocess_pays_and_leaks_no_key(net, tmp_path, monkeypatch, capfd):
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("JFEDRL_GOLEM_LOG", "debug")  # the REST clients log request headers
+    config = golem_config(
+        tmp_path / "run", "jf-ok", shards=2, rounds=3, **{"log.rounds_per_block": 3}
+    )
+    result = train(config, quiet=True)
+
+    assert_bit_identical(result.state, inprocess(config))
+    records = result.records
+    assert [r["offload/retries"] for r in records] == [0, 0, 0]
+    assert [r["offload/state_synced"] for r in records] == [0, 0, 0]  # only params travel...
+    assert records[1]["offload/bytes_sent"] < records[0]["offload/bytes_sent"]  # ...after round 1
+    spent = [r["golem/spent"] for r in records]
+    assert spent == sorted(spent) and 0 < spent[-1] <= config.offload.golem.budget
+    # One worker process per provider activity, kept across rounds: each provider's activity
+    # started it once (the first task) and the next tasks found it running.
+    providers = [net.provider("ok-a"), net.provider("ok-b")]
+    assert sum(worker_runs(p) for p in providers) == 2 * (3 + 1)  # 3 rounds + 1 fetch each
+    # A graceful end: activities destroyed, agreements finished by the requestor, invoices paid.
+    for provider in providers:
+        stats = provider.stats
+        if not stats["agreements"]:
+            continue
+        assert stats["destroyed_activities"] == stats["activities"]
+        for termination in stats["terminations"].values():
+            assert "Successfully finished" in str(termination), termination
+        net.wait_for(
+            lambda p=provider: (
+                p.stats["invoices_issued"] >= 1
+                and p.stats["invoices_accepted"] == p.stats["invoices_issued"]
+            )
+        )
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "golem: paid" in log and "Unpaid agreements" not in log
+    # The app key is in no log record of any logger, though headers were logged at DEBUG.
+    assert "Bearer <YAGNA_APPKEY>" in log
+    out, err = capfd.readouterr()
+    key = net.app_key.encode()
+    assert key not in out.encode() and key not in err.encode()
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_faulty_provider_is_excluded_and_another_serves_the_retry(
+    net, tmp_path, monkeypatch, fault
+):
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(tmp_path / "run", f"jf-{fault}")
+    start = time.monotonic()
+    result = train(config, quiet=True)
+    elapsed = time.monotonic() - start
+
+    assert_bit_identical(result.state, inprocess(config))
+    (record,) = result.records
+    bad, spare = net.provider(fault), net.provider(f"{fault}-spare")
+    assert worker_runs(bad) == 1, "the cheap faulty provider is offered the task first"
+    assert record["offload/retries"] == 1 and record["offload/tasks_failed"] == 0
+    assert record["golem/providers_excluded"] == 1
+    assert worker_runs(spare) >= 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"golem: excluding provider {bad.node_id}" in log
+    if fault == "corrupt":  # wherever the flipped byte lands, even in tar padding
+        assert "bad result: the archive changed in transfer" in log
+    if fault == "die":
+        assert bad.stats["died"] and elapsed < 150  # lost at once, not after task_timeout
+
+
+def test_the_run_stops_at_the_budget(net, tmp_path, monkeypatch):
+    """Debit notes reach the budget: no task starts after that, and what was paid stays in it."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    budget = 0.02  # each provider's start fee is 0.01 GLM: two activities use it up
+    config = golem_config(
+        tmp_path / "run", "jf-ok", shards=2, rounds=4, **{"offload.golem.budget": budget}
+    )
+    with pytest.raises(OffloadError, match="golem: the budget is spent"):
+        train(config, quiet=True)
+    records = read_metrics(tmp_path / "run")
+    assert 1 <= len(records) < 4  # it stopped early, and the rounds done are kept
+    assert all(r["golem/spent"] <= budget for r in records)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "golem: paid" in log  # the graceful end ran on the way out
