@@ -73,17 +73,6 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def run_all(executor: Executor, jobs: list[Job]) -> list[Outcome]:
-    """Submits `jobs` and waits for every one (benchmarks and tests; no verdicts)."""
-    for job in jobs:
-        executor.submit(job)
-    done: dict[int, Outcome] = {}
-    while len(done) < len(jobs):
-        for outcome in executor.wait(1.0):
-            done[id(outcome.job)] = outcome
-    return [done[id(job)] for job in jobs]
-
-
 # ---------------------------------------------------------------- local
 
 
@@ -312,10 +301,6 @@ class LocalExecutor:
             self._dispatch()
         done, self._done = self._done, []
         return done
-
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Runs `jobs` to the end (benchmarks and tests)."""
-        return run_all(self, jobs)
 
     def wait_ready(self, timeout: float) -> float:
         """Blocks until every worker has imported JAX (for benchmarks); returns the seconds."""

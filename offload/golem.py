@@ -308,7 +308,6 @@ class _GolemJob:
     submitted: float
     started: float | None = None
     provider: str = ""
-    slot: _Slot | None = None
     finished: bool = False
     verdict: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
@@ -622,7 +621,6 @@ class GolemExecutor:
                     continue
                 job = golem_job.job
                 golem_job.started, golem_job.provider = time.monotonic(), provider
-                golem_job.slot = slot
                 watchdog = asyncio.get_running_loop().create_task(self._watch(ctx, golem_job))
                 timeout = timedelta(seconds=self.config.task_timeout)
                 received: dict[str, bytes] = {}
