@@ -117,6 +117,7 @@ def budget():
     return (direct_epsilon(NOISE, 2 / 3, 2) + direct_epsilon(NOISE, 2 / 3, 3)) / 2
 
 
+@pytest.mark.slow
 def test_run_reports_epsilon_each_round_and_stops_at_the_budget(tmp_path, budget):
     config = with_run_dir(dp_config(strategy__dp_epsilon_budget=budget), tmp_path / "dp")
     with pytest.raises(privacy.PrivacyBudgetExhausted, match="round 3 would spend"):

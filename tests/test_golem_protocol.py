@@ -35,7 +35,11 @@ IMAGE = {
     "offload.golem.image_url": "http://127.0.0.1:9/jfedrl.gvmi",
 }
 CHEAP, DEAR = Price(per_hour=0.01, per_cpu_sec=0.0, start=0.0), Price(per_hour=0.5, start=0.01)
-FAULTS = ("fail", "corrupt", "die")
+FAULTS = (
+    pytest.param("fail", marks=pytest.mark.slow),
+    "corrupt",
+    pytest.param("die", marks=pytest.mark.slow),
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +168,7 @@ def test_a_faulty_provider_is_excluded_and_another_serves_the_retry(
         assert bad.stats["died"] and elapsed < 150  # lost at once, not after task_timeout
 
 
+@pytest.mark.slow
 def test_the_run_stops_at_the_budget(net, tmp_path, monkeypatch):
     """Debit notes reach the budget: no task starts after that, and what was paid stays in it."""
     for key, value in net.requestor_env.items():

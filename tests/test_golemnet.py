@@ -20,7 +20,8 @@ from offload.golem import import_yapapi
 from tests.golemnet import GolemNetwork, ProviderSpec
 from tests.golemnet.procs import marked_pids
 
-pytestmark = [pytest.mark.golem, pytest.mark.timeout(240)]
+# The harness's own tests; tests/test_golem_protocol.py exercises it in the default run.
+pytestmark = [pytest.mark.golem, pytest.mark.slow, pytest.mark.timeout(240)]
 
 PACKAGE_URL = "hash:sha3:" + "0" * 56 + ":http://127.0.0.1:9/golemnet.gvmi"
 BEHAVIOURS = ("ok", "fail", "corrupt", "truncate", "die")

@@ -304,12 +304,15 @@ def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypa
             "federation__staleness": 2,
             "federation__staleness_decay": 0.5,
         },
-        {
-            "algo__name": "td3",
-            "env__name": "Pendulum-v1",
-            "algo__td3__critic_period": 1,
-            "algo__td3__actor_period": 2,
-        },
+        pytest.param(
+            {
+                "algo__name": "td3",
+                "env__name": "Pendulum-v1",
+                "algo__td3__critic_period": 1,
+                "algo__td3__actor_period": 2,
+            },
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["unequal-work-dropouts-staleness", "td3-periods"],
 )

@@ -307,6 +307,7 @@ def test_failed_save_raises_at_once_and_leaves_no_thread(tmpfs):
     assert Checkpointer(disk / "checkpoints").rounds() == [1]
 
 
+@pytest.mark.slow
 def test_full_disk_names_the_checkpoint_error_keeps_round_2_and_resumes(
     uninterrupted, tmpfs, capsys
 ):

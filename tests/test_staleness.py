@@ -119,6 +119,7 @@ def test_stale_updates_move_the_current_global_with_fedasync_decay(stale, histor
     assert float(metrics["staleness_max"]) == s.max()
 
 
+@pytest.mark.slow
 def test_resume_with_staleness_is_exact(tmp_path):
     config = _config(federation__staleness=K, federation__staleness_decay=DECAY)
     full = runner.train(with_run_dir(config, tmp_path / "full"), quiet=True)
