@@ -1,0 +1,114 @@
+"""Plugins found through packaging entry points: executors and CLI commands.
+
+An executor is where a round's local training runs. `inprocess` (the jitted
+simulator) is built in; a package adds others by declaring an entry point in
+the group `jfedrl.executors` that names an `ExecutorSpec`, for example in its
+`pyproject.toml`:
+
+    [project.entry-points."jfedrl.executors"]
+    local = "offload.plugin:LOCAL"
+
+A CLI command (`jfedrl <name> ...`) is an entry point in `jfedrl.commands`
+naming a `CommandSpec`. This module imports nothing heavy: a spec's target
+module must stay light too (build the executor lazily in `make_runner`), so
+that listing the executors costs milliseconds.
+
+Specs are read once per process; a package installed after that is seen by the
+next process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+EXECUTOR_GROUP = "jfedrl.executors"
+COMMAND_GROUP = "jfedrl.commands"
+
+
+def _no_checks(config: Any) -> None:
+    del config
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """An executor: how to build its block runner, and what it checks.
+
+    Attributes:
+        name: the `offload.executor` value that selects it.
+        make_runner: `(simulator, run_dir) -> BlockRunner` (see `jfedrl.runner`).
+        validate: raises `ConfigError` naming the field for a config this executor
+            cannot run; called by `jfedrl.config.validate`, before anything is
+            written or compiled.
+        section: the dataclass of its own config section, `offload.<name>`, or None.
+        summary: one line for `--help` and docs.
+    """
+
+    name: str
+    make_runner: Callable[[Any, Path], Any]
+    validate: Callable[[Any], None] = _no_checks
+    section: type | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A `jfedrl` subcommand: `add_arguments(parser)`, then `run(args) -> exit code`."""
+
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    summary: str = ""
+
+
+def _make_inprocess(simulator: Any, run_dir: Path) -> Any:
+    from jfedrl.runner import InProcessRunner
+
+    return InProcessRunner(simulator, run_dir)
+
+
+INPROCESS = ExecutorSpec(
+    name="inprocess",
+    make_runner=_make_inprocess,
+    summary="the jitted simulator in this process, clients sharded over local devices",
+)
+
+
+def _load(group: str, kind: type) -> dict[str, Any]:
+    specs = {}
+    for entry in metadata.entry_points(group=group):
+        spec = entry.load()
+        if not isinstance(spec, kind) or spec.name != entry.name:
+            raise TypeError(
+                f"entry point {group}:{entry.name} ({entry.value}) must name a "
+                f"{kind.__name__} called {entry.name!r}"
+            )
+        specs[entry.name] = spec
+    return specs
+
+
+@functools.cache
+def executors() -> dict[str, ExecutorSpec]:
+    """Every available executor by name: `inprocess`, then the installed plugins'."""
+    return {"inprocess": INPROCESS, **_load(EXECUTOR_GROUP, ExecutorSpec)}
+
+
+def executor(name: str) -> ExecutorSpec:
+    """The executor called `name`; a `ConfigError` naming `offload.executor` if none is."""
+    available = executors()
+    if name not in available:
+        from jfedrl.config import ConfigError, not_allowed
+
+        raise ConfigError(not_allowed("offload.executor", name, available))
+    return available[name]
+
+
+@functools.cache
+def commands() -> dict[str, CommandSpec]:
+    """Every plugin subcommand by name."""
+    return _load(COMMAND_GROUP, CommandSpec)
