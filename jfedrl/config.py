@@ -17,9 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, malformed or out of range."""
+from jfedrl.checks import ELSEWHERE, ConfigError, not_allowed  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -658,49 +656,6 @@ def save_yaml(config: Config, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- validation
-
-
-#: Names users type for features that live elsewhere: field -> typed name -> where it is.
-ELSEWHERE: dict[str, dict[str, str]] = {
-    "algo.name": {
-        "ddpg": "DDPG is a TD3 switch: --algo td3 --td3.ddpg true",
-        "a3c": "A3C runs synchronously as --algo a2c (--federation.staleness adds asynchrony)",
-        "ddqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
-        "double_dqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
-        "dueling_dqn": "Dueling DQN is a DQN switch: --algo dqn --dqn.dueling true",
-        "mdpo": "MDPO is a PPO objective: --algo ppo --ppo.objective mdpo",
-    },
-    "strategy.name": {
-        "fedasync": "Asynchrony is not an aggregation rule: --federation.staleness K "
-        "(--federation.staleness-decay A for FedAsync's weighting)",
-        "pso": "--strategy evolutionary --strategy.evo-algorithm pso",
-        "de": "--strategy evolutionary --strategy.evo-algorithm differential_evolution",
-        "differential_evolution": "--strategy evolutionary "
-        "--strategy.evo-algorithm differential_evolution",
-        "clip": "Update clipping works with every strategy: --strategy.clip-update-norm S",
-        "weighted": "Weighted by env steps is fedavg; by return, reward_weighted",
-        "average": "The unweighted average is mean; weighted by env steps, fedavg",
-    },
-    "algo.ppo.objective": {
-        "adaptive_kl": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
-        "kl_adaptive": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
-        "ppo": "PPO's clipped surrogate is 'clip'",
-    },
-}
-
-
-def not_allowed(path: str, value: Any, allowed: typing.Iterable[str]) -> str:
-    """The error for a name `path` does not know.
-
-    It lists the allowed names, then either where a feature that is not a `path`
-    value lives instead (`ELSEWHERE`) or the nearest allowed names (difflib).
-    """
-    from envs.suggest import did_you_mean
-
-    allowed = tuple(allowed)
-    message = f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}."
-    hint = ELSEWHERE.get(path, {}).get(str(value).lower().replace("-", "_"))
-    return message + (f" {hint}." if hint else did_you_mean(value, allowed))
 
 
 def _choice(path: str, value: str, allowed: typing.Iterable[str]) -> None:

@@ -1,0 +1,114 @@
+"""The config checks every section uses: one error type, a few helpers.
+
+Every error names the dotted field and what is allowed (the allowed names, or
+the bound), so that `jfedrl.config.validate` and each algorithm, strategy,
+environment and executor check read and fail the same way, before anything is
+written or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, malformed or out of range."""
+
+
+#: Names users type for features that live elsewhere: field -> typed name -> where it is.
+ELSEWHERE: dict[str, dict[str, str]] = {
+    "algo.name": {
+        "ddpg": "DDPG is a TD3 switch: --algo td3 --td3.ddpg true",
+        "a3c": "A3C runs synchronously as --algo a2c (--federation.staleness adds asynchrony)",
+        "ddqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+        "double_dqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+        "dueling_dqn": "Dueling DQN is a DQN switch: --algo dqn --dqn.dueling true",
+        "mdpo": "MDPO is a PPO objective: --algo ppo --ppo.objective mdpo",
+    },
+    "strategy.name": {
+        "fedasync": "Asynchrony is not an aggregation rule: --federation.staleness K "
+        "(--federation.staleness-decay A for FedAsync's weighting)",
+        "pso": "--strategy evolutionary --strategy.evo-algorithm pso",
+        "de": "--strategy evolutionary --strategy.evo-algorithm differential_evolution",
+        "differential_evolution": "--strategy evolutionary "
+        "--strategy.evo-algorithm differential_evolution",
+        "clip": "Update clipping works with every strategy: --strategy.clip-update-norm S",
+        "weighted": "Weighted by env steps is fedavg; by return, reward_weighted",
+        "average": "The unweighted average is mean; weighted by env steps, fedavg",
+    },
+    "algo.ppo.objective": {
+        "adaptive_kl": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+        "kl_adaptive": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+        "ppo": "PPO's clipped surrogate is 'clip'",
+    },
+}
+
+
+def not_allowed(path: str, value: Any, allowed: Iterable[str]) -> str:
+    """The error message for a name `path` does not know.
+
+    It lists the allowed names, then either where a feature that is not a `path`
+    value lives instead (`ELSEWHERE`) or the nearest allowed names (difflib).
+    """
+    # Imported here: `envs/__init__` imports JAX, and this module must stay light.
+    from envs.suggest import did_you_mean
+
+    allowed = tuple(allowed)
+    message = f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}."
+    hint = ELSEWHERE.get(path, {}).get(str(value).lower().replace("-", "_"))
+    return message + (f" {hint}." if hint else did_you_mean(value, allowed))
+
+
+def require(ok: bool, path: str, rule: str, value: Any) -> None:
+    """Raises `ConfigError('<path>: must be <rule>, got <value>')` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{path}: must be {rule}, got {value!r}")
+
+
+def require_choice(path: str, value: Any, allowed: Iterable[str]) -> None:
+    """Raises `ConfigError` naming `path` and the allowed values unless `value` is one."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(not_allowed(path, value, allowed))
+
+
+def require_positive(path: str, value: float, strict: bool = True) -> None:
+    """`value > 0` (or `>= 0` when not `strict`)."""
+    require(value > 0 if strict else value >= 0, path, "> 0" if strict else ">= 0", value)
+
+
+def require_range(
+    path: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """`value` in the interval from `low` to `high`, each end closed unless `*_open`."""
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    require(above and below, path, f"in {interval}", value)
+
+
+def require_finite(path: str, value: Any) -> None:
+    """Every float in `value` (dataclass fields, mappings, sequences) is finite.
+
+    Also catches values set in code, which skip the coercion of YAML and flags.
+    """
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            require_finite(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            require_finite(f"{path}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            require_finite(f"{path}[{i}]", item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
