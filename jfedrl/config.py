@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from jfedrl import schema
 from jfedrl.checks import ELSEWHERE, ConfigError, not_allowed  # noqa: F401 (re-exported)
+
+# Moved to jfedrl.schema; re-exported because runs, tests and offload import them from here.
+from jfedrl.schema import flat_fields, override, replace_path, save_yaml, to_dict  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -470,189 +471,17 @@ class Config:
 
 
 # ---------------------------------------------------------------- conversion
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(path: str, value: Any, annotation: Any) -> Any:
-    """Converts a YAML/CLI value to the field's declared type, or raises."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return from_dict(value, annotation, prefix=path + ".")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return int(as_float)
-    if annotation is float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-        return number
-    if annotation is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return str(value)
-    if origin is tuple:
-        item_type = typing.get_args(annotation)[0]
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
-    if origin is dict or annotation is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if isinstance(annotation, types.UnionType):
-        return value
-    return value
-
-
-def _did_you_mean(value: str, allowed: typing.Iterable[str]) -> str:
-    from envs.suggest import did_you_mean
-
-    return did_you_mean(value, allowed)
+# The generic converter lives in jfedrl.schema; these bind it to `Config`.
 
 
 def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
-    """Builds dataclass `cls` from a nested mapping; unknown keys are errors."""
-    hints = _field_types(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in allowed:
-            raise ConfigError(
-                f"{prefix}{key}: unknown config field; allowed: {', '.join(allowed)}."
-                + _did_you_mean(name, allowed)
-            )
-        kwargs[name] = _coerce(prefix + name, value, hints[name])
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain YAML-friendly data (tuples become lists)."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(config)
-
-
-def replace_path(config: Any, dotted: str, value: Any, _prefix: str = "") -> Any:
-    """Returns `config` with the field at `a.b.c` replaced (value is coerced)."""
-    head, _, rest = dotted.partition(".")
-    head = head.replace("-", "_")
-    here = _prefix + head
-    names = [f.name for f in dataclasses.fields(config)]
-    if head not in names:
-        raise ConfigError(
-            f"{here}: unknown config field; allowed: {', '.join(names)}."
-            + _did_you_mean(head, names)
-        )
-    current = getattr(config, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{here}: has no sub-fields")
-        new = replace_path(current, rest, value, here + ".")
-    else:
-        new = _coerce(here, value, _field_types(type(config))[head])
-    return dataclasses.replace(config, **{head: new})
-
-
-def flat_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """Every leaf field as `(dotted.path, type, docstring)`, for the CLI and docs."""
-    out = []
-    docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        annotation = _field_types(cls)[f.name]
-        path = prefix + f.name
-        if dataclasses.is_dataclass(annotation):
-            out.extend(flat_fields(annotation, path + "."))
-        else:
-            out.append((path, annotation, docs.get(f.name, "")))
-    return out
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field)."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+    """Builds `cls` (default: the whole `Config`) from a nested mapping over the defaults."""
+    return schema.from_dict(data, cls, prefix)
 
 
 def load_yaml(path: str | Path) -> Config:
-    """Loads a (possibly partial) config from YAML over the defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"config file {str(path)!r} is not valid YAML: {_yaml_reason(error)}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return from_dict(data)
-
-
-def _yaml_reason(error: yaml.YAMLError) -> str:
-    """A YAML syntax error on one line: what is wrong, and where."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{problem}{where}"
-
-
-def save_yaml(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Loads a (possibly partial) `Config` from YAML over the defaults."""
+    return schema.load_yaml(path, Config)
 
 
 # ---------------------------------------------------------------- validation
