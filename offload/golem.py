@@ -60,8 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from jfedrl.config import GolemConfig
-from offload import task as fmt
+from offload import archive
 from offload.executors import Job, Outcome
+from offload.task import CACHE_MISS
 
 log = logging.getLogger("jfedrl.offload")
 
@@ -84,7 +85,7 @@ def app_key() -> str:
     """The yagna app key, from `YAGNA_APPKEY` only."""
     key = os.environ.get("YAGNA_APPKEY", "")
     if not key:
-        raise fmt.OffloadError(
+        raise archive.OffloadError(
             "golem: YAGNA_APPKEY is not set; create a key with `yagna app-key create "
             "requestor` and export it (it is never read from a config file)"
         )
@@ -103,20 +104,20 @@ def check_yagna(url: str, key: str, timeout: float = 5.0) -> str:
             body = json.loads(response.read(1 << 16) or b"{}")
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
-            raise fmt.OffloadError(
+            raise archive.OffloadError(
                 f"golem: yagna at {url} rejected the app key from YAGNA_APPKEY (HTTP "
                 f"{error.code}); list valid keys with `yagna app-key list`"
             ) from None
-        raise fmt.OffloadError(f"golem: yagna at {url} answered HTTP {error.code}") from None
+        raise archive.OffloadError(f"golem: yagna at {url} answered HTTP {error.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise fmt.OffloadError(
+        raise archive.OffloadError(
             f"golem: yagna is not reachable at {url} (YAGNA_API_URL): {reason}. Start it "
             "with `yagna service run` or point YAGNA_API_URL at it"
         ) from None
     identity = body.get("identity") if isinstance(body, dict) else None
     if not identity:
-        raise fmt.OffloadError(f"golem: {url}/me did not return a node identity; is it yagna?")
+        raise archive.OffloadError(f"golem: {url}/me did not return a node identity; is it yagna?")
     return str(identity)
 
 
@@ -141,7 +142,7 @@ def import_yapapi() -> types.ModuleType:
     try:
         import yapapi
     except ImportError as error:
-        raise fmt.OffloadError(
+        raise archive.OffloadError(
             f"golem: yapapi is not installed ({error}); pip install 'jfedrl[golem]'"
         ) from None
     return yapapi
@@ -181,7 +182,7 @@ async def resolve_image(config: GolemConfig) -> str:
         )
     except Exception as error:
         what = f"tag {config.image_tag!r}" if config.image_tag else f"hash {config.image_hash!r}"
-        raise fmt.OffloadError(
+        raise archive.OffloadError(
             f"golem: could not resolve the image ({what}) at {DEFAULT_REPOSITORY_URL}: "
             f"{type(error).__name__}: {error}. Without internet access give "
             "offload.golem.image_url and offload.golem.image_hash"
@@ -339,7 +340,7 @@ class GolemExecutor:
         logging.setLogRecordFactory(factory)
         self.identity = check_yagna(self.url, key)
         if shutil.which("gftp") is None:
-            raise fmt.OffloadError(
+            raise archive.OffloadError(
                 "golem: the `gftp` binary (yagna's file transfer, shipped with the yagna "
                 "requestor installer; PyPI's golem-node has only `yagna`) is not on PATH"
             )
@@ -394,7 +395,7 @@ class GolemExecutor:
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise fmt.OffloadError(
+            raise archive.OffloadError(
                 f"golem: yagna at {self.url} did not respond in {timeout:g}s"
             ) from None
 
@@ -466,7 +467,7 @@ class GolemExecutor:
         try:
             await golem.start()
         except Exception as error:
-            raise fmt.OffloadError(
+            raise archive.OffloadError(
                 f"golem: could not start the requestor on yagna at {self.url}: "
                 f"{type(error).__name__}: {error}"
             ) from None
@@ -563,8 +564,8 @@ class GolemExecutor:
         if ok:
             try:
                 shutil.rmtree(job.output_dir, ignore_errors=True)
-                fmt.unpack(data, job.output_dir, job.max_result_bytes)
-            except fmt.TaskError as bad:
+                archive.unpack(data, job.output_dir, job.max_result_bytes)
+            except archive.TaskError as bad:
                 outcome.ok, outcome.error = False, f"bad archive: {bad}"
         golem_job.task_tar.unlink(missing_ok=True)
         self._finished.put(outcome)
@@ -640,7 +641,7 @@ class GolemExecutor:
                     answer = parse_answer((await run).stdout)
                     if answer.get("ok"):
                         download = ctx.new_script(timeout=timeout)
-                        limit = fmt.archive_cap(job.max_result_bytes) + 1
+                        limit = archive.archive_cap(job.max_result_bytes) + 1
                         download.download_bytes(REMOTE_RESULT, on_download, limit=limit)
                         yield download
                 except Exception as error:
@@ -663,7 +664,7 @@ class GolemExecutor:
         if not answer.get("ok"):
             error = str(answer.get("error") or "failed")
             self._finish(golem_job, False, error)
-            return None if error.startswith(fmt.CACHE_MISS) else error
+            return None if error.startswith(CACHE_MISS) else error
         if data is None:
             self._finish(golem_job, False, "no result downloaded")
             return "no result downloaded"
@@ -681,12 +682,12 @@ class GolemExecutor:
     def submit(self, job: Job) -> None:
         owed = max(self.spent(), sum(self.owed.values(), Decimal(0)))
         if owed >= Decimal(str(self.config.budget)):
-            raise fmt.OffloadError(
+            raise archive.OffloadError(
                 f"golem: the budget is spent (providers asked for {owed} of offload.golem.budget="
                 f"{self.config.budget:g} GLM); raise it to go on (--resume keeps the rounds done)"
             )
         task_tar = job.task_dir.parent / f"task-{job.attempt}.tar"
-        task_tar.write_bytes(fmt.pack(job.task_dir))
+        task_tar.write_bytes(archive.pack(job.task_dir))
         golem_job = _GolemJob(job, task_tar, time.monotonic())
         with self._lock:
             self._jobs = [g for g in self._jobs if not g.finished] + [golem_job]
@@ -701,7 +702,7 @@ class GolemExecutor:
         done: list[Outcome] = []
         while True:
             if self._error is not None:
-                raise fmt.OffloadError(
+                raise archive.OffloadError(
                     f"golem: the requestor stopped: {type(self._error).__name__}: {self._error}"
                 )
             self._check_deadlines()
@@ -721,7 +722,7 @@ class GolemExecutor:
                 continue
             if golem_job.started is None and now - golem_job.submitted > config.offer_timeout:
                 if self.first_agreement is None:
-                    raise fmt.OffloadError(self._no_provider_message())
+                    raise archive.OffloadError(self._no_provider_message())
                 excluded = f"; {len(self.blocked)} provider(s) excluded" if self.blocked else ""
                 self._finish(
                     golem_job,

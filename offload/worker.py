@@ -30,16 +30,14 @@ provider receives and returns). The persistent compilation cache lives in
 `$JFEDRL_COMPILATION_CACHE`, else `$JFEDRL_WORK_DIR/xla-cache`, else
 `/golem/work/xla-cache` on a provider, else the user cache.
 
-Fault injection (tests): `JFEDRL_FAULT="kind[:shard=S,attempt=A,round=R][;...]"`
-with kinds `crash`, `hang` (after compiling), `stall` (before restoring),
-`corrupt`, `truncate`, `missing`, `nan` (one client), `shape`, `dtype`,
-`wrong_round`, `wrong_clients`; `shard` and `round` default to any,
-`attempt` to 0 (so a retry succeeds); `*` means any.
+Fault injection (tests) is a hook called at fixed stages of a task; see
+`offload.faults`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,85 +52,45 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-FAULT_ENV = "JFEDRL_FAULT"
-FAULT_KINDS = (
-    "crash",
-    "hang",
-    "stall",
-    "corrupt",
-    "truncate",
-    "missing",
-    "nan",
-    "shape",
-    "dtype",
-    "wrong_round",
-    "wrong_clients",
+import numpy as np
+
+from offload.archive import (
+    DIGESTS_FILE,
+    TaskError,
+    digest_tree,
+    pack,
+    read_json,
+    restore_arrays,
+    save_arrays,
+    unpack,
+    verify_digests,
+    write_json,
 )
+from offload.faults import FaultHook, hook_for, no_faults
+from offload.plugin import add_worker_arguments
+from offload.shapes import (
+    ShardShapes,
+    decode_group,
+    encode_group,
+    shard_shapes,
+    strip_params_jit,
+    task_spec,
+    with_params_jit,
+)
+from offload.task import (
+    CACHE_MISS,
+    INPUTS_DIR,
+    REPORT_FILE,
+    STATE_DIR,
+    TASK_FILE,
+    Report,
+    TaskHeader,
+)
+
 #: Cap on an input archive (the requestor's own upload).
 MAX_INPUT_BYTES = 16 << 30
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-
-# ---------------------------------------------------------------- faults
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected fault: which kind, for which shard / attempt / round (None: any)."""
-
-    kind: str
-    shard: int | None = None
-    attempt: int | None = 0
-    round: int | None = None
-
-    def matches(self, task: dict[str, Any]) -> bool:
-        if task.get("op", "train") != "train":
-            return False  # faults hit training tasks, not state fetches
-        return all(
-            want is None or want == task.get(field)
-            for field, want in (
-                ("shard", self.shard),
-                ("attempt", self.attempt),
-                ("round", self.round),
-            )
-        )
-
-
-def parse_faults(text: str) -> list[Fault]:
-    """Parses `$JFEDRL_FAULT` (see the module docstring)."""
-    faults = []
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        kind, _, filters = item.partition(":")
-        if kind not in FAULT_KINDS:
-            allowed = ", ".join(FAULT_KINDS)
-            raise ValueError(f"{FAULT_ENV}: unknown fault {kind!r}; allowed: {allowed}")
-        fields: dict[str, int | None] = {}
-        for pair in filter(None, filters.split(",")):
-            key, _, value = pair.partition("=")
-            if key not in ("shard", "attempt", "round"):
-                raise ValueError(
-                    f"{FAULT_ENV}: unknown filter {key!r}; allowed: shard, attempt, round"
-                )
-            fields[key] = None if value == "*" else int(value)
-        faults.append(Fault(kind, **fields))
-    return faults
-
-
-def _fault_for(task: dict[str, Any], spec: str | None) -> str | None:
-    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
-    for fault in parse_faults(spec):
-        if fault.matches(task):
-            return fault.kind
-    return None
-
-
-def _hang() -> None:
-    """Sleeps until killed, or until the parent (the requestor) is gone."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(3)
 
 
 # ---------------------------------------------------------------- the worker
@@ -181,7 +139,7 @@ class CacheMiss(Exception):
 
 def _revert_rows(after: Any, before: Any, rows: list[int]) -> Any:
     """`after` with the given rows taken from `before` (clients the requestor rejected)."""
-    import numpy as np
+    import jax
 
     if not rows:
         return after
@@ -191,8 +149,6 @@ def _revert_rows(after: Any, before: Any, rows: list[int]) -> Any:
         new = np.array(new, copy=True)
         new[index] = np.asarray(old)[index]
         return new
-
-    import jax
 
     return jax.tree.map(put, after, before)
 
@@ -240,150 +196,86 @@ class Worker:
         input_path: Path,
         output_path: Path,
         progress: Progress | None = None,
-        fault: str | None = None,
-    ) -> dict:
-        """Runs one task; writes the result folder (or `.tar`); returns the report.
+        hook: FaultHook = no_faults,
+    ) -> tuple[Report, str]:
+        """Runs one task; writes the result folder (or `.tar`).
 
-        `fault` overrides `$JFEDRL_FAULT` (the local executor forwards the
-        requestor's current value, so long-lived workers follow it).
+        Returns:
+            The report, and the SHA-256 of the result archive ("" for a folder):
+            sent apart from the file (a Golem task prints it), so any change the
+            transfer makes to the archive shows, even in tar padding.
 
         Raises:
             TaskError: if the task folder is damaged or does not match its config.
         """
-        from offload.task import TaskError
-
         progress = progress or (lambda event, data: None)
         input_path, output_path = Path(input_path), Path(output_path)
         cleanup = []
         try:
             if input_path.suffix == ".tar" and input_path.is_file():
-                from offload.task import unpack
-
                 unpacked = input_path.with_name(input_path.name + ".d")
                 shutil.rmtree(unpacked, ignore_errors=True)
                 unpack(input_path.read_bytes(), unpacked, MAX_INPUT_BYTES)
                 cleanup.append(unpacked)
                 input_path = unpacked
-            if output_path.suffix == ".tar":
-                staging = output_path.with_name(output_path.name + ".d")
-                shutil.rmtree(staging, ignore_errors=True)
-                cleanup.append(staging)
-                report = self._run(input_path, staging, progress, fault)
-                from offload.task import pack
-
-                partial_tar = output_path.with_name(output_path.name + ".part")
-                archive = pack(staging)
-                partial_tar.write_bytes(archive)
-                partial_tar.replace(output_path)
-                # Sent apart from the file (a Golem task prints it), so any change the
-                # transfer makes to the archive shows, even in tar padding.
-                report["archive_sha256"] = hashlib.sha256(archive).hexdigest()
-                return report
-            return self._run(input_path, output_path, progress, fault)
+            if output_path.suffix != ".tar":
+                return self._run(input_path, output_path, progress, hook), ""
+            staging = output_path.with_name(output_path.name + ".d")
+            shutil.rmtree(staging, ignore_errors=True)
+            cleanup.append(staging)
+            report = self._run(input_path, staging, progress, hook)
+            partial_tar = output_path.with_name(output_path.name + ".part")
+            archive = pack(staging)
+            partial_tar.write_bytes(archive)
+            partial_tar.replace(output_path)
+            return report, hashlib.sha256(archive).hexdigest()
         except (KeyError, TypeError) as error:
             raise TaskError(f"malformed task: {type(error).__name__}: {error}") from None
         finally:
             for path in cleanup:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _run(self, task_dir: Path, out: Path, progress: Progress, fault_spec: str | None) -> dict:
-        import jax
-        import numpy as np
-
-        from jfedrl.algorithms import Reference
-        from offload import task as fmt
-
+    def _run(self, task_dir: Path, out: Path, progress: Progress, hook: FaultHook) -> Report:
         start = time.perf_counter()
-        task = fmt.read_json(task_dir / fmt.TASK_FILE, fmt.TASK_FILE)
-        fmt.check_task(task)
-        fmt.verify_digests(task_dir, task["inputs"], exclude=(fmt.TASK_FILE,))
-        fault = _fault_for(task, fault_spec)
-        if fault == "stall":  # stuck before the step, e.g. on a slow disk
-            _hang()
-        simulator = self.simulator(task["config"])
-        algorithm = simulator.algorithm
-        n, mode, op = len(task["client_ids"]), task["quantize"], task["op"]
-        shapes = fmt.shard_shapes(simulator, n)
-        spec = fmt.task_spec(shapes, mode, op, task["state"])
-        arrays = fmt.restore_arrays(task_dir / fmt.INPUTS_DIR, spec) if spec else {}
-        if task["state"] == "cache":
+        task = TaskHeader.from_json(read_json(task_dir / TASK_FILE, TASK_FILE))
+        verify_digests(task_dir, task.inputs, exclude=(TASK_FILE,))
+        hook("start", task, None)
+        simulator = self.simulator(task.config)
+        shapes = shard_shapes(simulator, len(task.client_ids))
+        spec = task_spec(shapes, task.quantize, task.op, task.state)
+        arrays = restore_arrays(task_dir / INPUTS_DIR, spec) if spec else {}
+        if task.state == "cache":
             stripped = self._kept_states(task)
         else:
-            stripped = fmt.decode_group("clients", arrays, shapes.clients, rows=False)
-        if op == "fetch":
-            result = fmt.encode_group("clients", stripped, "none", False, False)[0]
+            stripped = decode_group("clients", arrays, shapes.clients, rows=False)
+        if task.op == "fetch":
+            result = encode_group("clients", stripped, "none", False, False)[0]
             out.mkdir(parents=True, exist_ok=True)
-            fmt.save_arrays(out / fmt.STATE_DIR, result)
-            return self._finish(task, out, fault, {"total": time.perf_counter() - start})
-        stacked = shapes.stacked_reference
-        global_params = fmt.decode_group("global", arrays, shapes.global_params, rows=stacked)
-        reference = Reference(
-            global_params,
-            fmt.decode_group("peers", arrays, shapes.peer_params, rows=True),
-            fmt.decode_group("peer_weights", arrays, shapes.peer_weights, rows=False),
-        )
-        if shapes.start_params is not None:  # each client starts from its own params
-            own = fmt.decode_group("start", arrays, shapes.start_params, rows=True)
-            clients = fmt.with_params_jit(algorithm, stripped, own, True)
-        else:
-            clients = fmt.with_params_jit(algorithm, stripped, global_params, False)
-        env_params = fmt.decode_group("env", arrays, shapes.env_params, rows=False)
-        keys = fmt.decode_group("keys", arrays, shapes.keys, rows=False)
-        num_updates = None
-        if shapes.num_updates is not None:
-            num_updates = fmt.decode_group("updates", arrays, shapes.num_updates, rows=False)
-        args = (keys, clients, env_params, reference, num_updates)
+            save_arrays(out / STATE_DIR, result)
+            return self._finish(task, out, hook, {"total": time.perf_counter() - start})
+        args = _training_args(simulator.algorithm, shapes, arrays, stripped)
         restored = time.perf_counter()
 
-        step, fresh = self._step(simulator, n, args, progress)
+        step, fresh = self._step(simulator, len(task.client_ids), args, progress)
         compiled = time.perf_counter()
         progress("compiled", {"seconds": compiled - restored, "fresh": fresh})
-        if fault == "hang":
-            _hang()
-        new_clients, metrics = step(*args)
-        new_params = jax.device_get(jax.vmap(algorithm.get_params)(new_clients))
-        new_stripped = jax.device_get(fmt.strip_params_jit(algorithm, new_clients))
-        metrics = {name: np.asarray(value) for name, value in jax.device_get(metrics).items()}
+        hook("compiled", task, None)
+        new_params, new_stripped, metrics = _train(simulator.algorithm, step, args)
         trained = time.perf_counter()
-        self._cache[(task["run_id"], task["shard"])] = ShardCache(
-            task["round"], list(task["client_ids"]), jax.device_get(stripped), new_stripped
+        self._cache[(task.run_id, task.shard)] = ShardCache(
+            task.round, list(task.client_ids), stripped, new_stripped
         )
-
-        if fault == "nan":  # one client diverged
-            new_params = jax.tree.map(
-                lambda x: np.concatenate([np.full_like(x[:1], np.nan), x[1:]]), new_params
-            )
-        result, error = fmt.encode_group("params", new_params, mode, True, True)
-        if task["return_state"]:
-            result.update(fmt.encode_group("clients", new_stripped, "none", False, False)[0])
+        new_params = hook("params", task, new_params)
+        result, error = encode_group("params", new_params, task.quantize, True, True)
+        if task.return_state:
+            result.update(encode_group("clients", new_stripped, "none", False, False)[0])
         result.update({f"metrics/{name}": value for name, value in metrics.items()})
-        if fault == "shape":
-            name = sorted(k for k in result if k.startswith("params/"))[0]
-            result[name] = np.concatenate([result[name], result[name][:1]])
-        if fault == "dtype":
-            name = sorted(k for k in result if k.startswith("params/"))[0]
-            result[name] = result[name].astype(np.float64)
-
+        result = hook("result", task, result)
         out.mkdir(parents=True, exist_ok=True)
         if any(out.iterdir()):
-            raise fmt.TaskError(f"output folder {str(out)!r} is not empty")
-        fmt.save_arrays(out / fmt.STATE_DIR, result)
-        if fault == "crash":
-            os._exit(17)  # after a partial write, like a killed provider
-        returns = metrics.get("train_return")
-        last = np.asarray(returns)[-1] if returns is not None else np.full(n, np.nan)
-        extra = {
-            "returns": [float(r) if np.isfinite(r) else None for r in last],
-            "env_steps": n
-            * simulator.config.federation.local_updates
-            * algorithm.env_steps_per_update,
-            "quantize_error": {
-                "relative": error.relative_error,
-                "max_abs": error.max_abs_error,
-                "raw_bytes": error.raw_bytes,
-                "encoded_bytes": error.encoded_bytes,
-            },
-        }
+            raise TaskError(f"output folder {str(out)!r} is not empty")
+        save_arrays(out / STATE_DIR, result)
+        hook("saved", task, None)
         timings = {
             "restore": restored - start,
             "compile": compiled - restored,
@@ -391,85 +283,106 @@ class Worker:
             "train": trained - compiled,
             "total": time.perf_counter() - start,
         }
-        return self._finish(task, out, fault, timings, extra)
+        steps = simulator.config.federation.local_updates * simulator.algorithm.env_steps_per_update
+        returns = metrics.get("train_return")
+        last = returns[-1] if returns is not None else np.full(len(task.client_ids), np.nan)
+        trained_fields = {
+            "returns": tuple(float(r) if np.isfinite(r) else None for r in last),
+            "env_steps": len(task.client_ids) * steps,
+            "quantize_error": {
+                "relative": error.relative_error,
+                "max_abs": error.max_abs_error,
+                "raw_bytes": error.raw_bytes,
+                "encoded_bytes": error.encoded_bytes,
+            },
+        }
+        return self._finish(task, out, hook, timings, trained_fields)
 
-    def _kept_states(self, task: dict[str, Any]) -> Any:
+    def _kept_states(self, task: TaskHeader) -> Any:
         """The shard's kept states for this task's round, with `revert` applied.
 
         Raises:
             CacheMiss: if this worker does not hold them (a new or restarted worker).
         """
-        key = (task["run_id"], task["shard"])
-        cache = self._cache.get(key)
-        if cache is None or cache.client_ids != task["client_ids"]:
-            raise CacheMiss(f"no kept state for shard {task['shard']} of run {task['run_id']}")
-        if cache.round == task["round"] and task["op"] == "train":
+        cache = self._cache.get((task.run_id, task.shard))
+        if cache is None or cache.client_ids != list(task.client_ids):
+            raise CacheMiss(f"no kept state for shard {task.shard} of run {task.run_id}")
+        if cache.round == task.round and task.op == "train":
             return cache.before  # a retry of the round last trained
-        if cache.round != task["round"] - 1:
+        if cache.round != task.round - 1:
             raise CacheMiss(
-                f"kept state of shard {task['shard']} is for round {cache.round + 2}, "
-                f"not {task['round'] + 1}"
+                f"kept state of shard {task.shard} is for round {cache.round + 2}, "
+                f"not {task.round + 1}"
             )
-        rows = [cache.client_ids.index(i) for i in task["revert"]]
+        rows = [cache.client_ids.index(i) for i in task.revert]
         cache.after = _revert_rows(cache.after, cache.before, rows)
         cache.before = cache.after
         return cache.after
 
     def _finish(
         self,
-        task: dict[str, Any],
+        task: TaskHeader,
         out: Path,
-        fault: str | None,
+        hook: FaultHook,
         timings: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-    ) -> dict:
+        trained: dict[str, Any] | None = None,
+    ) -> Report:
         """Writes the report and the digests next to the saved arrays; returns the report."""
         import jax
 
-        from offload import task as fmt
-
-        client_ids = task["client_ids"]
-        report = {
-            "format": fmt.FORMAT,
-            "run_id": task["run_id"],
-            "round": task["round"] + (1 if fault == "wrong_round" else 0),
-            "shard": task["shard"],
-            "attempt": task["attempt"],
-            "op": task["op"],
-            "client_ids": [i + (1 if fault == "wrong_clients" else 0) for i in client_ids],
-            "returns": [None] * len(client_ids),
-            "quantize": task["quantize"],
-            "timings": timings,
-            "device": str(jax.devices()[0]),
-            "platform": jax.default_backend(),
-            "versions": versions(),
-            **(extra or {}),
-        }
-        fmt.write_json(out / fmt.REPORT_FILE, report)
-        digests = {"algorithm": "sha256", "files": fmt.digest_tree(out)}
-        fmt.write_json(out / fmt.DIGESTS_FILE, digests)
-        _damage(out, fault)
+        report = Report(
+            run_id=task.run_id,
+            round=task.round,
+            shard=task.shard,
+            attempt=task.attempt,
+            op=task.op,
+            client_ids=task.client_ids,
+            returns=(None,) * len(task.client_ids),
+            quantize=task.quantize,
+            timings=timings,
+            device=str(jax.devices()[0]),
+            platform=jax.default_backend(),
+            versions=versions(),
+        )
+        report = hook("report", task, dataclasses.replace(report, **(trained or {})))
+        write_json(out / REPORT_FILE, report.to_json())
+        write_json(out / DIGESTS_FILE, {"algorithm": "sha256", "files": digest_tree(out)})
+        hook("written", task, out)
         return report
 
 
-def _damage(out: Path, fault: str | None) -> None:
-    """Output faults applied after the digests were written (transfer damage)."""
-    if fault not in ("corrupt", "truncate", "missing"):
-        return
-    from offload.task import DIGESTS_FILE, list_files
+def _training_args(algorithm, shapes: ShardShapes, arrays: dict, stripped: Any) -> tuple:
+    """`local_training`'s arguments from a task's arrays and the clients' stripped states."""
+    from jfedrl.algorithms import Reference
 
-    files = sorted(rel for rel in list_files(out) if rel.startswith("state/"))
-    victim = out / max(files, key=lambda rel: (out / rel).stat().st_size)
-    if fault == "missing":
-        victim.unlink()
-    elif fault == "truncate":
-        data = victim.read_bytes()
-        victim.write_bytes(data[: len(data) // 2])
+    stacked = shapes.stacked_reference
+    global_params = decode_group("global", arrays, shapes.global_params, rows=stacked)
+    reference = Reference(
+        global_params,
+        decode_group("peers", arrays, shapes.peer_params, rows=True),
+        decode_group("peer_weights", arrays, shapes.peer_weights, rows=False),
+    )
+    if shapes.start_params is not None:  # each client starts from its own params
+        own = decode_group("start", arrays, shapes.start_params, rows=True)
+        clients = with_params_jit(algorithm, stripped, own, True)
     else:
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        victim.write_bytes(bytes(data))
-    assert (out / DIGESTS_FILE).exists()
+        clients = with_params_jit(algorithm, stripped, global_params, False)
+    env_params = decode_group("env", arrays, shapes.env_params, rows=False)
+    keys = decode_group("keys", arrays, shapes.keys, rows=False)
+    num_updates = None
+    if shapes.num_updates is not None:
+        num_updates = decode_group("updates", arrays, shapes.num_updates, rows=False)
+    return keys, clients, env_params, reference, num_updates
+
+
+def _train(algorithm, step, args: tuple) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """Runs the compiled step; the new params, new stripped states and metrics, on the host."""
+    import jax
+
+    new_clients, metrics = step(*args)
+    new_params = jax.device_get(jax.vmap(algorithm.get_params)(new_clients))
+    new_stripped = jax.device_get(strip_params_jit(algorithm, new_clients))
+    return new_params, new_stripped, {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
 
 # ---------------------------------------------------------------- entry points
@@ -479,20 +392,18 @@ def _answer(
     worker: Worker, request: dict[str, Any], root_in: Path, root_out: Path, progress: Progress
 ) -> dict[str, Any]:
     """Runs one request; the `done` answer (never raises for a bad task)."""
-    from offload.task import CACHE_MISS, TaskError
-
     start = time.perf_counter()
     try:
-        report = worker.run(
+        report, archive_sha256 = worker.run(
             root_in / request["input"],
             root_out / request["output"],
             progress=progress,
-            fault=request.get("fault"),
+            hook=hook_for(request.get("fault")),
         )
         seconds = time.perf_counter() - start
-        answer = {"event": "done", "ok": True, "seconds": seconds, "timings": report["timings"]}
-        if "archive_sha256" in report:
-            answer["archive_sha256"] = report["archive_sha256"]
+        answer = {"event": "done", "ok": True, "seconds": seconds, "timings": report.timings}
+        if archive_sha256:
+            answer["archive_sha256"] = archive_sha256
         return answer
     except CacheMiss as error:
         return {"event": "done", "ok": False, "error": f"{CACHE_MISS}: {error}"}
@@ -562,7 +473,6 @@ def serve_dir(directory: Path, idle_timeout: float = 6 * 3600.0) -> int:
 def main(args: argparse.Namespace) -> int:
     """`jfedrl offload worker` (and `python -m offload.worker`)."""
     from jfedrl.runner import enable_compilation_cache
-    from offload.task import TaskError
 
     enable_compilation_cache(_cache_dir())
     if getattr(args, "serve_dir", None):
@@ -573,18 +483,18 @@ def main(args: argparse.Namespace) -> int:
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         return serve(sys.stdin, answers, Path(args.input or "."), Path(args.output or "."))
     try:
-        report = Worker().run(Path(args.input), Path(args.output))
+        report, _ = Worker().run(Path(args.input), Path(args.output), hook=hook_for(None))
     except (TaskError, ValueError) as error:  # ValueError: a bad config in the task
         print(f"jfedrl offload worker: error: {error}", file=sys.stderr)
         return 2
     print(
         json.dumps(
             {
-                "round": report["round"],
-                "shard": report["shard"],
-                "clients": len(report["client_ids"]),
-                "seconds": round(report["timings"]["total"], 3),
-                "device": report["device"],
+                "round": report.round,
+                "shard": report.shard,
+                "clients": len(report.client_ids),
+                "seconds": round(report.timings["total"], 3),
+                "device": report.device,
             }
         )
     )
@@ -595,10 +505,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m offload.worker", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--input", help="task folder or .tar (--serve: root of request paths)")
-    parser.add_argument("--output", help="result folder or .tar (--serve: root of request paths)")
-    parser.add_argument("--serve", action="store_true", help="read task requests from stdin")
-    parser.add_argument("--serve-dir", help="answer task requests dropped into this folder")
+    add_worker_arguments(parser, "read task requests from stdin")
     return parser
 
 

@@ -10,6 +10,7 @@ per process here), which they crash, hang and restart like any other.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -18,16 +19,18 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
+from jfedrl import plugins
 from jfedrl.checkpoint import Checkpointer
 from jfedrl.config import replace_path
 from jfedrl.federated import make_simulator
 from jfedrl.outputs import read_metrics
 from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
 from offload import LocalExecutor, OffloadError, OffloadRunner, quantize
-from offload import task as fmt
+from offload import archive as fmt
+from offload.faults import Fault, parse_faults
+from offload.plugin import validate_golem, validate_local
 from offload.requestor import shard_slices
-from offload.worker import Fault, parse_faults
+from offload.task import FORMAT, TASK_FILE
 from tests.helpers import tiny_config, with_run_dir
 
 ROUNDS = 2
@@ -95,7 +98,8 @@ def pooled(pool, monkeypatch):
     def factory(simulator, run_dir):
         return OffloadRunner(simulator, run_dir, lambda sim, work_dir, n: _Borrowed(pool))
 
-    monkeypatch.setitem(runner._EXECUTORS, "local", factory)
+    local = dataclasses.replace(plugins.executor("local"), make_runner=factory)
+    monkeypatch.setitem(plugins.executors(), "local", local)
     return pool
 
 
@@ -368,35 +372,33 @@ def test_worker_cli_rejects_a_damaged_task(tmp_path):
 
     task_dir = tmp_path / "task"
     task_dir.mkdir()
-    (task_dir / fmt.TASK_FILE).write_text(json.dumps({"format": 99}))
+    (task_dir / TASK_FILE).write_text(json.dumps({"format": 99}))
     with pytest.raises(fmt.TaskError, match="task format 99"):
         Worker().run(task_dir, tmp_path / "out")
-    fields = {"format": fmt.FORMAT, "run_id": "r", "round": 0, "shard": 0, "attempt": 0}
+    fields = {"format": FORMAT, "run_id": "r", "round": 0, "shard": 0, "attempt": 0}
     fields.update(client_ids="0,1", quantize="none", config={}, inputs={})
     fields.update(op="train", state="task", revert=[], return_state=True)
-    (task_dir / fmt.TASK_FILE).write_text(json.dumps(fields))
+    (task_dir / TASK_FILE).write_text(json.dumps(fields))
     with pytest.raises(fmt.TaskError, match="client_ids is missing or not a list"):
         Worker().run(task_dir, tmp_path / "out")
-    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], quantize="x")))
+    (task_dir / TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], quantize="x")))
     with pytest.raises(fmt.TaskError, match="quantize 'x'; allowed: none, float16, int8"):
         Worker().run(task_dir, tmp_path / "out")
-    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], op="x")))
+    (task_dir / TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], op="x")))
     with pytest.raises(fmt.TaskError, match="op 'x'; allowed: train, fetch"):
         Worker().run(task_dir, tmp_path / "out")
-    (task_dir / fmt.TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], revert=[5])))
+    (task_dir / TASK_FILE).write_text(json.dumps(dict(fields, client_ids=[0], revert=[5])))
     with pytest.raises(fmt.TaskError, match="revert must list some of the task's client ids"):
         Worker().run(task_dir, tmp_path / "out")
-    (task_dir / fmt.TASK_FILE).write_text("not json")
+    (task_dir / TASK_FILE).write_text("not json")
     with pytest.raises(fmt.TaskError, match="not valid JSON"):
         Worker().run(task_dir, tmp_path / "out")
 
 
 def test_config_errors_name_the_field(tmp_path):
-    from offload.requestor import validate_offload
-
     config = replace_path(base_config(), "offload.task_timeout", 0)
     with pytest.raises(ValueError, match="offload.task_timeout: must be > 0"):
-        validate_offload(config)
+        validate_local(config)
     config = replace_path(base_config(), "offload.executor", "golem")
     with pytest.raises(ValueError, match="offload.golem.image_hash / offload.golem.image_tag"):
-        validate_offload(config)
+        validate_golem(config)

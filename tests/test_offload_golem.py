@@ -37,8 +37,8 @@ from jfedrl.config import GolemConfig
 from jfedrl.federated import make_simulator
 from jfedrl.outputs import read_metrics
 from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
-from offload import OffloadError, OffloadRunner, Outcome, golem
-from offload import task as fmt
+from offload import OffloadError, OffloadRunner, Outcome, archive, golem
+from offload.task import TASK_FILE
 from tests.helpers import tiny_config, with_run_dir
 
 IMAGE = {
@@ -76,7 +76,7 @@ class ShellProvider:
 
     def submit(self, job):
         (self.root / "input").mkdir(parents=True, exist_ok=True)
-        (self.root / "input" / "task.tar").write_bytes(fmt.pack(job.task_dir))
+        (self.root / "input" / "task.tar").write_bytes(archive.pack(job.task_dir))
         name = f"{job.shard:03d}-{job.attempt:02d}-{len(self.answers)}"
         command = golem.remote_command(f"{sys.executable} -m offload.worker", name)
         done = subprocess.run(
@@ -91,7 +91,7 @@ class ShellProvider:
         ok = done.returncode == 0 and answer["ok"]
         if ok:
             result = (self.root / "output" / "result.tar").read_bytes()
-            fmt.unpack(result, job.output_dir, job.max_result_bytes)
+            archive.unpack(result, job.output_dir, job.max_result_bytes)
         self.outcomes.append(Outcome(job, ok, answer.get("error", done.stderr[-500:])))
 
     def wait(self, timeout):
@@ -140,7 +140,7 @@ def test_provider_keeps_one_worker_and_the_clients_state_between_rounds(tmp_path
     log = (tmp_path / "golem" / "work" / "worker" / "worker.log").read_text()
     assert pid.strip() and "Traceback" not in log
     rounds = tmp_path / "run" / "offload" / "round-000002" / "shard-000"
-    task = json.loads((rounds / "train-cache" / fmt.TASK_FILE).read_text())
+    task = json.loads((rounds / "train-cache" / TASK_FILE).read_text())
     assert task["state"] == "cache" and task["return_state"] is True
     assert (tmp_path / "golem" / "work" / "xla-cache").is_dir()  # the provider's own cache
 

@@ -1,0 +1,111 @@
+"""What `offload` adds to jfedrl: the `local` and `golem` executors and `jfedrl offload`.
+
+`jfedrl.plugins` finds these specs through the entry points declared in
+pyproject.toml; jfedrl itself never imports `offload`. This module stays light
+(no JAX, no yapapi): the runners and the worker are imported when first used.
+Each executor owns its validation, which `jfedrl.config.validate` calls before
+anything is written or compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from jfedrl.checks import ConfigError, require, require_positive
+from jfedrl.plugins import CommandSpec, ExecutorSpec
+
+
+def validate_local(config: Any) -> None:
+    """The worker timeouts of the `offload` section (what every offload executor uses)."""
+    for name in ("task_timeout", "compile_timeout"):
+        require_positive(f"offload.{name}", getattr(config.offload, name))
+
+
+def validate_golem(config: Any) -> None:
+    """`validate_local`, then the `offload.golem` section: bounds and one provider image."""
+    validate_local(config)
+    golem = config.offload.golem
+    for name in (
+        "budget",
+        "task_timeout",
+        "offer_timeout",
+        "health_interval",
+        "min_mem_gib",
+        "min_storage_gib",
+    ):
+        require_positive(f"offload.golem.{name}", getattr(golem, name))
+    for name in ("min_cpu_threads", "max_workers"):
+        value = getattr(golem, name)
+        require(value >= 1, f"offload.golem.{name}", ">= 1", value)
+    images = "offload.golem.image_hash / offload.golem.image_tag"
+    if not (golem.image_hash or golem.image_tag):
+        raise ConfigError(
+            f"{images}: one is required (build and push the provider image with "
+            "scripts/build_golem_image.sh)"
+        )
+    if golem.image_hash and golem.image_tag:
+        raise ConfigError(f"{images}: give one, not both")
+    if golem.image_url and not golem.image_hash:
+        raise ConfigError("offload.golem.image_url: needs offload.golem.image_hash too")
+
+
+def _make_local(simulator: Any, run_dir: Path) -> Any:
+    from offload.requestor import OffloadRunner, local_executor
+
+    validate_local(simulator.config)
+    return OffloadRunner(simulator, run_dir, local_executor)
+
+
+def _make_golem(simulator: Any, run_dir: Path) -> Any:
+    from offload.requestor import OffloadRunner, golem_executor
+
+    validate_golem(simulator.config)
+    return OffloadRunner(simulator, run_dir, golem_executor)
+
+
+LOCAL = ExecutorSpec(
+    name="local",
+    make_runner=_make_local,
+    validate=validate_local,
+    summary="long-lived worker processes on this machine, one per shard",
+)
+GOLEM = ExecutorSpec(
+    name="golem",
+    make_runner=_make_golem,
+    validate=validate_golem,
+    summary="Golem Network providers through yapapi (needs a running yagna and YAGNA_APPKEY)",
+)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, serve_help: str) -> None:
+    """The worker's flags (`jfedrl offload worker` and `python -m offload.worker`)."""
+    parser.add_argument("--input", help="task folder or .tar (--serve: root of request paths)")
+    parser.add_argument("--output", help="result folder or .tar (--serve: root of request paths)")
+    parser.add_argument("--serve", action="store_true", help=serve_help)
+    parser.add_argument("--serve-dir", help="keep running: answer task requests in this folder")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    tools = parser.add_subparsers(dest="offload_command", required=True)
+    worker = tools.add_parser("worker", help="run one offload task folder")
+    add_worker_arguments(worker, "keep running: read task folders from stdin")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not (args.serve or args.serve_dir or (args.input and args.output)):
+        print("jfedrl offload worker: error: --input and --output are required", file=sys.stderr)
+        return 2
+    from offload import worker
+
+    return worker.main(args)
+
+
+COMMAND = CommandSpec(
+    name="offload",
+    add_arguments=_add_arguments,
+    run=_run,
+    summary="offload tools (the provider-side worker)",
+)
