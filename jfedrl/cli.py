@@ -3,7 +3,7 @@
     jfedrl train [--config FILE] [--resume RUN_DIR] [--section.field value ...]
     jfedrl envs
     jfedrl config            (prints the full default config as YAML, with docs)
-    jfedrl offload worker --input DIR --output DIR
+    jfedrl offload worker --input DIR --output DIR   (a plugin command: jfedrl.plugins)
 
 Every config field is a flag (`--algo.ppo.learning-rate 3e-4`); the common ones
 have short forms (`--env`, `--clients`, `--rounds`, ...). Precedence: defaults,
@@ -18,7 +18,9 @@ import sys
 import typing
 from typing import Any
 
-from jfedrl.config import Config, ConfigError, flat_fields, replace_path
+from jfedrl import plugins
+from jfedrl.config import Config, ConfigError, flat_fields
+from jfedrl.schema import override
 
 #: Short flags -> config paths.
 SHORTCUTS = {
@@ -84,17 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("envs", help="list the registered environments")
     commands.add_parser("config", help="print the default config as YAML")
 
-    offload = commands.add_parser("offload", help="offload tools (the provider-side worker)")
-    offload_commands = offload.add_subparsers(dest="offload_command", required=True)
-    worker = offload_commands.add_parser("worker", help="run one offload task folder")
-    worker.add_argument("--input", help="task folder or .tar (task.json + checkpoint)")
-    worker.add_argument("--output", help="where the result folder or .tar is written")
-    worker.add_argument(
-        "--serve", action="store_true", help="keep running: read task folders from stdin"
-    )
-    worker.add_argument(
-        "--serve-dir", help="keep running: answer task requests dropped into this folder"
-    )
+    for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
+        spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
     return parser
 
 
@@ -112,9 +105,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     from jfedrl.config import load_yaml
 
     config = load_yaml(args.config) if args.config else Config()
-    for path, value in config_overrides(args).items():
-        config = replace_path(config, path, value)
-    return config
+    return override(config, config_overrides(args))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -236,12 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_envs()
         if args.command == "config":
             return _cmd_config()
-        if args.command == "offload":
-            if not (args.serve or args.serve_dir or (args.input and args.output)):
-                parser.error("offload worker: --input and --output are required")
-            from offload import worker
-
-            return worker.main(args)
+        if args.command in plugins.commands():
+            return plugins.commands()[args.command].run(args)
     except (ValueError, ParticipationError, PrivacyBudgetExhausted) as error:  # ConfigError, ...
         print(f"jfedrl: error: {error}", file=sys.stderr)
         return 2
