@@ -212,7 +212,7 @@ class LocalExecutor:
         request = {
             "input": str(job.task_dir.absolute()),
             "output": str(job.output_dir.absolute()),
-            # Fault injection follows the requestor's environment (tests), see offload.worker.
+            # Fault injection follows the requestor's environment (tests), see offload.faults.
             "fault": os.environ.get("JFEDRL_FAULT", ""),
         }
         try:
