@@ -197,7 +197,7 @@ from envs import brax_envs as _brax_envs  # noqa: E402,F401
 from envs import classic as _classic  # noqa: E402,F401
 from envs import gridworld as _gridworld  # noqa: E402,F401
 from envs import minatar as _minatar  # noqa: E402,F401
-from envs.disturbance import DISTURBANCES, disturb  # noqa: E402
+from envs.disturbance import DISTURBANCES, check_disturbance, disturb  # noqa: E402
 from envs.drift import DRIFTS, make_drift  # noqa: E402
 from envs.variants import check_overrides, client_params, param_table  # noqa: E402
 
@@ -209,6 +209,7 @@ __all__ = [
     "ParamError",
     "Tunable",
     "batch_params",
+    "check_disturbance",
     "check_overrides",
     "client_params",
     "describe",

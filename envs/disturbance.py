@@ -80,12 +80,12 @@ class Disturbed:
         return obs, state, reward, terminated, truncated, info
 
 
-def disturb(name: str, env: Any, kind: str = "none", prob: float = 0.0, scale: float = 0.0):
-    """Wraps `env` (registered as `name`) with disturbance `kind`; `none` returns it as is.
+def check_disturbance(name: str, kind: str, prob: float, scale: float) -> None:
+    """Checks disturbance `kind` for environment `name` without building anything.
 
     Raises:
         ParamError: for an unknown kind, `impulse` on an env without velocities,
-            or a probability outside [0, 1] / a negative scale.
+            or a probability outside (0, 1] / a scale <= 0.
     """
     import envs
 
@@ -96,9 +96,8 @@ def disturb(name: str, env: Any, kind: str = "none", prob: float = 0.0, scale: f
             + did_you_mean(kind, DISTURBANCES),
         )
     if kind == "none":
-        return env
-    entry = envs.spec(name)
-    if kind == "impulse" and entry.impulse is None:
+        return
+    if kind == "impulse" and envs.spec(name).impulse is None:
         raise ParamError(
             "disturbance", f"'impulse' is not available for {name}; allowed: none, obs_noise"
         )
@@ -106,4 +105,17 @@ def disturb(name: str, env: Any, kind: str = "none", prob: float = 0.0, scale: f
         raise ParamError("disturbance_prob", f"must be in (0, 1] with a disturbance, got {prob}")
     if scale <= 0.0:
         raise ParamError("disturbance_scale", f"must be > 0 with a disturbance, got {scale}")
-    return Disturbed(env, kind, prob, scale, entry.impulse)
+
+
+def disturb(name: str, env: Any, kind: str = "none", prob: float = 0.0, scale: float = 0.0):
+    """Wraps `env` (registered as `name`) with disturbance `kind`; `none` returns it as is.
+
+    Raises:
+        ParamError: as `check_disturbance`.
+    """
+    import envs
+
+    check_disturbance(name, kind, prob, scale)
+    if kind == "none":
+        return env
+    return Disturbed(env, kind, prob, scale, envs.spec(name).impulse)

@@ -3,19 +3,31 @@
 Every field can be set from YAML (nested mapping) or from the command line
 (`--section.field-name value`). The tree is validated before anything is
 compiled, and every error names the field and what is allowed.
+
+The module is long because it is the schema: the field declarations and their
+docstrings (from which docs/config.md and `--help` are generated). The
+converter to and from YAML and flags is `jfedrl.schema`; the check helpers are
+`jfedrl.checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jfedrl import schema
-from jfedrl.checks import ELSEWHERE, ConfigError, not_allowed  # noqa: F401 (re-exported)
+from jfedrl.checks import (  # noqa: F401 (moved to jfedrl.checks)
+    ELSEWHERE,
+    ConfigError,
+    not_allowed,
+    require,
+    require_choice,
+    require_finite,
+    require_positive,
+    require_range,
+)
 
 # Moved to jfedrl.schema; re-exported because runs, tests and offload import them from here.
 from jfedrl.schema import flat_fields, override, replace_path, save_yaml, to_dict  # noqa: F401
@@ -487,102 +499,64 @@ def load_yaml(path: str | Path) -> Config:
 # ---------------------------------------------------------------- validation
 
 
-def _choice(path: str, value: str, allowed: typing.Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(not_allowed(path, value, allowed))
-
-
-def _positive(path: str, value: float, strict: bool = True) -> None:
-    if (value <= 0) if strict else (value < 0):
-        bound = "> 0" if strict else ">= 0"
-        raise ConfigError(f"{path}: must be {bound}, got {value!r}")
-
-
-def _check_finite(path: str, value: Any) -> None:
-    """Every float in the tree (fields, tuples, `env.ranges`, ...) is finite.
-
-    Also catches values set in code, which skip the coercion of YAML and flags.
-    """
-    if dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            _check_finite(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(f"{path}.{key}", item)
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_finite(f"{path}[{i}]", item)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-
-
 def validate(config: Config) -> Config:
-    """Checks every field that can be checked without compiling; returns config.
+    """Checks every section without writing or compiling anything; returns config.
 
     Registry names are checked against the live registries, so a plugin that
-    registers a new environment, algorithm or strategy is accepted.
+    registers a new environment, algorithm, strategy or executor is accepted;
+    the environment and executor checks are their modules' own.
     """
-    import envs
-    from jfedrl import algorithms, strategies
+    from jfedrl import algorithms, environment, plugins, strategies
 
-    _check_finite("", config)
-    _choice("env.name", config.env.name, envs.names())
-    _choice("algo.name", config.algo.name, algorithms.names())
-    _choice("strategy.name", config.strategy.name, strategies.names())
-    _choice("offload.executor", config.offload.executor, ("inprocess", "local", "golem"))
-    _choice("offload.quantize", config.offload.quantize, ("none", "float16", "int8"))
-    _choice("federation.sampling", config.federation.sampling, ("uniform", "weighted"))
+    require_finite("", config)
+    environment.validate(config)
+    require_choice("algo.name", config.algo.name, algorithms.names())
+    require_choice("strategy.name", config.strategy.name, strategies.names())
+    executor = plugins.executor(config.offload.executor)
+    require_choice("offload.quantize", config.offload.quantize, ("none", "float16", "int8"))
+    _validate_federation(config.federation)
+    log = config.log
+    require_positive("log.rounds_per_block", log.rounds_per_block)
+    require_positive("log.eval_episodes", log.eval_episodes)
+    require_positive("log.checkpoint_every", log.checkpoint_every)
+    require_positive("log.keep_checkpoints", log.keep_checkpoints)
+    offload = config.offload
+    require_positive("offload.shards", offload.shards)
+    if offload.shards > config.federation.num_clients:
+        raise ConfigError(
+            f"offload.shards: {offload.shards} exceeds "
+            f"federation.num_clients={config.federation.num_clients}"
+        )
+    require_positive("offload.max_retries", offload.max_retries, strict=False)
+    require_positive("offload.state_sync_rounds", offload.state_sync_rounds, strict=False)
+    algorithms.get(config.algo.name).validate(config)
+    strategies.get(config.strategy.name).validate(config)
+    executor.validate(config)
+    return config
 
-    fed = config.federation
-    if fed.num_clients < 1:
-        raise ConfigError(f"federation.num_clients: must be >= 1, got {fed.num_clients}")
-    _positive("federation.rounds", fed.rounds)
-    _positive("federation.local_updates", fed.local_updates)
-    _positive("federation.participation", fed.participation)
+
+def _validate_federation(fed: FederationConfig) -> None:
+    """Clients, rounds, participation, system heterogeneity, asynchrony, schedule horizon."""
+    require_choice("federation.sampling", fed.sampling, ("uniform", "weighted"))
+    require(fed.num_clients >= 1, "federation.num_clients", ">= 1", fed.num_clients)
+    require_positive("federation.rounds", fed.rounds)
+    require_positive("federation.local_updates", fed.local_updates)
+    require_positive("federation.participation", fed.participation)
     if fed.participation > fed.num_clients:
         raise ConfigError(
             f"federation.participation: {fed.participation} exceeds "
             f"federation.num_clients={fed.num_clients}"
         )
-    if not 0.0 <= fed.min_participation <= 1.0:
-        raise ConfigError(
-            f"federation.min_participation: must be in [0, 1], got {fed.min_participation}"
-        )
-    _validate_system(config)
-    _positive("log.rounds_per_block", config.log.rounds_per_block)
-    _positive("log.eval_episodes", config.log.eval_episodes)
-    _positive("log.checkpoint_every", config.log.checkpoint_every)
-    _positive("log.keep_checkpoints", config.log.keep_checkpoints)
-    _positive("offload.shards", config.offload.shards)
-    if config.offload.shards > fed.num_clients:
-        raise ConfigError(
-            f"offload.shards: {config.offload.shards} exceeds "
-            f"federation.num_clients={fed.num_clients}"
-        )
-    _positive("offload.max_retries", config.offload.max_retries, strict=False)
-    _positive("offload.state_sync_rounds", config.offload.state_sync_rounds, strict=False)
-    algorithms.get(config.algo.name).validate(config)
-    strategies.get(config.strategy.name).validate(config)
-    return config
-
-
-def _validate_system(config: Config) -> None:
-    """System heterogeneity, asynchrony and the schedule horizon (`federation.*`)."""
-    fed = config.federation
-    _choice("federation.local_updates_dist", fed.local_updates_dist, ("fixed", "uniform"))
-    if not 1 <= fed.local_updates_min <= fed.local_updates:
-        raise ConfigError(
-            f"federation.local_updates_min: must be in [1, local_updates={fed.local_updates}], "
-            f"got {fed.local_updates_min}"
-        )
-    if not 0.0 <= fed.straggler_prob <= 1.0:
-        raise ConfigError(f"federation.straggler_prob: must be in [0, 1], got {fed.straggler_prob}")
-    if not 0.0 <= fed.dropout_prob < 1.0:
-        raise ConfigError(f"federation.dropout_prob: must be in [0, 1), got {fed.dropout_prob}")
-    _positive("federation.staleness", fed.staleness, strict=False)
-    _positive("federation.staleness_decay", fed.staleness_decay, strict=False)
-    _positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
+    require_range("federation.min_participation", fed.min_participation, 0, 1)
+    require_choice("federation.local_updates_dist", fed.local_updates_dist, ("fixed", "uniform"))
+    low = fed.local_updates_min
+    rule = f"in [1, local_updates={fed.local_updates}]"
+    require(1 <= low <= fed.local_updates, "federation.local_updates_min", rule, low)
+    require_range("federation.straggler_prob", fed.straggler_prob, 0, 1)
+    require_range("federation.dropout_prob", fed.dropout_prob, 0, 1, high_open=True)
+    require_positive("federation.staleness", fed.staleness, strict=False)
+    require_positive("federation.staleness_decay", fed.staleness_decay, strict=False)
+    require_positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
 
 
 def schedule_horizon(fed: FederationConfig) -> int:

@@ -18,7 +18,8 @@ import numpy as np
 
 import envs
 from envs.suggest import did_you_mean
-from jfedrl.config import ConfigError, EnvConfig
+from jfedrl.checks import ConfigError, require, require_choice, require_positive
+from jfedrl.config import Config, EnvConfig
 
 DriftFn = Callable[[jax.Array, Any, jax.Array], Any]
 
@@ -47,7 +48,8 @@ class ClientEnvs:
 
 
 def _check(config: EnvConfig, num_clients: int) -> None:
-    """Every check of the `env` section that needs no compilation."""
+    """Every check of the `env` section; builds no environment."""
+    require_choice("env.name", config.name, envs.names())
     entry = envs.spec(config.name)
     if config.backend and config.backend not in entry.backends:
         allowed = ", ".join(entry.backends) if entry.backends else "'' (not a Brax env)"
@@ -55,35 +57,31 @@ def _check(config: EnvConfig, num_clients: int) -> None:
             f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}."
             + did_you_mean(config.backend, entry.backends)
         )
-    if config.max_episode_steps < 0:
-        raise ConfigError(f"env.max_episode_steps: must be >= 0, got {config.max_episode_steps}")
-    if config.drift_period < 1:
-        raise ConfigError(f"env.drift_period: must be >= 1, got {config.drift_period}")
-    envs.check_overrides(config.name, config.variant, config.ranges, config.values, num_clients)
-    envs.drift.resolve_drift_params(config.name, config.drift, config.drift_params)
-    if config.disturbance != "none" and not 0.0 < config.disturbance_prob <= 1.0:
-        raise ConfigError(
-            f"env.disturbance_prob: must be in (0, 1] with env.disturbance="
-            f"{config.disturbance!r}, got {config.disturbance_prob}"
-        )
-
-
-def validate(config: EnvConfig, num_clients: int) -> None:
-    """Validates the `env` section for `num_clients` clients.
-
-    Raises:
-        ConfigError: naming the field (`env.variant`, `env.ranges`, `env.values`,
-            `env.drift_params`, ...) and the allowed values.
-    """
+    require_positive("env.max_episode_steps", config.max_episode_steps, strict=False)
+    require(config.drift_period >= 1, "env.drift_period", ">= 1", config.drift_period)
     try:
-        _check(config, num_clients)
+        envs.check_overrides(config.name, config.variant, config.ranges, config.values, num_clients)
+        envs.drift.resolve_drift_params(config.name, config.drift, config.drift_params)
+        envs.check_disturbance(
+            config.name, config.disturbance, config.disturbance_prob, config.disturbance_scale
+        )
     except envs.ParamError as error:
         raise ConfigError(f"env.{error.field}: {error.message}") from None
 
 
+def validate(config: Config) -> None:
+    """Validates the `env` section for `federation.num_clients` clients, building nothing.
+
+    Raises:
+        ConfigError: naming the field (`env.name`, `env.variant`, `env.ranges`,
+            `env.values`, `env.drift_params`, ...) and the allowed values.
+    """
+    _check(config.env, config.federation.num_clients)
+
+
 def make_client_envs(config: EnvConfig, num_clients: int) -> ClientEnvs:
     """Builds the clients' environments from the `env` config section."""
-    validate(config, num_clients)
+    _check(config, num_clients)
     options = {"backend": config.backend} if config.backend else {}
     try:
         env, default_params = envs.make(config.name, **options)

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from jfedrl.config import Config, replace_path
+from jfedrl.config import Config, override
 
 
 def tiny_config(**overrides) -> Config:
@@ -32,9 +32,7 @@ def tiny_config(**overrides) -> Config:
         "log.progress": False,
     }
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
-    for path, value in base.items():
-        config = replace_path(config, path, value)
-    return config
+    return override(config, base)
 
 
 def with_run_dir(config: Config, run_dir) -> Config:

@@ -6,7 +6,7 @@ and its config fields.
 
 from __future__ import annotations
 
-from jfedrl.config import ConfigError, not_allowed
+from jfedrl.checks import ConfigError, not_allowed, require
 from jfedrl.strategies import averaging, dp, evolutionary, fednova, reward, robust, server_opt
 from jfedrl.strategies.base import (
     ClientInfo,
@@ -57,11 +57,8 @@ def _with_common_checks(validate):
     """Adds the checks on fields every strategy shares."""
 
     def checked(config) -> None:
-        if config.strategy.clip_update_norm < 0:
-            raise ConfigError(
-                f"strategy.clip_update_norm: must be >= 0 (0: off), "
-                f"got {config.strategy.clip_update_norm!r}"
-            )
+        clip = config.strategy.clip_update_norm
+        require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
         validate(config)
 
     return checked
@@ -74,8 +71,7 @@ def _none(config) -> None:
 def _validate_fedprox(config) -> None:
     """FedProx's mu must be positive and not contradict the algorithm's own `prox_mu`."""
     mu = config.strategy.prox_mu
-    if not mu > 0:
-        raise ConfigError(f"strategy.prox_mu: must be > 0 for fedprox, got {mu!r}")
+    require(mu > 0, "strategy.prox_mu", "> 0 for fedprox", mu)
     section = getattr(config.algo, config.algo.name, None)
     own = getattr(section, "prox_mu", None)
     if own is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError, not_allowed
+from jfedrl.checks import ConfigError, require, require_choice, require_positive, require_range
 from jfedrl.strategies.base import ClientInfo, Strategy, normalized_weights, stateless
 
 
@@ -81,23 +81,13 @@ def validate(config) -> None:
     from jfedrl import privacy
 
     strategy = config.strategy
-    if not strategy.dp_clip > 0:
-        raise ConfigError(f"strategy.dp_clip: must be > 0, got {strategy.dp_clip!r}")
-    if not strategy.dp_noise >= 0:
-        raise ConfigError(f"strategy.dp_noise: must be >= 0, got {strategy.dp_noise!r}")
-    if not 0.0 < strategy.dp_delta < 1.0:
-        raise ConfigError(f"strategy.dp_delta: must be in (0, 1), got {strategy.dp_delta!r}")
-    if not strategy.dp_epsilon_budget >= 0:
-        raise ConfigError(
-            f"strategy.dp_epsilon_budget: must be >= 0 (0: none), "
-            f"got {strategy.dp_epsilon_budget!r}"
-        )
-    if strategy.dp_budget_action not in privacy.BUDGET_ACTIONS:
-        raise ConfigError(
-            not_allowed(
-                "strategy.dp_budget_action", strategy.dp_budget_action, privacy.BUDGET_ACTIONS
-            )
-        )
+    require_positive("strategy.dp_clip", strategy.dp_clip)
+    require_positive("strategy.dp_noise", strategy.dp_noise, strict=False)
+    require_range("strategy.dp_delta", strategy.dp_delta, 0, 1, low_open=True, high_open=True)
+    budget = strategy.dp_epsilon_budget
+    require(budget >= 0, "strategy.dp_epsilon_budget", ">= 0 (0: none)", budget)
+    action = strategy.dp_budget_action
+    require_choice("strategy.dp_budget_action", action, privacy.BUDGET_ACTIONS)
     accountant = privacy.accountant(config)
     if accountant.budget > 0 and accountant.action == "stop":
         first = accountant.epsilon(1)

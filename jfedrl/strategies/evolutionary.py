@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from evosax.algorithms import PSO, DifferentialEvolution
 
-from jfedrl.config import ConfigError, not_allowed, participants_per_round
+from jfedrl.checks import ConfigError, require_choice, require_positive, require_range
+from jfedrl.config import participants_per_round
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -123,8 +124,7 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
             "build it with strategies.make(strategy_config, num_clients=...)"
         )
     algorithm = config.evo_algorithm
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"strategy.evo_algorithm: {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    require_choice("strategy.evo_algorithm", algorithm, ALGORITHMS)
     if num_clients < MIN_POPULATION[algorithm]:
         raise ValueError(
             f"strategy.evo_algorithm={algorithm} needs >= {MIN_POPULATION[algorithm]} clients, "
@@ -180,8 +180,7 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
 
 def validate(config) -> None:
     strategy = config.strategy
-    if strategy.evo_algorithm not in ALGORITHMS:
-        raise ConfigError(not_allowed("strategy.evo_algorithm", strategy.evo_algorithm, ALGORITHMS))
+    require_choice("strategy.evo_algorithm", strategy.evo_algorithm, ALGORITHMS)
     n = participants_per_round(config.federation)
     need = MIN_POPULATION[strategy.evo_algorithm]
     if n < need:
@@ -190,18 +189,9 @@ def validate(config) -> None:
             f"per round (federation.num_clients x federation.participation), got {n}"
         )
     if strategy.evo_algorithm == "differential_evolution":
-        if not 0.0 < strategy.evo_mutation <= 2.0:
-            raise ConfigError(
-                f"strategy.evo_mutation: DE differential weight F must be in (0, 2], "
-                f"got {strategy.evo_mutation!r}"
-            )
-        if not 0.0 <= strategy.evo_crossover <= 1.0:
-            raise ConfigError(
-                f"strategy.evo_crossover: DE crossover rate must be in [0, 1], "
-                f"got {strategy.evo_crossover!r}"
-            )
+        # DE's differential weight F and crossover rate CR.
+        require_range("strategy.evo_mutation", strategy.evo_mutation, 0, 2, low_open=True)
+        require_range("strategy.evo_crossover", strategy.evo_crossover, 0, 1)
     else:
         for name in ("pso_inertia", "pso_cognitive", "pso_social"):
-            value = getattr(strategy, name)
-            if not value >= 0:
-                raise ConfigError(f"strategy.{name}: must be >= 0, got {value!r}")
+            require_positive(f"strategy.{name}", getattr(strategy, name), strict=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError, not_allowed
+from jfedrl.checks import require_choice, require_positive
 from jfedrl.strategies.base import ClientInfo, Strategy, keep_if_empty, stateless, weighted_mean
 
 WEIGHTINGS = ("min_shift", "softmax")
@@ -75,9 +75,5 @@ def reward_weighted(config, num_clients: int | None = None) -> Strategy:
 
 def validate(config) -> None:
     strategy = config.strategy
-    if strategy.reward_weighting not in WEIGHTINGS:
-        raise ConfigError(
-            not_allowed("strategy.reward_weighting", strategy.reward_weighting, WEIGHTINGS)
-        )
-    if not strategy.temperature > 0:
-        raise ConfigError(f"strategy.temperature: must be > 0, got {strategy.temperature!r}")
+    require_choice("strategy.reward_weighting", strategy.reward_weighting, WEIGHTINGS)
+    require_positive("strategy.temperature", strategy.temperature)

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jfedrl.config import ConfigError, not_allowed, participants_per_round
+from jfedrl.checks import ConfigError, require, require_choice, require_positive, require_range
+from jfedrl.config import participants_per_round
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -214,16 +215,13 @@ def _krum(f: int, m: int, by_num_steps: bool = False) -> Strategy:
 
 
 def validate_trimmed_mean(config) -> None:
-    beta = config.strategy.trim_beta
-    if not 0.0 <= beta < 0.5:
-        raise ConfigError(f"strategy.trim_beta: must be in [0, 0.5), got {beta!r}")
+    require_range("strategy.trim_beta", config.strategy.trim_beta, 0, 0.5, high_open=True)
 
 
 def validate_krum(config) -> None:
     f = config.strategy.krum_f
     n = participants_per_round(config.federation)
-    if f < 0:
-        raise ConfigError(f"strategy.krum_f: must be >= 0, got {f!r}")
+    require_positive("strategy.krum_f", f, strict=False)
     if n <= 2 * f + 2:
         raise ConfigError(
             f"strategy.krum_f: Krum needs n > 2f + 2 participants per round; got n={n} "
@@ -235,12 +233,7 @@ def validate_krum(config) -> None:
 
 def validate_multi_krum(config) -> None:
     validate_krum(config)
-    weighting = config.strategy.krum_weighting
-    if weighting not in KRUM_WEIGHTINGS:
-        raise ConfigError(not_allowed("strategy.krum_weighting", weighting, KRUM_WEIGHTINGS))
+    require_choice("strategy.krum_weighting", config.strategy.krum_weighting, KRUM_WEIGHTINGS)
     f, m = config.strategy.krum_f, config.strategy.krum_m
     n = participants_per_round(config.federation)
-    if not 0 <= m <= n - f:
-        raise ConfigError(
-            f"strategy.krum_m: must be in [0, n - f] = [0, {n - f}] (0: n - f), got {m!r}"
-        )
+    require(0 <= m <= n - f, "strategy.krum_m", f"in [0, n - f] = [0, {n - f}] (0: n - f)", m)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jfedrl.config import ConfigError
+from jfedrl.checks import require_positive, require_range
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
@@ -95,26 +95,20 @@ def fedadagrad(config, num_clients: int | None = None) -> Strategy:
     )
 
 
-def _check(path: str, value: float, low: float, high: float, low_open: bool, high_open: bool):
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"{path}: must be in {interval}, got {value!r}")
-
-
 def validator(uses: tuple[str, ...]) -> Callable[[object], None]:
     """A `validate(config)` for the server-optimiser fields in `uses`."""
 
     def validate(config) -> None:
         strategy = config.strategy
-        _check("strategy.server_lr", strategy.server_lr, 0.0, float("inf"), True, True)
+        require_positive("strategy.server_lr", strategy.server_lr)
         if "momentum" in uses:
-            _check("strategy.server_momentum", strategy.server_momentum, 0.0, 1.0, False, True)
+            require_range(
+                "strategy.server_momentum", strategy.server_momentum, 0.0, 1.0, high_open=True
+            )
         if "betas" in uses:
-            _check("strategy.beta1", strategy.beta1, 0.0, 1.0, False, True)
-            _check("strategy.beta2", strategy.beta2, 0.0, 1.0, False, True)
+            require_range("strategy.beta1", strategy.beta1, 0.0, 1.0, high_open=True)
+            require_range("strategy.beta2", strategy.beta2, 0.0, 1.0, high_open=True)
         if "tau" in uses:
-            _check("strategy.tau", strategy.tau, 0.0, float("inf"), True, True)
+            require_positive("strategy.tau", strategy.tau)
 
     return validate
