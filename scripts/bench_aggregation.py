@@ -17,8 +17,8 @@ exponent between the two largest C is reported.
 
 Writes bench/aggregation.json and bench/aggregation.md.
 
-    python scripts/bench_aggregation.py                   # 16 64 256, 3 reps
-    python scripts/bench_aggregation.py --clients 16 64 --reps 5
+    python -m scripts.bench_aggregation                   # 16 64 256, 3 reps
+    python -m scripts.bench_aggregation --clients 16 64 --reps 5
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -40,8 +36,8 @@ from jfedrl import strategies
 from jfedrl.algorithms import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.federated import local_training, make_simulator
+from scripts import benchlib
 
-ROOT = Path(__file__).resolve().parent.parent
 MEAN_TYPE = ("fedavg", "mean", "reward_weighted", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # Settings that make each rule do its full work (e.g. noise on, trimming on).
 SETTINGS = {
@@ -51,19 +47,6 @@ SETTINGS = {
     "trimmed_mean": {"trim_beta": 0.1},
     "multi_krum": {"krum_m": 0},
 }
-
-
-def timed(fn, *args, reps: int) -> tuple[float, float]:
-    """(compile + first call seconds, median seconds of `reps` further calls)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return first, statistics.median(samples)
 
 
 def bench_clients(num_clients: int, reps: int, agg_reps: int, names: list[str]) -> dict:
@@ -80,7 +63,9 @@ def bench_clients(num_clients: int, reps: int, agg_reps: int, names: list[str]) 
             sim.algorithm, fed.local_updates, keys, clients, state.env_params, reference
         )
 
-    local_first, local_time = timed(local, jax.random.PRNGKey(1), state.clients, reps=reps)
+    local_first, local_time = benchlib.time_calls(
+        local, jax.random.PRNGKey(1), state.clients, reps=reps
+    )
     num_params = int(sum(x.size for x in jax.tree.leaves(state.global_params)))
 
     # Distinct client params around the global, as after local training.
@@ -100,7 +85,7 @@ def bench_clients(num_clients: int, reps: int, agg_reps: int, names: list[str]) 
         strategy = strategies.make(strategy_config, num_clients)
         server_state = strategy.init(state.global_params)
         aggregate = jax.jit(strategy.aggregate)
-        first, seconds = timed(
+        first, seconds = benchlib.time_calls(
             aggregate,
             server_state,
             state.global_params,
@@ -140,18 +125,18 @@ def krum_exponent(results: list[dict], name: str) -> float | None:
     return math.log(tb / ta) / math.log(b["num_clients"] / a["num_clients"])
 
 
-def write_markdown(path: Path, report: dict) -> None:
+def markdown(report: dict) -> str:
     results = report["results"]
     sizes = [r["num_clients"] for r in results]
     lines = [
         "# Aggregation cost vs local training",
         "",
-        "Written by `scripts/bench_aggregation.py`. CartPole-v1, PPO, MLP 2x64 "
+        "Written by `python -m scripts.bench_aggregation`. CartPole-v1, PPO, MLP 2x64 "
         f"({results[0]['num_params']} params per client), {results[0]['local_updates']} local "
         f"updates per round ({results[0]['env_steps_per_client']} env steps per client). "
         f"Median of {report['reps']} (local training) / {report['agg_reps']} (aggregate) "
         "jitted calls after compilation, on "
-        f"{report['machine']}.",
+        f"{benchlib.describe(report['machine'])}.",
         "",
         "Share = aggregate / (local training + aggregate) of one round.",
         "",
@@ -187,15 +172,15 @@ def write_markdown(path: Path, report: dict) -> None:
                 "O(C^2 D), plus an O(C^2 log C) sort of each row; the flattening and the mean "
                 "are O(C D))."
             )
-    load = report.get("load_average")
+    load = benchlib.load_averages(report["machine"])
     if load:
         lines += [
             "",
             f"The machine was shared with other jobs: 1-minute load average {load[0]:.1f} at "
-            f"the start and {load[1]:.1f} at the end, on {os.cpu_count()} cores, so single "
-            "figures can be off by a factor of 2-3 (compare shares within one column).",
+            f"the start and {load[1]:.1f} at the end, on {report['machine']['cores']} cores, so "
+            "single figures can be off by a factor of 2-3 (compare shares within one column).",
         ]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -204,26 +189,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed local-training calls")
     parser.add_argument("--agg-reps", type=int, default=20, help="timed aggregate calls")
     parser.add_argument("--strategies", nargs="+", default=list(strategies.names()))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "aggregation")
+    parser.add_argument("--out", type=Path, default=benchlib.BENCH / "aggregation")
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite <out>.md from <out>.json"
     )
     args = parser.parse_args()
     if args.markdown_only:
         report = json.loads(args.out.with_suffix(".json").read_text())
-        write_markdown(args.out.with_suffix(".md"), report)
+        args.out.with_suffix(".md").write_text(markdown(report))
         return
 
-    load_start = os.getloadavg()[0]
+    machine = benchlib.machine()
     results = [
         bench_clients(c, args.reps, args.agg_reps, args.strategies) for c in sorted(args.clients)
     ]
     report = {
         "reps": args.reps,
         "agg_reps": args.agg_reps,
-        "load_average": [load_start, os.getloadavg()[0]],
-        "machine": f"{platform.machine()} CPU x{os.cpu_count()}, jax {jax.__version__} "
-        f"({jax.default_backend()}, {jax.device_count()} device)",
+        "machine": benchlib.finish(machine),
         "strategies": args.strategies,
         "results": results,
         "scaling_exponent": {
@@ -232,10 +215,7 @@ def main() -> None:
             if name in args.strategies
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(args.out.with_suffix(".md"), report)
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    benchlib.write_report(args.out, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -14,17 +14,14 @@
 
 Writes bench/envs.json and bench/envs.md.
 
-    python scripts/bench_envs.py                      # 64 clients, hopper + inverted_pendulum
-    python scripts/bench_envs.py --clients 16 --reps 3 --brax inverted_pendulum
-    python scripts/bench_envs.py --brax-backends spring positional generalized mjx
+    python -m scripts.bench_envs                      # 64 clients, hopper + inverted_pendulum
+    python -m scripts.bench_envs --clients 16 --reps 3 --brax inverted_pendulum
+    python -m scripts.bench_envs --brax-backends spring positional generalized mjx
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -35,8 +32,7 @@ import jax.numpy as jnp
 import envs
 from jfedrl.config import Config, replace_path
 from jfedrl.federated import make_simulator
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import benchlib
 
 
 def federated_config(clients: int, variant: str, drift: str) -> Config:
@@ -172,14 +168,14 @@ def raw_cases(clients: int, brax: list[str], backends: list[str]) -> dict:
     return cases
 
 
-def write_markdown(path: Path, result: dict) -> None:
+def markdown(result: dict) -> str:
     fed = result["federated"]
     lines = [
         "# Environment throughput",
         "",
-        f"Machine: {result['machine']}, jax {result['jax']} ({result['backend']}); "
+        f"Machine: {benchlib.describe(result['machine'])}; "
         "1-minute load average before / after: "
-        + " / ".join(f"{x:.1f}" for x in result["load_average_1min"])
+        + " / ".join(f"{x:.1f}" for x in benchlib.load_averages(result["machine"]))
         + " (other processes share the CPUs).",
         "",
         f"## Federated PPO round, CartPole-v1, {result['clients']} clients",
@@ -215,7 +211,7 @@ def write_markdown(path: Path, result: dict) -> None:
             f"{row['first_call_s_incl_compile']:.1f} s |"
         )
     lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -225,10 +221,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--brax", nargs="*", default=["hopper", "inverted_pendulum"])
     parser.add_argument("--brax-backends", nargs="*", default=["spring"])
-    parser.add_argument("--out", default=str(ROOT / "bench"))
+    parser.add_argument("--out", type=Path, default=benchlib.BENCH)
     args = parser.parse_args()
 
-    load_before = os.getloadavg()[0]
+    machine = benchlib.machine()
     print(f"federated PPO round, CartPole-v1, {args.clients} clients ...", flush=True)
     federated = bench_federated(args.clients, args.rounds, args.reps)
     for label, row in federated.items():
@@ -241,20 +237,13 @@ def main() -> None:
     print("raw env steps ...", flush=True)
     raw = bench_raw(raw_cases(args.clients, args.brax, args.brax_backends), args.reps)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "machine": benchlib.finish(machine),
         "clients": args.clients,
         "reps": args.reps,
         "federated": federated,
         "raw": raw,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "envs.json").write_text(json.dumps(result, indent=2))
-    write_markdown(out / "envs.md", result)
-    print(f"wrote {out / 'envs.json'} and {out / 'envs.md'}")
+    benchlib.write_report(args.out / "envs", result, markdown(result))
 
 
 if __name__ == "__main__":

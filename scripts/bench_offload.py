@@ -19,7 +19,7 @@ CartPole-v1) it measures, on this machine:
 
 Writes bench/offload.json and bench/offload.md.
 
-    python scripts/bench_offload.py [--clients 16 64] [--rounds 5] [--shards 2]
+    python -m scripts.bench_offload [--clients 16 64] [--rounds 5] [--shards 2]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -41,8 +40,7 @@ from jfedrl.federated import make_simulator
 from jfedrl.runner import InProcessRunner, enable_compilation_cache
 from offload import LocalExecutor, OffloadRunner
 from offload import task as fmt
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import benchlib
 
 
 def config_for(
@@ -219,13 +217,22 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
     }
 
 
+def _sticky_row(clients: int, algo: str, full: dict, kept: dict) -> list:
+    return [clients, algo, f"{full['bytes_per_round']:.0f}", f"{kept['bytes_per_round']:.0f}"] + [
+        f"{full['bytes_per_round'] / kept['bytes_per_round']:.1f}x",
+        f"{full['round_seconds']:.3f}",
+        f"{kept['round_seconds']:.3f}",
+    ]
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Offload benchmark: local executor vs in-process",
         "",
-        f"Machine: {results['machine']}; load average at start {results['load_average']}.",
+        f"Machine: {benchlib.describe(results['machine'])}; load average at start "
+        f"{results.get('load_average') or results['machine']['loadavg_at_start'][0]:.2f}.",
         f"Default PPO on CartPole-v1, 4 local updates, {results['shards']} shards "
-        "(worker processes), median of warm rounds. Written by scripts/bench_offload.py.",
+        "(worker processes), median of warm rounds. Written by `python -m scripts.bench_offload`.",
         "",
         "| clients | in-process round s | offloaded round s | ratio | write s | wait s | "
         "read s | worker restore s | worker train s |",
@@ -265,19 +272,17 @@ def markdown(results: dict) -> str:
             f"| {r['clients']} | {s['cold_cache']:.2f} | {c['cold_cache']:.2f} | "
             f"{c['warm_cache']:.2f} |"
         )
-    lines += [
-        "",
-        "| clients | quantize | bytes sent | bytes received | bytes saved | rel. error sent | "
-        "rel. error received |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results["runs"]:
-        for mode, t in r["transfer"].items():
-            lines.append(
-                f"| {r['clients']} | {mode} | {t['bytes_sent']} | {t['bytes_received']} | "
-                f"{t['bytes_saved']} | {t['quantize_error_sent']:.2e} | "
-                f"{t['quantize_error_received']:.2e} |"
-            )
+    lines.append("")
+    lines += benchlib.table(
+        ["clients", "quantize", "bytes sent", "bytes received", "bytes saved"]
+        + ["rel. error sent", "rel. error received"],
+        [
+            [r["clients"], mode, t["bytes_sent"], t["bytes_received"], t["bytes_saved"]]
+            + [f"{t['quantize_error_sent']:.2e}", f"{t['quantize_error_received']:.2e}"]
+            for r in results["runs"]
+            for mode, t in r["transfer"].items()
+        ],
+    )
     lines += [
         "",
         "Sticky clients: bytes moved per warm round (task up + result back, on disk) when every "
@@ -285,19 +290,16 @@ def markdown(results: dict) -> str:
         "(`offload.state_sync_rounds` 0 vs 10; the states then come home every 10 rounds and "
         "before each checkpoint, not counted here).",
         "",
-        "| clients | algorithm | states every round, bytes | kept, bytes | less | "
-        "round s (every round) | round s (kept) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in results["runs"]:
-        for algo, t in r["sticky"].items():
-            full, kept = t["states_every_round"], t["sticky"]
-            lines.append(
-                f"| {r['clients']} | {algo} | {full['bytes_per_round']:.0f} | "
-                f"{kept['bytes_per_round']:.0f} | "
-                f"{full['bytes_per_round'] / kept['bytes_per_round']:.1f}x | "
-                f"{full['round_seconds']:.3f} | {kept['round_seconds']:.3f} |"
-            )
+    lines += benchlib.table(
+        ["clients", "algorithm", "states every round, bytes", "kept, bytes", "less"]
+        + ["round s (every round)", "round s (kept)"],
+        [
+            _sticky_row(r["clients"], algo, t["states_every_round"], t["sticky"])
+            for r in results["runs"]
+            for algo, t in r["sticky"].items()
+        ],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -306,22 +308,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "offload"))
+    parser.add_argument("--out", type=Path, default=benchlib.BENCH / "offload")
     args = parser.parse_args()
     enable_compilation_cache(tempfile.mkdtemp(prefix="bench-offload-xla-"))
-    load = os.getloadavg()[0]
+    machine = benchlib.machine()
     with tempfile.TemporaryDirectory(prefix="bench-offload-") as work:
         runs = [bench_clients(c, args.shards, args.rounds, Path(work)) for c in args.clients]
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}",
-        "load_average": round(load, 2),
+        "machine": benchlib.finish(machine),
         "shards": args.shards,
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text(markdown(results))
+    benchlib.write_report(args.out, results, markdown(results))
     print(markdown(results))
 
 

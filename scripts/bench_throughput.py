@@ -13,7 +13,7 @@ this one run, so ratios compare like with like on a noisy machine:
   process that reuses the first one's cache;
 * the README's default `jfedrl train`, timed end to end from a cold cache.
 
-Usage: python scripts/bench_throughput.py [--clients 1 16 64 256] [--seconds 4] [--quick]
+Usage: python -m scripts.bench_throughput [--clients 1 16 64 256] [--seconds 4] [--quick]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench"
+from scripts import benchlib
 
 
 def _matmul_gflops() -> float:
@@ -138,11 +136,11 @@ def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
 
 def _subprocess(args: list[str], env: dict | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, *args],
+        [sys.executable, "-m", "scripts.bench_throughput", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd=ROOT,
+        cwd=benchlib.ROOT,
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-4000:])
@@ -182,7 +180,7 @@ def default_train_wall() -> dict:
         capture_output=True,
         text=True,
         env={**os.environ, "JFEDRL_COMPILATION_CACHE": cache},
-        cwd=ROOT,
+        cwd=benchlib.ROOT,
     )
     wall = time.perf_counter() - start
     if out.returncode != 0:
@@ -192,34 +190,14 @@ def default_train_wall() -> dict:
     return {"wall_seconds": wall, "final_eval_return": evals[-1], "rounds": len(records)}
 
 
-def _machine() -> dict:
-    import jax
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-    }
-
-
 def render(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Throughput: federated PPO on CartPole-v1",
         "",
-        f"{m['date']}, {m['cpu']}, {m['cores']} cores, jax {m['jax']}. "
+        f"{m['date'][:10]}, {m['cpu']}, {m['cores']} cores, jax {m['jax']}. "
         "PPO: 4 envs x 128 steps per local update, 4 local updates per round, "
-        "4 epochs x 4 minibatches, MLP 2x64. `python scripts/bench_throughput.py`.",
+        "4 epochs x 4 minibatches, MLP 2x64. `python -m scripts.bench_throughput`.",
         "",
         "| clients | env steps/s | local-only steps/s | federation cost | compile s "
         "| GFLOP/s (round) | matmul GFLOP/s | peak RSS MiB |",
@@ -286,15 +264,13 @@ def main() -> None:
                 ]
             )
         )
-    report = {"machine": _machine(), "runs": runs}
+    report = {"machine": benchlib.machine(), "runs": runs}
     print("persistent cache check ...", file=sys.stderr)
     report["cache"] = cache_check(16)
     if not (args.quick or args.skip_default_train):
         print("default jfedrl train ...", file=sys.stderr)
         report["default_train"] = default_train_wall()
-    OUT.mkdir(exist_ok=True)
-    (OUT / "throughput.json").write_text(json.dumps(report, indent=2))
-    (OUT / "throughput.md").write_text(render(report))
+    benchlib.write_report(benchlib.BENCH / "throughput", report, render(report))
     print(render(report))
 
 

@@ -15,8 +15,8 @@ Every system runs in its own subprocess (peak memory and imports do not mix).
 Writes `<out>.json`, `<out>.md` and `<out>.png`; docs/benchmarks.md explains
 what is measured and why it is fair.
 
-    python scripts/bench_vs_peers.py --clients 4 16 64 --rounds 16
-    python scripts/bench_vs_peers.py --quick        # ~2 minute smoke check
+    python -m scripts.bench_vs_peers --clients 4 16 64 --rounds 16
+    python -m scripts.bench_vs_peers --quick        # ~2 minute smoke check
 """
 
 from __future__ import annotations
@@ -35,11 +35,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from peers.common import BenchSpec  # noqa: E402
+from scripts import benchlib  # noqa: E402
+from scripts.peers.common import BenchSpec  # noqa: E402
 
 SYSTEMS = ("jfedrl", "sb3_loop", "flower")
 
@@ -50,15 +47,15 @@ SYSTEMS = ("jfedrl", "sb3_loop", "flower")
 def worker_main(args: argparse.Namespace) -> None:
     spec = BenchSpec.from_dict(json.loads(args.spec))
     if args.worker == "jfedrl":
-        from peers import jfedrl_side
+        from scripts.peers import jfedrl_side
 
         result = jfedrl_side.run(spec, _PROCESS_START, args.cache_dir, args.cache_state)
     elif args.worker == "sb3_loop":
-        from peers import sb3_loop
+        from scripts.peers import sb3_loop
 
         result = sb3_loop.run(spec, _PROCESS_START)
     elif args.worker == "flower":
-        from peers import flower_sim
+        from scripts.peers import flower_sim
 
         result = flower_sim.run(spec, _PROCESS_START)
     else:
@@ -99,7 +96,8 @@ def run_worker(
     log_path = result_path.with_suffix(".log")
     cmd = [
         python,
-        str(Path(__file__).resolve()),
+        "-m",
+        "scripts.bench_vs_peers",
         "--worker",
         system,
         "--spec",
@@ -109,7 +107,8 @@ def run_worker(
         *extra,
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    # The worker may be another interpreter (--flower-python): it finds `scripts` here.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(benchlib.ROOT), env.get("PYTHONPATH")]))
     print(f"  running {system} C={spec.clients} ...", flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -251,19 +250,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker_main(args)
         return
-    from peers import report
+    from scripts.peers import report
 
-    repo = HERE.parent
     if args.out:
         out = Path(args.out)
     elif args.quick:
         out = Path(tempfile.mkdtemp(prefix="jfedrl-bench-quick-")) / "peers"
     else:
-        out = repo / "bench" / "peers"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        out = benchlib.BENCH / "peers"
     log_dir = Path(tempfile.mkdtemp(prefix="jfedrl-bench-logs-"))
-    machine = report.machine_description()
-    print(f"machine: {machine['cpu']} x{machine['nproc']}, {machine['memory_gib']:.1f} GiB")
+    machine = benchlib.machine(with_jax=False)  # this driver process never imports jax
+    print(f"machine: {machine['cpu']} x{machine['cores']}, {machine['memory_gib']:.1f} GiB")
     print(f"worker logs: {log_dir}")
 
     systems = list(args.systems)

@@ -1,4 +1,4 @@
-"""Helpers of `scripts/bench_vs_peers.py`: one module per compared system.
+"""Helpers of `python -m scripts.bench_vs_peers`: one module per compared system.
 
 Each system runs in its own process (so peak memory and imports do not mix)
 and returns a plain JSON-able dict built by `common.result`. The modules only

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from peers.common import BenchSpec, PeakMemory, Recorder, now, versions
+from scripts.peers.common import BenchSpec, PeakMemory, Recorder, now, versions
 
 PACKAGES = ("flwr", "ray", "stable-baselines3", "torch", "gymnasium", "numpy")
 STATE_KEY = "sb3-client"
@@ -38,7 +38,7 @@ def make_client_app(spec: BenchSpec):
         import cloudpickle
         import torch
 
-        from peers import sb3_common as sb3
+        from scripts.peers import sb3_common as sb3
 
         torch.set_num_threads(max(1, spec.torch_threads))
         client = int(context.node_config["partition-id"])
@@ -67,7 +67,7 @@ def make_server_app(spec: BenchSpec, recorder: Recorder, evaluator, eval_policy,
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from peers import sb3_common as sb3
+    from scripts.peers import sb3_common as sb3
 
     app = ServerApp()
     marks: dict[str, Any] = {"last_end": None, "steps": []}
@@ -110,7 +110,7 @@ def run(spec: BenchSpec, start: float) -> dict[str, Any]:
     import ray
     from flwr.simulation import run_simulation
 
-    from peers import sb3_common as sb3
+    from scripts.peers import sb3_common as sb3
 
     sb3.set_torch_threads(spec)
     recorder = Recorder("flower", spec, start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peers.common import BenchSpec, PeakMemory, Recorder, now, versions
+from scripts.peers.common import BenchSpec, PeakMemory, Recorder, now, versions
 
 PACKAGES = ("jfedrl", "jax", "jaxlib", "flax", "optax", "gymnax", "numpy")
 

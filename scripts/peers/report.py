@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
-from peers.common import REWARD_THRESHOLD, versions
+from scripts import benchlib
+from scripts.peers.common import REWARD_THRESHOLD, versions
 
 PACKAGES = (
     "jfedrl",
@@ -25,36 +22,6 @@ PACKAGES = (
     "flwr",
     "ray",
 )
-
-
-def machine_description() -> dict[str, Any]:
-    cpu, flags = "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1]
-    except OSError:
-        pass
-    memory = 0.0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "fma") if f" {f} " in f" {flags} "]
-    return {
-        "cpu": cpu,
-        "cpu_features": isa,
-        "nproc": os.cpu_count(),
-        "memory_gib": memory,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
 
 
 def _find(results: list[dict], system: str, clients: int) -> dict | None:
@@ -137,7 +104,7 @@ def build(args, results, skipped, notes, machine) -> dict[str, Any]:
     packages = versions(PACKAGES)
     for r in clean:
         packages.update(r.get("packages", {}))
-    machine = dict(machine, loadavg_at_end=list(os.getloadavg()))
+    machine = benchlib.finish(machine)
     return {
         "task": {
             "env": "CartPole-v1",
@@ -167,7 +134,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# jfedrl vs peers: federated PPO on CartPole-v1",
         "",
-        f"Measured {machine['date']} on {machine['cpu']} ({machine['nproc']} cores, "
+        f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, "
         f"{machine['memory_gib']:.1f} GiB RAM, {', '.join(machine['cpu_features']) or 'no AVX2'}), "
         f"{machine['platform']}, Python {machine['python']}. Load average at start / end: "
         f"{machine['loadavg_at_start'][0]:.1f} / {machine['loadavg_at_end'][0]:.1f}.",
@@ -266,7 +233,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     axes[0][-1].legend(handles.values(), handles.keys(), loc="lower right", fontsize=8)
     machine = data["machine"]
     fig.suptitle(
-        f"Federated PPO on CartPole-v1 - {machine['cpu']}, {machine['nproc']} cores, "
+        f"Federated PPO on CartPole-v1 - {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['date'][:10]}",
         fontsize=10,
     )
@@ -276,6 +243,5 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def write(data: dict[str, Any], out: Path) -> None:
-    Path(f"{out}.json").write_text(json.dumps(data, indent=1))
-    Path(f"{out}.md").write_text(markdown(data))
+    benchlib.write_report(out, data, markdown(data))
     plot(data, Path(f"{out}.png"))

@@ -27,7 +27,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from peers.common import BenchSpec
+from scripts.peers.common import BenchSpec
 
 PACKAGES = ("stable-baselines3", "torch", "gymnasium", "numpy")
 

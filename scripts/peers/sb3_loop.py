@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from peers.common import BenchSpec, PeakMemory, Recorder, now, versions
+from scripts.peers.common import BenchSpec, PeakMemory, Recorder, now, versions
 
 
 def run(spec: BenchSpec, start: float) -> dict[str, Any]:
     """Runs the task; `start` is the worker process's first timestamp."""
     memory = PeakMemory()
-    from peers import sb3_common as sb3
+    from scripts.peers import sb3_common as sb3
 
     sb3.set_torch_threads(spec)
     recorder = Recorder("sb3_loop", spec, start)
