@@ -14,7 +14,8 @@ module must stay light too (build the executor lazily in `make_runner`), so
 that listing the executors costs milliseconds.
 
 Specs are read once per process; a package installed after that is seen by the
-next process.
+next process. An entry point whose package is absent is skipped, so jfedrl runs
+without `offload`.
 """
 
 from __future__ import annotations
@@ -82,7 +83,14 @@ INPROCESS = ExecutorSpec(
 def _load(group: str, kind: type) -> dict[str, Any]:
     specs = {}
     for entry in metadata.entry_points(group=group):
-        spec = entry.load()
+        try:
+            spec = entry.load()
+        except ModuleNotFoundError as error:
+            # Declared but not installed (e.g. `offload` left out): not an executor here.
+            # A plugin whose own imports are broken still raises.
+            if error.name and entry.module.split(".")[0] == error.name.split(".")[0]:
+                continue
+            raise
         if not isinstance(spec, kind) or spec.name != entry.name:
             raise TypeError(
                 f"entry point {group}:{entry.name} ({entry.value}) must name a "
