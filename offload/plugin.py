@@ -4,7 +4,8 @@
 pyproject.toml; jfedrl itself never imports `offload`. This module stays light
 (no JAX, no yapapi): the runners and the worker are imported when first used.
 Each executor owns its validation, which `jfedrl.config.validate` calls before
-anything is written or compiled.
+anything is written or compiled (`make_simulator` validates, so a runner is
+only ever built for a checked config).
 """
 
 from __future__ import annotations
@@ -55,14 +56,12 @@ def validate_golem(config: Any) -> None:
 def _make_local(simulator: Any, run_dir: Path) -> Any:
     from offload.requestor import OffloadRunner, local_executor
 
-    validate_local(simulator.config)
     return OffloadRunner(simulator, run_dir, local_executor)
 
 
 def _make_golem(simulator: Any, run_dir: Path) -> Any:
     from offload.requestor import OffloadRunner, golem_executor
 
-    validate_golem(simulator.config)
     return OffloadRunner(simulator, run_dir, golem_executor)
 
 
