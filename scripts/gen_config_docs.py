@@ -11,7 +11,8 @@ import sys
 import typing
 from pathlib import Path
 
-from jfedrl.config import Config, flat_fields, to_dict
+from jfedrl.config import Config
+from jfedrl.schema import flat_fields, to_dict
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
