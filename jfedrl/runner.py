@@ -1,19 +1,20 @@
 """The host loop: jitted blocks of rounds, and everything between them.
 
-Between blocks the host evaluates the global policy, appends metrics
-(metrics.jsonl, TensorBoard), updates the progress bar, checkpoints (orbax) and
-checks for Ctrl-C. A run can be resumed from its newest checkpoint and ends
+After each block the host evaluates the global policy and turns the block's
+metrics into per-round records; the callbacks of `jfedrl.callbacks` then write
+them (metrics.jsonl, TensorBoard), checkpoint (orbax), update the progress bar
+and handle Ctrl-C. A run can be resumed from its newest checkpoint and ends
 with exactly the params and metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,28 +23,27 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
-from flax import serialization
 
-from jfedrl import __version__, privacy
+from jfedrl.callbacks import (
+    Block,
+    Callback,
+    ParticipationError,  # noqa: F401 (moved to jfedrl.callbacks; the CLI imports it here)
+    Run,
+    default_callbacks,
+    params_record,
+)
 from jfedrl.checkpoint import Checkpointer, CheckpointError
 from jfedrl.config import (
     Config,
     ConfigError,
     load_yaml,
-    replace_path,
     resolve_schedule,
     save_yaml,
     schedule_horizon,
 )
 from jfedrl.federated import FedState, Simulator, make_simulator
-from jfedrl.outputs import (
-    MetricsWriter,
-    RunLock,
-    plot_learning_curve,
-    setup_logging,
-    to_jsonable,
-    truncate_metrics,
-)
+from jfedrl.outputs import RunLock, setup_logging, to_jsonable, truncate_metrics
+from jfedrl.schema import override
 
 log = logging.getLogger("jfedrl")
 
@@ -165,14 +165,14 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CONFIG_FILE}; not a run folder")
-    config = load_yaml(run_dir / CONFIG_FILE)
-    for path, value in (overrides or {}).items():
+    overrides = overrides or {}
+    for path in overrides:
         if not path.startswith(RESUMABLE_PREFIXES):
             raise ConfigError(
                 f"{path}: cannot be changed when resuming (only federation.rounds, log.*, "
                 "offload.* and the strategy.dp_ budget fields can); start a new run instead"
             )
-        config = replace_path(config, path, value)
+    config = override(load_yaml(run_dir / CONFIG_FILE), overrides)
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
 
 
@@ -187,38 +187,8 @@ def fixed_schedule(config: Config, resume: bool) -> Config:
         saved = Path(config.log.run_dir) / CONFIG_FILE
         if saved.is_file():
             horizon = schedule_horizon(load_yaml(saved).federation)
-            return replace_path(config, "federation.schedule_rounds", horizon)
+            return override(config, {"federation.schedule_rounds": horizon})
     return resolve_schedule(config)
-
-
-def params_record(params: Any) -> Any:
-    """Env params (a struct pytree) as nested JSON-friendly data."""
-    return jax.tree.map(to_jsonable, serialization.to_state_dict(params))
-
-
-class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop after the current block."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.requested:  # a second Ctrl-C aborts at once
-                raise KeyboardInterrupt
-            self.requested = True
-            log.warning("Ctrl-C: finishing this block, then checkpointing (Ctrl-C again aborts)")
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not in the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def _round_records(
@@ -291,25 +261,7 @@ def _train_locked(
     """`train` once its run folder is locked."""
     setup_logging(run_dir, quiet=quiet)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
-    key = jax.random.PRNGKey(config.seed)
-    start_wall = 0.0
-    if resume:
-        if checkpointer.latest_round() is None:
-            raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
-        target = jax.eval_shape(simulator.init, key)
-        state, meta = checkpointer.restore(target)
-        records = truncate_metrics(run_dir, int(state.round))
-        start_wall = float(meta.get("wall_seconds", 0.0))
-        log.info("resumed %s at round %d", run_dir, int(state.round))
-    else:
-        if checkpointer.latest_round() is not None:
-            raise ConfigError(
-                f"log.run_dir: {str(run_dir)!r} already holds a run; use --resume {run_dir} "
-                "or another --run-dir"
-            )
-        state = simulator.init(key)
-        records = truncate_metrics(run_dir, 0)
-        (run_dir / "env_params.json").write_text(_json(params_record(state.env_params)))
+    state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
     save_yaml(config, run_dir / CONFIG_FILE)
     log.info("run folder: %s", run_dir.absolute())
     log.info(
@@ -321,172 +273,110 @@ def _train_locked(
         config.strategy.name,
         simulator.env_steps_per_round,
     )
-
-    writer = MetricsWriter(run_dir, config.log.tensorboard)
-    executor = make_executor(simulator, run_dir)
     show_progress = config.log.progress if progress is None else progress
-    interrupted = False
-    budget_stop = None
-    accountant = privacy.accountant(config)
-    blocks_done = 0
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
-    drifting = config.env.drift != "none"
+    callbacks = default_callbacks(config, checkpointer, show_progress, stop_after_round)
+    executor = make_executor(simulator, run_dir)
+    run = Run(config, simulator, run_dir, executor)
     try:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=config.federation.rounds,
-            initial=int(state.round),
-            unit="round",
-            disable=not show_progress,
-            dynamic_ncols=True,
-        )
-        with _StopFlag() as stop, bar:
-            while int(state.round) < config.federation.rounds:
-                first_round = int(state.round)
-                num_rounds = min(
-                    config.log.rounds_per_block, config.federation.rounds - first_round
-                )
-                if accountant is not None:  # raises if not even one more round fits
-                    num_rounds = accountant.rounds_allowed(first_round, num_rounds)
-                compile_before = executor.compile_seconds
-                tick = time.perf_counter()
-                state, metrics = executor.run_block(state, num_rounds)
-                metrics = jax.device_get(metrics)
-                compile_seconds = executor.compile_seconds - compile_before
-                block_seconds = time.perf_counter() - tick - compile_seconds
-                evals = np.asarray(sim_eval(simulator, state, eval_key))
-                block_records = _round_records(
-                    metrics,
-                    first_round,
-                    simulator.env_steps_per_round,
-                    start_wall,
-                    start_wall + block_seconds,
-                )
-                start_wall += time.perf_counter() - tick
-                last = block_records[-1]
-                last["wall_seconds"] = start_wall
-                last["eval_return"] = float(evals.mean())
-                last["eval_return_min_client"] = float(evals.mean(axis=1).min())
-                last["eval_return_max_client"] = float(evals.mean(axis=1).max())
-                if compile_seconds > 0:
-                    block_records[0]["compile_seconds"] = compile_seconds
-                check_participation(block_records, config.federation.min_participation)
-                if accountant is not None:
-                    accountant.annotate(block_records)
-                writer.write(block_records)
-                records.extend(block_records)
-                if drifting:
-                    env_now = simulator.current_env_params(state, state.round - 1)
-                    with (run_dir / "env_params.jsonl").open("a") as f:
-                        f.write(_json({"round": last["round"], "params": params_record(env_now)}))
-                        f.write("\n")
-                blocks_done += 1
-                finished = int(state.round) >= config.federation.rounds
-                if accountant is not None and not finished:
-                    try:
-                        accountant.rounds_allowed(int(state.round), 1)
-                    except privacy.PrivacyBudgetExhausted as error:
-                        budget_stop = error
-                stopping = (
-                    stop.requested
-                    or budget_stop is not None
-                    or (stop_after_round is not None and int(state.round) >= stop_after_round)
-                )
-                if finished or stopping or blocks_done % config.log.checkpoint_every == 0:
-                    state = executor.state_for_checkpoint(state)
-                    checkpointer.save(
-                        int(state.round),
-                        state,
-                        {
-                            "wall_seconds": start_wall,
-                            "env_steps": last["env_steps"],
-                            "jfedrl": __version__,
-                            "jax": jax.__version__,
-                        },
-                    )
-                bar.update(num_rounds)
-                bar.set_postfix(
-                    steps_s=f"{last['steps_per_second']:.3g}",
-                    ret=_number(last["train_return_mean"]),
-                    eval=_number(last["eval_return"]),
-                )
-                log.info(
-                    "round %d/%d  env steps %d  %.0f steps/s  train return %s  eval %s%s",
-                    last["round"],
-                    config.federation.rounds,
-                    last["env_steps"],
-                    last["steps_per_second"],
-                    _number(last["train_return_mean"]),
-                    _number(last["eval_return"]),
-                    f"  (compiled in {compile_seconds:.1f}s)" if compile_seconds else "",
-                )
-                if budget_stop is not None:
-                    log.error("%s", budget_stop)
-                    break
-                if stopping and not finished:
-                    interrupted = True
-                    log.warning(
-                        "stopped after round %d; checkpoint saved. Continue with: "
-                        "jfedrl train --resume %s",
-                        int(state.round),
-                        run_dir,
-                    )
-                    break
+        with contextlib.ExitStack() as stack:
+            for callback in callbacks:
+                callback.on_start(run, state)
+                stack.callback(callback.on_end, run)
+            block = _run_blocks(run, callbacks, state, records, wall_seconds)
     finally:
         executor.close()
-        writer.close()
-        checkpointer.close()
-        if config.log.plot:
-            _plot_best_effort(run_dir, f"{config.env.name} · {config.strategy.name}")
-    if budget_stop is not None:
-        raise budget_stop
-    return TrainResult(run_dir=run_dir, state=state, records=records, interrupted=interrupted)
+    if block is not None and block.error is not None:
+        raise block.error
+    interrupted = block is not None and block.stop is not None and not block.finished
+    final = state if block is None else block.state
+    return TrainResult(run_dir=run_dir, state=final, records=records, interrupted=interrupted)
 
 
-class ParticipationError(RuntimeError):
-    """Too few clients returned valid updates in a round."""
+def _start(
+    config: Config, simulator: Simulator, run_dir: Path, checkpointer: Checkpointer, resume: bool
+) -> tuple[FedState, list[dict[str, Any]], float]:
+    """The state, records and wall seconds a run starts from: new, or its newest checkpoint."""
+    key = jax.random.PRNGKey(config.seed)
+    if resume:
+        if checkpointer.latest_round() is None:
+            raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
+        target = jax.eval_shape(simulator.init, key)
+        state, meta = checkpointer.restore(target)
+        records = truncate_metrics(run_dir, int(state.round))
+        log.info("resumed %s at round %d", run_dir, int(state.round))
+        return state, records, float(meta.get("wall_seconds", 0.0))
+    if checkpointer.latest_round() is not None:
+        raise ConfigError(
+            f"log.run_dir: {str(run_dir)!r} already holds a run; use --resume {run_dir} "
+            "or another --run-dir"
+        )
+    state = simulator.init(key)
+    records = truncate_metrics(run_dir, 0)
+    (run_dir / "env_params.json").write_text(json.dumps(params_record(state.env_params)))
+    return state, records, 0.0
 
 
-def check_participation(records: list[dict[str, Any]], min_participation: float) -> None:
-    """Warns about rounds without any valid update; fails below `min_participation`.
+def _run_blocks(
+    run: Run,
+    callbacks: list[Callback],
+    state: FedState,
+    records: list[dict[str, Any]],
+    wall_seconds: float,
+) -> Block | None:
+    """Runs blocks until `federation.rounds` or a stop; appends to `records`.
 
-    Raised before the block is written or checkpointed, so the last checkpoint
-    and metrics stay those of the last good block.
+    Returns:
+        The last block after its callbacks (None if no round was left to run).
     """
-    for record in records:
-        participating = record.get("clients_participating") or 0
-        valid = participating - (record.get("clients_excluded") or 0)
-        if participating and valid == 0:
+    config, executor = run.config, run.executor
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
+    block = None
+    while int(state.round) < config.federation.rounds:
+        first_round = int(state.round)
+        num_rounds = min(config.log.rounds_per_block, config.federation.rounds - first_round)
+        for callback in callbacks:
+            num_rounds = callback.limit_rounds(first_round, num_rounds)
+        compile_before = executor.compile_seconds
+        tick = time.perf_counter()
+        state, metrics = executor.run_block(state, num_rounds)
+        metrics = jax.device_get(metrics)
+        compile_seconds = executor.compile_seconds - compile_before
+        block_seconds = time.perf_counter() - tick - compile_seconds
+        evals = np.asarray(sim_eval(run.simulator, state, eval_key))
+        block_records = _round_records(
+            metrics,
+            first_round,
+            run.simulator.env_steps_per_round,
+            wall_seconds,
+            wall_seconds + block_seconds,
+        )
+        wall_seconds += time.perf_counter() - tick
+        last = block_records[-1]
+        last["wall_seconds"] = wall_seconds
+        last["eval_return"] = float(evals.mean())
+        last["eval_return_min_client"] = float(evals.mean(axis=1).min())
+        last["eval_return_max_client"] = float(evals.mean(axis=1).max())
+        if compile_seconds > 0:
+            block_records[0]["compile_seconds"] = compile_seconds
+        finished = int(state.round) >= config.federation.rounds
+        block = Block(state, block_records, compile_seconds, finished)
+        for callback in callbacks:
+            block = callback.on_block(run, block)
+        records.extend(block.records)
+        state = block.state
+        if block.error is not None:
+            log.error("%s", block.error)
+            break
+        if block.stopping and not block.finished:
             log.warning(
-                "round %d: every client update was excluded; the global params are unchanged",
-                record["round"],
+                "stopped after round %d; checkpoint saved. Continue with: jfedrl train --resume %s",
+                block.round,
+                run.run_dir,
             )
-        if participating and valid / participating < min_participation:
-            raise ParticipationError(
-                f"round {record['round']}: only {valid} of {participating} clients returned "
-                f"valid updates, below federation.min_participation={min_participation}; "
-                "the last checkpoint is intact"
-            )
+            break
+    return block
 
 
 def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
     """Evaluates the global policy with a key that depends only on the round."""
     return simulator.evaluate(state, jax.random.fold_in(eval_key, state.round))
-
-
-def _number(value: float | None) -> str:
-    """A return for the progress line (None: every client update was excluded)."""
-    return "n/a" if value is None else f"{value:.1f}"
-
-
-def _plot_best_effort(run_dir: Path, title: str) -> None:
-    """The learning curve, if it can be drawn: it never hides the run's own error."""
-    try:
-        plot_learning_curve(run_dir, title)
-    except Exception as error:  # a full disk, a broken matplotlib backend, ...
-        log.warning("learning curve not written: %s: %s", type(error).__name__, error)
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data)

@@ -30,13 +30,13 @@ import jax
 import jax.numpy as jnp
 
 import envs
-from jfedrl.config import Config, replace_path
+from jfedrl.config import Config
 from jfedrl.federated import make_simulator
+from jfedrl.schema import override
 from scripts import benchlib
 
 
 def federated_config(clients: int, variant: str, drift: str) -> Config:
-    config = Config()
     settings = {
         "federation.num_clients": clients,
         "federation.rounds": 1000,
@@ -50,9 +50,7 @@ def federated_config(clients: int, variant: str, drift: str) -> Config:
         "env.variant": variant,
         "env.drift": drift,
     }
-    for path, value in settings.items():
-        config = replace_path(config, path, value)
-    return config
+    return override(Config(), settings)
 
 
 def bench_federated(clients: int, rounds: int, reps: int) -> dict:

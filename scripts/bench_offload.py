@@ -35,19 +35,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import Config, replace_path
+from jfedrl.config import Config
 from jfedrl.federated import make_simulator
 from jfedrl.runner import InProcessRunner, enable_compilation_cache
-from offload import LocalExecutor, OffloadRunner
-from offload import task as fmt
+from jfedrl.schema import override
+from offload import LocalExecutor, OffloadRunner, shapes
 from scripts import benchlib
 
 
 def config_for(
     clients: int, shards: int, quantize: str = "none", algo: str = "ppo", sync: int = 10
 ) -> Config:
-    config = Config()
-    for path, value in {
+    changes = {
         "algo.name": algo,
         "federation.num_clients": clients,
         "federation.local_updates": 4,
@@ -56,9 +55,8 @@ def config_for(
         "offload.shards": shards,
         "offload.quantize": quantize,
         "offload.state_sync_rounds": sync,
-    }.items():
-        config = replace_path(config, path, value)
-    return config
+    }
+    return override(Config(), changes)
 
 
 def copy(state):
@@ -177,13 +175,13 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
         _, metrics = runner.run_block(qsim.init(jax.random.PRNGKey(0)), 2)
         metrics = {name: value[1:] for name, value in metrics.items()}
         runner.close()
-        shapes = fmt.shard_shapes(qsim, clients // len(runner.slices))
+        shard = shapes.shard_shapes(qsim, clients // len(runner.slices))
         transfer[mode] = {
             "bytes_sent": int(metrics["offload/bytes_sent"][0]),
             "bytes_received": int(metrics["offload/bytes_received"][0]),
             "bytes_saved": int(metrics["offload/bytes_saved"][0]),
-            "array_bytes_per_task": fmt.spec_bytes(fmt.task_spec(shapes, mode)),
-            "array_bytes_per_result": fmt.spec_bytes(fmt.result_spec(shapes, mode)),
+            "array_bytes_per_task": shapes.spec_bytes(shapes.task_spec(shard, mode)),
+            "array_bytes_per_result": shapes.spec_bytes(shapes.result_spec(shard, mode)),
             "quantize_error_sent": float(metrics["offload/quantize_error_sent"][0]),
             "quantize_error_received": float(metrics["offload/quantize_error_received"][0]),
         }

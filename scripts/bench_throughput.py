@@ -48,21 +48,21 @@ def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
     """Runs in a subprocess: one client count, federated and local-only."""
     import jax
 
-    from jfedrl.config import Config, replace_path
+    from jfedrl.config import Config
     from jfedrl.federated import FedState, Simulator, local_training, make_simulator
     from jfedrl.runner import enable_compilation_cache
+    from jfedrl.schema import override
 
     enable_compilation_cache()
-    config = Config()
-    for path, value in {
+    settings = {
         "federation.num_clients": clients,
         "federation.local_updates": 4,
         "algo.ppo.num_envs": 4,
         "algo.ppo.num_steps": 128,
         "algo.ppo.update_epochs": 4,
         "algo.ppo.num_minibatches": 4,
-    }.items():
-        config = replace_path(config, path, value)
+    }
+    config = override(Config(), settings)
     sim = make_simulator(config)
     state = sim.init(jax.random.PRNGKey(0))
     steps_per_block = sim.env_steps_per_round * rounds_per_block

@@ -267,7 +267,7 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
 
 
 def test_min_participation_fails_the_round_and_all_excluded_warns(caplog):
-    from jfedrl.runner import ParticipationError, check_participation
+    from jfedrl.callbacks import ParticipationError, check_participation
 
     ok = [{"round": 1, "clients_participating": 4, "clients_excluded": 1}]
     check_participation(ok, 0.75)

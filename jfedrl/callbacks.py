@@ -1,0 +1,332 @@
+"""Host work between jitted blocks, as callbacks (in the spirit of Brax's `progress_fn`).
+
+`runner.train` runs blocks of rounds and hands each finished `Block` through its
+callbacks, in order: check participation, the privacy ledger, metrics.jsonl /
+TensorBoard, the drifting env params, Ctrl-C, `stop_after_round`, the checkpoint,
+the progress bar and log line. A new per-block behaviour is one new `Callback`,
+not an edit of the loop. A callback may annotate the block's records (they are
+written by the callbacks after it) or return a changed block: a stop request,
+an error to raise once the block is saved, or the state to continue from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+from flax import serialization
+
+from jfedrl import __version__, privacy
+from jfedrl.checkpoint import Checkpointer
+from jfedrl.config import Config
+from jfedrl.federated import FedState, Simulator
+from jfedrl.outputs import MetricsWriter, plot_learning_curve, to_jsonable
+
+if TYPE_CHECKING:  # the runner imports this module
+    from jfedrl.runner import BlockRunner
+
+log = logging.getLogger("jfedrl")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The parts of a run that stay fixed while it trains."""
+
+    config: Config
+    simulator: Simulator
+    run_dir: Path
+    executor: BlockRunner
+
+
+@dataclass(frozen=True)
+class Block:
+    """One finished block of rounds, as the callbacks see it.
+
+    Attributes:
+        state: the state after the block (a callback may replace it: the checkpointer
+            continues from the executor's complete `state_for_checkpoint`).
+        records: one metrics record per round; callbacks may add fields.
+        compile_seconds: spent compiling in this block (0 once compiled).
+        finished: the run has reached `federation.rounds`.
+        stop: why the run stops before `federation.rounds` (Ctrl-C, `stop_after_round`);
+            it is checkpointed, then ends as interrupted.
+        error: stops the run like `stop`, then `train` raises it.
+    """
+
+    state: FedState
+    records: list[dict[str, Any]]
+    compile_seconds: float
+    finished: bool
+    stop: str | None = None
+    error: Exception | None = None
+
+    @property
+    def round(self) -> int:
+        return int(self.state.round)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None or self.error is not None
+
+
+class Callback:
+    """Host work around the blocks; a subclass overrides what it needs.
+
+    `on_start` runs before the first block, `on_end` after the last one, also
+    when the run fails, for every callback whose `on_start` returned.
+    """
+
+    def on_start(self, run: Run, state: FedState) -> None:
+        """Called once, with the state the run starts (or resumes) from."""
+
+    def limit_rounds(self, first_round: int, num_rounds: int) -> int:
+        """How many of the next `num_rounds` rounds may run (all, unless overridden)."""
+        return num_rounds
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        """Called after each block; returns `block` or a changed copy."""
+        return block
+
+    def on_end(self, run: Run) -> None:
+        """Releases what `on_start` acquired."""
+
+
+class ParticipationError(RuntimeError):
+    """Too few clients returned valid updates in a round."""
+
+
+def check_participation(records: list[dict[str, Any]], min_participation: float) -> None:
+    """Warns about rounds without any valid update; fails below `min_participation`.
+
+    Raised before the block is written or checkpointed, so the last checkpoint
+    and metrics stay those of the last good block.
+    """
+    for record in records:
+        participating = record.get("clients_participating") or 0
+        valid = participating - (record.get("clients_excluded") or 0)
+        if participating and valid == 0:
+            log.warning(
+                "round %d: every client update was excluded; the global params are unchanged",
+                record["round"],
+            )
+        if participating and valid / participating < min_participation:
+            raise ParticipationError(
+                f"round {record['round']}: only {valid} of {participating} clients returned "
+                f"valid updates, below federation.min_participation={min_participation}; "
+                "the last checkpoint is intact"
+            )
+
+
+class CheckParticipation(Callback):
+    """Fails the run when too few clients returned valid updates (`check_participation`)."""
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        check_participation(block.records, run.config.federation.min_participation)
+        return block
+
+
+class PrivacyLedger(Callback):
+    """ε and δ in every record; stops at `strategy.dp_epsilon_budget` (`dp_budget_action: stop`).
+
+    A block is shortened to the rounds that fit the budget; once not even one more
+    round fits, the run is checkpointed and `train` raises `PrivacyBudgetExhausted`.
+    """
+
+    def __init__(self, accountant: privacy.Accountant):
+        self.accountant = accountant
+
+    def limit_rounds(self, first_round: int, num_rounds: int) -> int:
+        return self.accountant.rounds_allowed(first_round, num_rounds)  # raises if none fits
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        self.accountant.annotate(block.records)
+        if block.finished:
+            return block
+        try:
+            self.accountant.rounds_allowed(block.round, 1)
+        except privacy.PrivacyBudgetExhausted as error:
+            return dataclasses.replace(block, error=error)
+        return block
+
+
+class WriteMetrics(Callback):
+    """Appends the block's records to metrics.jsonl (and TensorBoard)."""
+
+    def on_start(self, run: Run, state: FedState) -> None:
+        self.writer = MetricsWriter(run.run_dir, run.config.log.tensorboard)
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        self.writer.write(block.records)
+        return block
+
+    def on_end(self, run: Run) -> None:
+        self.writer.close()
+
+
+def params_record(params: Any) -> Any:
+    """Env params (a struct pytree) as nested JSON-friendly data."""
+    return jax.tree.map(to_jsonable, serialization.to_state_dict(params))
+
+
+class LogDrift(Callback):
+    """Appends the env params in force at the block's last round to env_params.jsonl."""
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        env_now = run.simulator.current_env_params(block.state, block.state.round - 1)
+        line = json.dumps({"round": block.records[-1]["round"], "params": params_record(env_now)})
+        with (run.run_dir / "env_params.jsonl").open("a") as f:
+            f.write(line)
+            f.write("\n")
+        return block
+
+
+class StopOnCtrlC(Callback):
+    """Turns the first Ctrl-C into a stop after the current block (a second one aborts)."""
+
+    def on_start(self, run: Run, state: FedState) -> None:
+        self.requested = False
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            log.warning("Ctrl-C: finishing this block, then checkpointing (Ctrl-C again aborts)")
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        return dataclasses.replace(block, stop="Ctrl-C") if self.requested else block
+
+    def on_end(self, run: Run) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class StopAfterRound(Callback):
+    """Stops at the first block boundary at or after `last_round`, as if interrupted."""
+
+    def __init__(self, last_round: int):
+        self.last_round = last_round
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        if block.round >= self.last_round:
+            return dataclasses.replace(block, stop=f"stop_after_round={self.last_round}")
+        return block
+
+
+class SaveCheckpoint(Callback):
+    """Saves every `log.checkpoint_every` blocks, and at the run's end or stop.
+
+    The save is synchronous and holds the executor's complete state
+    (`state_for_checkpoint`), which the run then continues from.
+    """
+
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer = checkpointer
+        self.blocks_done = 0
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        self.blocks_done += 1
+        every = run.config.log.checkpoint_every
+        if not (block.finished or block.stopping or self.blocks_done % every == 0):
+            return block
+        state = run.executor.state_for_checkpoint(block.state)
+        last = block.records[-1]
+        meta = {
+            "wall_seconds": last["wall_seconds"],
+            "env_steps": last["env_steps"],
+            "jfedrl": __version__,
+            "jax": jax.__version__,
+        }
+        self.checkpointer.save(int(state.round), state, meta)
+        return dataclasses.replace(block, state=state)
+
+    def on_end(self, run: Run) -> None:
+        self.checkpointer.close()
+
+
+def number(value: float | None) -> str:
+    """A return for the progress line (None: every client update was excluded)."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+class ShowProgress(Callback):
+    """The progress bar (tqdm, hidden unless `show`) and one log line per block."""
+
+    def __init__(self, show: bool):
+        self.show = show
+
+    def on_start(self, run: Run, state: FedState) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=run.config.federation.rounds,
+            initial=int(state.round),
+            unit="round",
+            disable=not self.show,
+            dynamic_ncols=True,
+        )
+
+    def on_block(self, run: Run, block: Block) -> Block:
+        last = block.records[-1]
+        self.bar.update(len(block.records))
+        self.bar.set_postfix(
+            steps_s=f"{last['steps_per_second']:.3g}",
+            ret=number(last["train_return_mean"]),
+            eval=number(last["eval_return"]),
+        )
+        log.info(
+            "round %d/%d  env steps %d  %.0f steps/s  train return %s  eval %s%s",
+            last["round"],
+            run.config.federation.rounds,
+            last["env_steps"],
+            last["steps_per_second"],
+            number(last["train_return_mean"]),
+            number(last["eval_return"]),
+            f"  (compiled in {block.compile_seconds:.1f}s)" if block.compile_seconds else "",
+        )
+        return block
+
+    def on_end(self, run: Run) -> None:
+        self.bar.close()
+
+
+class PlotCurve(Callback):
+    """Draws learning_curve.png when the run ends, if it can: it never hides the run's error."""
+
+    def on_end(self, run: Run) -> None:
+        try:
+            plot_learning_curve(run.run_dir, f"{run.config.env.name} · {run.config.strategy.name}")
+        except Exception as error:  # a full disk, a broken matplotlib backend, ...
+            log.warning("learning curve not written: %s: %s", type(error).__name__, error)
+
+
+def default_callbacks(
+    config: Config,
+    checkpointer: Checkpointer,
+    show_progress: bool,
+    stop_after_round: int | None,
+) -> list[Callback]:
+    """The callbacks of `jfedrl train`, in the order they see each block."""
+    accountant = privacy.accountant(config)
+    callbacks: list[Callback] = [PlotCurve()] if config.log.plot else []
+    callbacks.append(CheckParticipation())
+    if accountant is not None:
+        callbacks.append(PrivacyLedger(accountant))
+    callbacks.append(WriteMetrics())
+    if config.env.drift != "none":
+        callbacks.append(LogDrift())
+    callbacks.append(StopOnCtrlC())
+    if stop_after_round is not None:
+        callbacks.append(StopAfterRound(stop_after_round))
+    callbacks += [SaveCheckpoint(checkpointer), ShowProgress(show_progress)]
+    return callbacks
