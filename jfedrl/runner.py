@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +22,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from jfedrl import plugins
 from jfedrl.callbacks import (
     Block,
     Callback,
@@ -110,30 +109,6 @@ class InProcessRunner:
 
     def close(self) -> None:
         self._compiled.clear()
-
-
-ExecutorFactory = Callable[[Simulator, Path], BlockRunner]
-_EXECUTORS: dict[str, ExecutorFactory] = {"inprocess": InProcessRunner}
-
-
-def register_executor(name: str, factory: ExecutorFactory) -> None:
-    """Registers an executor (the `offload` package registers `local` and `golem`)."""
-    _EXECUTORS[name] = factory
-
-
-def make_executor(simulator: Simulator, run_dir: Path) -> BlockRunner:
-    name = simulator.config.offload.executor
-    if name not in _EXECUTORS:
-        importlib.import_module("offload")  # a plugin: registers its executors on import
-    if name not in _EXECUTORS:
-        from jfedrl.config import not_allowed
-
-        raise ConfigError(
-            not_allowed("offload.executor", name, _EXECUTORS).replace(
-                "is not allowed", "is not available"
-            )
-        )
-    return _EXECUTORS[name](simulator, run_dir)
 
 
 @dataclass
@@ -275,7 +250,8 @@ def _train_locked(
     )
     show_progress = config.log.progress if progress is None else progress
     callbacks = default_callbacks(config, checkpointer, show_progress, stop_after_round)
-    executor = make_executor(simulator, run_dir)
+    # Executors come from jfedrl.plugins (offload registers `local` and `golem` as entry points).
+    executor = plugins.executor(simulator.config.offload.executor).make_runner(simulator, run_dir)
     run = Run(config, simulator, run_dir, executor)
     try:
         with contextlib.ExitStack() as stack:
