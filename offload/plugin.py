@@ -11,6 +11,7 @@ only ever built for a checked config).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,42 @@ def validate_golem(config: Any) -> None:
         raise ConfigError("offload.golem.image_url: needs offload.golem.image_hash too")
 
 
+def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
+    """The `local` executor: one worker process per shard, sharing this run's XLA cache."""
+    import jax
+
+    from offload.executors import LocalExecutor
+
+    offload = simulator.config.offload
+    env = dict(os.environ, JFEDRL_WORK_DIR=str(work_dir))
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        env["JFEDRL_COMPILATION_CACHE"] = str(cache)
+    return LocalExecutor(
+        num_workers=num_shards,
+        work_dir=work_dir / "workers",
+        task_timeout=offload.task_timeout,
+        compile_timeout=offload.compile_timeout,
+        env=env,
+    )
+
+
+def golem_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
+    """The `golem` executor: Golem providers (yapapi is imported here, not before)."""
+    from offload.golem import GolemExecutor
+
+    config = simulator.config
+    return GolemExecutor(config.offload.golem, work_dir / "golem", config.federation.rounds)
+
+
 def _make_local(simulator: Any, run_dir: Path) -> Any:
-    from offload.requestor import OffloadRunner, local_executor
+    from offload.requestor import OffloadRunner
 
     return OffloadRunner(simulator, run_dir, local_executor)
 
 
 def _make_golem(simulator: Any, run_dir: Path) -> Any:
-    from offload.requestor import OffloadRunner, golem_executor
+    from offload.requestor import OffloadRunner
 
     return OffloadRunner(simulator, run_dir, golem_executor)
 
@@ -97,9 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     if not (args.serve or args.serve_dir or (args.input and args.output)):
         print("jfedrl offload worker: error: --input and --output are required", file=sys.stderr)
         return 2
-    from offload import worker
+    from offload import serve
 
-    return worker.main(args)
+    return serve.main(args)
 
 
 COMMAND = CommandSpec(

@@ -6,8 +6,11 @@ folder; an executor runs the tasks; every result is validated; the shards are
 concatenated and `Simulator.aggregate` (jitted: the very same code as the
 in-process round) validates, aggregates and scatters the clients back.
 `OffloadRunner.run_round` reads as those steps: `_broadcast`, `_plan`,
-`_execute` (write, submit, check, retry), `offload.assemble.assemble`,
-`_aggregate`, `_remember` (sticky clients) and `_round_metrics`.
+`_execute` (`offload.dispatch`: write, submit, check, retry),
+`offload.assemble.assemble`, `_aggregate`, `_remember` (sticky clients) and
+`_round_metrics`. The module stays one class over ~400 lines because the
+steps share the runner's sticky-client bookkeeping (`_kept`, `_synced`,
+`_revert`), which reads best in one place.
 
 Faults: a task whose attempt fails (crash, timeout, missing / truncated /
 altered output, wrong structure, shape or dtype, non-finite values, a report
@@ -23,16 +26,14 @@ failed block is kept, so the last checkpoint is intact.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,56 +44,16 @@ from jfedrl import __version__
 from jfedrl.config import Config, to_dict
 from jfedrl.federated import FedState, Simulator
 from offload import quantize
-from offload.archive import (
-    OffloadError,
-    TaskError,
-    digest_tree,
-    list_files,
-    save_arrays,
-    write_json,
-)
+from offload.archive import OffloadError, digest_tree, save_arrays
 from offload.assemble import assemble, rows_of, set_rows
-from offload.executors import Executor, Job, LocalExecutor
-from offload.shapes import (
-    decode_group,
-    encode_group,
-    max_result_bytes,
-    result_spec,
-    shard_shapes,
-    spec_bytes,
-    strip_params,
-    task_spec,
-    with_params_jit,
-)
-from offload.task import CACHE_MISS, INPUTS_DIR, TASK_FILE, Report, TaskHeader, read_result
+from offload.dispatch import Dispatch, Execution
+from offload.executors import Executor
+from offload.shapes import decode_group, encode_group, shard_shapes, strip_params, with_params_jit
+from offload.task import INPUTS_DIR, TASK_FILE, TaskHeader
 
 log = logging.getLogger("jfedrl.offload")
 
 ExecutorFactory = Callable[[Simulator, Path, int], Executor]
-
-
-def local_executor(simulator: Simulator, work_dir: Path, num_shards: int) -> Executor:
-    """The `local` executor: one worker process per shard, sharing this run's XLA cache."""
-    offload = simulator.config.offload
-    env = dict(os.environ, JFEDRL_WORK_DIR=str(work_dir))
-    cache = jax.config.jax_compilation_cache_dir
-    if cache:
-        env["JFEDRL_COMPILATION_CACHE"] = str(cache)
-    return LocalExecutor(
-        num_workers=num_shards,
-        work_dir=work_dir / "workers",
-        task_timeout=offload.task_timeout,
-        compile_timeout=offload.compile_timeout,
-        env=env,
-    )
-
-
-def golem_executor(simulator: Simulator, work_dir: Path, num_shards: int) -> Executor:
-    """The `golem` executor: Golem providers (yapapi is imported here, not before)."""
-    from offload.golem import GolemExecutor
-
-    config = simulator.config
-    return GolemExecutor(config.offload.golem, work_dir / "golem", config.federation.rounds)
 
 
 def shard_slices(num_participants: int, shards: int) -> list[slice]:
@@ -119,13 +80,6 @@ def _signature(args: tuple) -> tuple:
     return treedef, tuple(
         (tuple(np.shape(x)), np.result_type(x), getattr(x, "weak_type", False)) for x in leaves
     )
-
-
-def _folder_bytes(path: Path) -> int:
-    try:
-        return sum(list_files(path).values())
-    except (TaskError, OSError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -157,46 +111,6 @@ class _Request:
     return_state: bool
     arrays: Callable[[int, str], dict[str, np.ndarray]] | None = None
     """`(shard, state source) -> input arrays`; None for a fetch (no inputs)."""
-
-
-@dataclass
-class _Attempt:
-    """What was sent for one job, to check its result against."""
-
-    header: TaskHeader
-    spec: dict
-    task_dir: Path
-
-
-@dataclass
-class _Execution:
-    """The outcome of running a set of shards to valid results (or giving up)."""
-
-    results: dict[int, tuple[dict, Report]] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)
-    lost: list[int] = field(default_factory=list)
-    attempts: int = 0
-    state_resends: int = 0
-    """Attempts sent again with their states after a `cache miss` (not failures)."""
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    bytes_saved: int = 0
-    wait_seconds: float = 0.0
-    worker_compile: float = 0.0
-
-
-@dataclass
-class _Dispatch:
-    """The bookkeeping of one `_execute` call: tasks written, attempts in flight."""
-
-    round_index: int
-    request: _Request
-    fetch: bool
-    done: _Execution = field(default_factory=_Execution)
-    written: dict[tuple[int, str], tuple[TaskHeader, Path]] = field(default_factory=dict)
-    launches: dict[int, int] = field(default_factory=dict)
-    failed: dict[int, int] = field(default_factory=dict)
-    in_flight: dict[tuple[int, int], _Attempt] = field(default_factory=dict)
 
 
 class OffloadRunner:
@@ -391,7 +305,7 @@ class OffloadRunner:
             for shard in range(len(self.slices))
         }
 
-    def _aggregate(self, state, broadcast: _Broadcast, done: _Execution, clients, metrics):
+    def _aggregate(self, state, broadcast: _Broadcast, done: Execution, clients, metrics):
         """`Simulator.aggregate`, unless too few participants returned a valid update."""
         lost_clients = sum(self._size(s) for s in done.lost)
         if lost_clients == self.simulator.num_participants:
@@ -418,7 +332,7 @@ class OffloadRunner:
                     self._log_stale(shard, done.failures.get(shard, "?"))
                 self._revert.pop(shard, None)
 
-    def _round_metrics(self, done: _Execution, bad: np.ndarray, sync: bool) -> dict:
+    def _round_metrics(self, done: Execution, bad: np.ndarray, sync: bool) -> dict:
         tasks = len(self.slices)
         return {
             "offload/tasks": np.int32(tasks),
@@ -461,104 +375,24 @@ class OffloadRunner:
         )
         return header, task_dir
 
-    def _execute(self, request: _Request, plan: dict[int, str], fetch: bool = False) -> _Execution:
-        """Runs the planned shards (shard -> state source) until each has a valid result.
+    def _execute(self, request: _Request, plan: dict[int, str], fetch: bool = False) -> Execution:
+        """Runs the planned shards (shard -> state source) until each has a valid result."""
 
-        A failed attempt is retried as soon as it is known (up to
-        `offload.max_retries` times); a worker that no longer keeps a shard's
-        states (`cache miss`) is sent them at once, which is not a failure.
-        """
-        run = _Dispatch(request.round_index, request, fetch)
-        # The first tasks are written in parallel (orbax does its I/O off the GIL).
-        list(self._threads.map(lambda item: self._task_for(run, *item), plan.items()))
-        for shard, source in plan.items():
-            self._launch(run, shard, source)
-        start = time.perf_counter()
-        while run.in_flight:
-            for outcome in self.executor.wait(1.0):
-                self._receive(run, outcome)
-        run.done.wait_seconds = time.perf_counter() - start
-        run.done.lost.sort()
-        return run.done
-
-    def _task_for(self, run: _Dispatch, shard: int, source: str) -> tuple[TaskHeader, Path]:
-        if (shard, source) not in run.written:
-            run.written[(shard, source)] = self._write_task(run.request, shard, source)
-        return run.written[(shard, source)]
-
-    def _launch(self, run: _Dispatch, shard: int, source: str, again: int | None = None) -> None:
-        """Submits the shard's next attempt (or attempt `again`, resent with its states)."""
-        done, mode = run.done, self.config.offload.quantize
-        if again is None:
-            attempt = run.launches.get(shard, 0)
-            run.launches[shard] = attempt + 1
-            done.attempts += 1
-        else:
-            attempt = again
-            done.state_resends += 1
-        header, task_dir = self._task_for(run, shard, source)
-        header = dataclasses.replace(header, attempt=attempt)
-        write_json(task_dir / TASK_FILE, header.to_json())
-        output = task_dir.parent / f"result-{attempt}"
-        shutil.rmtree(output, ignore_errors=True)
-        shapes = shard_shapes(self.simulator, self._size(shard))
-        spec = result_spec(shapes, mode, header.op, header.return_state)
-        run.in_flight[(shard, attempt)] = _Attempt(header, spec, task_dir)
-        done.bytes_sent += _folder_bytes(task_dir)
-        if header.op == "train":
-            done.bytes_saved += spec_bytes(task_spec(shapes, "none", "train", source)) - spec_bytes(
-                task_spec(shapes, mode, "train", source)
-            )
-        self.executor.submit(Job(shard, attempt, task_dir, output, max_result_bytes(spec)))
-
-    def _receive(self, run: _Dispatch, outcome) -> None:
-        """Checks one finished attempt: keeps a valid result, else resends or retries."""
-        done, mode = run.done, self.config.offload.quantize
-        shard, attempt = outcome.job.shard, outcome.job.attempt
-        sent = run.in_flight.pop((shard, attempt))
-        done.worker_compile = max(done.worker_compile, outcome.compile_seconds)
-        done.bytes_received += _folder_bytes(outcome.job.output_dir)
-        error = outcome.error or "failed"
-        if outcome.ok:
-            try:
-                done.results[shard] = read_result(outcome.job.output_dir, sent.header, sent.spec)
-            except TaskError as bad:
-                error = f"bad result: {bad}"
-            else:
-                self.executor.verdict(outcome, None)
-                if sent.header.op == "train":
-                    shapes = shard_shapes(self.simulator, self._size(shard))
-                    done.bytes_saved += spec_bytes(
-                        result_spec(shapes, "none", "train", True)
-                    ) - spec_bytes(result_spec(shapes, mode, "train", True))
-                return
-        if error.startswith(CACHE_MISS):
-            self.executor.verdict(outcome, None)  # not the worker's fault
+        def cache_miss(shard: int) -> None:
             self._kept.pop(shard, None)
-            if run.fetch:
-                done.failures[shard] = error
-                done.lost.append(shard)
-            else:
+            if not fetch:
                 self._log_stale(shard, "a new worker took its shard")
-                self._launch(run, shard, "task", again=attempt)
-            return
-        self.executor.verdict(outcome, error)
-        run.failed[shard] = run.failed.get(shard, 0) + 1
-        done.failures[shard] = error
-        retry = run.failed[shard] <= self.config.offload.max_retries
-        log.warning(
-            "offload: round %d shard %d attempt %d on %s failed: %s%s",
-            run.round_index + 1,
-            shard,
-            attempt,
-            outcome.worker or "?",
-            error,
-            "; retrying" if retry else "; giving up on its clients this round",
-        )
-        if retry:
-            self._launch(run, shard, sent.header.state)
-        else:
-            done.lost.append(shard)
+
+        return Dispatch(
+            executor=self.executor,
+            write=functools.partial(self._write_task, request),
+            shapes=lambda shard: shard_shapes(self.simulator, self._size(shard)),
+            on_cache_miss=cache_miss,
+            mode=self.config.offload.quantize,
+            max_retries=self.config.offload.max_retries,
+            round_index=request.round_index,
+            fetch=fetch,
+        ).run(plan, self._threads)
 
     # -- helpers
 
@@ -576,7 +410,7 @@ class OffloadRunner:
             self._synced.get(shard, 0),
         )
 
-    def _failure_message(self, state: FedState, done: _Execution, valid: int) -> str:
+    def _failure_message(self, state: FedState, done: Execution, valid: int) -> str:
         reasons = "; ".join(f"shard {s}: {done.failures.get(s, '?')}" for s in done.lost[:4])
         return (
             f"offload: round {int(state.round) + 1} failed: {valid} of "
