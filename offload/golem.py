@@ -59,9 +59,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from jfedrl.config import GolemConfig
 from offload import archive
 from offload.executors import Job, Outcome
+from offload.golem_config import GolemConfig
 from offload.task import CACHE_MISS
 
 log = logging.getLogger("jfedrl.offload")

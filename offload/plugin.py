@@ -18,6 +18,7 @@ from typing import Any
 
 from jfedrl.checks import ConfigError, require, require_positive
 from jfedrl.plugins import CommandSpec, ExecutorSpec
+from offload.golem_config import GolemConfig
 
 
 def validate_local(config: Any) -> None:
@@ -104,6 +105,7 @@ GOLEM = ExecutorSpec(
     name="golem",
     make_runner=_make_golem,
     validate=validate_golem,
+    section=GolemConfig,
     summary="Golem Network providers through yapapi (needs a running yagna and YAGNA_APPKEY)",
 )
 

@@ -33,11 +33,11 @@ import pytest
 
 from jfedrl import cli
 from jfedrl.checkpoint import Checkpointer
-from jfedrl.config import GolemConfig
 from jfedrl.federated import make_simulator
 from jfedrl.outputs import read_metrics
 from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
 from offload import OffloadError, OffloadRunner, Outcome, archive, golem
+from offload.golem_config import GolemConfig
 from offload.task import TASK_FILE
 from tests.helpers import tiny_config, with_run_dir
 
