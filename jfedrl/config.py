@@ -399,54 +399,30 @@ class LogConfig:
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class GolemConfig:
-    """Golem Network executor (yapapi 0.13.1); see docs/offload.md.
+def _with_executor_sections(cls: type) -> type:
+    """Adds one field per installed executor's own section (`offload.golem`, ...).
 
-    The app key is read from `YAGNA_APPKEY` only (never from a config) and the
-    daemon's address from `YAGNA_API_URL`.
+    Executors are plugins (jfedrl.plugins): their sections exist only where the
+    package that provides them is installed, and the section classes must not
+    import this module.
     """
+    from jfedrl import plugins
 
-    budget: float = 1.0
-    """Most GLM the run may spend (the yapapi allocation)."""
-    subnet: str = "public"
-    """Provider subnet tag."""
-    payment_driver: str = "erc20"
-    """Payment driver (yagna 0.17 has only `erc20`)."""
-    payment_network: str = "holesky"
-    """Payment network: `holesky` (testnet) or `polygon` (mainnet)."""
-    image_hash: str = ""
-    """SHA3-224 hash of the provider image (printed by scripts/build_golem_image.sh)."""
-    image_tag: str = ""
-    """Registry tag of the provider image (`user/jfedrl:0.1.0`), instead of the hash."""
-    image_url: str = ""
-    """Direct URL of the `.gvmi` image (with `image_hash`; skips the registry lookup)."""
-    gpu: bool = False
-    """Ask for GPU providers (runtime `vm-nvidia`, capability `!exp:gpu`; use the CUDA image)."""
-    min_mem_gib: float = 4.0
-    """Least provider memory, GiB."""
-    min_storage_gib: float = 4.0
-    """Least provider disk, GiB."""
-    min_cpu_threads: int = 2
-    """Least provider CPU threads."""
-    max_workers: int = 4
-    """Most providers working at the same time."""
-    task_timeout: float = 600.0
-    """Seconds one task may take on a provider (upload, run, download); then the provider is
-    excluded and the task retried elsewhere."""
-    offer_timeout: float = 300.0
-    """Seconds a task may wait for a provider to take it (with no agreement at all yet, the run
-    fails; later, the attempt fails and is retried)."""
-    health_interval: float = 20.0
-    """Seconds between checks that a working provider's activity still answers; after 3 missed
-    checks in a row it counts as lost: its task fails at once and it is excluded."""
-    worker_command: str = "/opt/venv/bin/jfedrl offload worker"
-    """The worker command inside the provider image."""
+    for name, spec in plugins.executors().items():
+        if spec.section is not None:
+            cls.__annotations__[name] = spec.section
+            setattr(cls, name, field(default_factory=spec.section))
+    return cls
 
 
 @dataclass(frozen=True)
+@_with_executor_sections
 class OffloadConfig:
-    """Where the clients' local training runs (docs/offload.md)."""
+    """Where the clients' local training runs (docs/offload.md).
+
+    The fields below are every executor's; each executor plugin adds its own
+    section (`offload.golem` with offload installed).
+    """
 
     executor: str = "inprocess"
     """`inprocess` (the jitted simulator), `local` (worker processes) or `golem`."""
@@ -466,7 +442,6 @@ class OffloadConfig:
     """Sticky clients: each shard's worker keeps its clients' states and only params travel;
     the states come home every this many rounds and before each checkpoint (0: every round;
     needs federation.participation 1)."""
-    golem: GolemConfig = field(default_factory=GolemConfig)
 
 
 @dataclass(frozen=True)
