@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jfedrl.tree import tree_where  # moved to jfedrl.tree; strategies import it from here
+
 Params = Any
 ServerState = Any
 Metrics = dict[str, jax.Array]
@@ -97,11 +99,6 @@ def unflatten(flat: jax.Array, like: Params) -> Params:
         out.append(flat[start : start + leaf.size].reshape(leaf.shape).astype(leaf.dtype))
         start += leaf.size
     return jax.tree.unflatten(treedef, out)
-
-
-def tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where the scalar `condition` holds, else `old`, leaf by leaf."""
-    return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
 def keep_if_empty(mask: jax.Array, new: Params, old: Params) -> Params:
