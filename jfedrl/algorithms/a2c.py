@@ -24,6 +24,7 @@ the whole actor-critic; the optimiser statistics stay on the client.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -31,8 +32,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jfedrl.algorithms import common, networks
+from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
+from jfedrl.checks import require_choice, require_range
 from jfedrl.config import A2CConfig, Config, schedule_horizon
 
 
@@ -49,28 +51,18 @@ class A2CState(struct.PyTreeNode):
     """Return of the last finished episode, per environment (0 before any)."""
 
 
-class Transition(struct.PyTreeNode):
-    obs: jax.Array
-    action: jax.Array
-    value: jax.Array
-    reward: jax.Array
-    done: jax.Array
-
-
 def validate(config: Config) -> None:
     """Checks the `algo.a2c` section; raises `ConfigError` naming the field."""
     a2c = config.algo.a2c
-    for name in ("num_envs", "num_steps"):
-        common.require(getattr(a2c, name) >= 1, f"algo.a2c.{name}", ">= 1", getattr(a2c, name))
-    for name in ("learning_rate", "max_grad_norm"):
-        common.require(getattr(a2c, name) > 0, f"algo.a2c.{name}", "> 0", getattr(a2c, name))
-    common.require(0.0 < a2c.gamma <= 1.0, "algo.a2c.gamma", "in (0, 1]", a2c.gamma)
-    common.require(0.0 <= a2c.gae_lambda <= 1.0, "algo.a2c.gae_lambda", "in [0, 1]", a2c.gae_lambda)
-    for name in ("ent_coef", "vf_coef", "comm_coef", "prox_mu"):
-        common.require(getattr(a2c, name) >= 0, f"algo.a2c.{name}", ">= 0", getattr(a2c, name))
-    common.require_layers("algo.a2c.hidden_sizes", a2c.hidden_sizes)
-    common.require_choice("algo.a2c.activation", a2c.activation, tuple(networks.ACTIVATIONS))
-    common.require_choice("algo.a2c.optimizer", a2c.optimizer, ("rmsprop", "adam"))
+    path = "algo.a2c"
+    common.require_counts(path, a2c, ("num_envs", "num_steps"))
+    common.require_fields_positive(path, a2c, ("learning_rate", "max_grad_norm"))
+    common.require_discount(path, a2c)
+    require_range(f"{path}.gae_lambda", a2c.gae_lambda, 0.0, 1.0)
+    names = ("ent_coef", "vf_coef", "comm_coef", "prox_mu")
+    common.require_fields_positive(path, a2c, names, strict=False)
+    common.require_network(path, a2c)
+    require_choice(f"{path}.optimizer", a2c.optimizer, ("rmsprop", "adam"))
 
 
 def make_optimizer(a2c: A2CConfig, total_gradient_steps: int) -> optax.GradientTransformation:
@@ -90,136 +82,76 @@ def make_optimizer(a2c: A2CConfig, total_gradient_steps: int) -> optax.GradientT
     return optax.chain(optax.clip_by_global_norm(a2c.max_grad_norm), step)
 
 
-def nstep_advantages(
-    rewards: jax.Array,
-    values: jax.Array,
-    dones: jax.Array,
-    last_value: jax.Array,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[jax.Array, jax.Array]:
-    """GAE(lambda) over a `[T, ...]` rollout; lambda = 1 gives n-step returns.
+#: A2C's advantages are GAE(lambda); lambda = 1 gives the n-step returns (moved to onpolicy).
+nstep_advantages = onpolicy.compute_gae
+
+
+def loss(
+    params: Any,
+    batch: onpolicy.Transition,
+    adv: jax.Array,
+    returns: jax.Array,
+    reference: Reference,
+    *,
+    network: networks.ActorCritic,
+    a2c: A2CConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The A2C loss of one rollout (minimised), and its parts.
+
+    total = -mean(log pi(a|s) A) + vf_coef 0.5 mean((V - R)^2) - ent_coef H
+    + comm_coef mean KL[pi_global || pi] + mu/2 ||w - w_global||^2, with A
+    standardised if `normalize_advantages` (Mnih et al. 2016; seed 002's KL).
 
     Args:
-        rewards: `[T, ...]` rewards (a truncation's bootstrap already added).
-        values: `[T, ...]` V(s_t) of the behaviour network.
-        dones: `[T, ...]`; `dones[t]` ends the episode after step t.
-        last_value: `[...]` V(s_T), the bootstrap after the last step.
-        gamma: discount.
-        gae_lambda: GAE parameter; 1 gives the n-step return minus V(s_t).
+        params: the client's network params.
+        batch: the rollout's transitions (any leading axes).
+        adv: advantages, the shape of `batch.reward` (no gradient flows into them).
+        returns: value targets, the same shape.
+        reference: the broadcast global params (communication KL, FedProx).
+        network: the actor-critic module.
+        a2c: the A2C config section.
 
     Returns:
-        `(advantages, returns)` with `returns = advantages + values`.
+        The total loss and a dict of its parts (`pg_loss`, `value_loss`, `entropy`,
+        `comm_kl`, `prox`).
     """
-
-    def backward(carry, t):
-        gae, next_value = carry
-        reward, value, done = t
-        not_done = 1.0 - done.astype(jnp.float32)
-        delta = reward + gamma * next_value * not_done - value
-        gae = delta + gamma * gae_lambda * not_done * gae
-        return (gae, value), gae
-
-    init = (jnp.zeros_like(last_value), last_value)
-    _, adv = jax.lax.scan(backward, init, (rewards, values, dones), reverse=True)
-    return adv, adv + values
+    continuous = network.continuous
+    dist, value = network.apply(params, batch.obs)
+    log_prob = networks.log_prob(dist, batch.action, continuous)
+    if a2c.normalize_advantages:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss = -jnp.mean(log_prob * adv)
+    v_loss = 0.5 * jnp.mean((value - returns) ** 2)
+    ent = jnp.mean(networks.entropy(dist, continuous))
+    comm = jnp.zeros(())
+    if a2c.comm_coef > 0:
+        ref_dist, _ = network.apply(reference.global_params, batch.obs)
+        comm = jnp.mean(networks.kl(jax.lax.stop_gradient(ref_dist), dist, continuous))
+    prox = common.prox_term(params, reference.global_params, a2c.prox_mu)
+    total = pg_loss + a2c.vf_coef * v_loss - a2c.ent_coef * ent + a2c.comm_coef * comm + prox
+    aux = {"pg_loss": pg_loss, "value_loss": v_loss, "entropy": ent, "comm_kl": comm}
+    aux["prox"] = prox
+    return total, aux
 
 
 def build(config: Config, env, env_params) -> Algorithm:
     """A2C for `env`; `env_params` is one client's (unbatched) default params."""
     a2c = config.algo.a2c
-    continuous = common.is_continuous(env, env_params)
-    obs_shape = env.observation_space(env_params).shape
-    network = networks.ActorCritic(
-        common.action_dim(env, env_params),
-        continuous,
-        len(obs_shape),
-        tuple(a2c.hidden_sizes),
-        a2c.activation,
-    )
+    agent = onpolicy.setup(env, env_params, a2c)
     horizon = schedule_horizon(config.federation)  # fixed at the run's start
     optimizer = make_optimizer(a2c, horizon * config.federation.local_updates)
-    batch_size = a2c.num_envs * a2c.num_steps
-    if continuous:
-        low, high = common.action_bounds(env, env_params)
-
-    def env_action(action):
-        return jnp.clip(action, low, high) if continuous else action
 
     def init(key, client_env_params) -> A2CState:
-        key_net, key_env = jax.random.split(key)
-        params = network.init(key_net, jnp.zeros(obs_shape, jnp.float32))
-        reset_keys = jax.random.split(key_env, a2c.num_envs)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, client_env_params)
-        zeros = jnp.zeros((a2c.num_envs,), jnp.float32)
-        return A2CState(
-            params=params,
-            opt_state=optimizer.init(params),
-            env_state=env_state,
-            obs=obs.astype(jnp.float32),
-            episode_return=zeros,
-            last_return=zeros,
-        )
+        fields = onpolicy.init_fields(key, agent, optimizer, client_env_params, a2c.num_envs)
+        return A2CState(**fields)
 
-    def rollout(key, state: A2CState, client_env_params):
-        def step(carry, step_key):
-            env_state, obs, episode_return, last_return = carry
-            key_act, key_env = jax.random.split(step_key)
-            dist, value = network.apply(state.params, obs)
-            action = networks.sample(key_act, dist, continuous)
-            env_keys = jax.random.split(key_env, a2c.num_envs)
-            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None)
-            )(env_keys, env_state, env_action(action), client_env_params)
-            reward = reward.astype(jnp.float32)
-            done = jnp.logical_or(terminated, truncated)
-            # A time limit is not a terminal state: bootstrap from the final observation.
-            _, final_value = network.apply(
-                state.params, info["final_observation"].astype(jnp.float32)
-            )
-            cut = jnp.logical_and(truncated, jnp.logical_not(terminated))
-            train_reward = reward + a2c.gamma * jnp.where(cut, final_value, 0.0)
-            episode_return, last_return = common.track_returns(
-                episode_return, last_return, reward, done
-            )
-            transition = Transition(obs, action, value, train_reward, done)
-            carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
-            return carry, (transition, done)
-
-        carry = (state.env_state, state.obs, state.episode_return, state.last_return)
-        carry, (batch, dones) = jax.lax.scan(step, carry, jax.random.split(key, a2c.num_steps))
-        env_state, obs, episode_return, last_return = carry
-        state = state.replace(
-            env_state=env_state, obs=obs, episode_return=episode_return, last_return=last_return
-        )
-        return state, batch, jnp.sum(dones)
-
-    def loss_fn(params, batch: Transition, adv, returns, reference: Reference):
-        dist, value = network.apply(params, batch.obs)
-        log_prob = networks.log_prob(dist, batch.action, continuous)
-        if a2c.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss = -jnp.mean(log_prob * adv)
-        v_loss = 0.5 * jnp.mean((value - returns) ** 2)
-        ent = jnp.mean(networks.entropy(dist, continuous))
-        comm = jnp.zeros(())
-        if a2c.comm_coef > 0:
-            ref_dist, _ = network.apply(reference.global_params, batch.obs)
-            comm = jnp.mean(networks.kl(jax.lax.stop_gradient(ref_dist), dist, continuous))
-        prox = common.prox_term(params, reference.global_params, a2c.prox_mu)
-        total = pg_loss + a2c.vf_coef * v_loss - a2c.ent_coef * ent + a2c.comm_coef * comm + prox
-        aux = {"pg_loss": pg_loss, "value_loss": v_loss, "entropy": ent, "comm_kl": comm}
-        aux["prox"] = prox
-        return total, aux
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grad_fn = jax.grad(functools.partial(loss, network=agent.network, a2c=a2c), has_aux=True)
 
     def local_update(key, state: A2CState, client_env_params, reference: Reference):
-        state, batch, episodes = rollout(key, state, client_env_params)
-        _, last_value = network.apply(state.params, state.obs)
-        adv, returns = nstep_advantages(
-            batch.reward, batch.value, batch.done, last_value, a2c.gamma, a2c.gae_lambda
+        state, batch, episodes = onpolicy.rollout(
+            key, agent, state, client_env_params, a2c.num_steps, a2c.gamma
         )
+        adv, returns = onpolicy.advantages(agent.network, state, batch, a2c.gamma, a2c.gae_lambda)
         adv, returns = jax.lax.stop_gradient((adv, returns))
         grads, metrics = grad_fn(state.params, batch, adv, returns, reference)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -228,17 +160,13 @@ def build(config: Config, env, env_params) -> Algorithm:
         metrics["episodes"] = episodes.astype(jnp.float32)
         return state.replace(params=params, opt_state=opt_state), metrics
 
-    def act(params, obs):
-        dist, _ = network.apply(params, obs.astype(jnp.float32))
-        return env_action(networks.mode(dist, continuous))
-
     return Algorithm(
         init=init,
         local_update=local_update,
         get_params=lambda state: state.params,
         set_params=lambda state, params: state.replace(params=params),
-        act=act,
-        env_steps_per_update=batch_size,
+        act=onpolicy.make_act(agent),
+        env_steps_per_update=a2c.num_envs * a2c.num_steps,
     )
 
 

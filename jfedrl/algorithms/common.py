@@ -1,4 +1,4 @@
-"""Small pure helpers shared by the local learners (A2C, DQN, TD3)."""
+"""Small pure helpers shared by the local learners, and their config checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jfedrl.config import ConfigError, not_allowed
+import envs
+from jfedrl.algorithms.networks import ACTIVATIONS
+from jfedrl.checks import require, require_choice, require_positive, require_range
 
 
 def is_continuous(env, env_params) -> bool:
@@ -47,28 +49,46 @@ def track_returns(
     return jnp.where(done, 0.0, episode_return), last_return
 
 
-def tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where the scalar `condition` holds, else `old` (leaf by leaf)."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
-
-
 def polyak(online: Any, target: Any, tau: float) -> Any:
     """Target update `tau * online + (1 - tau) * target` (tau = 1 copies)."""
     return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
-def require(ok: bool, path: str, rule: str, value: Any) -> None:
-    """Raises `ConfigError('<path>: must be <rule>, got <value>')` unless `ok`."""
-    if not ok:
-        raise ConfigError(f"{path}: must be {rule}, got {value!r}")
+def require_counts(path: str, section: Any, names: tuple[str, ...]) -> None:
+    """Each named integer field of `section` is >= 1."""
+    for name in names:
+        require(getattr(section, name) >= 1, f"{path}.{name}", ">= 1", getattr(section, name))
 
 
-def require_choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raises `ConfigError` naming `path` and the allowed values unless `value` is one."""
-    if value not in allowed:
-        raise ConfigError(not_allowed(path, value, allowed))
+def require_fields_positive(
+    path: str, section: Any, names: tuple[str, ...], strict: bool = True
+) -> None:
+    """Each named field of `section` is > 0 (>= 0 when not `strict`)."""
+    for name in names:
+        require_positive(f"{path}.{name}", getattr(section, name), strict)
 
 
-def require_layers(path: str, sizes: tuple[int, ...]) -> None:
-    """Hidden layer widths: at least one layer, every width >= 1."""
-    require(bool(sizes) and min(sizes) >= 1, path, "positive layer widths", sizes)
+def require_discount(path: str, section: Any) -> None:
+    """`section.gamma` in (0, 1]."""
+    require_range(f"{path}.gamma", section.gamma, 0.0, 1.0, low_open=True)
+
+
+def require_network(path: str, section: Any) -> None:
+    """`hidden_sizes`: at least one layer, every width >= 1; `activation` a known name."""
+    sizes = section.hidden_sizes
+    require(bool(sizes) and min(sizes) >= 1, f"{path}.hidden_sizes", "positive layer widths", sizes)
+    require_choice(f"{path}.activation", section.activation, tuple(ACTIVATIONS))
+
+
+def require_buffer(path: str, section: Any) -> None:
+    """The replay buffer holds one local update's transitions; the warm-up is >= 0."""
+    steps = section.num_envs * section.num_steps
+    rule = f">= num_envs * num_steps = {steps} (one local update's transitions)"
+    require(section.buffer_size >= steps, f"{path}.buffer_size", rule, section.buffer_size)
+    require_positive(f"{path}.learning_starts", section.learning_starts, strict=False)
+
+
+def make_env(config: Any) -> tuple[Any, Any]:
+    """`(env, default_params)` of `config.env`, for checks of its spaces (builds no client)."""
+    options = {"backend": config.env.backend} if config.env.backend else {}
+    return envs.make(config.env.name, **options)

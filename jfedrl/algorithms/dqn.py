@@ -33,6 +33,7 @@ the target never starts as an unrelated random network.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,9 +44,11 @@ import numpy as np
 import optax
 from flax import struct
 
-from jfedrl.algorithms import common, networks, replay
+from jfedrl.algorithms import common, networks, offpolicy, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError, schedule_horizon
+from jfedrl.checks import ConfigError, require_choice, require_positive, require_range
+from jfedrl.config import Config, DQNConfig, schedule_horizon
+from jfedrl.tree import tree_where
 
 
 def _dense(features: int, scale: float) -> nn.Dense:
@@ -131,12 +134,7 @@ def linear_epsilon(steps: jax.Array, start: float, end: float, duration: float) 
     return start + fraction * (end - start)
 
 
-class Transition(struct.PyTreeNode):
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    next_obs: jax.Array
-    terminal: jax.Array
+Transition = offpolicy.Transition  # moved to offpolicy
 
 
 class DQNState(struct.PyTreeNode):
@@ -159,54 +157,78 @@ class DQNState(struct.PyTreeNode):
 
 
 def validate(config: Config) -> None:
-    """Checks the `algo.dqn` section; raises `ConfigError` naming the field."""
+    """Checks the `algo.dqn` section and the env's actions; raises `ConfigError`."""
     dqn = config.algo.dqn
-    for name in ("num_envs", "num_steps", "gradient_steps", "batch_size"):
-        common.require(getattr(dqn, name) >= 1, f"algo.dqn.{name}", ">= 1", getattr(dqn, name))
-    steps = dqn.num_envs * dqn.num_steps
-    common.require(
-        dqn.buffer_size >= steps,
-        "algo.dqn.buffer_size",
-        f">= num_envs * num_steps = {steps} (one local update's transitions)",
-        dqn.buffer_size,
+    path = "algo.dqn"
+    common.require_counts(
+        path,
+        dqn,
+        ("num_envs", "num_steps", "gradient_steps", "batch_size", "target_update_interval"),
     )
-    common.require(
-        dqn.learning_starts >= 0, "algo.dqn.learning_starts", ">= 0", dqn.learning_starts
-    )
-    for name in ("learning_rate", "max_grad_norm"):
-        common.require(getattr(dqn, name) > 0, f"algo.dqn.{name}", "> 0", getattr(dqn, name))
-    common.require(0.0 < dqn.gamma <= 1.0, "algo.dqn.gamma", "in (0, 1]", dqn.gamma)
+    common.require_buffer(path, dqn)
+    common.require_fields_positive(path, dqn, ("learning_rate", "max_grad_norm"))
+    common.require_discount(path, dqn)
     for name in ("epsilon_start", "epsilon_end"):
-        value = getattr(dqn, name)
-        common.require(0.0 <= value <= 1.0, f"algo.dqn.{name}", "in [0, 1]", value)
-    common.require(
-        0.0 < dqn.exploration_fraction <= 1.0,
-        "algo.dqn.exploration_fraction",
-        "in (0, 1]",
-        dqn.exploration_fraction,
+        require_range(f"{path}.{name}", getattr(dqn, name), 0.0, 1.0)
+    frac = dqn.exploration_fraction
+    require_range(f"{path}.exploration_fraction", frac, 0.0, 1.0, low_open=True)
+    require_range(f"{path}.tau", dqn.tau, 0.0, 1.0, low_open=True)
+    require_positive(f"{path}.prox_mu", dqn.prox_mu, strict=False)
+    common.require_network(path, dqn)
+    require_choice(f"{path}.target_sync", dqn.target_sync, ("global", "local"))
+    require_choice(f"{path}.loss", dqn.loss, ("mse", "huber"))
+    if common.is_continuous(*common.make_env(config)):
+        raise ConfigError(
+            f"algo.name: 'dqn' needs discrete actions; {config.env.name} has continuous "
+            "actions (use td3, ppo or a2c)"
+        )
+
+
+def loss(
+    params: Any,
+    target_params: Any,
+    batch: Transition,
+    reference: Reference,
+    *,
+    network: QNetwork,
+    dqn: DQNConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The DQN loss of one minibatch (minimised), and its parts.
+
+    total = mean l(Q(s, a) - y) + mu/2 ||w - w_global||^2, with y the `td_target`
+    (double if `dqn.double`, no gradient) and l the Huber loss or e^2 / 2
+    (Mnih et al. 2015; van Hasselt et al. 2016; Li et al. 2020).
+
+    Args:
+        params: the online Q-network.
+        target_params: the target Q-network.
+        batch: replay items, leading axis = sample.
+        reference: the broadcast global params (FedProx).
+        network: the Q-network module.
+        dqn: the DQN config section.
+
+    Returns:
+        The total loss and a dict of its parts (`td_loss`, `q_mean`, `prox`).
+    """
+    q = network.apply(params, batch.obs)
+    q_taken = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
+    next_q_target = network.apply(target_params, batch.next_obs)
+    next_q_online = network.apply(params, batch.next_obs) if dqn.double else None
+    target = jax.lax.stop_gradient(
+        td_target(batch.reward, batch.terminal, dqn.gamma, next_q_target, next_q_online)
     )
-    common.require(
-        dqn.target_update_interval >= 1,
-        "algo.dqn.target_update_interval",
-        ">= 1",
-        dqn.target_update_interval,
-    )
-    common.require(0.0 < dqn.tau <= 1.0, "algo.dqn.tau", "in (0, 1]", dqn.tau)
-    common.require(dqn.prox_mu >= 0, "algo.dqn.prox_mu", ">= 0", dqn.prox_mu)
-    common.require_layers("algo.dqn.hidden_sizes", dqn.hidden_sizes)
-    common.require_choice("algo.dqn.activation", dqn.activation, tuple(networks.ACTIVATIONS))
-    common.require_choice("algo.dqn.target_sync", dqn.target_sync, ("global", "local"))
-    common.require_choice("algo.dqn.loss", dqn.loss, ("mse", "huber"))
+    error = q_taken - target
+    if dqn.loss == "huber":
+        td_loss = jnp.mean(optax.huber_loss(error))
+    else:
+        td_loss = 0.5 * jnp.mean(error**2)
+    prox = common.prox_term(params, reference.global_params, dqn.prox_mu)
+    return td_loss + prox, {"td_loss": td_loss, "q_mean": jnp.mean(q_taken), "prox": prox}
 
 
 def build(config: Config, env, env_params) -> Algorithm:
     """DQN for `env`; `env_params` is one client's (unbatched) default params."""
     dqn = config.algo.dqn
-    if common.is_continuous(env, env_params):
-        raise ConfigError(
-            f"algo.name: 'dqn' needs discrete actions; {config.env.name} has continuous "
-            "actions (use td3, ppo or a2c)"
-        )
     obs_shape = tuple(env.observation_space(env_params).shape)
     num_actions = common.action_dim(env, env_params)
     network = QNetwork(
@@ -224,93 +246,35 @@ def build(config: Config, env, env_params) -> Algorithm:
         key_net, key_env = jax.random.split(key)
         obs0 = jnp.zeros(obs_shape, jnp.float32)
         params = network.init(key_net, obs0)
-        reset_keys = jax.random.split(key_env, dqn.num_envs)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, client_env_params)
         example = Transition(obs0, jnp.zeros((), jnp.int32), 0.0, obs0, 0.0)
-        zeros = jnp.zeros((dqn.num_envs,), jnp.float32)
+        fields = offpolicy.init_fields(
+            key_env,
+            env,
+            client_env_params,
+            dqn.num_envs,
+            jax.tree.map(jnp.asarray, example),
+            dqn.buffer_size,
+        )
         return DQNState(
-            params=params,
-            target_params=params,
-            opt_state=optimizer.init(params),
-            buffer=replay.init(jax.tree.map(jnp.asarray, example), dqn.buffer_size),
-            env_state=env_state,
-            obs=obs.astype(jnp.float32),
-            episode_return=zeros,
-            last_return=zeros,
-            env_steps=jnp.zeros((), jnp.int32),
-            updates=jnp.zeros((), jnp.int32),
+            params=params, target_params=params, opt_state=optimizer.init(params), **fields
         )
 
     def rollout(key, state: DQNState, client_env_params):
-        def step(carry, inputs):
-            env_state, obs, episode_return, last_return = carry
-            t, step_key = inputs
-            key_explore, key_random, key_env = jax.random.split(step_key, 3)
-            epsilon = linear_epsilon(
-                state.env_steps + t * dqn.num_envs,
-                dqn.epsilon_start,
-                dqn.epsilon_end,
-                decay_steps,
-            )
+        def policy(key_explore, key_random, obs, env_steps):
+            epsilon = linear_epsilon(env_steps, dqn.epsilon_start, dqn.epsilon_end, decay_steps)
             greedy = jnp.argmax(network.apply(state.params, obs), axis=-1)
             random_action = jax.random.randint(key_random, greedy.shape, 0, num_actions)
             explore = jax.random.uniform(key_explore, greedy.shape) < epsilon
             action = jnp.where(explore, random_action, greedy).astype(jnp.int32)
-            env_keys = jax.random.split(key_env, dqn.num_envs)
-            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None)
-            )(env_keys, env_state, action, client_env_params)
-            reward = reward.astype(jnp.float32)
-            done = jnp.logical_or(terminated, truncated)
-            transition = Transition(
-                obs=obs,
-                action=action,
-                reward=reward,
-                next_obs=info["final_observation"].astype(jnp.float32),
-                terminal=terminated.astype(jnp.float32),
-            )
-            episode_return, last_return = common.track_returns(
-                episode_return, last_return, reward, done
-            )
-            carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
-            return carry, (transition, done, epsilon)
+            return action, action, epsilon
 
-        carry = (state.env_state, state.obs, state.episode_return, state.last_return)
-        inputs = (jnp.arange(dqn.num_steps), jax.random.split(key, dqn.num_steps))
-        carry, (batch, dones, epsilons) = jax.lax.scan(step, carry, inputs)
-        env_state, obs, episode_return, last_return = carry
-        flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
-        state = state.replace(
-            env_state=env_state,
-            obs=obs,
-            episode_return=episode_return,
-            last_return=last_return,
-            buffer=replay.add_batch(state.buffer, flat),
-            env_steps=state.env_steps + batch_size,
-        )
-        return state, jnp.sum(dones), jnp.mean(epsilons)
+        return offpolicy.rollout(key, state, env, client_env_params, policy, dqn.num_steps)
 
-    def loss_fn(params, target_params, batch: Transition, reference: Reference):
-        q = network.apply(params, batch.obs)
-        q_taken = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
-        next_q_target = network.apply(target_params, batch.next_obs)
-        next_q_online = network.apply(params, batch.next_obs) if dqn.double else None
-        target = jax.lax.stop_gradient(
-            td_target(batch.reward, batch.terminal, dqn.gamma, next_q_target, next_q_online)
-        )
-        error = q_taken - target
-        if dqn.loss == "huber":
-            td_loss = jnp.mean(optax.huber_loss(error))
-        else:
-            td_loss = 0.5 * jnp.mean(error**2)
-        prox = common.prox_term(params, reference.global_params, dqn.prox_mu)
-        return td_loss + prox, {"td_loss": td_loss, "q_mean": jnp.mean(q_taken), "prox": prox}
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grad_fn = jax.grad(functools.partial(loss, network=network, dqn=dqn), has_aux=True)
 
     def local_update(key, state: DQNState, client_env_params, reference: Reference):
         key_rollout, key_train = jax.random.split(key)
-        state, episodes, epsilon = rollout(key_rollout, state, client_env_params)
+        state, episodes, epsilons = rollout(key_rollout, state, client_env_params)
         learning = state.env_steps >= dqn.learning_starts
 
         def train_step(carry, sample_key):
@@ -318,11 +282,11 @@ def build(config: Config, env, env_params) -> Algorithm:
             minibatch = replay.sample(sample_key, state.buffer, dqn.batch_size)
             grads, aux = grad_fn(params, target_params, minibatch, reference)
             deltas, new_opt_state = optimizer.update(grads, opt_state, params)
-            params = common.tree_where(learning, optax.apply_updates(params, deltas), params)
-            opt_state = common.tree_where(learning, new_opt_state, opt_state)
+            params = tree_where(learning, optax.apply_updates(params, deltas), params)
+            opt_state = tree_where(learning, new_opt_state, opt_state)
             updates = updates + learning.astype(jnp.int32)
             sync = jnp.logical_and(learning, updates % dqn.target_update_interval == 0)
-            target_params = common.tree_where(
+            target_params = tree_where(
                 sync, common.polyak(params, target_params, dqn.tau), target_params
             )
             return (params, target_params, opt_state, updates), aux
@@ -332,21 +296,12 @@ def build(config: Config, env, env_params) -> Algorithm:
             train_step, carry, jax.random.split(key_train, dqn.gradient_steps)
         )
         metrics = jax.tree.map(jnp.mean, aux)
-        metrics["learning"] = learning.astype(jnp.float32)
-        metrics["epsilon"] = epsilon
-        metrics["train_return"] = jnp.mean(state.last_return)
-        metrics["episodes"] = episodes.astype(jnp.float32)
+        metrics["epsilon"] = jnp.mean(epsilons)
+        metrics.update(offpolicy.round_metrics(state, learning, episodes))
         state = state.replace(
             params=params, target_params=target_params, opt_state=opt_state, updates=updates
         )
         return state, metrics
-
-    def set_params(state: DQNState, params) -> DQNState:
-        if dqn.target_sync == "global":
-            target = params
-        else:
-            target = common.tree_where(state.updates == 0, params, state.target_params)
-        return state.replace(params=params, target_params=target)
 
     def act(params, obs):
         return jnp.argmax(network.apply(params, obs.astype(jnp.float32)), axis=-1)
@@ -355,7 +310,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         init=init,
         local_update=local_update,
         get_params=lambda state: state.params,
-        set_params=set_params,
+        set_params=functools.partial(offpolicy.set_params, target_sync=dqn.target_sync),
         act=act,
         env_steps_per_update=batch_size,
     )

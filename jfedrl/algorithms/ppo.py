@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jfedrl.algorithms import common, networks
+from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError, PPOConfig, not_allowed, schedule_horizon
+from jfedrl.checks import ConfigError, require_choice, require_range
+from jfedrl.config import Config, PPOConfig, schedule_horizon
 
 
 class PPOState(struct.PyTreeNode):
@@ -45,52 +46,34 @@ class PPOState(struct.PyTreeNode):
     """beta of the `kl` / `mdpo` objectives (adapted if `kl_target` > 0)."""
 
 
-class Transition(struct.PyTreeNode):
-    obs: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    dist: jax.Array
-    value: jax.Array
-    reward: jax.Array
-    done: jax.Array
+Transition = onpolicy.Transition
 
 
 def validate(config: Config) -> None:
     """Checks the PPO section; raises `ConfigError` naming the field."""
     ppo = config.algo.ppo
-    for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "mixture_samples"):
-        if getattr(ppo, name) < 1:
-            raise ConfigError(f"algo.ppo.{name}: must be >= 1, got {getattr(ppo, name)}")
-    if ppo.learning_rate <= 0:
-        raise ConfigError(f"algo.ppo.learning_rate: must be > 0, got {ppo.learning_rate}")
+    path = "algo.ppo"
+    common.require_counts(
+        path, ppo, ("num_envs", "num_steps", "update_epochs", "num_minibatches", "mixture_samples")
+    )
     batch = ppo.num_envs * ppo.num_steps
     if batch % ppo.num_minibatches:
         raise ConfigError(
-            "algo.ppo.num_minibatches: must divide num_envs * num_steps = "
+            f"{path}.num_minibatches: must divide num_envs * num_steps = "
             f"{ppo.num_envs} * {ppo.num_steps} = {batch}, got {ppo.num_minibatches}"
         )
-    if not 0.0 < ppo.gamma <= 1.0:
-        raise ConfigError(f"algo.ppo.gamma: must be in (0, 1], got {ppo.gamma}")
-    if not 0.0 <= ppo.gae_lambda <= 1.0:
-        raise ConfigError(f"algo.ppo.gae_lambda: must be in [0, 1], got {ppo.gae_lambda}")
-    for name in ("clip_eps", "max_grad_norm"):
-        if getattr(ppo, name) <= 0:
-            raise ConfigError(f"algo.ppo.{name}: must be > 0, got {getattr(ppo, name)}")
-    for name in ("ent_coef", "vf_coef", "kl_coef", "kl_target", "comm_coef", "prox_mu"):
-        if getattr(ppo, name) < 0:
-            raise ConfigError(f"algo.ppo.{name}: must be >= 0, got {getattr(ppo, name)}")
-    if not ppo.hidden_sizes or min(ppo.hidden_sizes) < 1:
-        raise ConfigError(
-            f"algo.ppo.hidden_sizes: must be positive layer widths, got {ppo.hidden_sizes}"
-        )
-    allowed = {
-        "activation": tuple(networks.ACTIVATIONS),
-        "objective": ("clip", "none", "kl", "mdpo"),
-        "comm_reference": ("global", "mixture"),
-    }
-    for name, values in allowed.items():
-        if getattr(ppo, name) not in values:
-            raise ConfigError(not_allowed(f"algo.ppo.{name}", getattr(ppo, name), values))
+    common.require_fields_positive(path, ppo, ("learning_rate", "clip_eps", "max_grad_norm"))
+    common.require_discount(path, ppo)
+    require_range(f"{path}.gae_lambda", ppo.gae_lambda, 0.0, 1.0)
+    common.require_fields_positive(
+        path,
+        ppo,
+        ("ent_coef", "vf_coef", "kl_coef", "kl_target", "comm_coef", "prox_mu"),
+        strict=False,
+    )
+    common.require_network(path, ppo)
+    require_choice(f"{path}.objective", ppo.objective, ("clip", "none", "kl", "mdpo"))
+    require_choice(f"{path}.comm_reference", ppo.comm_reference, ("global", "mixture"))
 
 
 def make_optimizer(ppo: PPOConfig, total_gradient_steps: int) -> optax.GradientTransformation:
@@ -218,15 +201,8 @@ def loss(
 def build(config: Config, env, env_params) -> Algorithm:
     """PPO for `env`; `env_params` is one client's (unbatched) default params."""
     ppo = config.algo.ppo
-    continuous = common.is_continuous(env, env_params)
-    obs_shape = env.observation_space(env_params).shape
-    network = networks.ActorCritic(
-        common.action_dim(env, env_params),
-        continuous,
-        len(obs_shape),
-        tuple(ppo.hidden_sizes),
-        ppo.activation,
-    )
+    agent = onpolicy.setup(env, env_params, ppo)
+    network, continuous = agent.network, agent.network.continuous
     # The anneal's horizon is fixed at the run's start, so a longer resumed run holds the end value.
     gradient_steps = (
         schedule_horizon(config.federation)
@@ -237,76 +213,10 @@ def build(config: Config, env, env_params) -> Algorithm:
     optimizer = make_optimizer(ppo, gradient_steps)
     batch_size = ppo.num_envs * ppo.num_steps
     minibatch_size = batch_size // ppo.num_minibatches
-    if continuous:
-        low, high = common.action_bounds(env, env_params)
-
-    def env_action(action):
-        return jnp.clip(action, low, high) if continuous else action
 
     def init(key, client_env_params) -> PPOState:
-        key_net, key_env = jax.random.split(key)
-        params = network.init(key_net, jnp.zeros(obs_shape, jnp.float32))
-        reset_keys = jax.random.split(key_env, ppo.num_envs)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, client_env_params)
-        zeros = jnp.zeros((ppo.num_envs,), jnp.float32)
-        return PPOState(
-            params=params,
-            opt_state=optimizer.init(params),
-            env_state=env_state,
-            obs=obs.astype(jnp.float32),
-            episode_return=zeros,
-            last_return=zeros,
-            kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32),
-        )
-
-    def rollout(key, state: PPOState, client_env_params):
-        def step(carry, step_key):
-            env_state, obs, episode_return, last_return = carry
-            key_act, key_env = jax.random.split(step_key)
-            dist, value = network.apply(state.params, obs)
-            action = networks.sample(key_act, dist, continuous)
-            log_prob = networks.log_prob(dist, action, continuous)
-            env_keys = jax.random.split(key_env, ppo.num_envs)
-            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None)
-            )(env_keys, env_state, env_action(action), client_env_params)
-            reward = reward.astype(jnp.float32)
-            done = jnp.logical_or(terminated, truncated)
-            # A time limit is not a terminal state: bootstrap from the final observation.
-            final_value = network.apply(
-                state.params,
-                info["final_observation"].astype(jnp.float32),
-                method=networks.ActorCritic.value,
-            )
-            cut = jnp.logical_and(truncated, jnp.logical_not(terminated))
-            train_reward = reward + ppo.gamma * jnp.where(cut, final_value, 0.0)
-            episode_return, last_return = common.track_returns(
-                episode_return, last_return, reward, done
-            )
-            transition = Transition(obs, action, log_prob, dist, value, train_reward, done)
-            carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
-            return carry, (transition, done)
-
-        carry = (state.env_state, state.obs, state.episode_return, state.last_return)
-        carry, (batch, dones) = jax.lax.scan(step, carry, jax.random.split(key, ppo.num_steps))
-        env_state, obs, episode_return, last_return = carry
-        state = state.replace(
-            env_state=env_state, obs=obs, episode_return=episode_return, last_return=last_return
-        )
-        return state, batch, jnp.sum(dones)
-
-    def advantages(batch: Transition, last_value):
-        def backward(carry, t):
-            gae, next_value = carry
-            not_done = 1.0 - t.done.astype(jnp.float32)
-            delta = t.reward + ppo.gamma * next_value * not_done - t.value
-            gae = delta + ppo.gamma * ppo.gae_lambda * not_done * gae
-            return (gae, t.value), gae
-
-        _, adv = jax.lax.scan(
-            backward, (jnp.zeros_like(last_value), last_value), batch, reverse=True
-        )
-        return adv, adv + batch.value
+        fields = onpolicy.init_fields(key, agent, optimizer, client_env_params, ppo.num_envs)
+        return PPOState(**fields, kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32))
 
     grad_fn = jax.grad(
         functools.partial(loss, network=network, ppo=ppo, continuous=continuous), has_aux=True
@@ -314,9 +224,10 @@ def build(config: Config, env, env_params) -> Algorithm:
 
     def local_update(key, state: PPOState, client_env_params, reference: Reference):
         key_rollout, key_epochs = jax.random.split(key)
-        state, batch, episodes = rollout(key_rollout, state, client_env_params)
-        last_value = network.apply(state.params, state.obs, method=networks.ActorCritic.value)
-        adv, target = advantages(batch, last_value)
+        state, batch, episodes = onpolicy.rollout(
+            key_rollout, agent, state, client_env_params, ppo.num_steps, ppo.gamma
+        )
+        adv, target = onpolicy.advantages(network, state, batch, ppo.gamma, ppo.gae_lambda)
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target))
 
         def epoch(carry, epoch_key):
@@ -352,16 +263,12 @@ def build(config: Config, env, env_params) -> Algorithm:
         state = state.replace(params=params, opt_state=opt_state, kl_coef=kl_coef)
         return state, metrics
 
-    def act(params, obs):
-        dist, _ = network.apply(params, obs.astype(jnp.float32))
-        return env_action(networks.mode(dist, continuous))
-
     return Algorithm(
         init=init,
         local_update=local_update,
         get_params=lambda state: state.params,
         set_params=lambda state, params: state.replace(params=params),
-        act=act,
+        act=onpolicy.make_act(agent),
         env_steps_per_update=batch_size,
         needs_peers=ppo.comm_coef > 0 and ppo.comm_reference == "mixture",
     )

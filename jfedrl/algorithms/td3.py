@@ -56,8 +56,9 @@ tests/test_td3_periods.py checks exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -65,9 +66,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jfedrl.algorithms import common, networks, replay
+from jfedrl.algorithms import common, networks, offpolicy, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, ConfigError
+from jfedrl.checks import ConfigError, require_choice, require_range
+from jfedrl.config import Config, TD3Config
+from jfedrl.tree import tree_where
 
 
 def _flatten(obs, obs_ndim: int):
@@ -134,13 +137,89 @@ def clipped_double_q_target(
     return reward + gamma * (1.0 - terminal) * jnp.min(target_qs, axis=0)
 
 
-class Transition(struct.PyTreeNode):
-    obs: jax.Array
-    action: jax.Array
-    """Normalised action in [-1, 1]^d."""
-    reward: jax.Array
-    next_obs: jax.Array
-    terminal: jax.Array
+Transition = offpolicy.Transition  # moved to offpolicy
+
+
+class Networks(NamedTuple):
+    """The actor and critic modules and the shapes that map actions to their inputs."""
+
+    actor: Actor
+    critic: Critic
+    obs_ndim: int
+    action_shape: tuple[int, ...]
+
+    def mu(self, actor_params: Any, obs: jax.Array) -> jax.Array:
+        """Normalised deterministic action, reshaped to the action space's shape."""
+        return self.actor.apply(actor_params, obs).reshape(
+            obs.shape[: obs.ndim - self.obs_ndim] + self.action_shape
+        )
+
+    def q_values(self, critic_params: Any, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """`[num_qs, ...]` Q(s, a) of every critic."""
+        ndim = len(self.action_shape)
+        flat = action.reshape(action.shape[: action.ndim - ndim] + (self.actor.action_dim,))
+        return self.critic.apply(critic_params, obs, flat)
+
+
+def critic_loss(
+    critic_params: Any,
+    target_params: Any,
+    batch: Transition,
+    noise: jax.Array,
+    reference: Reference,
+    *,
+    nets: Networks,
+    td3: TD3Config,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """sum_i mean (Q_i(s, a) - y)^2 + mu/2 ||phi - phi_global||^2 (Fujimoto et al. 2018).
+
+    y is the `clipped_double_q_target` at the `smoothed_target_action` of the
+    target actor with `noise` (already scaled by `policy_noise`); no gradient.
+
+    Returns:
+        The total loss and its parts (`critic_loss` = the TD term, `q_mean` of Q_1).
+    """
+    next_action = smoothed_target_action(
+        nets.mu(target_params["actor"], batch.next_obs), noise, td3.noise_clip
+    )
+    target_qs = nets.q_values(target_params["critic"], batch.next_obs, next_action)
+    target = jax.lax.stop_gradient(
+        clipped_double_q_target(batch.reward, batch.terminal, td3.gamma, target_qs)
+    )
+    qs = nets.q_values(critic_params, batch.obs, batch.action)
+    td_loss = jnp.sum(jnp.mean((qs - target[None]) ** 2, axis=-1))
+    prox = common.prox_term(critic_params, reference.global_params["critic"], td3.prox_mu)
+    return td_loss + prox, {"critic_loss": td_loss, "q_mean": jnp.mean(qs[0])}
+
+
+def actor_loss(
+    actor_params: Any,
+    critic_params: Any,
+    batch: Transition,
+    reference: Reference,
+    *,
+    nets: Networks,
+    td3: TD3Config,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """-mean Q_1(s, mu(s)) + comm_coef mean ||mu(s) - mu_global(s)||^2 + mu/2 ||w - w_global||^2.
+
+    The communication term is seed 001's policy-space distance to the global actor
+    (no gradient into the global actor).
+
+    Returns:
+        The total loss and its parts (`actor_loss` = -mean Q_1, `comm_l2`).
+    """
+    action = nets.mu(actor_params, batch.obs)
+    q = nets.q_values(critic_params, batch.obs, action)[0]
+    pg_loss = -jnp.mean(q)
+    comm = jnp.zeros(())
+    if td3.comm_coef > 0:
+        global_action = jax.lax.stop_gradient(nets.mu(reference.global_params["actor"], batch.obs))
+        diff = (action - global_action).reshape((batch.obs.shape[0], -1))
+        comm = jnp.mean(jnp.sum(diff**2, axis=-1))
+    prox = common.prox_term(actor_params, reference.global_params["actor"], td3.prox_mu)
+    total = pg_loss + td3.comm_coef * comm + prox
+    return total, {"actor_loss": pg_loss, "comm_l2": comm}
 
 
 class TD3State(struct.PyTreeNode):
@@ -164,54 +243,38 @@ class TD3State(struct.PyTreeNode):
 
 
 def validate(config: Config) -> None:
-    """Checks the `algo.td3` section; raises `ConfigError` naming the field."""
+    """Checks the `algo.td3` section and the env's actions; raises `ConfigError`."""
     td3 = config.algo.td3
-    for name in (
-        "num_envs",
-        "num_steps",
-        "gradient_steps",
-        "batch_size",
-        "policy_delay",
-        "critic_period",
-        "actor_period",
-    ):
-        common.require(getattr(td3, name) >= 1, f"algo.td3.{name}", ">= 1", getattr(td3, name))
-    steps = td3.num_envs * td3.num_steps
-    common.require(
-        td3.buffer_size >= steps,
-        "algo.td3.buffer_size",
-        f">= num_envs * num_steps = {steps} (one local update's transitions)",
-        td3.buffer_size,
-    )
-    common.require(
-        td3.learning_starts >= 0, "algo.td3.learning_starts", ">= 0", td3.learning_starts
-    )
-    for name in ("actor_learning_rate", "critic_learning_rate"):
-        common.require(getattr(td3, name) > 0, f"algo.td3.{name}", "> 0", getattr(td3, name))
-    common.require(0.0 < td3.gamma <= 1.0, "algo.td3.gamma", "in (0, 1]", td3.gamma)
-    common.require(0.0 < td3.tau <= 1.0, "algo.td3.tau", "in (0, 1]", td3.tau)
-    for name in ("exploration_noise", "policy_noise", "noise_clip", "comm_coef", "prox_mu"):
-        common.require(getattr(td3, name) >= 0, f"algo.td3.{name}", ">= 0", getattr(td3, name))
-    common.require_layers("algo.td3.hidden_sizes", td3.hidden_sizes)
-    common.require_choice("algo.td3.activation", td3.activation, tuple(networks.ACTIVATIONS))
-    common.require_choice("algo.td3.target_sync", td3.target_sync, ("local", "global"))
-
-
-def build(config: Config, env, env_params) -> Algorithm:
-    """TD3 (or DDPG) for `env`; `env_params` is one client's (unbatched) default params."""
-    td3 = config.algo.td3
+    path = "algo.td3"
+    counts = ("num_envs", "num_steps", "gradient_steps", "batch_size", "policy_delay")
+    common.require_counts(path, td3, counts + ("critic_period", "actor_period"))
+    common.require_buffer(path, td3)
+    common.require_fields_positive(path, td3, ("actor_learning_rate", "critic_learning_rate"))
+    common.require_discount(path, td3)
+    require_range(f"{path}.tau", td3.tau, 0.0, 1.0, low_open=True)
+    names = ("exploration_noise", "policy_noise", "noise_clip", "comm_coef", "prox_mu")
+    common.require_fields_positive(path, td3, names, strict=False)
+    common.require_network(path, td3)
+    require_choice(f"{path}.target_sync", td3.target_sync, ("local", "global"))
+    env, env_params = common.make_env(config)
     if not common.is_continuous(env, env_params):
         raise ConfigError(
             f"algo.name: 'td3' needs continuous actions; {config.env.name} has discrete "
             "actions (use dqn, ppo or a2c)"
         )
-    obs_shape = tuple(env.observation_space(env_params).shape)
     low, high = common.action_bounds(env, env_params)
     if not (jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high))):
         raise ConfigError(
             f"algo.name: 'td3' needs a bounded action space (its actor is a scaled tanh); "
             f"{config.env.name} has bounds [{low}, {high}]"
         )
+
+
+def build(config: Config, env, env_params) -> Algorithm:
+    """TD3 (or DDPG) for `env`; `env_params` is one client's (unbatched) default params."""
+    td3 = config.algo.td3
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    low, high = common.action_bounds(env, env_params)
     centre, half_range = (high + low) / 2.0, (high - low) / 2.0
     action_shape = low.shape
     action_size = common.action_dim(env, env_params)
@@ -223,19 +286,11 @@ def build(config: Config, env, env_params) -> Algorithm:
     actor_optimizer = optax.adam(td3.actor_learning_rate)
     critic_optimizer = optax.adam(td3.critic_learning_rate)
     batch_size = td3.num_envs * td3.num_steps
-
-    def mu(actor_params, obs):
-        """Normalised deterministic action, reshaped to the action space's shape."""
-        return actor.apply(actor_params, obs).reshape(
-            obs.shape[: obs.ndim - len(obs_shape)] + action_shape
-        )
+    nets = Networks(actor, critic, len(obs_shape), action_shape)
+    mu = nets.mu
 
     def to_env(action):
         return jnp.clip(centre + half_range * action, low, high)
-
-    def q_values(critic_params, obs, action):
-        flat = action.reshape(action.shape[: action.ndim - len(action_shape)] + (action_size,))
-        return critic.apply(critic_params, obs, flat)
 
     def init(key, client_env_params) -> TD3State:
         key_actor, key_critic, key_env = jax.random.split(key, 3)
@@ -245,97 +300,34 @@ def build(config: Config, env, env_params) -> Algorithm:
             "actor": actor.init(key_actor, obs0),
             "critic": critic.init(key_critic, obs0, action0.reshape(-1)),
         }
-        reset_keys = jax.random.split(key_env, td3.num_envs)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, client_env_params)
         example = Transition(obs0, action0, jnp.zeros(()), obs0, jnp.zeros(()))
-        zeros = jnp.zeros((td3.num_envs,), jnp.float32)
+        fields = offpolicy.init_fields(
+            key_env, env, client_env_params, td3.num_envs, example, td3.buffer_size
+        )
         return TD3State(
             params=params,
             target_params=params,
             actor_opt_state=actor_optimizer.init(params["actor"]),
             critic_opt_state=critic_optimizer.init(params["critic"]),
-            buffer=replay.init(example, td3.buffer_size),
-            env_state=env_state,
-            obs=obs.astype(jnp.float32),
-            episode_return=zeros,
-            last_return=zeros,
-            env_steps=jnp.zeros((), jnp.int32),
-            updates=jnp.zeros((), jnp.int32),
+            **fields,
         )
 
     def rollout(key, state: TD3State, client_env_params):
-        def step(carry, inputs):
-            env_state, obs, episode_return, last_return = carry
-            t, step_key = inputs
-            key_noise, key_random, key_env = jax.random.split(step_key, 3)
+        def policy(key_noise, key_random, obs, env_steps):
             shape = (td3.num_envs,) + action_shape
             noise = td3.exploration_noise * jax.random.normal(key_noise, shape)
             policy = jnp.clip(mu(state.params["actor"], obs) + noise, -1.0, 1.0)
             uniform = jax.random.uniform(key_random, shape, minval=-1.0, maxval=1.0)
-            warmup = state.env_steps + t * td3.num_envs < td3.learning_starts
-            action = jnp.where(warmup, uniform, policy)
-            env_keys = jax.random.split(key_env, td3.num_envs)
-            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None)
-            )(env_keys, env_state, to_env(action), client_env_params)
-            reward = reward.astype(jnp.float32).reshape((td3.num_envs,))
-            done = jnp.logical_or(terminated, truncated)
-            transition = Transition(
-                obs=obs,
-                action=action,
-                reward=reward,
-                next_obs=info["final_observation"].astype(jnp.float32),
-                terminal=terminated.astype(jnp.float32),
-            )
-            episode_return, last_return = common.track_returns(
-                episode_return, last_return, reward, done
-            )
-            carry = (env_state, next_obs.astype(jnp.float32), episode_return, last_return)
-            return carry, (transition, done)
+            action = jnp.where(env_steps < td3.learning_starts, uniform, policy)
+            return action, to_env(action), ()
 
-        carry = (state.env_state, state.obs, state.episode_return, state.last_return)
-        inputs = (jnp.arange(td3.num_steps), jax.random.split(key, td3.num_steps))
-        carry, (batch, dones) = jax.lax.scan(step, carry, inputs)
-        env_state, obs, episode_return, last_return = carry
-        flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
-        state = state.replace(
-            env_state=env_state,
-            obs=obs,
-            episode_return=episode_return,
-            last_return=last_return,
-            buffer=replay.add_batch(state.buffer, flat),
-            env_steps=state.env_steps + batch_size,
+        state, episodes, _ = offpolicy.rollout(
+            key, state, env, client_env_params, policy, td3.num_steps
         )
-        return state, jnp.sum(dones)
+        return state, episodes
 
-    def critic_loss(critic_params, target_params, batch: Transition, noise, reference):
-        next_action = smoothed_target_action(
-            mu(target_params["actor"], batch.next_obs), noise, td3.noise_clip
-        )
-        target_qs = q_values(target_params["critic"], batch.next_obs, next_action)
-        target = jax.lax.stop_gradient(
-            clipped_double_q_target(batch.reward, batch.terminal, td3.gamma, target_qs)
-        )
-        qs = q_values(critic_params, batch.obs, batch.action)
-        td_loss = jnp.sum(jnp.mean((qs - target[None]) ** 2, axis=-1))
-        prox = common.prox_term(critic_params, reference.global_params["critic"], td3.prox_mu)
-        return td_loss + prox, {"critic_loss": td_loss, "q_mean": jnp.mean(qs[0])}
-
-    def actor_loss(actor_params, critic_params, batch: Transition, reference):
-        action = mu(actor_params, batch.obs)
-        q = q_values(critic_params, batch.obs, action)[0]
-        pg_loss = -jnp.mean(q)
-        comm = jnp.zeros(())
-        if td3.comm_coef > 0:
-            global_action = jax.lax.stop_gradient(mu(reference.global_params["actor"], batch.obs))
-            diff = (action - global_action).reshape((batch.obs.shape[0], -1))
-            comm = jnp.mean(jnp.sum(diff**2, axis=-1))
-        prox = common.prox_term(actor_params, reference.global_params["actor"], td3.prox_mu)
-        total = pg_loss + td3.comm_coef * comm + prox
-        return total, {"actor_loss": pg_loss, "comm_l2": comm}
-
-    critic_grad = jax.grad(critic_loss, has_aux=True)
-    actor_grad = jax.grad(actor_loss, has_aux=True)
+    critic_grad = jax.grad(functools.partial(critic_loss, nets=nets, td3=td3), has_aux=True)
+    actor_grad = jax.grad(functools.partial(actor_loss, nets=nets, td3=td3), has_aux=True)
 
     def local_update(key, state: TD3State, client_env_params, reference: Reference):
         key_rollout, key_train = jax.random.split(key)
@@ -352,8 +344,8 @@ def build(config: Config, env, env_params) -> Algorithm:
             )
             deltas, new_critic_opt = critic_optimizer.update(grads, critic_opt, params["critic"])
             new_critic = optax.apply_updates(params["critic"], deltas)
-            critic_params = common.tree_where(learning, new_critic, params["critic"])
-            critic_opt = common.tree_where(learning, new_critic_opt, critic_opt)
+            critic_params = tree_where(learning, new_critic, params["critic"])
+            critic_opt = tree_where(learning, new_critic_opt, critic_opt)
             updates = updates + learning.astype(jnp.int32)
             # Delayed policy update, with the critic just updated (Fujimoto et al., Alg. 1).
             delayed = jnp.logical_and(learning, updates % policy_delay == 0)
@@ -361,11 +353,11 @@ def build(config: Config, env, env_params) -> Algorithm:
             deltas, new_actor_opt = actor_optimizer.update(grads, actor_opt, params["actor"])
             new_actor = optax.apply_updates(params["actor"], deltas)
             params = {
-                "actor": common.tree_where(delayed, new_actor, params["actor"]),
+                "actor": tree_where(delayed, new_actor, params["actor"]),
                 "critic": critic_params,
             }
-            actor_opt = common.tree_where(delayed, new_actor_opt, actor_opt)
-            target_params = common.tree_where(
+            actor_opt = tree_where(delayed, new_actor_opt, actor_opt)
+            target_params = tree_where(
                 delayed, common.polyak(params, target_params, td3.tau), target_params
             )
             aux = {**critic_aux, **actor_aux}
@@ -382,9 +374,7 @@ def build(config: Config, env, env_params) -> Algorithm:
             train_step, carry, jax.random.split(key_train, td3.gradient_steps)
         )
         metrics = jax.tree.map(jnp.mean, aux)
-        metrics["learning"] = learning.astype(jnp.float32)
-        metrics["train_return"] = jnp.mean(state.last_return)
-        metrics["episodes"] = episodes.astype(jnp.float32)
+        metrics.update(offpolicy.round_metrics(state, learning, episodes))
         state = state.replace(
             params=params,
             target_params=target_params,
@@ -394,13 +384,6 @@ def build(config: Config, env, env_params) -> Algorithm:
         )
         return state, metrics
 
-    def set_params(state: TD3State, params) -> TD3State:
-        if td3.target_sync == "global":
-            target = params
-        else:
-            target = common.tree_where(state.updates == 0, params, state.target_params)
-        return state.replace(params=params, target_params=target)
-
     def act(params, obs):
         return to_env(mu(params["actor"], obs.astype(jnp.float32)))
 
@@ -408,7 +391,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         init=init,
         local_update=local_update,
         get_params=lambda state: state.params,
-        set_params=set_params,
+        set_params=functools.partial(offpolicy.set_params, target_sync=td3.target_sync),
         act=act,
         env_steps_per_update=batch_size,
         aggregation_periods=(("actor", td3.actor_period), ("critic", td3.critic_period)),
