@@ -15,6 +15,11 @@ asynchrony (`federation.staleness`) keeps the last k + 1 global params in a ring
 buffer in the state; per-component aggregation periods (seed 001's TD3) select
 components with `jnp.where` on the round counter. None of them recompiles per
 round, and with all three off the round is exactly the synchronous one.
+
+The module is longer than most because `Simulator` is one object: its jitted
+`init`, `begin_round`, `aggregate` and `evaluate` share the static config and
+the mesh, and the offload runner calls `begin_round` and `aggregate` around its
+own local training; split apart, each half would need the other's internals.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from jfedrl.algorithms import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round, validate
 from jfedrl.environment import ClientEnvs, make_client_envs
 from jfedrl.strategies import ClientInfo, Strategy
-from jfedrl.strategies.base import tree_where
+from jfedrl.strategies.dp import clip_factors
+from jfedrl.tree import tree_where
 
 #: Streams folded into the round key for the draws of system heterogeneity and
 #: staleness, apart from the round key's `split`, so runs without them draw as before.
@@ -90,10 +96,6 @@ class FedState(struct.PyTreeNode):
 def tree_all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def tree_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def _take(tree: Any, index: jax.Array) -> Any:
@@ -414,11 +416,11 @@ class Simulator:
             finite = jnp.logical_and(finite, returned)
         start = state.global_params if inputs.start_params is None else inputs.start_params
         deltas = jax.tree.map(lambda c, g: c - g, client_params, start)
-        update_norms = jax.vmap(tree_norm)(deltas)
         max_norm = self.config.strategy.clip_update_norm
+        clip_scale, update_norms = clip_factors(client_params, start, max_norm)
         scale = None
         if max_norm > 0:
-            scale = jnp.minimum(1.0, max_norm / jnp.maximum(update_norms, 1e-12))
+            scale = clip_scale
             client_params = jax.tree.map(
                 lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
                 state.global_params,
