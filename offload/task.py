@@ -95,6 +95,21 @@ def _choice(what: str, name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _json(record: Any, **extra: Any) -> dict[str, Any]:
+    """A record's fields as a JSON object (tuples as lists), with `format` and `extra`."""
+    data = {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(record).items()
+    }
+    return {**data, "format": FORMAT, **extra}
+
+
+def _identity(data: dict[str, Any], what: str) -> dict[str, Any]:
+    """Which attempt of which task a header or report is about."""
+    kinds = {"run_id": str, "round": int, "shard": int, "attempt": int}
+    return {name: _read(data, what, name, kind) for name, kind in kinds.items()}
+
+
 def _format(data: dict[str, Any], what: str) -> None:
     if data.get("format") != FORMAT:
         raise TaskError(f"{what} format {data.get('format')!r}; this side reads {FORMAT}")
@@ -131,14 +146,7 @@ class TaskHeader:
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.update(
-            format=FORMAT,
-            kind=TASK_KIND,
-            client_ids=list(self.client_ids),
-            revert=list(self.revert),
-        )
-        return data
+        return _json(self, kind=TASK_KIND)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskHeader:
@@ -152,10 +160,7 @@ class TaskHeader:
         if not isinstance(revert, list) or not set(revert) <= set(client_ids):
             raise TaskError(f"{what}: revert must list some of the task's client ids")
         return cls(
-            run_id=_read(data, what, "run_id", str),
-            round=_read(data, what, "round", int),
-            shard=_read(data, what, "shard", int),
-            attempt=_read(data, what, "attempt", int),
+            **_identity(data, what),
             client_ids=tuple(client_ids),
             quantize=_choice(what, "quantize", data.get("quantize"), quantize.MODES),
             config=_read(data, what, "config", dict),
@@ -205,9 +210,7 @@ class Report:
         return float(self.quantize_error.get("relative", 0.0))
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.update(format=FORMAT, client_ids=list(self.client_ids), returns=list(self.returns))
-        return data
+        return _json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -222,10 +225,7 @@ class Report:
         if not all(isinstance(v, int | float) for v in error.values()):
             raise TaskError(f"{what}: quantize_error must map names to numbers")
         return cls(
-            run_id=_read(data, what, "run_id", str),
-            round=_read(data, what, "round", int),
-            shard=_read(data, what, "shard", int),
-            attempt=_read(data, what, "attempt", int),
+            **_identity(data, what),
             op=_read(data, what, "op", str),
             client_ids=tuple(client_ids),
             returns=tuple(returns),

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import plugins
+from jfedrl import __version__, plugins
 from jfedrl.checkpoint import Checkpointer
 from jfedrl.config import replace_path
 from jfedrl.federated import make_simulator
@@ -30,7 +30,7 @@ from offload import archive as fmt
 from offload.faults import Fault, parse_faults
 from offload.plugin import validate_golem, validate_local
 from offload.requestor import shard_slices
-from offload.task import FORMAT, TASK_FILE
+from offload.task import FORMAT, TASK_FILE, Report, TaskHeader
 from tests.helpers import tiny_config, with_run_dir
 
 ROUNDS = 2
@@ -162,6 +162,36 @@ def test_fault_spec_parsing():
     assert not faults[0].matches({"shard": 1, "attempt": 1, "round": 5})
     with pytest.raises(ValueError, match="allowed: crash"):
         parse_faults("explode")
+
+
+def test_header_and_report_round_trip_through_json_and_name_bad_fields():
+    header = TaskHeader("run", 3, 1, (4, 5), "int8", {"seed": 0}, {"inputs/a": "0" * 64})
+    assert TaskHeader.from_json(json.loads(json.dumps(header.to_json()))) == header
+    report = Report(
+        "run",
+        3,
+        1,
+        0,
+        "train",
+        (4, 5),
+        (1.5, None),
+        "int8",
+        {"total": 1.0},
+        "cpu",
+        "cpu",
+        {"jfedrl": __version__},
+        env_steps=8,
+        quantize_error={"relative": 0.25},
+    )
+    data = json.loads(json.dumps(report.to_json()))
+    assert Report.from_json(data) == report and report.relative_error == 0.25
+    report.check(header)
+    with pytest.raises(fmt.TaskError, match="report.json: returns is missing or not a list"):
+        Report.from_json(dict(data, returns="1.5"))
+    with pytest.raises(fmt.TaskError, match="report.json: device is missing or not a str"):
+        Report.from_json({k: v for k, v in data.items() if k != "device"})
+    with pytest.raises(fmt.TaskError, match="report is for round 4, expected 3"):
+        Report.from_json(dict(data, round=4)).check(header)
 
 
 def _tar(entries):
