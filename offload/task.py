@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from offload import quantize
-from offload.archive import (  # noqa: F401 (OffloadError, TaskError, unpack: moved to archive)
+from offload.archive import (  # noqa: F401 (OffloadError, unpack: moved to offload.archive)
     DIGESTS_FILE,
     OffloadError,
     Spec,
@@ -55,13 +55,7 @@ from offload.archive import (  # noqa: F401 (OffloadError, TaskError, unpack: mo
     unpack,
     verify_digests,
 )
-from offload.shapes import (  # noqa: F401 (moved to offload.shapes; scripts/bench_offload.py)
-    max_result_bytes,
-    result_spec,
-    shard_shapes,
-    spec_bytes,
-    task_spec,
-)
+from offload.shapes import max_result_bytes
 
 FORMAT = 2
 TASK_KIND = "jfedrl-offload-task"
