@@ -69,7 +69,7 @@ def test_no_module_imports_a_layer_above_it(package, forbidden):
 
 BLOCKED_RUN = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
 
     class NoOffload:
         def find_spec(self, name, path=None, target=None):
@@ -79,16 +79,24 @@ BLOCKED_RUN = textwrap.dedent(
     sys.meta_path.insert(0, NoOffload())
 
     from jfedrl import cli, plugins
+    from jfedrl.config import ConfigError, OffloadConfig, replace_path, validate
     from jfedrl.runner import train
     from tests.helpers import tiny_config, with_run_dir
 
     config = tiny_config(federation__rounds=1, log__rounds_per_block=1)
     result = train(with_run_dir(config, sys.argv[1]), quiet=True)
     cli.build_parser()  # the CLI builds without offload's subcommand
+    try:
+        validate(replace_path(config, "offload.executor", "local"))
+        local = "accepted"
+    except ConfigError as error:
+        local = str(error)
     print(json.dumps({
         "executors": sorted(plugins.executors()),
         "commands": sorted(plugins.commands()),
         "rounds": len(result.records),
+        "offload_fields": [f.name for f in dataclasses.fields(OffloadConfig)],
+        "local": local,
         "offload_loaded": any(m == "offload" or m.startswith("offload.") for m in sys.modules),
     }))
     """
@@ -105,6 +113,8 @@ def test_jfedrl_trains_in_process_with_offload_absent(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts.pop("local").startswith("offload.executor: 'local' is not allowed; allowed:")
+    assert "golem" not in facts.pop("offload_fields")  # the section comes with its executor
     assert facts == {
         "executors": ["inprocess"],
         "commands": [],
