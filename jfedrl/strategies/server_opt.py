@@ -33,10 +33,6 @@ from jfedrl.strategies.base import (
 )
 
 
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
 def server_optimizer(optimizer: optax.GradientTransformation) -> Strategy:
     """A strategy applying `optimizer` to the pseudo-gradient global - mean(clients).
 
@@ -60,8 +56,8 @@ def server_optimizer(optimizer: optax.GradientTransformation) -> Strategy:
         any_valid = jnp.any(info.mask)
         metrics = {
             "weights": weights,
-            "pseudo_grad_norm": _global_norm(pseudo_grad),
-            "server_update_norm": _global_norm(updates),
+            "pseudo_grad_norm": optax.global_norm(pseudo_grad),
+            "server_update_norm": optax.global_norm(updates),
         }
         return (
             tree_where(any_valid, new_params, global_params),
