@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from jfedrl import plugins
@@ -81,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--quiet", action="store_true", help="log only to RUN_DIR/train.log")
+    train.add_argument(
+        "--host-devices",
+        type=int,
+        metavar="N",
+        help="XLA host (CPU) devices to shard clients over (default: one per core, "
+        "fewer when that only adds padding; also $JFEDRL_HOST_DEVICES)",
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile the round, print its memory estimate and how many clients fit, exit "
+        "(no run folder)",
+    )
     _add_config_flags(train)
 
     commands.add_parser("envs", help="list the registered environments")
@@ -109,16 +123,29 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from jfedrl import runner
+    from jfedrl.config import load_yaml, participants_per_round
+    from jfedrl.devices import configure_host_devices
 
     if args.resume:
         if args.config:
             raise ConfigError(
                 "--config cannot be combined with --resume (the run keeps its config)"
             )
-        config = runner.resume_config(args.resume, config_overrides(args))
+        saved = Path(args.resume) / "config.yaml"  # resume_config names a missing one
+        fed = (load_yaml(saved) if saved.is_file() else Config()).federation
     else:
         config = config_from_args(args)
+        fed = config.federation
+    # Before anything imports jax: XLA reads the host device count once.
+    layout = configure_host_devices(participants_per_round(fed), args.host_devices)
+    if not args.quiet:
+        print(f"jfedrl: {layout.describe()}", file=sys.stderr)
+    from jfedrl import runner
+
+    if args.resume:
+        config = runner.resume_config(args.resume, config_overrides(args))
+    if args.dry_run:
+        return _dry_run(config)
     result = runner.train(
         config,
         resume=bool(args.resume),
@@ -132,6 +159,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
         return 130
+    return 0
+
+
+def _dry_run(config: Config) -> int:
+    """`jfedrl train --dry-run`: compile one block, print its memory needs, write nothing."""
+    import jax
+
+    from jfedrl import devices
+    from jfedrl.federated import Simulator, make_simulator
+
+    simulator = make_simulator(config)
+    state = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
+    rounds = min(config.log.rounds_per_block, config.federation.rounds)
+    compiled = Simulator.run_block.lower(simulator, state, rounds).compile()
+    device = jax.devices()[0]
+    clients = config.federation.num_clients
+    print(
+        f"compiled {rounds} round(s) of {clients} clients on "
+        f"{len(jax.devices())} {device.platform} device(s)"
+    )
+    estimate = devices.memory_estimate(compiled)
+    if estimate is None:
+        print("memory estimate: not available on this backend")
+        return 0
+    capacity = devices.device_memory_bytes(device)
+    count = len(jax.devices())
+    print(
+        f"memory estimate per device: {estimate.total / 2**20:.1f} MiB (arguments "
+        f"{estimate.arguments / 2**20:.1f}, temporaries {estimate.temporaries / 2**20:.1f}, "
+        f"outputs {estimate.outputs / 2**20:.1f}, code {estimate.code / 2**20:.1f})"
+    )
+    if capacity is not None:
+        if device.platform != "cpu":  # host devices share one RAM; accelerators add theirs
+            capacity *= count
+        fit = devices.clients_that_fit(estimate.total * count, clients, capacity)
+        print(
+            f"device memory available: {capacity / 2**30:.1f} GiB; about {fit} clients fit "
+            "(a lower bound: every byte counted as growing with clients)"
+        )
     return 0
 
 
@@ -214,10 +280,19 @@ def _cmd_config() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jfedrl.privacy import PrivacyBudgetExhausted
-    from jfedrl.runner import ParticipationError
+def _user_error(error: Exception) -> bool:
+    """Whether `error` is the user's to fix (a one-line message, exit 2), not a bug.
 
+    The run's own error classes are imported only here, once an error exists:
+    importing them at start would import jax before `configure_host_devices`.
+    """
+    from jfedrl.callbacks import ParticipationError
+    from jfedrl.privacy import PrivacyBudgetExhausted
+
+    return isinstance(error, (ValueError, ParticipationError, PrivacyBudgetExhausted))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -229,9 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_config()
         if args.command in plugins.commands():
             return plugins.commands()[args.command].run(args)
-    except (ValueError, ParticipationError, PrivacyBudgetExhausted) as error:  # ConfigError, ...
-        print(f"jfedrl: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("jfedrl: aborted", file=sys.stderr)
         return 130
@@ -239,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         # Python's final flush of stdout at exit would raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+    except Exception as error:  # ConfigError, ParticipationError, ...
+        if not _user_error(error):
+            raise
+        print(f"jfedrl: error: {error}", file=sys.stderr)
+        return 2
     return 1
 
 

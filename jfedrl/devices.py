@@ -1,0 +1,172 @@
+"""The host device layout, chosen before JAX starts, and what a compiled round needs.
+
+On CPU, XLA gives a process one device however many cores it has, and a jitted
+round then keeps little more than one core busy. `--xla_force_host_platform_device_count`
+splits the host into N devices; the simulator shards its clients over a
+`clients` mesh of all local devices, so N devices run N slices of the client
+axis at once with results equal to the one-device run. The flag must be set
+before JAX initialises its backends, which is why this module imports no jax at
+its top and the CLI calls `configure_host_devices` first. On a GPU the flag only
+shapes the (unused) CPU platform, so it is harmless there.
+
+Override order: `--host-devices N` (the CLI), then `$JFEDRL_HOST_DEVICES`, then
+the device count already in `$XLA_FLAGS` (left as it is), then the default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+FLAG = "--xla_force_host_platform_device_count"
+ENV_VAR = "JFEDRL_HOST_DEVICES"
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """The host device count in force and where it came from."""
+
+    devices: int
+    source: str  # "flag", "env", "XLA_FLAGS", "default", or "jax already started"
+
+    def describe(self) -> str:
+        return f"{self.devices} XLA host device(s) ({self.source}; CPU backend only)"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity mask
+        return os.cpu_count() or 1
+
+
+def default_host_devices(participants: int, cores: int) -> int:
+    """The fewest devices (at most one per core) that minimise the slowest device's work.
+
+    The simulator pads the participants to a multiple of the device count, so the
+    round takes as long as `ceil(participants / devices)` clients on one device.
+    One participant gets one device (a second would only run padding); three on
+    two cores get two (one padded slot, but two clients side by side).
+
+    Args:
+        participants: clients training each round (`participants_per_round`).
+        cores: usable cores.
+    """
+    if participants < 1 or cores < 1:
+        raise ValueError(f"participants and cores must be >= 1, got {participants}, {cores}")
+    per_device = [-(-participants // d) for d in range(1, cores + 1)]
+    return per_device.index(min(per_device)) + 1
+
+
+def _flag_in_xla_flags() -> int | None:
+    for part in os.environ.get("XLA_FLAGS", "").split():
+        if part.startswith(FLAG + "="):
+            return int(part.split("=", 1)[1])
+    return None
+
+
+def _parse_count(value: str, where: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{where}: must be a whole number >= 1, got {value!r}")
+    return count
+
+
+def configure_host_devices(participants: int, requested: int | None = None) -> HostLayout:
+    """Sets the XLA host device count in `$XLA_FLAGS`, unless JAX has already started.
+
+    Args:
+        participants: clients training each round, for the default layout.
+        requested: `--host-devices`, if given (wins over everything else).
+
+    Returns:
+        The layout in force. When JAX is already imported the flag cannot change
+        any more, so nothing is set and the layout says so.
+    """
+    if "jax" in sys.modules:
+        import jax
+
+        return HostLayout(jax.local_device_count("cpu"), "jax already started")
+    if requested is not None:
+        count, source = _parse_count(str(requested), "--host-devices"), "flag"
+    elif os.environ.get(ENV_VAR):
+        count, source = _parse_count(os.environ[ENV_VAR], ENV_VAR), "env"
+    elif _flag_in_xla_flags() is not None:
+        return HostLayout(_flag_in_xla_flags(), "XLA_FLAGS")
+    else:
+        count, source = default_host_devices(participants, usable_cores()), "default"
+    others = [p for p in os.environ.get("XLA_FLAGS", "").split() if not p.startswith(FLAG + "=")]
+    os.environ["XLA_FLAGS"] = " ".join([*others, f"{FLAG}={count}"])
+    return HostLayout(count, source)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """XLA's memory analysis of one compiled program, in bytes."""
+
+    arguments: int
+    outputs: int
+    temporaries: int
+    code: int
+    aliased: int
+
+    @property
+    def total(self) -> int:
+        """Peak device bytes: donated (aliased) outputs reuse their arguments' buffers."""
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+
+def memory_estimate(compiled: Any) -> MemoryEstimate | None:
+    """XLA's memory analysis of `compiled` (a `jax.stages.Compiled`), None if unavailable.
+
+    `Compiled.memory_analysis()` exists from jax 0.4 through 0.11; some backends
+    return None or raise NotImplementedError.
+    """
+    try:
+        stats = compiled.memory_analysis()
+    except NotImplementedError:
+        return None
+    if stats is None:
+        return None
+    return MemoryEstimate(
+        arguments=int(stats.argument_size_in_bytes),
+        outputs=int(stats.output_size_in_bytes),
+        temporaries=int(stats.temp_size_in_bytes),
+        code=int(stats.generated_code_size_in_bytes),
+        aliased=int(stats.alias_size_in_bytes),
+    )
+
+
+def device_memory_bytes(device: Any) -> int | None:
+    """Memory available to `device`: its allocator limit on GPU, free RAM on CPU."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if device.platform == "cpu":
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def clients_that_fit(total_bytes: int, clients: int, capacity: int, fixed_bytes: int = 0) -> int:
+    """How many clients fit in `capacity` bytes if memory grows linearly with clients.
+
+    Args:
+        total_bytes: the compiled round's peak bytes at `clients` clients.
+        clients: the client count it was compiled for.
+        capacity: bytes available.
+        fixed_bytes: the part that does not grow with clients (0 gives a lower bound).
+    """
+    per_client = max(total_bytes - fixed_bytes, 1) / clients
+    return max(int((capacity - fixed_bytes) // per_client), 0)
