@@ -100,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("envs", help="list the registered environments")
     commands.add_parser("config", help="print the default config as YAML")
 
+    compare = commands.add_parser(
+        "compare", help="IQM and mean with bootstrap 95% CIs of runs, grouped by setup"
+    )
+    compare.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders of runs")
+    compare.add_argument("--out", default="comparison", help="folder for the table and plots")
+    compare.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    compare.add_argument("--no-plots", action="store_true", help="write only the tables")
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpointed global policy")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--clients", type=int, nargs="+", help="client ids (default: all)")
+    evaluate.add_argument("--episodes", type=int, help="per client (default: log.eval_episodes)")
+    evaluate.add_argument("--round", type=int, help="checkpoint round (default: the newest)")
+    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
+    evaluate.add_argument("--out", help="folder for the table (default: RUN_DIR/eval)")
+
     for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
         spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
     return parser
@@ -159,6 +176,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
         return 130
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from jfedrl.compare import compare, markdown_table
+
+    rows = compare(args.dirs, args.out, reps=args.reps, seed=args.seed, plots=not args.no_plots)
+    print(markdown_table(rows), end="")
+    print(f"written to {args.out}/ (comparison.md, comparison.csv, curves.png, final_scores.png)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from jfedrl.config import load_yaml, participants_per_round
+    from jfedrl.devices import configure_host_devices
+
+    saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
+    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    configure_host_devices(
+        participants_per_round((load_yaml(saved) if saved.is_file() else Config()).federation)
+    )
+    from jfedrl import evaluate
+
+    result = evaluate.evaluate_run(
+        args.run_dir,
+        clients=args.clients,
+        episodes=args.episodes,
+        round_index=args.round,
+        seed=args.seed,
+    )
+    print(result.table(), end="")
+    print(f"saved: {evaluate.save(result, args.out)}")
     return 0
 
 
@@ -302,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_envs()
         if args.command == "config":
             return _cmd_config()
+        if args.command == "compare":
+            return _cmd_compare(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         if args.command in plugins.commands():
             return plugins.commands()[args.command].run(args)
     except KeyboardInterrupt:
