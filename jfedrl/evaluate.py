@@ -83,6 +83,8 @@ def evaluate_run(
 
     enable_compilation_cache()
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"eval: {str(run_dir)!r} has no config.yaml; not a run folder")
     config = resume_config(run_dir)
     if episodes is not None:
         if episodes < 1:
