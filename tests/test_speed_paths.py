@@ -1,0 +1,113 @@
+"""The speed paths: host device layout, `train --dry-run`, and the GPU benchmark's CPU path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jfedrl import cli
+from jfedrl.devices import FLAG, clients_that_fit, default_host_devices
+
+
+@pytest.mark.parametrize(
+    ("participants", "cores", "expected"),
+    [(1, 2, 1), (2, 2, 2), (3, 2, 2), (16, 4, 4), (5, 4, 3), (6, 4, 3), (64, 8, 8)],
+)
+def test_default_host_devices_fewest_that_minimise_the_slowest_device(
+    participants, cores, expected
+):
+    assert default_host_devices(participants, cores) == expected
+
+
+def test_default_host_devices_names_bad_counts():
+    with pytest.raises(ValueError, match="participants and cores"):
+        default_host_devices(0, 2)
+
+
+def test_clients_that_fit_is_linear_above_the_fixed_part():
+    # 10 clients take 1100 bytes of which 100 are fixed: 100 bytes per client.
+    assert clients_that_fit(1100, 10, capacity=2100, fixed_bytes=100) == 20
+    assert clients_that_fit(1100, 10, capacity=2100) == 19  # no fixed part: 110 per client
+
+
+_PROBE = (
+    "import os, sys; from jfedrl.devices import configure_host_devices as c; "
+    "layout = c(int(sys.argv[1]), None if sys.argv[2] == '-' else int(sys.argv[2])); "
+    "import jax; print(layout.devices, layout.source, jax.local_device_count(), "
+    "os.environ['XLA_FLAGS'])"
+)
+
+
+def _probe(participants: int, requested: str, **env: str) -> list[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JFEDRL_HOST_DEVICES")}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(participants), requested],
+        env={**base, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+def test_host_devices_flag_beats_env_and_jax_sees_them():
+    devices, source, seen, *_ = _probe(8, "3", JFEDRL_HOST_DEVICES="2")
+    assert (devices, source, seen) == ("3", "flag", "3")
+
+
+def test_host_devices_env_then_xla_flags_kept():
+    assert _probe(8, "-", JFEDRL_HOST_DEVICES="2")[:3] == ["2", "env", "2"]
+    kept = _probe(8, "-", XLA_FLAGS=f"--xla_cpu_use_thunk_runtime=true {FLAG}=3")
+    assert kept[:3] == ["3", "XLA_FLAGS", "3"]
+    assert "--xla_cpu_use_thunk_runtime=true" in kept[3:]
+
+
+def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(
+        [
+            "train",
+            "--dry-run",
+            "--quiet",
+            "--clients",
+            "2",
+            "--rounds",
+            "1",
+            "--local-updates",
+            "1",
+            "--algo.ppo.num-envs",
+            "2",
+            "--algo.ppo.num-steps",
+            "8",
+            "--algo.ppo.update-epochs",
+            "1",
+            "--algo.ppo.num-minibatches",
+            "1",
+            "--algo.ppo.hidden-sizes",
+            "8",
+            "8",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "compiled 1 round(s) of 2 clients" in out
+    assert "memory estimate per device:" in out
+    assert "clients fit" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no runs/
+
+
+def test_bench_gpu_cpu_smoke_writes_its_report(tmp_path):
+    from scripts import bench_gpu
+
+    bench_gpu.main(["--cpu-smoke", "--out", str(tmp_path / "gpu")])
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    points = report["points"]
+    assert [p["clients"] for p in points] == [2, 4]
+    assert all(p["env_steps_per_second"] > 0 and p["memory_bytes"] > 0 for p in points)
+    fit = report["fits"]["CartPole-v1"]
+    assert fit["bytes_per_client"] > 0 and fit["largest_clients_that_fit"] >= 4
+    assert "CartPole-v1" in (tmp_path / "gpu.md").read_text()
