@@ -79,7 +79,13 @@ def evaluate_run(
 
     from jfedrl.checkpoint import Checkpointer
     from jfedrl.federated import make_simulator
-    from jfedrl.runner import CHECKPOINT_DIR, enable_compilation_cache, resume_config, sim_eval
+    from jfedrl.runner import (
+        CHECKPOINT_DIR,
+        enable_compilation_cache,
+        eval_key_of,
+        resume_config,
+        sim_eval,
+    )
 
     enable_compilation_cache()
     run_dir = Path(run_dir)
@@ -104,8 +110,8 @@ def evaluate_run(
         state, _ = checkpointer.restore(target, round_index)
     finally:
         checkpointer.close()
-    # The run's evaluation key (runner._run_blocks), so the default reproduces its eval_return.
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed if seed is None else seed), 0x5EED)
+    # The run's evaluation key, so the default reproduces its eval_return.
+    eval_key = eval_key_of(config if seed is None else dataclasses.replace(config, seed=seed))
     returns = np.asarray(sim_eval(simulator, state, eval_key))[list(chosen)]
     return EvalResult(run_dir, int(state.round), chosen, returns)
 

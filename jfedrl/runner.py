@@ -305,7 +305,6 @@ def _run_blocks(
         The last block after its callbacks (None if no round was left to run).
     """
     config, executor = run.config, run.executor
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
     block = None
     while int(state.round) < config.federation.rounds:
         first_round = int(state.round)
@@ -317,27 +316,9 @@ def _run_blocks(
         state, metrics = executor.run_block(state, num_rounds)
         metrics = jax.device_get(metrics)
         compile_seconds = executor.compile_seconds - compile_before
-        block_seconds = time.perf_counter() - tick - compile_seconds
-        evals = np.asarray(sim_eval(run.simulator, state, eval_key))
-        block_records = _round_records(
-            metrics,
-            first_round,
-            run.simulator.env_steps_per_round,
-            wall_seconds,
-            wall_seconds + block_seconds,
+        block, wall_seconds = finish_block(
+            run, callbacks, state, metrics, first_round, wall_seconds, tick, compile_seconds
         )
-        wall_seconds += time.perf_counter() - tick
-        last = block_records[-1]
-        last["wall_seconds"] = wall_seconds
-        last["eval_return"] = float(evals.mean())
-        last["eval_return_min_client"] = float(evals.mean(axis=1).min())
-        last["eval_return_max_client"] = float(evals.mean(axis=1).max())
-        if compile_seconds > 0:
-            block_records[0]["compile_seconds"] = compile_seconds
-        finished = int(state.round) >= config.federation.rounds
-        block = Block(state, block_records, compile_seconds, finished)
-        for callback in callbacks:
-            block = callback.on_block(run, block)
         records.extend(block.records)
         state = block.state
         if block.error is not None:
@@ -351,6 +332,62 @@ def _run_blocks(
             )
             break
     return block
+
+
+def eval_key_of(config: Config) -> jax.Array:
+    """The key of a run's periodic evaluation (folded with the round in `sim_eval`)."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
+
+
+def finish_block(
+    run: Run,
+    callbacks: list[Callback],
+    state: FedState,
+    metrics: dict[str, np.ndarray],
+    first_round: int,
+    wall_seconds: float,
+    tick: float,
+    compile_seconds: float,
+) -> tuple[Block, float]:
+    """Evaluates a finished block, makes its records and passes it through the callbacks.
+
+    Shared by `train` and `jfedrl.sweep` (which runs many runs' blocks as one program).
+
+    Args:
+        run: the run the block belongs to.
+        callbacks: the run's callbacks, in order.
+        state: the state after the block.
+        metrics: the block's metrics on the host, stacked over its rounds.
+        first_round: the round the block started from.
+        wall_seconds: the run's wall time before the block.
+        tick: `time.perf_counter()` when the block started.
+        compile_seconds: spent compiling in this block.
+
+    Returns:
+        The block after the callbacks, and the run's wall time after it.
+    """
+    block_seconds = time.perf_counter() - tick - compile_seconds
+    evals = np.asarray(sim_eval(run.simulator, state, eval_key_of(run.config)))
+    block_records = _round_records(
+        metrics,
+        first_round,
+        run.simulator.env_steps_per_round,
+        wall_seconds,
+        wall_seconds + block_seconds,
+    )
+    wall_seconds += time.perf_counter() - tick
+    last = block_records[-1]
+    last["wall_seconds"] = wall_seconds
+    last["eval_return"] = float(evals.mean())
+    last["eval_return_min_client"] = float(evals.mean(axis=1).min())
+    last["eval_return_max_client"] = float(evals.mean(axis=1).max())
+    if compile_seconds > 0:
+        block_records[0]["compile_seconds"] = compile_seconds
+    finished = int(state.round) >= run.config.federation.rounds
+    block = Block(state, block_records, compile_seconds, finished)
+    for callback in callbacks:
+        block = callback.on_block(run, block)
+    return block, wall_seconds
 
 
 def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
