@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("envs", help="list the registered environments")
     commands.add_parser("config", help="print the default config as YAML")
 
+    sweep = commands.add_parser(
+        "sweep", help="run a sweep file: setups x seeds, each setup's seeds in one program"
+    )
+    sweep.add_argument("sweep_file", nargs="?", metavar="SWEEP.yaml")
+    sweep.add_argument("--out", help="the sweep folder (default: sweeps/<name>)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR")
+    sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     compare = commands.add_parser(
         "compare", help="IQM and mean with bootstrap 95% CIs of runs, grouped by setup"
     )
@@ -175,6 +183,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"global policy eval return: {final:.1f}")
     if result.interrupted:
         print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
+        return 130
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    if (args.sweep_file is None) == (args.resume is None):
+        raise ConfigError("sweep: give either SWEEP.yaml or --resume SWEEP_DIR")
+    from jfedrl.devices import configure_host_devices
+
+    # One host device: the seeds' program is vmapped over runs, not sharded over clients.
+    configure_host_devices(1)
+    from jfedrl import sweep
+
+    if args.sweep_file:
+        for line in sweep.describe_groups(sweep.load(args.sweep_file)):
+            print(line)
+    result = sweep.run_sweep(
+        args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
+    )
+    print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
+    if result.interrupted:
+        print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
         return 130
     return 0
 
@@ -351,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_envs()
         if args.command == "config":
             return _cmd_config()
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         if args.command == "compare":
             return _cmd_compare(args)
         if args.command == "eval":
