@@ -111,3 +111,20 @@ def test_bench_gpu_cpu_smoke_writes_its_report(tmp_path):
     fit = report["fits"]["CartPole-v1"]
     assert fit["bytes_per_client"] > 0 and fit["largest_clients_that_fit"] >= 4
     assert "CartPole-v1" in (tmp_path / "gpu.md").read_text()
+
+
+def test_start_up_imports_only_what_the_run_needs():
+    probe = (
+        "import sys; import jfedrl.cli; cli = set(sys.modules); import jfedrl.runner; "
+        "print(sorted({'jax', 'matplotlib'} & cli), 'scipy.stats' in sys.modules, "
+        "type(sys.modules['seaborn']).__name__); "
+        "import seaborn; assert callable(seaborn.color_palette); "
+        "print(type(sys.modules['seaborn']).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # The CLI parses flags without jax (so the host device count can still be set);
+    # a run loads neither seaborn nor scipy.stats (gymnax imports them to render)
+    # until something draws with them.
+    assert out == ["[]", "False", "_Deferred", "module"]
