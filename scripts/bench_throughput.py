@@ -11,9 +11,13 @@ this one run, so ratios compare like with like on a noisy machine:
   / run time) against a 1024x1024 float32 matmul timed in the same process;
 * the persistent compilation cache: the same config compiled in a second
   process that reuses the first one's cache;
-* the README's default `jfedrl train`, timed end to end from a cold cache.
+* the README's default `jfedrl train`, timed end to end from a cold cache;
+* `--reference`: jfedrl's round on one device and on the default host device
+  layout (`jfedrl.devices`) against the plain one-file federated PPO of
+  `scripts/reference_ppo.py` (one device), alternating processes.
 
 Usage: python -m scripts.bench_throughput [--clients 1 16 64 256] [--seconds 4] [--quick]
+       python -m scripts.bench_throughput --reference [--clients 64 256]
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ def _matmul_gflops() -> float:
     return 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
-    """Runs in a subprocess: one client count, federated and local-only."""
+def measure_one(
+    clients: int, seconds: float, rounds_per_block: int, federated_only: bool = False
+) -> dict:
+    """Runs in a subprocess: one client count, federated and (unless told not) local-only."""
     import jax
 
     from jfedrl.config import Config
@@ -106,6 +112,8 @@ def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
         "federated": lambda: Simulator.run_block.lower(sim, state, rounds_per_block),
         "local_only": lambda: jax.jit(local_only_block, donate_argnums=0).lower(state),
     }
+    if federated_only:
+        del variants["local_only"]
     for name, lower in variants.items():
         state = sim.init(jax.random.PRNGKey(0))
         start = time.perf_counter()
@@ -134,9 +142,11 @@ def measure_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
     return results
 
 
-def _subprocess(args: list[str], env: dict | None = None) -> dict:
+def _subprocess(
+    args: list[str], env: dict | None = None, module: str = "scripts.bench_throughput"
+) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_throughput", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -145,6 +155,30 @@ def _subprocess(args: list[str], env: dict | None = None) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-4000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _host_devices_env(count: int) -> dict:
+    from jfedrl.devices import FLAG
+
+    return {"XLA_FLAGS": f"{FLAG}={count}", "JAX_PLATFORMS": "cpu"}
+
+
+def reference_comparison(clients: int, seconds: float) -> dict:
+    """jfedrl on one device, jfedrl on the default layout, the plain reference: alternating."""
+    from jfedrl.devices import default_host_devices, usable_cores
+
+    layout = default_host_devices(clients, usable_cores())
+    args = ["--one", str(clients), "--seconds", str(seconds), "--federated-only"]
+    runs = {}
+    for name, devices in (("jfedrl_1_device", 1), (f"jfedrl_{layout}_devices", layout)):
+        print(f"  {name} ...", file=sys.stderr, flush=True)
+        runs[name] = _subprocess(args, _host_devices_env(devices))["federated"]
+        print("  reference ...", file=sys.stderr, flush=True)
+        ref = ["--clients", str(clients), "--seconds", str(seconds)]
+        runs[f"reference_after_{name}"] = _subprocess(
+            ref, _host_devices_env(1), module="scripts.reference_ppo"
+        )
+    return {"clients": clients, "default_host_devices": layout, "runs": runs}
 
 
 def cache_check(clients: int) -> dict:
@@ -235,6 +269,63 @@ def render(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_reference(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Throughput: jfedrl against a plain one-file federated PPO",
+        "",
+        f"{m['date'][:10]}, {benchlib.describe(m)}; load average "
+        f"{m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end "
+        f"({m['cores']} cores: the machine was shared, so only the ratios within one "
+        "row mean anything). Same PPO shape on both sides (4 envs x 128 steps, 4 local "
+        "updates, 4 epochs x 4 minibatches, MLP 2x64, FedAvg each round, CartPole-v1); "
+        "the reference (`scripts/reference_ppo.py`) runs on one device and is measured "
+        "right after each jfedrl run. `python -m scripts.bench_throughput --reference`.",
+        "",
+    ]
+    rows = []
+    for c in report["comparisons"]:
+        for name, run in c["runs"].items():
+            if name.startswith("reference_after_"):
+                continue
+            ref = c["runs"][f"reference_after_{name}"]
+            ratio = run["env_steps_per_second"] / ref["env_steps_per_second"]
+            rows.append(
+                [
+                    c["clients"],
+                    name.replace("jfedrl_", "").replace("_", " "),
+                    f"{run['env_steps_per_second']:,.0f}",
+                    f"{ref['env_steps_per_second']:,.0f}",
+                    f"{ratio:.2f}x",
+                    f"{run['compile_seconds']:.1f} / {ref['compile_seconds']:.1f}",
+                ]
+            )
+    lines += benchlib.table(
+        [
+            "clients",
+            "jfedrl layout",
+            "jfedrl env steps/s",
+            "reference env steps/s",
+            "jfedrl / reference",
+            "compile s (jfedrl / reference)",
+        ],
+        rows,
+    )
+    return "\n".join(lines) + "\n"
+
+
+def reference_main(clients: list[int], seconds: float) -> None:
+    facts = benchlib.machine()
+    comparisons = []
+    for count in clients:
+        print(f"{count} clients:", file=sys.stderr, flush=True)
+        comparisons.append(reference_comparison(count, seconds))
+    report = {"machine": benchlib.finish(facts), "comparisons": comparisons}
+    markdown = render_reference(report)
+    benchlib.write_report(benchlib.BENCH / "throughput_reference", report, markdown)
+    print(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -242,10 +333,18 @@ def main() -> None:
     parser.add_argument("--rounds-per-block", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 and 16 clients, short runs")
     parser.add_argument("--skip-default-train", action="store_true")
+    parser.add_argument(
+        "--reference", action="store_true", help="jfedrl vs scripts/reference_ppo.py only"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--federated-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure_one(args.one, args.seconds, args.rounds_per_block)))
+        result = measure_one(args.one, args.seconds, args.rounds_per_block, args.federated_only)
+        print(json.dumps(result))
+        return
+    if args.reference:
+        reference_main(args.clients, args.seconds)
         return
     if args.quick:
         args.clients, args.seconds = [1, 16], 1.0
