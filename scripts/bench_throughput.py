@@ -142,11 +142,10 @@ def measure_one(
     return results
 
 
-def _subprocess(
-    args: list[str], env: dict | None = None, module: str = "scripts.bench_throughput"
-) -> dict:
+def _run(args: list[str], env: dict | None = None) -> str:
+    """Runs this interpreter with `args` in the repository; its stdout (raises on failure)."""
     out = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -154,7 +153,13 @@ def _subprocess(
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-4000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return out.stdout
+
+
+def _subprocess(
+    args: list[str], env: dict | None = None, module: str = "scripts.bench_throughput"
+) -> dict:
+    return json.loads(_run(["-m", module, *args], env).strip().splitlines()[-1])
 
 
 def _host_devices_env(count: int) -> dict:
@@ -163,21 +168,30 @@ def _host_devices_env(count: int) -> dict:
     return {"XLA_FLAGS": f"{FLAG}={count}", "JAX_PLATFORMS": "cpu"}
 
 
+def _progress(name: str, run: dict) -> None:
+    """One finished measurement on stderr (the figures survive a later crash in the log)."""
+    print(
+        f"  {name}: {run['env_steps_per_second']:,.0f} env steps/s, "
+        f"compile {run['compile_seconds']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def reference_comparison(clients: int, seconds: float) -> dict:
     """jfedrl on one device, jfedrl on the default layout, the plain reference: alternating."""
     from jfedrl.devices import default_host_devices, usable_cores
 
     layout = default_host_devices(clients, usable_cores())
     args = ["--one", str(clients), "--seconds", str(seconds), "--federated-only"]
+    ref = ["--clients", str(clients), "--seconds", str(seconds)]
     runs = {}
     for name, devices in (("jfedrl_1_device", 1), (f"jfedrl_{layout}_devices", layout)):
-        print(f"  {name} ...", file=sys.stderr, flush=True)
         runs[name] = _subprocess(args, _host_devices_env(devices))["federated"]
-        print("  reference ...", file=sys.stderr, flush=True)
-        ref = ["--clients", str(clients), "--seconds", str(seconds)]
-        runs[f"reference_after_{name}"] = _subprocess(
-            ref, _host_devices_env(1), module="scripts.reference_ppo"
-        )
+        _progress(name, runs[name])
+        after = f"reference_after_{name}"
+        runs[after] = _subprocess(ref, _host_devices_env(1), module="scripts.reference_ppo")
+        _progress(after, runs[after])
     return {"clients": clients, "default_host_devices": layout, "runs": runs}
 
 
@@ -199,29 +213,37 @@ def default_train_wall() -> dict:
     """The README's `jfedrl train`, cold cache, timed end to end."""
     cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
     run_dir = tempfile.mkdtemp(prefix="jfedrl-bench-run-")
-    start = time.perf_counter()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jfedrl.cli",
-            "train",
-            "--run-dir",
-            run_dir,
-            "--no-progress",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JFEDRL_COMPILATION_CACHE": cache},
-        cwd=benchlib.ROOT,
-    )
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-4000:])
+    command = ["-m", "jfedrl.cli", "train", "--run-dir", run_dir, "--no-progress", "--quiet"]
+    wall = _wall(command, {"JFEDRL_COMPILATION_CACHE": cache})
     records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_return"] for r in records if r.get("eval_return") is not None]
     return {"wall_seconds": wall, "final_eval_return": evals[-1], "rounds": len(records)}
+
+
+def _wall(args: list[str], env: dict | None = None) -> float:
+    """Seconds `_run(args, env)` takes."""
+    start = time.perf_counter()
+    _run(args, env)
+    return time.perf_counter() - start
+
+
+def start_up() -> dict:
+    """Import cost of a run, and `jfedrl train` to its first finished round, cold and warm."""
+    python = _wall(["-c", "pass"])
+    imports = _wall(["-c", "import jfedrl.runner"]) - python
+    cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
+    first_round = {}
+    for label in ("cold", "warm"):  # the second run reuses the first one's cache
+        run_dir = tempfile.mkdtemp(prefix="jfedrl-bench-run-")
+        command = ["-m", "jfedrl.cli", "train", "--rounds", "1", "--log.rounds-per-block", "1"]
+        command += ["--run-dir", run_dir, "--no-progress", "--quiet"]
+        first_round[label] = _wall(command, {"JFEDRL_COMPILATION_CACHE": cache})
+    return {
+        "python_seconds": python,
+        "import_runner_seconds": imports,
+        "first_round_cold_seconds": first_round["cold"],
+        "first_round_warm_seconds": first_round["warm"],
+    }
 
 
 def render(report: dict) -> str:
@@ -311,6 +333,16 @@ def render_reference(report: dict) -> str:
         ],
         rows,
     )
+    if report.get("start_up"):
+        u = report["start_up"]
+        lines += [
+            "",
+            f"Start-up: `import jfedrl.runner` {u['import_runner_seconds']:.1f} s (beyond "
+            f"{u['python_seconds']:.2f} s of bare Python); `jfedrl train --rounds 1 "
+            "--log.rounds-per-block 1` (the default config, one round), process start to "
+            f"exit: {u['first_round_cold_seconds']:.1f} s with a cold compilation cache, "
+            f"{u['first_round_warm_seconds']:.1f} s warm.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -320,7 +352,9 @@ def reference_main(clients: list[int], seconds: float) -> None:
     for count in clients:
         print(f"{count} clients:", file=sys.stderr, flush=True)
         comparisons.append(reference_comparison(count, seconds))
-    report = {"machine": benchlib.finish(facts), "comparisons": comparisons}
+    print("start-up ...", file=sys.stderr, flush=True)
+    up = start_up()
+    report = {"machine": benchlib.finish(facts), "comparisons": comparisons, "start_up": up}
     markdown = render_reference(report)
     benchlib.write_report(benchlib.BENCH / "throughput_reference", report, markdown)
     print(markdown)
