@@ -17,8 +17,9 @@ from jfedrl.environment import make_client_envs
 
 STEPS = 30
 SHORT_EPISODE = 12
-# Brax locomotion compiles for 30-60 s each on a 2-core CPU (physics step + reset).
-SLOW_BRAX = ("brax-ant", "brax-halfcheetah", "brax-hopper")
+# Brax compiles for 30-60 s each on a 2-core CPU (physics step + reset); tests/test_envs_brax.py
+# covers Brax in the default run.
+SLOW_BRAX = ("brax-ant", "brax-halfcheetah", "brax-hopper", "brax-inverted_pendulum")
 ALL_ENVS = [
     pytest.param(name, marks=pytest.mark.slow) if name in SLOW_BRAX else name
     for name in envs.names()
@@ -82,6 +83,7 @@ def test_registry_contract_under_jit_and_vmap(name):
     assert np.all(done.sum(axis=1) >= STEPS // SHORT_EPISODE)
 
 
+@pytest.mark.slow
 def test_describe_every_env():
     for name in envs.names():
         info = envs.describe(name)

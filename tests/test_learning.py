@@ -9,6 +9,7 @@ from jfedrl.federated import make_simulator
 from tests.helpers import with_run_dir
 
 
+@pytest.mark.slow
 def test_small_federated_cartpole_run_improves():
     config = Config(seed=0)
     for path, value in {

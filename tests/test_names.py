@@ -48,6 +48,7 @@ def _one_update(config):
     return algo.get_params(state), metrics
 
 
+@pytest.mark.slow
 def test_fedprox_is_fedavg_plus_the_algorithms_proximal_term():
     base = tiny_config(federation__num_clients=1)
     fedprox, fedprox_metrics = _one_update(
@@ -151,6 +152,7 @@ def test_registry_lookups_suggest_too():
         algorithms.get("td4")
 
 
+@pytest.mark.slow
 def test_envs_listing_has_no_third_party_warnings():
     out = subprocess.run(
         [sys.executable, "-m", "jfedrl.cli", "envs"],

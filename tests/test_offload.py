@@ -331,13 +331,16 @@ def test_lost_clients_are_masked_then_min_participation_fails(tmp_path, monkeypa
 @pytest.mark.parametrize(
     "overrides",
     [
-        {
-            "federation__local_updates_dist": "uniform",
-            "federation__local_updates_redraw": True,
-            "federation__dropout_prob": 0.3,
-            "federation__staleness": 2,
-            "federation__staleness_decay": 0.5,
-        },
+        pytest.param(
+            {
+                "federation__local_updates_dist": "uniform",
+                "federation__local_updates_redraw": True,
+                "federation__dropout_prob": 0.3,
+                "federation__staleness": 2,
+                "federation__staleness_decay": 0.5,
+            },
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             {
                 "algo__name": "td3",

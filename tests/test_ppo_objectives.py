@@ -311,6 +311,7 @@ def _one_update(config, num_updates=1):
     return state, metrics, algo
 
 
+@pytest.mark.slow
 def test_comm_coef_zero_is_the_plain_objective():
     for objective in ("kl", "mdpo"):
         plain, _, _ = _one_update(_ppo_config(objective=objective))
@@ -343,6 +344,7 @@ def test_adaptive_beta_moves_in_the_documented_direction():
     assert float(fixed.kl_coef) == 0.5
 
 
+@pytest.mark.slow
 def test_continuous_mixture_runs_in_the_federated_round():
     """Pendulum with the Monte-Carlo mixture KL: finite, and the term is active."""
     config = tiny_config(
