@@ -83,9 +83,10 @@ def make_round(clients: int):
             logits, value = net.apply(client.params, obs)
             action = jax.random.categorical(k_act, logits)
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
-            obs2, env_state, reward, done, _ = jax.vmap(env.step, (0, 0, 0, None))(
+            obs2, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, (0, 0, 0, None))(
                 jax.random.split(k_env, NUM_ENVS), env_state, action, env_params
             )
+            done = jnp.logical_or(terminated, truncated)
             return (env_state, obs2, key), (obs, action, logp, value, reward, done.astype(float))
 
         (env_state, obs, key), traj = jax.lax.scan(
