@@ -203,10 +203,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
     )
     print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
-    if result.interrupted:
-        print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
-        return 130
-    return 0
+    if not result.interrupted:
+        return 0
+    print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
+    return 130
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -89,18 +89,26 @@ class BlockRunner(Protocol):
 
 
 class InProcessRunner:
-    """The default executor: the whole round jitted in this process."""
+    """The default executor: the whole round jitted in this process.
+
+    `compiles` counts the programs compiled (one per distinct block length).
+    """
+
+    #: The jitted block, `(simulator, state, num_rounds) -> (state, stacked metrics)`.
+    program = staticmethod(Simulator.run_block)
 
     def __init__(self, simulator: Simulator, run_dir: Path | None = None):
         self.simulator = simulator
         self.compile_seconds = 0.0
+        self.compiles = 0
         self._compiled: dict[int, Any] = {}
 
     def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
         if num_rounds not in self._compiled:
             start = time.perf_counter()
-            lowered = Simulator.run_block.lower(self.simulator, state, num_rounds)
+            lowered = self.program.lower(self.simulator, state, num_rounds)
             self._compiled[num_rounds] = lowered.compile()
+            self.compiles += 1
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[num_rounds](state)
 
@@ -311,11 +319,7 @@ def _run_blocks(
         num_rounds = min(config.log.rounds_per_block, config.federation.rounds - first_round)
         for callback in callbacks:
             num_rounds = callback.limit_rounds(first_round, num_rounds)
-        compile_before = executor.compile_seconds
-        tick = time.perf_counter()
-        state, metrics = executor.run_block(state, num_rounds)
-        metrics = jax.device_get(metrics)
-        compile_seconds = executor.compile_seconds - compile_before
+        state, metrics, tick, compile_seconds = timed_block(executor, state, num_rounds)
         block, wall_seconds = finish_block(
             run, callbacks, state, metrics, first_round, wall_seconds, tick, compile_seconds
         )
@@ -332,6 +336,16 @@ def _run_blocks(
             )
             break
     return block
+
+
+def timed_block(
+    executor: BlockRunner, state: FedState, num_rounds: int
+) -> tuple[FedState, dict[str, np.ndarray], float, float]:
+    """Runs one block: the new state, its metrics on the host, its start tick, compile seconds."""
+    compile_before = executor.compile_seconds
+    tick = time.perf_counter()
+    state, metrics = executor.run_block(state, num_rounds)
+    return state, jax.device_get(metrics), tick, executor.compile_seconds - compile_before
 
 
 def eval_key_of(config: Config) -> jax.Array:

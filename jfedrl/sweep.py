@@ -34,7 +34,6 @@ import itertools
 import logging
 import re
 import signal
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,9 +52,11 @@ from jfedrl.outputs import RunLock, read_metrics, setup_logging
 from jfedrl.runner import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    InProcessRunner,
     _start,
     enable_compilation_cache,
     finish_block,
+    timed_block,
 )
 from jfedrl.schema import override
 
@@ -199,39 +200,19 @@ def describe_groups(sweep: Sweep) -> list[str]:
     return lines
 
 
-class VmappedRunner:
-    """Runs the blocks of S runs of one simulator as one program, vmapped over runs.
-
-    `compiles` counts the programs compiled (one per distinct block length).
-    """
-
-    def __init__(self, simulator: Simulator):
-        self.simulator = simulator
-        self.compiles = 0
-        self.compile_seconds = 0.0
-        self._compiled: dict[int, Any] = {}
-
-    def run_block(self, states: FedState, num_rounds: int) -> tuple[FedState, dict]:
-        """`num_rounds` rounds of every run; states and metrics lead with the run axis."""
-        if num_rounds not in self._compiled:
-            start = time.perf_counter()
-            lowered = _run_block_vmapped.lower(self.simulator, states, num_rounds)
-            self._compiled[num_rounds] = lowered.compile()
-            self.compiles += 1
-            self.compile_seconds += time.perf_counter() - start
-        return self._compiled[num_rounds](states)
-
-    def state_for_checkpoint(self, state: FedState) -> FedState:
-        return state
-
-    def close(self) -> None:
-        self._compiled.clear()
-
-
 @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
 def _run_block_vmapped(simulator: Simulator, states: FedState, num_rounds: int):
     """`Simulator.run_block` over a leading run axis of `states`."""
     return jax.vmap(lambda state: Simulator.run_block(simulator, state, num_rounds))(states)
+
+
+class VmappedRunner(InProcessRunner):
+    """Runs the blocks of S runs of one simulator as one program, vmapped over runs.
+
+    States and metrics lead with the run axis; `compiles` counts the programs.
+    """
+
+    program = staticmethod(_run_block_vmapped)
 
 
 @dataclass
@@ -302,11 +283,7 @@ def _run_group(
             for member in members:
                 for callback in member.callbacks:
                     num_rounds = callback.limit_rounds(first_round, num_rounds)
-            compile_before = runner.compile_seconds
-            tick = time.perf_counter()
-            stacked, metrics = runner.run_block(stacked, num_rounds)
-            metrics = jax.device_get(metrics)
-            compile_seconds = runner.compile_seconds - compile_before
+            stacked, metrics, tick, compile_seconds = timed_block(runner, stacked, num_rounds)
             for i, member in enumerate(members):
                 member.block, member.wall_seconds = finish_block(
                     member.run,
