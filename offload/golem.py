@@ -122,6 +122,21 @@ def _decimal(value: Any) -> Decimal:
 # ---------------------------------------------------------------- the executor
 
 
+async def _cancel_leftovers() -> None:
+    """Cancels and awaits every task still on the loop, as `asyncio.run` does at its end.
+
+    yapapi can leave tasks behind after a failed start or stop (its `AsyncWrapper`
+    workers, invoice pollers). A task still pending when the loop closes is closed
+    later by the garbage collector, and yapapi's wrapper worker then loops forever
+    logging "Unhandled exception" (seen: a test process that never exits).
+    """
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+
+
 class GolemExecutor:
     """Runs job attempts on Golem providers (see the module docstring)."""
 
@@ -597,6 +612,10 @@ class GolemExecutor:
         if self._thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=180)
+            except Exception as error:
+                log.warning("golem: shutdown: %s: %s", type(error).__name__, error)
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_leftovers(), self._loop).result(timeout=30)
             except Exception as error:
                 log.warning("golem: shutdown: %s: %s", type(error).__name__, error)
             self._loop.call_soon_threadsafe(self._loop.stop)
