@@ -163,8 +163,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fed = config.federation
     # Before anything imports jax: XLA reads the host device count once.
     layout = configure_host_devices(participants_per_round(fed), args.host_devices)
-    if not args.quiet:
-        print(f"jfedrl: {layout.describe()}", file=sys.stderr)
+    if not args.quiet:  # stdout: stderr keeps its one-line error contract
+        print(f"jfedrl: {layout.describe()}", flush=True)
     from jfedrl import runner
 
     if args.resume:
