@@ -232,6 +232,7 @@ def _open_members(
     seeds: tuple[int, ...],
     runner: VmappedRunner,
     stop: StopOnCtrlC,
+    stop_after_round: int | None,
     stack: contextlib.ExitStack,
 ) -> tuple[list[_Member], list[FedState]]:
     """Locks, starts (or resumes from its newest checkpoint) and opens each run of a group."""
@@ -247,7 +248,7 @@ def _open_members(
         # One shared Ctrl-C watcher, so every run of the group stops after the same block.
         callbacks = [
             stop if isinstance(c, StopOnCtrlC) else c
-            for c in default_callbacks(config, checkpointer, False, None)
+            for c in default_callbacks(config, checkpointer, False, stop_after_round)
         ]
         run = Run(config, runner.simulator, run_dir, runner)
         for callback in callbacks:
@@ -264,12 +265,15 @@ def _run_group(
     seeds: tuple[int, ...],
     runner: VmappedRunner,
     stop: StopOnCtrlC,
+    stop_after_round: int | None,
     bar: Any,
 ) -> bool:
     """Runs one setup's seeds in lockstep, as one program; True if it was stopped early."""
     total = setup.config.federation.rounds
     with contextlib.ExitStack() as stack:
-        members, states = _open_members(setup, run_dirs, seeds, runner, stop, stack)
+        members, states = _open_members(
+            setup, run_dirs, seeds, runner, stop, stop_after_round, stack
+        )
         rounds = {int(s.round) for s in states}
         if len(rounds) > 1:
             raise CheckpointError(
@@ -347,6 +351,7 @@ def run_sweep(
     resume: str | Path | None = None,
     progress: bool = True,
     quiet: bool = False,
+    stop_after_round: int | None = None,
 ) -> SweepResult:
     """Runs (or resumes) a sweep and writes its folder.
 
@@ -356,6 +361,8 @@ def run_sweep(
         resume: a sweep folder to continue; finished runs are skipped.
         progress: one progress bar over every round of every run.
         quiet: log only to the sweep folder's train.log.
+        stop_after_round: stop every run at the first block boundary at or after this
+            round, as if interrupted (for tests and time-boxed jobs).
 
     Raises:
         ConfigError: a bad sweep file (before anything compiles), or a new sweep
@@ -398,7 +405,9 @@ def run_sweep(
             bar.set_description(setup.label[:40])
             runner = VmappedRunner(make_simulator(dataclasses.replace(setup.config, seed=0)))
             try:
-                interrupted = _run_group(setup, run_dirs, sweep.seeds, runner, stop, bar)
+                interrupted = _run_group(
+                    setup, run_dirs, sweep.seeds, runner, stop, stop_after_round, bar
+                )
             finally:
                 runner.close()
             compiles.append(runner.compiles)

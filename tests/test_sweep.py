@@ -91,6 +91,19 @@ def test_resume_of_a_finished_sweep_compiles_nothing(swept):
     assert again.compiles == [] and len(read_metrics(swept.run_dirs[0])) == 4
 
 
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path):
+    path = write(tmp_path, name="seeds", seeds=[3, 5], threshold=0.0)
+    out = tmp_path / "out"
+    first = sweep.run_sweep(path, out, progress=False, quiet=True, stop_after_round=2)
+    assert first.interrupted and len(read_metrics(first.run_dirs[0])) == 2
+    again = sweep.run_sweep(None, resume=out, progress=False, quiet=True)
+    assert not again.interrupted and again.compiles == [1]
+    for resumed, whole in zip(again.run_dirs, swept.run_dirs, strict=True):
+        for mine, theirs in zip(read_metrics(resumed), read_metrics(whole), strict=True):
+            for name in ("round", "train_return_mean", "pg_loss", "eval_return"):
+                assert mine.get(name) == theirs.get(name), name
+
+
 def test_shape_changing_setups_are_split_into_groups(tmp_path):
     parsed = sweep.load(write(tmp_path, grid={"federation.num_clients": [3, 4]}, seeds=2))
     assert [s.config.federation.num_clients for s in parsed.setups] == [3, 4]
