@@ -187,13 +187,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_layout(path: str | Path) -> Any:
+    """Sets, before jax starts, the host devices `jfedrl train` would use for the first setup.
+
+    The checkpoint's padded client axis depends on the layout, so the runs of a
+    sweep then resume and evaluate (`jfedrl eval`) like runs of `train`. A file
+    too broken to read gets the default config's layout; `sweep.load` then names
+    the bad field.
+    """
+    import yaml
+
+    from jfedrl.config import from_dict, participants_per_round
+    from jfedrl.devices import configure_host_devices
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        grid = data.get("grid") or {}
+        first = {k: v[0] for k, v in grid.items()} if grid else (data.get("setups") or [{}])[0]
+        federation = override(from_dict(data.get("base") or {}), first).federation
+    except Exception:  # any malformed file: reported by sweep.load, naming the field
+        federation = Config().federation
+    return configure_host_devices(participants_per_round(federation))
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if (args.sweep_file is None) == (args.resume is None):
         raise ConfigError("sweep: give either SWEEP.yaml or --resume SWEEP_DIR")
-    from jfedrl.devices import configure_host_devices
-
-    # One host device: the seeds' program is vmapped over runs, not sharded over clients.
-    configure_host_devices(1)
+    layout = _sweep_layout(Path(args.resume) / "sweep.yaml" if args.resume else args.sweep_file)
+    print(f"jfedrl: {layout.describe()}", file=sys.stderr)
     from jfedrl import sweep
 
     if args.sweep_file:
