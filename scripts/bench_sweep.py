@@ -109,8 +109,8 @@ def main() -> None:
             "",
             "Wall time is whole processes: start-up, compilation, training, evaluation and "
             "writing. The train processes share one compilation cache, so only the first "
-            "compiles. Each `jfedrl train` shards its clients over its default host-device "
-            "layout; the sweep runs on one host device, vmapped over seeds. "
+            "compiles. Both sides use the default host-device layout (the sweep vmaps over "
+            "seeds inside it). "
             + (
                 f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
                 f"{load[1]:.1f} at the end (2 cores), so only the ratio means anything."
