@@ -226,18 +226,25 @@ class _Member:
     block: Any = None
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One setup's seeds, run together as one program."""
+
+    setup: Setup
+    run_dirs: list[Path]
+    seeds: tuple[int, ...]
+    runner: VmappedRunner
+    stop: StopOnCtrlC
+    stop_after_round: int | None
+
+
 def _open_members(
-    setup: Setup,
-    run_dirs: list[Path],
-    seeds: tuple[int, ...],
-    runner: VmappedRunner,
-    stop: StopOnCtrlC,
-    stop_after_round: int | None,
-    stack: contextlib.ExitStack,
+    group: _Group, stack: contextlib.ExitStack
 ) -> tuple[list[_Member], list[FedState]]:
     """Locks, starts (or resumes from its newest checkpoint) and opens each run of a group."""
+    setup, runner, stop = group.setup, group.runner, group.stop
     members, states = [], []
-    for run_dir, seed in zip(run_dirs, seeds, strict=True):
+    for run_dir, seed in zip(group.run_dirs, group.seeds, strict=True):
         log_config = dataclasses.replace(setup.config.log, run_dir=str(run_dir), progress=False)
         config = dataclasses.replace(setup.config, seed=seed, log=log_config)
         stack.enter_context(RunLock(run_dir))
@@ -248,7 +255,7 @@ def _open_members(
         # One shared Ctrl-C watcher, so every run of the group stops after the same block.
         callbacks = [
             stop if isinstance(c, StopOnCtrlC) else c
-            for c in default_callbacks(config, checkpointer, False, stop_after_round)
+            for c in default_callbacks(config, checkpointer, False, group.stop_after_round)
         ]
         run = Run(config, runner.simulator, run_dir, runner)
         for callback in callbacks:
@@ -259,21 +266,12 @@ def _open_members(
     return members, states
 
 
-def _run_group(
-    setup: Setup,
-    run_dirs: list[Path],
-    seeds: tuple[int, ...],
-    runner: VmappedRunner,
-    stop: StopOnCtrlC,
-    stop_after_round: int | None,
-    bar: Any,
-) -> bool:
+def _run_group(group: _Group, bar: Any) -> bool:
     """Runs one setup's seeds in lockstep, as one program; True if it was stopped early."""
+    setup, runner = group.setup, group.runner
     total = setup.config.federation.rounds
     with contextlib.ExitStack() as stack:
-        members, states = _open_members(
-            setup, run_dirs, seeds, runner, stop, stop_after_round, stack
-        )
+        members, states = _open_members(group, stack)
         rounds = {int(s.round) for s in states}
         if len(rounds) > 1:
             raise CheckpointError(
@@ -405,9 +403,8 @@ def run_sweep(
             bar.set_description(setup.label[:40])
             runner = VmappedRunner(make_simulator(dataclasses.replace(setup.config, seed=0)))
             try:
-                interrupted = _run_group(
-                    setup, run_dirs, sweep.seeds, runner, stop, stop_after_round, bar
-                )
+                group = _Group(setup, run_dirs, sweep.seeds, runner, stop, stop_after_round)
+                interrupted = _run_group(group, bar)
             finally:
                 runner.close()
             compiles.append(runner.compiles)
