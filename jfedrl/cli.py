@@ -214,7 +214,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if (args.sweep_file is None) == (args.resume is None):
         raise ConfigError("sweep: give either SWEEP.yaml or --resume SWEEP_DIR")
     layout = _sweep_layout(Path(args.resume) / "sweep.yaml" if args.resume else args.sweep_file)
-    print(f"jfedrl: {layout.describe()}", file=sys.stderr)
+    print(f"jfedrl: {layout.describe()}", flush=True)  # stdout: stderr holds only an error
     from jfedrl import sweep
 
     if args.sweep_file:
