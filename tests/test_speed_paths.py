@@ -128,3 +128,36 @@ def test_start_up_imports_only_what_the_run_needs():
     # a run loads neither seaborn nor scipy.stats (gymnax imports them to render)
     # until something draws with them.
     assert out == ["[]", "False", "_Deferred", "module"]
+
+
+def test_rollout_bootstraps_truncations_as_a_per_step_critic_would():
+    """The final observations' critic runs batched after the rollout: same rewards."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import envs
+    from jfedrl.algorithms import acting, networks, onpolicy, ppo
+    from tests.helpers import tiny_config
+
+    config = tiny_config()
+    env, params = envs.make("CartPole-v1")
+    params = params.replace(max_steps_in_episode=6)  # truncations within 20 steps
+    algorithm = ppo.build(config, env, params)
+    agent = onpolicy.setup(env, params, config.algo.ppo)
+    state = algorithm.init(jax.random.PRNGKey(0), params)
+    key, gamma = jax.random.PRNGKey(1), 0.9
+
+    def per_step(carry, step_key):  # the bootstrap as it was: one critic call per step
+        key_act, key_env = jax.random.split(step_key)
+        dist, _ = agent.network.apply(state.params, carry.obs)
+        action = networks.sample(key_act, dist, False)
+        carry, out = acting.step(key_env, env, params, carry, action)
+        value = agent.network.apply(state.params, out.final_obs, method=networks.ActorCritic.value)
+        cut = jnp.logical_and(out.truncated, jnp.logical_not(out.terminated))
+        return carry, (out.reward + gamma * jnp.where(cut, value, 0.0), cut)
+
+    _, batch, _ = jax.jit(lambda k: onpolicy.rollout(k, agent, state, params, 20, gamma))(key)
+    _, (expected, cut) = jax.lax.scan(per_step, acting.carry_of(state), jax.random.split(key, 20))
+    assert bool(cut.any())
+    np.testing.assert_allclose(batch.reward, expected, rtol=1e-6)

@@ -92,16 +92,19 @@ def rollout(
         action = networks.sample(key_act, dist, continuous)
         log_prob = networks.log_prob(dist, action, continuous)
         new, out = acting.step(key_env, agent.env, env_params, carry, agent.env_action(action))
-        # A time limit is not a terminal state: bootstrap from the final observation.
-        final_value = network.apply(state.params, out.final_obs, method=networks.ActorCritic.value)
         cut = jnp.logical_and(out.truncated, jnp.logical_not(out.terminated))
-        train_reward = out.reward + gamma * jnp.where(cut, final_value, 0.0)
-        transition = Transition(carry.obs, action, log_prob, dist, value, train_reward, out.done)
-        return new, (transition, out.done)
+        transition = Transition(carry.obs, action, log_prob, dist, value, out.reward, out.done)
+        return new, (transition, out.final_obs, cut)
 
     carry = acting.carry_of(state)
-    carry, (batch, dones) = jax.lax.scan(step, carry, jax.random.split(key, num_steps))
-    return state.replace(**carry._asdict()), batch, jnp.sum(dones)
+    keys = jax.random.split(key, num_steps)
+    carry, (batch, final_obs, cut) = jax.lax.scan(step, carry, keys)
+    # A time limit is not a terminal state: bootstrap from the final observation.
+    # The params are fixed during the rollout, so the critic of every step's final
+    # observation is one batched pass after the scan, not a small one per step.
+    final_value = network.apply(state.params, final_obs, method=networks.ActorCritic.value)
+    batch = batch.replace(reward=batch.reward + gamma * jnp.where(cut, final_value, 0.0))
+    return state.replace(**carry._asdict()), batch, jnp.sum(batch.done)
 
 
 def compute_gae(
