@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from scripts import benchlib
+from scripts.bench_throughput import time_blocks
 
 #: (env, client counts, config overrides): the issue's GPU plan.
 PLAN = (
@@ -64,14 +65,7 @@ def measure(env: str, clients: int, settings: dict, seconds: float) -> dict:
     compiled = Simulator.run_block.lower(sim, state, 1).compile()
     compile_seconds = time.perf_counter() - start
     estimate = devices.memory_estimate(compiled)
-    state, metrics = compiled(state)  # warm-up (not timed)
-    jax.block_until_ready(metrics)
-    blocks, start = 0, time.perf_counter()
-    while blocks < 2 or time.perf_counter() - start < seconds:
-        state, metrics = compiled(state)
-        jax.block_until_ready(metrics)
-        blocks += 1
-    run_seconds = time.perf_counter() - start
+    _, blocks, run_seconds = time_blocks(compiled, state, seconds)
     return {
         "env": env,
         "clients": clients,

@@ -48,6 +48,25 @@ def _matmul_gflops() -> float:
     return 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def time_blocks(compiled, state, seconds: float) -> tuple[object, int, float]:
+    """One untimed warm-up call of `compiled(state) -> (state, out)`, then at least two
+    timed calls and as many as fit in `seconds`.
+
+    Returns:
+        The last state, the number of timed calls and their seconds.
+    """
+    import jax
+
+    state, out = compiled(state)
+    jax.block_until_ready(out)
+    blocks, start = 0, time.perf_counter()
+    while blocks < 2 or time.perf_counter() - start < seconds:
+        state, out = compiled(state)
+        jax.block_until_ready(out)
+        blocks += 1
+    return state, blocks, time.perf_counter() - start
+
+
 def measure_one(
     clients: int, seconds: float, rounds_per_block: int, federated_only: bool = False
 ) -> dict:
@@ -120,14 +139,7 @@ def measure_one(
         compiled = lower().compile()
         compile_seconds = time.perf_counter() - start
         flops = model_flops_per_block
-        state, out = compiled(state)  # warm-up block (not timed)
-        jax.block_until_ready(out)
-        blocks, start = 0, time.perf_counter()
-        while blocks < 2 or time.perf_counter() - start < seconds:
-            state, out = compiled(state)
-            jax.block_until_ready(out)
-            blocks += 1
-        run_seconds = time.perf_counter() - start
+        state, blocks, run_seconds = time_blocks(compiled, state, seconds)
         results[name] = {
             "compile_seconds": compile_seconds,
             "run_seconds": run_seconds,

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scripts.bench_throughput import time_blocks  # the benchmark's timing loop
+
 NUM_ENVS, NUM_STEPS, EPOCHS, MINIBATCHES, LOCAL_UPDATES = 4, 128, 4, 4, 4
 LR, GAMMA, LAMBDA, CLIP, ENT, VF, MAX_NORM = 2.5e-3, 0.99, 0.95, 0.2, 0.01, 0.5, 0.5
 
@@ -154,14 +156,7 @@ def measure(clients: int, seconds: float) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fed_round, donate_argnums=0).lower(state).compile()
     compile_seconds = time.perf_counter() - start
-    state, loss = compiled(state)  # warm-up (not timed)
-    jax.block_until_ready(loss)
-    rounds, start = 0, time.perf_counter()
-    while rounds < 2 or time.perf_counter() - start < seconds:
-        state, loss = compiled(state)
-        jax.block_until_ready(loss)
-        rounds += 1
-    run_seconds = time.perf_counter() - start
+    _, rounds, run_seconds = time_blocks(compiled, state, seconds)
     steps = clients * LOCAL_UPDATES * NUM_ENVS * NUM_STEPS * rounds
     return {
         "clients": clients,
