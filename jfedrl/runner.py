@@ -26,7 +26,6 @@ from jfedrl import plugins
 from jfedrl.callbacks import (
     Block,
     Callback,
-    ParticipationError,  # noqa: F401 (moved to jfedrl.callbacks; the CLI imports it here)
     Run,
     default_callbacks,
     params_record,
