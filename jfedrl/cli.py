@@ -39,9 +39,11 @@ SHORTCUTS = {
     "executor": "offload.executor",
     "shards": "offload.shards",
 }
-#: Section shortcuts: `--golem.budget` means `--offload.golem.budget`, `--ppo.X` `--algo.ppo.X`.
+#: Section shortcuts: `--golem.budget` means `--offload.golem.budget` (`--ray.X`
+#: `--offload.ray.X`), `--ppo.X` `--algo.ppo.X`.
 SECTION_ALIASES = {
     "golem.": "offload.golem.",
+    "ray.": "offload.ray.",
     "ppo.": "algo.ppo.",
     "a2c.": "algo.a2c.",
     "dqn.": "algo.dqn.",

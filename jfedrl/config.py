@@ -425,7 +425,7 @@ class OffloadConfig:
     """
 
     executor: str = "inprocess"
-    """`inprocess` (the jitted simulator), `local` (worker processes) or `golem`."""
+    """`inprocess` (the jitted simulator), `local` (worker processes), `golem` or `ray`."""
     shards: int = 1
     """Number of tasks the clients are split into each round (local: worker processes)."""
     max_retries: int = 2

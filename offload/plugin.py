@@ -1,8 +1,8 @@
-"""What `offload` adds to jfedrl: the `local` and `golem` executors and `jfedrl offload`.
+"""What `offload` adds to jfedrl: the `local`, `golem` and `ray` executors and `jfedrl offload`.
 
 `jfedrl.plugins` finds these specs through the entry points declared in
 pyproject.toml; jfedrl itself never imports `offload`. This module stays light
-(no JAX, no yapapi): the runners and the worker are imported when first used.
+(no JAX, no yapapi, no Ray): the runners and the worker are imported when first used.
 Each executor owns its validation, which `jfedrl.config.validate` calls before
 anything is written or compiled (`make_simulator` validates, so a runner is
 only ever built for a checked config).
@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jfedrl.checks import ConfigError, require, require_positive
+from jfedrl.checks import ConfigError, require, require_choice, require_positive
 from jfedrl.plugins import CommandSpec, ExecutorSpec
 from offload.golem_config import GolemConfig
+from offload.ray_config import RAY_TRANSFERS, RayConfig
 
 
 def validate_local(config: Any) -> None:
@@ -55,6 +56,21 @@ def validate_golem(config: Any) -> None:
         raise ConfigError("offload.golem.image_url: needs offload.golem.image_hash too")
 
 
+def validate_ray(config: Any) -> None:
+    """`validate_local`, then the `offload.ray` section: an address form, resources, transfer."""
+    validate_local(config)
+    section = config.offload.ray
+    address = section.address
+    forms = "'' (a local Ray instance), 'auto', 'ray://HOST:PORT' or 'HOST:PORT'"
+    if address not in ("", "auto"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        require(bool(host) and port.isdigit(), "offload.ray.address", forms, address)
+    require_positive("offload.ray.num_cpus", section.num_cpus)
+    require(section.num_gpus >= 0, "offload.ray.num_gpus", ">= 0", section.num_gpus)
+    require(section.local_cpus >= 0, "offload.ray.local_cpus", ">= 0", section.local_cpus)
+    require_choice("offload.ray.transfer", section.transfer, RAY_TRANSFERS)
+
+
 def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     """The `local` executor: one worker process per shard, sharing this run's XLA cache."""
     import jax
@@ -83,6 +99,28 @@ def golem_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     return GolemExecutor(config.offload.golem, work_dir / "golem", config.federation.rounds)
 
 
+def ray_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
+    """The `ray` executor: one Ray actor per shard (Ray is imported here, not before)."""
+    import jax
+
+    from offload.ray_executor import RayExecutor
+
+    offload = simulator.config.offload
+    env = {}
+    cache = jax.config.jax_compilation_cache_dir
+    if not offload.ray.address:  # a local Ray instance shares this run's XLA cache
+        env["JFEDRL_WORK_DIR"] = str(work_dir)
+        if cache:
+            env["JFEDRL_COMPILATION_CACHE"] = str(cache)
+    return RayExecutor(
+        offload.ray,
+        num_workers=num_shards,
+        task_timeout=offload.task_timeout,
+        compile_timeout=offload.compile_timeout,
+        env=env,
+    )
+
+
 def _make_local(simulator: Any, run_dir: Path) -> Any:
     from offload.requestor import OffloadRunner
 
@@ -93,6 +131,12 @@ def _make_golem(simulator: Any, run_dir: Path) -> Any:
     from offload.requestor import OffloadRunner
 
     return OffloadRunner(simulator, run_dir, golem_executor)
+
+
+def _make_ray(simulator: Any, run_dir: Path) -> Any:
+    from offload.requestor import OffloadRunner
+
+    return OffloadRunner(simulator, run_dir, ray_executor)
 
 
 LOCAL = ExecutorSpec(
@@ -107,6 +151,14 @@ GOLEM = ExecutorSpec(
     validate=validate_golem,
     section=GolemConfig,
     summary="Golem Network providers through yapapi (needs a running yagna and YAGNA_APPKEY)",
+)
+
+RAY = ExecutorSpec(
+    name="ray",
+    make_runner=_make_ray,
+    validate=validate_ray,
+    section=RayConfig,
+    summary="Ray actors on a lab's cluster or a local Ray instance, one per shard (extra `ray`)",
 )
 
 

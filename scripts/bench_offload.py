@@ -15,11 +15,18 @@ CartPole-v1) it measures, on this machine:
 - sticky clients: bytes moved per warm round (up + back) when every round
   ships the clients' full states (`offload.state_sync_rounds: 0`) and when
   the workers keep them (`state_sync_rounds: 10`), for PPO and for DQN (whose
-  replay buffer lives in the client state), with the round times.
+  replay buffer lives in the client state), with the round times;
+- executors side by side (`--executors`, needs the `ray` extra): the warm
+  round in-process, with `local` worker processes and with `ray` actors (a
+  local Ray instance), the three timed alternately in one loop so load
+  changes hit them alike; Ray's start and the actors' compilation; that the
+  actors were reused (no step compiled after the first round, no restart).
 
-Writes bench/offload.json and bench/offload.md.
+Writes bench/offload.json and bench/offload.md. `--executors-only` runs just the
+executor comparison and keeps the rest of bench/offload.json as it was.
 
     python -m scripts.bench_offload [--clients 16 64] [--rounds 5] [--shards 2]
+    python -m scripts.bench_offload --executors-only [--clients 16] [--rounds 8]
 """
 
 from __future__ import annotations
@@ -215,6 +222,110 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
     }
 
 
+def compare_executors(clients: int, shards: int, rounds: int, work: Path) -> dict:
+    """Warm round seconds in-process, `local` and `ray`, timed alternately in one loop."""
+    from offload.plugin import ray_executor
+    from offload.ray_config import RayConfig
+    from offload.ray_executor import RayExecutor
+
+    config = config_for(clients, shards)
+    simulator = make_simulator(config)
+    state = simulator.init(jax.random.PRNGKey(0))
+    env = dict(os.environ, JFEDRL_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir)
+    ray_setup = {}
+
+    def make_ray(sim, work_dir, n):
+        start = time.perf_counter()
+        executor = ray_executor(sim, work_dir, n)
+        ray_setup["ray_start"] = time.perf_counter() - start
+        ray_setup["actors_ready"] = executor.wait_ready(900)
+        ray_setup["executor"] = executor
+        return executor
+
+    assert isinstance(config.offload.ray, RayConfig)
+    runners = {
+        "inprocess": InProcessRunner(simulator),
+        "local": OffloadRunner(
+            simulator,
+            work / f"cmp-{clients}-local",
+            lambda sim, w, n: LocalExecutor(n, w / "workers", 600, 900, env=env),
+        ),
+        "ray": OffloadRunner(simulator, work / f"cmp-{clients}-ray", make_ray),
+    }
+    states, first, seconds = {}, {}, {name: [] for name in runners}
+    for name, runner in runners.items():  # compile (and start workers / actors)
+        (states[name], _), first[name] = timed(lambda r=runner: r.run_block(copy(state), 1))
+    fresh_compiles = 0
+    order = list(runners)
+    for i in range(rounds):
+        for name in order[i % 3 :] + order[: i % 3]:  # rotate who goes first
+            (states[name], _), tick = timed(
+                lambda r=runners[name], s=states[name]: r.run_block(s, 1)
+            )
+            seconds[name].append(tick)
+            if name == "ray":
+                reports = worker_reports(work / f"cmp-{clients}-ray")
+                fresh_compiles += sum(bool(r["timings"]["compiled_fresh"]) for r in reports)
+    executor: RayExecutor = ray_setup.pop("executor")
+    restarts = executor.restarts
+    for runner in runners.values():
+        getattr(runner, "close", lambda: None)()
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "clients": clients,
+        "shards": shards,
+        "round_seconds": median,
+        "first_round_seconds": first,
+        "ray_over_inprocess": median["ray"] / median["inprocess"],
+        "ray_over_local": median["ray"] / median["local"],
+        "local_over_inprocess": median["local"] / median["inprocess"],
+        "ray_overhead_vs_inprocess_s": median["ray"] - median["inprocess"],
+        "ray_overhead_vs_local_s": median["ray"] - median["local"],
+        "ray_start_seconds": ray_setup["ray_start"],
+        "ray_actors_ready_seconds": ray_setup["actors_ready"],
+        "ray_fresh_compiles_after_first_round": fresh_compiles,
+        "ray_actor_restarts": restarts,
+        "rounds": seconds,
+    }
+
+
+def _executors_lines(results: dict) -> list[str]:
+    runs = results.get("executors")
+    if not runs:
+        return []
+    facts = runs["machine"]
+    lines = [
+        "",
+        "## Executors: in-process vs `local` vs `ray`",
+        "",
+        f"{benchlib.describe(facts)}; load average {facts['loadavg_at_start'][0]:.2f} at start, "
+        f"{facts['loadavg_at_end'][0]:.2f} at end. Median warm round over {runs['rounds']} "
+        "rounds, the three timed alternately in one loop (who goes first rotates); `ray` is a "
+        "local Ray instance started for the run, one actor per shard, task data as Ray objects.",
+        "",
+    ]
+    lines += benchlib.table(
+        ["clients", "shards", "in-process s", "local s", "ray s", "ray / in-process"]
+        + ["ray / local", "ray - local s", "Ray start s", "actors ready s", "recompiles, restarts"],
+        [
+            [r["clients"], r["shards"]]
+            + [f"{r['round_seconds'][k]:.3f}" for k in ("inprocess", "local", "ray")]
+            + [f"{r['ray_over_inprocess']:.2f}", f"{r['ray_over_local']:.2f}"]
+            + [f"{r['ray_overhead_vs_local_s']:+.3f}", f"{r['ray_start_seconds']:.2f}"]
+            + [f"{r['ray_actors_ready_seconds']:.2f}"]
+            + [f"{r['ray_fresh_compiles_after_first_round']}, {r['ray_actor_restarts']}"]
+            for r in runs["runs"]
+        ],
+    )
+    lines += [
+        "",
+        "Actors are reused across rounds: after the first round no actor compiled its step "
+        "again and none was restarted (the last column). Ray start = `ray.init` of a local "
+        "instance plus creating the actors; actors ready = until every actor has imported JAX.",
+    ]
+    return lines
+
+
 def _sticky_row(clients: int, algo: str, full: dict, kept: dict) -> list:
     return [clients, algo, f"{full['bytes_per_round']:.0f}", f"{kept['bytes_per_round']:.0f}"] + [
         f"{full['bytes_per_round'] / kept['bytes_per_round']:.1f}x",
@@ -298,7 +409,15 @@ def markdown(results: dict) -> str:
             for algo, t in r["sticky"].items()
         ],
     )
+    lines += _executors_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def run_executors(clients: list[int], shards: int, rounds: int) -> dict:
+    machine = benchlib.machine()
+    with tempfile.TemporaryDirectory(prefix="bench-offload-ray-") as work:
+        runs = [compare_executors(c, shards, rounds, Path(work)) for c in clients]
+    return {"machine": benchlib.finish(machine), "rounds": rounds, "runs": runs}
 
 
 def main() -> None:
@@ -307,8 +426,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--out", type=Path, default=benchlib.BENCH / "offload")
+    parser.add_argument("--executors", action="store_true", help="add the ray comparison")
+    parser.add_argument(
+        "--executors-only", action="store_true", help="only the executor comparison"
+    )
     args = parser.parse_args()
     enable_compilation_cache(tempfile.mkdtemp(prefix="bench-offload-xla-"))
+    if args.executors_only:
+        json_path = Path(f"{args.out}.json")
+        results = json.loads(json_path.read_text()) if json_path.exists() else {}
+        results["executors"] = run_executors(args.clients, args.shards, args.rounds)
+        benchlib.write_report(args.out, results, markdown(results))
+        print(markdown(results))
+        return
     machine = benchlib.machine()
     with tempfile.TemporaryDirectory(prefix="bench-offload-") as work:
         runs = [bench_clients(c, args.shards, args.rounds, Path(work)) for c in args.clients]
@@ -317,6 +447,8 @@ def main() -> None:
         "shards": args.shards,
         "runs": runs,
     }
+    if args.executors:
+        results["executors"] = run_executors(args.clients, args.shards, args.rounds)
     benchlib.write_report(args.out, results, markdown(results))
     print(markdown(results))
 

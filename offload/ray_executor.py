@@ -1,0 +1,354 @@
+"""The `ray` executor: offload shards as work of long-lived Ray actors.
+
+A lab's own CPU/GPU cluster usually runs Ray; this executor puts one actor per
+worker on it (`offload.shards` of them), each holding an `offload.worker.Worker`
+for the whole run, so each actor imports JAX and compiles the local-training
+step once, not once per round, and keeps its shard's client states between
+rounds (sticky clients) like a `local` worker process. Shard `s` always runs on
+actor `s % num_workers`; an actor runs one task at a time.
+
+Task data travels as Ray objects by default (`offload.ray.transfer: objects`):
+the task folder goes up as one uncompressed tar (the same archive a Golem
+provider gets), the result comes back as a tar with its SHA-256 and is
+unpacked under the run folder with the same caps as a download. With
+`transfer: path` the actors read and write the run folder directly (this
+machine, or a filesystem mounted at the same path on every node).
+
+Faults are attempt failures, as with the other executors: an actor that dies
+(`ray.kill`, a crash, a lost node: `RayActorError`) or does not answer in
+time is killed and replaced by a fresh actor, and the attempt fails, so
+`offload.dispatch` retries it there (the fresh actor answers `cache miss`
+for sticky states it never had, and the task is resent with the states).
+Timeouts: an actor that has not yet compiled gets `offload.compile_timeout`
+for its attempt (start, import, restore, compile, train); a warm one gets
+`offload.task_timeout`.
+
+Ray is imported by this module, which `offload.plugin` imports only when the
+executor is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from offload.archive import OffloadError, TaskError, pack, unpack
+from offload.executors import Job, Outcome
+from offload.ray_config import RayConfig
+
+log = logging.getLogger("jfedrl.offload")
+
+
+class RayWorker:
+    """The actor: one `offload.worker.Worker`, alive for the run (see the module docstring)."""
+
+    def __init__(self, env: dict[str, str]):
+        os.environ.update(env)
+        from jfedrl.runner import enable_compilation_cache
+        from offload.serve import _cache_dir
+        from offload.worker import Worker
+
+        enable_compilation_cache(_cache_dir())
+        self.worker = Worker()
+        self.scratch = Path(tempfile.mkdtemp(prefix="jfedrl-ray-"))
+
+    def ready(self) -> dict[str, Any]:
+        """Where the actor runs (its pid and node), once it has imported everything."""
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address()}
+
+    def run(self, request: dict[str, Any], task: bytes | None) -> tuple[dict[str, Any], bytes]:
+        """Runs one task: `(the serve loop's done answer, the result tar or b"")`.
+
+        With `task` (tar bytes) the task is unpacked here and the result packed
+        into the returned bytes; with None, `request` names folders to use in place.
+        """
+        from offload.serve import _answer
+
+        if task is None:
+            root = Path("/")
+            answer = _answer(self.worker, request, root, root, lambda event, data: None)
+            return answer, b""
+        name = f"{request['shard']}-{request['attempt']}"
+        task_tar = self.scratch / f"task-{name}.tar"
+        result_tar = self.scratch / f"result-{name}.tar"
+        task_tar.write_bytes(task)
+        paths = dict(request, input=str(task_tar), output=str(result_tar))
+        try:
+            answer = _answer(self.worker, paths, Path("/"), Path("/"), lambda event, data: None)
+            data = result_tar.read_bytes() if answer.get("ok") else b""
+        finally:
+            task_tar.unlink(missing_ok=True)
+            result_tar.unlink(missing_ok=True)
+        return answer, data
+
+
+@dataclass
+class _Actor:
+    """One actor handle and what it is doing."""
+
+    index: int
+    handle: Any
+    generation: int = 0
+    """How many actors held this index before (a fresh one replaces a dead one)."""
+    warm: bool = False
+    """It has compiled a step already: its attempts are held to `task_timeout`."""
+    job: Job | None = None
+    ref: Any = None
+    sent_at: float = 0.0
+    deadline: float = 0.0
+    bytes_sent: int = 0
+    pending: list[Job] = field(default_factory=list)
+
+
+def connect(config: RayConfig, num_workers: int) -> bool:
+    """Joins (or starts) Ray for the run; True if this call started it (and must stop it).
+
+    A Ray already initialised in this process (a notebook, the tests) is used
+    as it is and left running.
+    """
+    if ray.is_initialized():
+        return False
+    # Ray must not phone home (nothing may download or upload at run time).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    options: dict[str, Any] = dict(
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    if config.address:
+        ray.init(address=config.address, **options)
+    else:
+        cpus = config.local_cpus or max(1, int(-(-config.num_cpus * num_workers // 1)))
+        ray.init(num_cpus=cpus, num_gpus=None if config.num_gpus else 0, **options)
+    return True
+
+
+def check_resources(config: RayConfig, num_workers: int) -> None:
+    """Fails fast if the cluster cannot hold even one actor (it would wait forever)."""
+    total = ray.cluster_resources()
+    for name, field_name in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        want = getattr(config, field_name)
+        have = float(total.get(name, 0.0))
+        if want > have:
+            raise OffloadError(
+                f"ray: offload.ray.{field_name}={want:g} per actor, but the cluster has "
+                f"{have:g} {name}(s) in all"
+            )
+        if want * num_workers > have:
+            log.info(
+                "offload: ray: %d actors x %g %s need more than the cluster's %g; "
+                "some shards queue for a free actor slot",
+                num_workers,
+                want,
+                name,
+                have,
+            )
+
+
+class RayExecutor:
+    """Ray actors, alive for the whole run (the `Executor` interface of offload.executors)."""
+
+    def __init__(
+        self,
+        config: RayConfig,
+        num_workers: int,
+        task_timeout: float,
+        compile_timeout: float,
+        env: dict[str, str] | None = None,
+    ):
+        self.config = config
+        self.num_workers = num_workers
+        self.task_timeout = task_timeout
+        self.compile_timeout = compile_timeout
+        self.env = dict(env or {})
+        self.restarts = 0
+        self._owns_ray = connect(config, num_workers)
+        try:
+            check_resources(config, num_workers)
+        except OffloadError:
+            self._shutdown()
+            raise
+        self._remote = ray.remote(RayWorker).options(
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            max_restarts=0,  # a dead actor is replaced by this executor, which knows its job
+            max_concurrency=1,
+        )
+        self._done: list[Outcome] = []
+        self._actors = [self._spawn(index) for index in range(num_workers)]
+
+    # -- actors
+
+    def _spawn(self, index: int) -> _Actor:
+        return _Actor(index, self._remote.remote(self.env))
+
+    def _restart(self, actor: _Actor) -> None:
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except (RayError, ValueError):
+            pass  # already gone
+        self.restarts += 1
+        fresh = self._spawn(actor.index)
+        fresh.generation = actor.generation + 1
+        fresh.pending = actor.pending
+        self._actors[actor.index] = fresh
+
+    def _timeout(self, actor: _Actor) -> tuple[str, float]:
+        if actor.warm:
+            return "task_timeout", self.task_timeout
+        return "compile_timeout", self.compile_timeout
+
+    def _send(self, actor: _Actor, job: Job) -> None:
+        request = {
+            "shard": job.shard,
+            "attempt": job.attempt,
+            # Fault injection follows the requestor's environment (tests), see offload.faults.
+            "fault": os.environ.get("JFEDRL_FAULT", ""),
+        }
+        if self.config.transfer == "objects":
+            task = pack(job.task_dir)
+        else:
+            task = None
+            request["input"] = str(job.task_dir.absolute())
+            request["output"] = str(job.output_dir.absolute())
+        actor.job = job
+        actor.sent_at = time.monotonic()
+        actor.deadline = actor.sent_at + self._timeout(actor)[1]
+        actor.bytes_sent = len(task or b"")
+        actor.ref = actor.handle.run.remote(request, task)
+
+    def _finish(self, actor: _Actor, ok: bool, error: str = "", **extra: Any) -> None:
+        job = actor.job
+        assert job is not None
+        self._done.append(
+            Outcome(
+                job,
+                ok,
+                error,
+                worker=f"ray-{actor.index}/{actor.generation}",
+                seconds=time.monotonic() - actor.sent_at,
+                bytes_sent=actor.bytes_sent,
+                **extra,
+            )
+        )
+        actor.job, actor.ref = None, None
+
+    def _receive(self, actor: _Actor) -> None:
+        """The answer of the actor's finished attempt (or its death)."""
+        try:
+            answer, data = ray.get(actor.ref)
+        except RayActorError as error:
+            reason = f"ray actor died ({type(error).__name__}: {_first_line(error)})"
+            self._finish(actor, False, reason)
+            log.warning("offload: ray actor %d: %s; starting a fresh one", actor.index, reason)
+            self._restart(actor)
+            return
+        except RayError as error:  # the call failed but the actor lives (e.g. unpicklable)
+            self._finish(actor, False, f"ray: {type(error).__name__}: {_first_line(error)}")
+            return
+        timings = answer.get("timings") or {}
+        compile_seconds = float(timings.get("compile", 0.0)) if timings.get("compiled_fresh") else 0
+        if answer.get("ok"):
+            actor.warm = True
+        extra = dict(compile_seconds=compile_seconds, bytes_received=len(data))
+        if not answer.get("ok"):
+            self._finish(actor, False, str(answer.get("error") or "failed"), **extra)
+            return
+        if self.config.transfer == "objects":
+            job = actor.job
+            expected = answer.get("archive_sha256")
+            if not expected or hashlib.sha256(data).hexdigest() != expected:
+                error = "bad result: the archive changed in transfer (its sha256 differs)"
+                self._finish(actor, False, error, **extra)
+                return
+            try:
+                shutil.rmtree(job.output_dir, ignore_errors=True)
+                unpack(data, job.output_dir, job.max_result_bytes)
+            except TaskError as bad:
+                self._finish(actor, False, f"bad archive: {bad}", **extra)
+                return
+        self._finish(actor, True, **extra)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for actor in list(self._actors):
+            if actor.job is not None and now > actor.deadline:
+                limit, seconds = self._timeout(actor)
+                reason = f"timed out (offload.{limit}={seconds:g}s)"
+                self._finish(actor, False, reason)
+                log.warning("offload: ray actor %d %s; starting a fresh one", actor.index, reason)
+                self._restart(actor)
+
+    def _dispatch(self) -> None:
+        for actor in self._actors:
+            if actor.job is None and actor.pending:
+                self._send(actor, actor.pending.pop(0))
+
+    # -- the executor interface
+
+    def submit(self, job: Job) -> None:
+        self._actors[job.shard % self.num_workers].pending.append(job)
+        self._dispatch()
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        end = time.monotonic() + timeout
+        while not self._done:
+            now = time.monotonic()
+            busy = [actor for actor in self._actors if actor.job is not None]
+            if now >= end or not busy:
+                break
+            until = min([actor.deadline for actor in busy] + [end]) - now
+            ready, _ = ray.wait([actor.ref for actor in busy], num_returns=1, timeout=max(0, until))
+            for actor in busy:
+                if actor.ref in ready:
+                    self._receive(actor)
+            self._check_deadlines()
+            self._dispatch()
+        done, self._done = self._done, []
+        return done
+
+    def wait_ready(self, timeout: float) -> float:
+        """Blocks until every actor has started and imported JAX (benchmarks); the seconds."""
+        start = time.monotonic()
+        try:
+            ray.get([actor.handle.ready.remote() for actor in self._actors], timeout=timeout)
+        except GetTimeoutError:
+            raise TimeoutError(f"ray actors not ready after {timeout:g}s") from None
+        return time.monotonic() - start
+
+    def actor(self, shard: int) -> Any:
+        """The actor handle running `shard` now (tests kill it)."""
+        return self._actors[shard % self.num_workers].handle
+
+    def verdict(self, outcome: Outcome, error: str | None) -> None:
+        """An actor that returned a bad result stays: it is the cluster's, like a local worker."""
+
+    def close(self) -> None:
+        for actor in self._actors:
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except (RayError, ValueError):
+                pass
+        self._actors = []
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
