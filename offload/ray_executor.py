@@ -127,7 +127,13 @@ def connect(config: RayConfig, num_workers: int) -> bool:
         configure_logging=True,
     )
     if config.address:
-        ray.init(address=config.address, **options)
+        try:
+            ray.init(address=config.address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise OffloadError(
+                f"ray: cannot join the cluster at offload.ray.address={config.address!r}: "
+                f"{_first_line(error)}"
+            ) from None
     else:
         cpus = config.local_cpus or max(1, int(-(-config.num_cpus * num_workers // 1)))
         ray.init(num_cpus=cpus, num_gpus=None if config.num_gpus else 0, **options)
@@ -135,24 +141,25 @@ def connect(config: RayConfig, num_workers: int) -> bool:
 
 
 def check_resources(config: RayConfig, num_workers: int) -> None:
-    """Fails fast if the cluster cannot hold even one actor (it would wait forever)."""
+    """Fails fast if the cluster cannot hold every actor at once.
+
+    An actor that finds no room waits, and since actors live for the whole run
+    its shard would wait for ever (then time out, round after round).
+    """
     total = ray.cluster_resources()
     for name, field_name in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
-        want = getattr(config, field_name)
+        want = getattr(config, field_name) * num_workers
         have = float(total.get(name, 0.0))
         if want > have:
             raise OffloadError(
-                f"ray: offload.ray.{field_name}={want:g} per actor, but the cluster has "
-                f"{have:g} {name}(s) in all"
-            )
-        if want * num_workers > have:
-            log.info(
-                "offload: ray: %d actors x %g %s need more than the cluster's %g; "
-                "some shards queue for a free actor slot",
-                num_workers,
-                want,
-                name,
-                have,
+                f"ray: {num_workers} actor(s) (offload.shards) x offload.ray.{field_name}="
+                f"{getattr(config, field_name):g} need {want:g} {name}(s), but the cluster has "
+                f"{have:g}; lower one of them"
+                + (
+                    " or raise offload.ray.local_cpus"
+                    if name == "CPU" and not config.address
+                    else ""
+                )
             )
 
 

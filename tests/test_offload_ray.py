@@ -25,9 +25,7 @@ from jfedrl.federated import make_simulator
 from jfedrl.runner import CHECKPOINT_DIR, train
 from offload.plugin import validate_ray
 from tests.helpers import tiny_config, with_run_dir
-from tests.test_offload import assert_same_run, base_config
-
-ray = pytest.importorskip("ray")
+from tests.test_offload import ROUNDS, assert_same_run, base_config
 
 
 def ray_config(run_dir, **overrides):
@@ -67,8 +65,24 @@ def test_cli_ray_section_alias():
     assert config.offload.ray.transfer == "path"
 
 
-@pytest.mark.parametrize("transfer", ["objects", pytest.param("path", marks=pytest.mark.slow)])
+def test_a_cluster_too_small_for_every_actor_fails_fast(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from offload import OffloadError
+    from offload.ray_config import RayConfig
+    from offload.ray_executor import check_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    check_resources(RayConfig(num_cpus=1), 4)
+    with pytest.raises(OffloadError, match=r"offload\.ray\.num_cpus=2 need 8 CPU"):
+        check_resources(RayConfig(num_cpus=2), 4)
+    with pytest.raises(OffloadError, match=r"offload\.ray\.num_gpus=1 need 3 GPU.*has 0"):
+        check_resources(RayConfig(num_gpus=1), 3)
+
+
+@pytest.mark.slow  # Ray's start, 3 actors importing JAX and compiling: > 60 s on 2 cores
+@pytest.mark.parametrize("transfer", ["objects", "path"])
 def test_ray_executor_matches_inprocess(reference, tmp_path, transfer):
+    ray = pytest.importorskip("ray")
     assert not ray.is_initialized()
     run_dir = tmp_path / "ray"
     result = train(ray_config(run_dir, offload__ray__transfer=transfer), quiet=True)
@@ -94,6 +108,8 @@ class _Killer:
         self.executor, self.kills, self.killed = executor, kills, []
 
     def submit(self, job):
+        import ray
+
         self.executor.submit(job)
         header = json.loads((job.task_dir / "task.json").read_text())
         if header["op"] != "train":
@@ -119,6 +135,7 @@ def test_killed_actor_is_retried_then_masked_and_checkpoints_survive(
 ):
     """Round 2: one kill, retried on a fresh actor (exact). Round 3: a shard lost every
     attempt, masked. Round 4: every shard lost: the round fails, checkpoints intact."""
+    ray = pytest.importorskip("ray")
     from offload.plugin import ray_executor
     from offload.requestor import OffloadRunner
 
@@ -138,6 +155,7 @@ def test_killed_actor_is_retried_then_masked_and_checkpoints_survive(
     config = ray_config(
         run_dir,
         federation__rounds=4,
+        federation__schedule_rounds=ROUNDS,  # the 2-round reference's LR anneal
         offload__max_retries=1,
         federation__min_participation=0.6,
         offload__state_sync_rounds=1,
