@@ -223,26 +223,39 @@ def bench_clients(clients: int, shards: int, rounds: int, work: Path) -> dict:
 
 
 def compare_executors(clients: int, shards: int, rounds: int, work: Path) -> dict:
-    """Warm round seconds in-process, `local` and `ray`, timed alternately in one loop."""
+    """Warm round seconds in-process, `local` and `ray`, timed alternately in one loop.
+
+    `ray` ships task data as Ray objects (the default), `ray_path` lets the
+    actors read and write the run folder (both on one local Ray instance).
+    """
+    import dataclasses
+
     from offload.plugin import ray_executor
-    from offload.ray_config import RayConfig
     from offload.ray_executor import RayExecutor
 
-    config = config_for(clients, shards)
+    # Room on the local Ray instance for both executors' actors.
+    config = override(config_for(clients, shards), {"offload.ray.local_cpus": 2 * shards})
     simulator = make_simulator(config)
     state = simulator.init(jax.random.PRNGKey(0))
-    env = dict(os.environ, JFEDRL_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir)
-    ray_setup = {}
+    cache = jax.config.jax_compilation_cache_dir
+    env = dict(os.environ, JFEDRL_COMPILATION_CACHE=cache)
+    ray_setup: dict = {}
 
-    def make_ray(sim, work_dir, n):
+    def make_ray(sim, work_dir, n):  # starts the local Ray instance (and stops it on close)
         start = time.perf_counter()
         executor = ray_executor(sim, work_dir, n)
         ray_setup["ray_start"] = time.perf_counter() - start
         ray_setup["actors_ready"] = executor.wait_ready(900)
-        ray_setup["executor"] = executor
+        ray_setup["ray"] = executor
         return executor
 
-    assert isinstance(config.offload.ray, RayConfig)
+    def make_ray_path(sim, work_dir, n):  # joins the instance `ray` started
+        path = dataclasses.replace(sim.config.offload.ray, transfer="path")
+        executor = RayExecutor(path, n, 600, 900, env={"JFEDRL_COMPILATION_CACHE": cache})
+        executor.wait_ready(900)
+        ray_setup["ray_path"] = executor
+        return executor
+
     runners = {
         "inprocess": InProcessRunner(simulator),
         "local": OffloadRunner(
@@ -251,6 +264,7 @@ def compare_executors(clients: int, shards: int, rounds: int, work: Path) -> dic
             lambda sim, w, n: LocalExecutor(n, w / "workers", 600, 900, env=env),
         ),
         "ray": OffloadRunner(simulator, work / f"cmp-{clients}-ray", make_ray),
+        "ray_path": OffloadRunner(simulator, work / f"cmp-{clients}-ray_path", make_ray_path),
     }
     states, first, seconds = {}, {}, {name: [] for name in runners}
     for name, runner in runners.items():  # compile (and start workers / actors)
@@ -258,17 +272,17 @@ def compare_executors(clients: int, shards: int, rounds: int, work: Path) -> dic
     fresh_compiles = 0
     order = list(runners)
     for i in range(rounds):
-        for name in order[i % 3 :] + order[: i % 3]:  # rotate who goes first
+        shift = i % len(order)
+        for name in order[shift:] + order[:shift]:  # rotate who goes first
             (states[name], _), tick = timed(
                 lambda r=runners[name], s=states[name]: r.run_block(s, 1)
             )
             seconds[name].append(tick)
-            if name == "ray":
-                reports = worker_reports(work / f"cmp-{clients}-ray")
+            if name.startswith("ray"):
+                reports = worker_reports(work / f"cmp-{clients}-{name}")
                 fresh_compiles += sum(bool(r["timings"]["compiled_fresh"]) for r in reports)
-    executor: RayExecutor = ray_setup.pop("executor")
-    restarts = executor.restarts
-    for runner in runners.values():
+    restarts = ray_setup["ray"].restarts + ray_setup["ray_path"].restarts
+    for runner in reversed(runners.values()):  # `ray` owns the Ray instance: it closes last
         getattr(runner, "close", lambda: None)()
     median = {name: statistics.median(values) for name, values in seconds.items()}
     return {
@@ -278,6 +292,7 @@ def compare_executors(clients: int, shards: int, rounds: int, work: Path) -> dic
         "first_round_seconds": first,
         "ray_over_inprocess": median["ray"] / median["inprocess"],
         "ray_over_local": median["ray"] / median["local"],
+        "ray_path_over_local": median["ray_path"] / median["local"],
         "local_over_inprocess": median["local"] / median["inprocess"],
         "ray_overhead_vs_inprocess_s": median["ray"] - median["inprocess"],
         "ray_overhead_vs_local_s": median["ray"] - median["local"],
@@ -300,28 +315,32 @@ def _executors_lines(results: dict) -> list[str]:
         "",
         f"{benchlib.describe(facts)}; load average {facts['loadavg_at_start'][0]:.2f} at start, "
         f"{facts['loadavg_at_end'][0]:.2f} at end. Median warm round over {runs['rounds']} "
-        "rounds, the three timed alternately in one loop (who goes first rotates); `ray` is a "
-        "local Ray instance started for the run, one actor per shard, task data as Ray objects.",
+        "rounds, the four timed alternately in one loop (who goes first rotates); `ray` is a "
+        "local Ray instance started for the run, one actor per shard.",
         "",
     ]
     lines += benchlib.table(
-        ["clients", "shards", "in-process s", "local s", "ray s", "ray / in-process"]
-        + ["ray / local", "ray - local s", "Ray start s", "actors ready s", "recompiles, restarts"],
+        ["clients", "shards", "in-process s", "local s", "ray s", "ray (path) s"]
+        + ["ray / in-process", "ray / local", "ray - local s", "ray (path) / local"]
+        + ["Ray start s", "actors ready s", "recompiles, restarts"],
         [
             [r["clients"], r["shards"]]
-            + [f"{r['round_seconds'][k]:.3f}" for k in ("inprocess", "local", "ray")]
+            + [f"{r['round_seconds'][k]:.3f}" for k in ("inprocess", "local", "ray", "ray_path")]
             + [f"{r['ray_over_inprocess']:.2f}", f"{r['ray_over_local']:.2f}"]
-            + [f"{r['ray_overhead_vs_local_s']:+.3f}", f"{r['ray_start_seconds']:.2f}"]
-            + [f"{r['ray_actors_ready_seconds']:.2f}"]
+            + [f"{r['ray_overhead_vs_local_s']:+.3f}", f"{r['ray_path_over_local']:.2f}"]
+            + [f"{r['ray_start_seconds']:.2f}", f"{r['ray_actors_ready_seconds']:.2f}"]
             + [f"{r['ray_fresh_compiles_after_first_round']}, {r['ray_actor_restarts']}"]
             for r in runs["runs"]
         ],
     )
     lines += [
         "",
-        "Actors are reused across rounds: after the first round no actor compiled its step "
-        "again and none was restarted (the last column). Ray start = `ray.init` of a local "
-        "instance plus creating the actors; actors ready = until every actor has imported JAX.",
+        "`ray` ships each task and result as a tar in Ray's object store (the default, no "
+        "shared filesystem needed); `ray (path)` lets the actors read and write the run folder "
+        "in place (`offload.ray.transfer: path`). Actors are reused across rounds: after the "
+        "first round no actor compiled its step again and none was restarted (the last "
+        "column). Ray start = `ray.init` of a local instance plus creating the actors; actors "
+        "ready = until every actor has imported JAX.",
     ]
     return lines
 
