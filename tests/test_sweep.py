@@ -37,7 +37,7 @@ TINY = {
 
 def write(tmp_path, **data):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"base": TINY, **data}))
+    path.write_text(yaml.safe_dump({"base": TINY} | data))
     return path
 
 
@@ -126,3 +126,58 @@ def test_shape_changing_setups_are_split_into_groups(tmp_path):
 def test_bad_sweep_files_fail_naming_the_field(tmp_path, data, message):
     with pytest.raises(ConfigError, match=message):
         sweep.load(write(tmp_path, **data))
+
+
+def _restored(run_dir, config):
+    from jfedrl.checkpoint import Checkpointer
+    from jfedrl.federated import make_simulator
+
+    simulator = make_simulator(config)
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    try:
+        target = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
+        return checkpointer.restore(target)[0]
+    finally:
+        checkpointer.close()
+
+
+def test_learning_rates_and_seeds_run_as_one_program_equal_to_runs_alone(tmp_path, caplog):
+    path = write(
+        tmp_path,
+        name="lr",
+        grid={"algo.ppo.learning_rate": [1e-3, 3e-3]},
+        seeds=[3, 5],
+        base={**TINY, "federation": {**TINY["federation"], "rounds": 2}},
+    )
+    parsed = sweep.load(path)
+    assert [g.traced for g in sweep.plan_groups(parsed)] == [("algo.ppo.learning_rate",)]
+    assert sweep.describe_groups(parsed)[0] == "groups: 1"
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles():
+        swept = sweep.run_sweep(path, tmp_path / "out", progress=False, quiet=True)
+    compiled = [
+        r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()
+    ]
+    assert swept.compiles == [1]
+    assert sum("_run_block_vmapped" in m for m in compiled) == 1, compiled
+    assert sum("_init_vmapped" in m for m in compiled) == 1, compiled
+    assert sum("jit(evaluate)" in m for m in compiled) <= 1, compiled  # 0: a cache hit
+    for run_dir, lr, seed in [(swept.run_dirs[0], 1e-3, 3), (swept.run_dirs[3], 3e-3, 5)]:
+        config = tiny_config(seed=seed, algo__ppo__learning_rate=lr, federation__rounds=2)
+        alone = runner.train(with_run_dir(config, tmp_path / f"alone{seed}"), quiet=True)
+        state = _restored(run_dir, config)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone.state), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+        records = read_metrics(run_dir)
+        assert len(records) == len(alone.records) == 2
+        for mine, theirs in zip(records, alone.records, strict=True):
+            assert mine.keys() == theirs.keys()
+            for name, value in theirs.items():
+                if name in ("wall_seconds", "steps_per_second", "compile_seconds"):
+                    continue
+                if isinstance(value, float):
+                    assert mine[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+                else:
+                    assert mine[name] == value, name
+    # The two learning rates are different runs.
+    first, last = (read_metrics(d)[-1]["pg_loss"] for d in swept.run_dirs[1:3])
+    assert first != last
