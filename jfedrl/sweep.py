@@ -1,4 +1,4 @@
-"""`jfedrl sweep SWEEP.yaml`: many runs, the seeds of each setup in one compiled program.
+"""`jfedrl sweep SWEEP.yaml`: many runs; setups differing only in traced values share a program.
 
 A sweep file holds a base config, either a `grid` (config fields -> lists of
 values, every combination is a setup) or an explicit list of `setups` (each a
@@ -10,11 +10,15 @@ mapping of config fields), and `seeds` (a count, or a list of seeds):
     seeds: 4
     threshold: 400                            # optional: steps/seconds to this eval return
 
-The seeds of one setup run as ONE program: `Simulator.run_block` vmapped over a
-leading run axis of states (PureJaxRL's way), compiled once. Setups run one
-after another, each as its own group: hyperparameters are closed over as Python
-constants when an algorithm is built, so two learning rates are two programs
-today (tracing the float hyperparameters, to vmap setups too, is not done).
+Setups that differ only in traceable fields (`jfedrl.traced.TRACEABLE`: learning
+rates, loss coefficients, server step sizes... values that change no shape and
+steer no Python code) form one group, and a group runs as ONE program:
+`Simulator.run_block` vmapped over a leading run axis (setups x seeds) of states
+and of the traced values, the simulator rebuilt inside the trace from each run's
+values (PureJaxRL's way, with the hyperparameters as data). Setups that differ in
+anything else (shapes, algorithm or strategy names, `if mu > 0` switches) are
+grouped apart, and the groups run one after another; the sweep logs the groups
+and the fields that split them.
 
 The sweep folder (`--out`, default `sweeps/<name>`) holds `sweep.yaml` (the file
 as given), `runs/<setup>-seed<k>/` (each exactly what `jfedrl train` writes,
