@@ -146,11 +146,20 @@ def check_format(video_format: str) -> None:
 
 
 def frames_of(renderer: Renderer, states: Any, params: Any, length: int) -> list[Image.Image]:
-    """Frames of the first `length` steps of stacked `states` (leading axis = step)."""
+    """Frames of the first `length` steps of stacked `states` (leading axis = step).
+
+    Each frame is stamped with its step, which also keeps two frames of a still
+    scene distinct (a GIF writer merges identical consecutive frames).
+    """
     import jax
 
     host = jax.device_get(states)
-    return [renderer(jax.tree.map(lambda x, t=t: x[t], host), params) for t in range(length)]
+    frames = []
+    for t in range(length):
+        frame = renderer(jax.tree.map(lambda x, t=t: x[t], host), params)
+        ImageDraw.Draw(frame).text((5, 5), f"step {t}", fill="black")
+        frames.append(frame)
+    return frames
 
 
 def write(frames: list[Image.Image], path: Path, video_format: str) -> Path:
