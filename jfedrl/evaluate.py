@@ -201,8 +201,10 @@ def record_videos(
 ) -> list[Path]:
     """Renders one episode of `policy` on each chosen client's env to a video file.
 
-    The episode is jitted (`lax.scan` keeping the env states); the frames are drawn
-    on the host afterwards, up to the step that ends the episode (or `max_frames`).
+    It is the first episode `evaluate_run` runs on that client (same key and policy),
+    so its length is that episode's. The episode is jitted (`lax.scan` keeping the
+    env states); the frames are drawn on the host afterwards, up to the step that
+    ends the episode (or `max_frames`).
     Files: `<out>/video_round<r>_client<c>_<policy>.<format>` (default `RUN_DIR/eval/`).
 
     Raises:
@@ -222,7 +224,10 @@ def record_videos(
     loaded = _load(run_dir, clients, None, round_index)
     config, simulator, state = loaded.config, loaded.simulator, loaded.state
     renderer = video.renderer_for(config.env.name)
-    key = eval_key_of(config if seed is None else dataclasses.replace(config, seed=seed))
+    eval_key = eval_key_of(config if seed is None else dataclasses.replace(config, seed=seed))
+    # The key of the evaluation's first episode on each client: the video is that episode.
+    round_key = jax.random.fold_in(eval_key, state.round)
+    client_keys = jax.random.split(round_key, config.federation.num_clients)
     env_params = simulator.current_env_params(state, max(int(state.round) - 1, 0))
     rollout = jax.jit(
         lambda key, params, env_params: _rollout(
@@ -240,7 +245,11 @@ def record_videos(
     for client in loaded.clients:
         params = _policy_params(loaded, policy, client)
         client_params = jax.tree.map(lambda x, c=client: x[c], env_params)
-        states, done_before = rollout(jax.random.fold_in(key, client), params, client_params)
+        states, done_before = rollout(
+            jax.random.split(client_keys[client], config.log.eval_episodes)[0],
+            params,
+            client_params,
+        )
         done_before = np.asarray(done_before)
         length = int(np.argmax(done_before)) if done_before.any() else len(done_before)
         length = length if max_frames is None else min(length, max_frames)
