@@ -126,9 +126,9 @@ def renderer_for(env_name: str) -> Renderer:
         return RENDERERS[env_name]
     if env_name.startswith("brax-"):
         raise ConfigError(
-            f"--video: {env_name}: Brax video is not supported (brax.io.image, with "
-            "pytinyrenderer from PyPI, could draw it; not wired up); renderable: "
-            + ", ".join(RENDERERS)
+            f"--video: {env_name}: Brax video is not supported (brax 0.14's brax.io.image "
+            "renders through MuJoCo's OpenGL renderer, which needs an OpenGL context: "
+            "EGL or OSMesa system libraries); renderable: " + ", ".join(RENDERERS)
         )
     raise ConfigError(f"--video: no renderer for {env_name}; renderable: {', '.join(RENDERERS)}")
 
