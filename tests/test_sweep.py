@@ -124,18 +124,19 @@ def test_rates_and_seeds_run_as_one_program(swept):
     assert sweep.describe_groups(parsed)[0] == "groups: 1"
 
 
-def test_default_rate_run_equals_the_run_alone(swept, tmp_path):
-    result, _ = swept
-    _assert_equal_to_alone(result.run_dirs[1], tiny_config(seed=5), tmp_path)
-    # The other seed and the other rate are different runs.
-    losses = [read_metrics(d)[-1]["pg_loss"] for d in result.run_dirs]
-    assert len(set(losses)) == 4
-
-
 def test_traced_rate_run_equals_the_run_alone(swept, tmp_path):
     result, _ = swept
     config = tiny_config(seed=3, algo__ppo__learning_rate=1e-3)
     _assert_equal_to_alone(result.run_dirs[2], config, tmp_path)
+    # The other seeds and the other rate are different runs.
+    losses = [read_metrics(d)[-1]["pg_loss"] for d in result.run_dirs]
+    assert len(set(losses)) == 4
+
+
+@pytest.mark.slow  # the other setup of the same program; one train alone is in the default run
+def test_default_rate_run_equals_the_run_alone(swept, tmp_path):
+    result, _ = swept
+    _assert_equal_to_alone(result.run_dirs[1], tiny_config(seed=5), tmp_path)
 
 
 def test_sweep_folder_holds_summary_and_comparison(swept):

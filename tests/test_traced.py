@@ -50,14 +50,17 @@ def reaches_outputs(jaxpr, inputs) -> bool:
 
 
 def test_every_algorithm_and_strategy_has_a_case():
-    assert set(ALGORITHM_CONFIGS) == set(algorithms.names())
+    assert set(ALGORITHM_CONFIGS) == set(algorithms.names()) == {"ppo", "a2c", "dqn", "td3"}
     prefixes = ("algo.", "strategy.", "federation.")
     assert all(p.startswith(prefixes) for p in traced.TRACEABLE)
     sections = {p.split(".")[1] for p in traced.TRACEABLE if p.startswith("algo.")}
     assert sections <= set(algorithms.names())
 
 
-@pytest.mark.parametrize("algo", sorted(ALGORITHM_CONFIGS))
+@pytest.mark.parametrize(
+    "algo",
+    ["ppo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("a2c", "dqn", "td3"))],
+)
 def test_algorithm_fields_trace_through_the_round_but_not_the_evaluation(algo):
     config = tiny_config(algo__name=algo, **ALGORITHM_CONFIGS[algo])
     simulator = make_simulator(config)
