@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--round", type=int, help="checkpoint round (default: the newest)")
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
     evaluate.add_argument("--out", help="folder for the table (default: RUN_DIR/eval)")
+    evaluate.add_argument(
+        "--policy",
+        default="global",
+        help="global: the global params; local: each chosen client's own params",
+    )
+    evaluate.add_argument(
+        "--video", action="store_true", help="also render one episode per chosen client"
+    )
+    evaluate.add_argument("--video-format", default="gif", help="gif (Pillow) or mp4 (ffmpeg)")
 
     for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
         spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
@@ -252,15 +261,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     from jfedrl import evaluate
 
+    if args.video:
+        from jfedrl import video
+
+        video.check_format(args.video_format)  # before anything is restored or compiled
     result = evaluate.evaluate_run(
         args.run_dir,
         clients=args.clients,
         episodes=args.episodes,
         round_index=args.round,
         seed=args.seed,
+        policy=args.policy,
     )
     print(result.table(), end="")
     print(f"saved: {evaluate.save(result, args.out)}")
+    if args.video:
+        paths = evaluate.record_videos(
+            args.run_dir,
+            clients=args.clients,
+            round_index=args.round,
+            seed=args.seed,
+            policy=args.policy,
+            video_format=args.video_format,
+            out=args.out,
+        )
+        for path in paths:
+            print(f"video: {path}")
     return 0
 
 

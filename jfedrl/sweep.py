@@ -1,4 +1,4 @@
-"""`jfedrl sweep SWEEP.yaml`: many runs, the seeds of each setup in one compiled program.
+"""`jfedrl sweep SWEEP.yaml`: many runs; setups differing only in traced values share a program.
 
 A sweep file holds a base config, either a `grid` (config fields -> lists of
 values, every combination is a setup) or an explicit list of `setups` (each a
@@ -10,11 +10,15 @@ mapping of config fields), and `seeds` (a count, or a list of seeds):
     seeds: 4
     threshold: 400                            # optional: steps/seconds to this eval return
 
-The seeds of one setup run as ONE program: `Simulator.run_block` vmapped over a
-leading run axis of states (PureJaxRL's way), compiled once. Setups run one
-after another, each as its own group: hyperparameters are closed over as Python
-constants when an algorithm is built, so two learning rates are two programs
-today (tracing the float hyperparameters, to vmap setups too, is not done).
+Setups that differ only in traceable fields (`jfedrl.traced.TRACEABLE`: learning
+rates, loss coefficients, server step sizes... values that change no shape and
+steer no Python code) form one group, and a group runs as ONE program:
+`Simulator.run_block` vmapped over a leading run axis (setups x seeds) of states
+and of the traced values, the simulator rebuilt inside the trace from each run's
+values (PureJaxRL's way, with the hyperparameters as data). Setups that differ in
+anything else (shapes, algorithm or strategy names, `if mu > 0` switches) are
+grouped apart, and the groups run one after another; the sweep logs the groups
+and the fields that split them.
 
 The sweep folder (`--out`, default `sweeps/<name>`) holds `sweep.yaml` (the file
 as given), `runs/<setup>-seed<k>/` (each exactly what `jfedrl train` writes,
@@ -34,6 +38,7 @@ import itertools
 import logging
 import re
 import signal
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +48,7 @@ import jax
 import numpy as np
 import yaml
 
+from jfedrl import traced
 from jfedrl.callbacks import Callback, Run, StopOnCtrlC, default_callbacks
 from jfedrl.checkpoint import Checkpointer, CheckpointError
 from jfedrl.compare import compare, run_summary
@@ -58,7 +64,7 @@ from jfedrl.runner import (
     finish_block,
     timed_block,
 )
-from jfedrl.schema import override
+from jfedrl.schema import override, to_dict
 
 log = logging.getLogger("jfedrl")
 
@@ -184,35 +190,140 @@ def run_dir_name(index: int, setup: Setup, seed: int) -> str:
     return f"{index:02d}-{slug}-seed{seed}"
 
 
-def describe_groups(sweep: Sweep) -> list[str]:
-    """One line per group of the sweep, saying what runs in one compiled program."""
-    lines = []
+@dataclass(frozen=True)
+class Group:
+    """Setups compiled as one program: equal but for traceable fields (`traced`).
+
+    Attributes:
+        indices: the setups' indices in the sweep.
+        traced: the traceable fields whose values differ between the setups: they
+            are traced scalars of the program, one value per run.
+    """
+
+    indices: tuple[int, ...]
+    traced: tuple[str, ...]
+
+
+def plan_groups(sweep: Sweep) -> list[Group]:
+    """Groups the setups whose configs differ only in traceable fields (`jfedrl.traced`)."""
+    keys: list[dict[str, Any]] = []
+    members: list[list[int]] = []
     for index, setup in enumerate(sweep.setups):
+        key = to_dict(traced.static_part(setup.config))
+        if key in keys:
+            members[keys.index(key)].append(index)
+        else:
+            keys.append(key)
+            members.append([index])
+    return [
+        Group(tuple(m), tuple(traced.varying([sweep.setups[i].config for i in m]))) for m in members
+    ]
+
+
+def split_reasons(sweep: Sweep, groups: list[Group]) -> list[str]:
+    """The set fields that split setups into groups, each with why (`traced.why_static`)."""
+    if len(groups) < 2:
+        return []
+    fields = []
+    for group in groups:
+        for field in sweep.setups[group.indices[0]].values:
+            if field not in fields and field not in traced.TRACEABLE:
+                fields.append(field)
+    reasons = []
+    for field in fields:
+        values = {repr(sweep.setups[g.indices[0]].values.get(field)) for g in groups}
+        if len(values) > 1:
+            reasons.append(f"{field} {traced.why_static(field)}")
+    return reasons or ["the setups' untraceable fields differ"]
+
+
+def describe_groups(sweep: Sweep) -> list[str]:
+    """What runs in one compiled program: the group count and why, then one line per group."""
+    groups = plan_groups(sweep)
+    reasons = split_reasons(sweep, groups)
+    head = f"groups: {len(groups)}" + (f" ({'; '.join(reasons)})" if reasons else "")
+    lines = [head]
+    for number, group in enumerate(groups, 1):
+        labels = "; ".join(sweep.setups[i].label for i in group.indices)
+        runs = len(group.indices) * len(sweep.seeds)
+        what = f"{len(group.indices)} setup(s) x {len(sweep.seeds)} seed(s)"
+        traced_note = f", traced: {', '.join(group.traced)}" if group.traced else ""
         lines.append(
-            f"group {index + 1}/{len(sweep.setups)}: {setup.label}: {len(sweep.seeds)} seed(s) "
-            "vmapped in one compiled program"
-        )
-    if len(sweep.setups) > 1:
-        lines.append(
-            f"{len(sweep.setups)} setups run one after another (only seeds share a program: "
-            "setups differ in values compiled into the program)"
+            f"group {number}/{len(groups)}: {labels}: {what} = {runs} run(s) vmapped in one "
+            f"compiled program{traced_note}"
         )
     return lines
 
 
-@partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
-def _run_block_vmapped(simulator: Simulator, states: FedState, num_rounds: int):
-    """`Simulator.run_block` over a leading run axis of `states`."""
-    return jax.vmap(lambda state: Simulator.run_block(simulator, state, num_rounds))(states)
+def _traced_simulator(simulator: Simulator, values: dict[str, jax.Array]) -> Simulator:
+    return traced.simulator_with(simulator, values)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _init_vmapped(simulator: Simulator, keys: jax.Array, values: dict[str, jax.Array]):
+    """`Simulator.init` of each run (a leading run axis of keys and traced values)."""
+
+    def one(key, run_values):
+        return _INIT(_traced_simulator(simulator, run_values), key)
+
+    return jax.vmap(one)(keys, values)
+
+
+@partial(jax.jit, static_argnums=(0, 3), donate_argnums=(1,))
+def _run_block_vmapped(
+    simulator: Simulator, states: FedState, values: dict[str, jax.Array], num_rounds: int
+):
+    """`Simulator.run_block` over a leading run axis of `states` and traced `values`.
+
+    Each run's simulator is rebuilt inside the trace with its own traced values
+    (`jfedrl.traced`), so one program serves every setup of the group.
+    """
+
+    def one(state, run_values):
+        return _RUN_BLOCK(_traced_simulator(simulator, run_values), state, num_rounds)
+
+    return jax.vmap(one)(states, values)
+
+
+#: The plain functions under `Simulator`'s jitted methods: the vmapped programs trace
+#: them with a per-run simulator (a jitted method would cache each traced simulator).
+_INIT = Simulator.init.__wrapped__
+_RUN_BLOCK = Simulator.run_block.__wrapped__
 
 
 class VmappedRunner(InProcessRunner):
-    """Runs the blocks of S runs of one simulator as one program, vmapped over runs.
+    """Runs the blocks of R runs of one group as one program, vmapped over runs.
 
-    States and metrics lead with the run axis; `compiles` counts the programs.
+    States and metrics lead with the run axis; `values` holds each traced field's
+    `[R]` values; `compiles` counts the programs.
     """
 
-    program = staticmethod(_run_block_vmapped)
+    def __init__(self, simulator: Simulator, values: dict[str, np.ndarray]):
+        super().__init__(simulator)
+        self.values = {path: jax.numpy.asarray(v, jax.numpy.float32) for path, v in values.items()}
+
+    def init(self, keys: jax.Array) -> FedState:
+        """The initial states of the runs, `[R, ...]`."""
+        return _init_vmapped(self.simulator, keys, self.values)
+
+    def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
+        if num_rounds not in self._compiled:
+            start = time.perf_counter()
+            lowered = _run_block_vmapped.lower(self.simulator, state, self.values, num_rounds)
+            self._compiled[num_rounds] = lowered.compile()
+            self.compiles += 1
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[num_rounds](state, self.values)
+
+
+@dataclass(frozen=True)
+class _Initialised:
+    """Stands in for the simulator in `runner._start`: `init` returns a state made here."""
+
+    state: FedState
+
+    def init(self, key: jax.Array) -> FedState:
+        return self.state
 
 
 @dataclass
@@ -228,11 +339,11 @@ class _Member:
 
 @dataclass(frozen=True)
 class _Group:
-    """One setup's seeds, run together as one program."""
+    """One group's runs (setups x seeds), run together as one program."""
 
-    setup: Setup
-    run_dirs: list[Path]
-    seeds: tuple[int, ...]
+    label: str
+    configs: list[Config]
+    """Each run's config, its seed and run folder set."""
     runner: VmappedRunner
     stop: StopOnCtrlC
     stop_after_round: int | None
@@ -242,21 +353,24 @@ def _open_members(
     group: _Group, stack: contextlib.ExitStack
 ) -> tuple[list[_Member], list[FedState]]:
     """Locks, starts (or resumes from its newest checkpoint) and opens each run of a group."""
-    setup, runner, stop = group.setup, group.runner, group.stop
+    runner, stop = group.runner, group.stop
+    keys = jax.numpy.stack([jax.random.PRNGKey(c.seed) for c in group.configs])
+    fresh = runner.init(keys)  # every run's initial state, in one program
     members, states = [], []
-    for run_dir, seed in zip(group.run_dirs, group.seeds, strict=True):
-        log_config = dataclasses.replace(setup.config.log, run_dir=str(run_dir), progress=False)
-        config = dataclasses.replace(setup.config, seed=seed, log=log_config)
+    for i, config in enumerate(group.configs):
+        run_dir = Path(config.log.run_dir)
         stack.enter_context(RunLock(run_dir))
         checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
         resume = checkpointer.latest_round() is not None
-        state, records, wall = _start(config, runner.simulator, run_dir, checkpointer, resume)
+        start_from = _Initialised(jax.tree.map(lambda x, i=i: x[i], fresh))
+        state, records, wall = _start(config, start_from, run_dir, checkpointer, resume)
         save_yaml(config, run_dir / CONFIG_FILE)
         # One shared Ctrl-C watcher, so every run of the group stops after the same block.
         callbacks = [
             stop if isinstance(c, StopOnCtrlC) else c
             for c in default_callbacks(config, checkpointer, False, group.stop_after_round)
         ]
+        # Evaluation reads no traceable field, so the group's simulator evaluates every run.
         run = Run(config, runner.simulator, run_dir, runner)
         for callback in callbacks:
             callback.on_start(run, state)
@@ -267,25 +381,25 @@ def _open_members(
 
 
 def _run_group(group: _Group, bar: Any) -> bool:
-    """Runs one setup's seeds in lockstep, as one program; True if it was stopped early."""
-    setup, runner = group.setup, group.runner
-    total = setup.config.federation.rounds
+    """Runs one group's runs in lockstep, as one program; True if it was stopped early."""
+    config = group.configs[0]
+    total = config.federation.rounds
     with contextlib.ExitStack() as stack:
         members, states = _open_members(group, stack)
         rounds = {int(s.round) for s in states}
         if len(rounds) > 1:
             raise CheckpointError(
-                f"--resume: the runs of {setup.label!r} stopped at different rounds "
+                f"--resume: the runs of {group.label!r} stopped at different rounds "
                 f"{sorted(rounds)}; a group resumes together"
             )
         first_round = rounds.pop()
         stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
         while first_round < total:
-            num_rounds = min(setup.config.log.rounds_per_block, total - first_round)
+            num_rounds = min(config.log.rounds_per_block, total - first_round)
             for member in members:
                 for callback in member.callbacks:
                     num_rounds = callback.limit_rounds(first_round, num_rounds)
-            stacked, metrics, tick, compile_seconds = timed_block(runner, stacked, num_rounds)
+            stacked, metrics, tick, compile_seconds = timed_block(group.runner, stacked, num_rounds)
             for i, member in enumerate(members):
                 member.block, member.wall_seconds = finish_block(
                     member.run,
@@ -321,6 +435,14 @@ class SweepResult:
 def _finished(run_dir: Path, rounds: int) -> bool:
     records = read_metrics(run_dir)
     return bool(records) and records[-1]["round"] >= rounds and (run_dir / CHECKPOINT_DIR).is_dir()
+
+
+def _run_config(sweep: Sweep, sweep_dir: Path, index: int, seed: int) -> Config:
+    """The config of setup `index` with `seed`, writing to its run folder."""
+    setup = sweep.setups[index]
+    run_dir = sweep_dir / RUNS_DIR / run_dir_name(index, setup, seed)
+    log_config = dataclasses.replace(setup.config.log, run_dir=str(run_dir), progress=False)
+    return dataclasses.replace(setup.config, seed=seed, log=log_config)
 
 
 def write_summary(sweep: Sweep, sweep_dir: Path) -> Path:
@@ -386,25 +508,28 @@ def run_sweep(
     setup_logging(sweep_dir, quiet=quiet)
     for line in describe_groups(sweep):
         log.info("%s", line)
-    plan = [
-        (setup, [sweep_dir / RUNS_DIR / run_dir_name(i, setup, s) for s in sweep.seeds])
-        for i, setup in enumerate(sweep.setups)
-    ]
+    groups = plan_groups(sweep)
+    plan = [[(i, seed) for i in g.indices for seed in sweep.seeds] for g in groups]
     total = sum(setup.config.federation.rounds * len(sweep.seeds) for setup in sweep.setups)
     bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
     try:
-        for setup, run_dirs in plan:
-            rounds = setup.config.federation.rounds
-            if all(_finished(d, rounds) for d in run_dirs):
-                bar.update(rounds * len(run_dirs))
+        for group, runs in zip(groups, plan, strict=True):
+            configs = [_run_config(sweep, sweep_dir, i, seed) for i, seed in runs]
+            rounds = configs[0].federation.rounds
+            if all(_finished(Path(c.log.run_dir), rounds) for c in configs):
+                bar.update(rounds * len(configs))
                 continue
-            bar.set_description(setup.label[:40])
-            runner = VmappedRunner(make_simulator(dataclasses.replace(setup.config, seed=0)))
+            label = "; ".join(sweep.setups[i].label for i in group.indices)
+            bar.set_description(label[:40])
+            values = {p: [traced.get_path(c, p) for c in configs] for p in group.traced}
+            simulator = make_simulator(dataclasses.replace(configs[0], seed=0))
+            runner = VmappedRunner(simulator, values)
             try:
-                group = _Group(setup, run_dirs, sweep.seeds, runner, stop, stop_after_round)
-                interrupted = _run_group(group, bar)
+                interrupted = _run_group(
+                    _Group(label, configs, runner, stop, stop_after_round), bar
+                )
             finally:
                 runner.close()
             compiles.append(runner.compiles)
@@ -417,5 +542,9 @@ def run_sweep(
     write_summary(sweep, sweep_dir)
     if not interrupted:
         compare([sweep_dir / RUNS_DIR], sweep_dir)
-    run_dirs = [d for _, dirs in plan for d in dirs]
+    run_dirs = [
+        sweep_dir / RUNS_DIR / run_dir_name(i, sweep.setups[i], seed)
+        for i in range(len(sweep.setups))
+        for seed in sweep.seeds
+    ]
     return SweepResult(sweep_dir, run_dirs, compiles, interrupted)

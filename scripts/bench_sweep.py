@@ -7,10 +7,16 @@ share their cache, so from the second one on they load the compiled round
 instead of compiling it (what a user running them by hand gets). Wall time
 includes process start, compilation, training, evaluation and writing.
 
-Writes bench/sweep.json and bench/sweep.md.
+`--rates K` measures traced hyperparameters instead: a sweep of 2 seeds x K
+learning rates as one program (the rate traced) vs the same sweep with tracing
+off, so each rate is its own group, compiled and run one after another (both
+in-process sweeps, cold caches, run alternately in the same session).
+
+Writes bench/sweep.json and bench/sweep.md (with `--rates`: bench/sweep_traced.*).
 
     python -m scripts.bench_sweep                  # 8 seeds x 8 rounds
     python -m scripts.bench_sweep --seeds 4 --rounds 4
+    python -m scripts.bench_sweep --rates 4 --rounds 4
 """
 
 from __future__ import annotations
@@ -40,12 +46,91 @@ def timed(command: list[str], cache: Path, label: str) -> float:
     return seconds
 
 
+#: Runs `jfedrl sweep` with no traceable field, so every setup is its own group.
+UNTRACED = (
+    "import sys; from jfedrl import cli, traced; traced.TRACEABLE = (); "
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def bench_traced(args: argparse.Namespace) -> None:
+    """2 seeds x `args.rates` learning rates: one traced program vs one group per rate."""
+    rates = [round(1e-3 * (i + 1), 6) for i in range(args.rates)]
+    facts = benchlib.machine()
+    data = {
+        "name": "bench-lr",
+        "base": {"federation": {"rounds": args.rounds}, "log": {"tensorboard": False}},
+        "grid": {"algo.ppo.learning_rate": rates},
+        "seeds": 2,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sweep_file = tmp / "sweep.yaml"
+        sweep_file.write_text(yaml.safe_dump(data))
+        sides = {
+            "one program": [*JFEDRL],
+            "one group per rate": [sys.executable, "-c", UNTRACED],
+        }
+        seconds = {}
+        for name, head in sides.items():  # alternate: the traced side first, then the other
+            seconds[name] = timed(
+                [*head, "sweep", str(sweep_file), "--out", str(tmp / name), "--no-progress"],
+                tmp / f"cache-{name}",
+                f"2 seeds x {args.rates} rates, {name}",
+            )
+    facts = benchlib.finish(facts)
+    traced_s, grouped_s = seconds["one program"], seconds["one group per rate"]
+    report = {
+        "machine": facts,
+        "rates": rates,
+        "seeds": 2,
+        "rounds": args.rounds,
+        "one_program_seconds": traced_s,
+        "groups_seconds": grouped_s,
+        "speedup": grouped_s / traced_s,
+    }
+    load = benchlib.load_averages(facts)
+    rows = [
+        [f"2 seeds x {args.rates} learning rates: one program (rate traced)", f"{traced_s:.1f}"],
+        [f"2 seeds x {args.rates} learning rates: {args.rates} groups", f"{grouped_s:.1f}"],
+    ]
+    markdown = "\n".join(
+        [
+            "# Sweep: learning rates traced in one program vs one group per rate",
+            "",
+            f"{facts['date'][:10]}, {benchlib.describe(facts)}. Default config (CartPole-v1, "
+            f"16 clients, FedAvg, PPO), {args.rounds} rounds, 2 seeds x {args.rates} learning "
+            f"rates {rates}; cold compilation cache per side; one run each. "
+            f"`python -m scripts.bench_sweep --rates {args.rates} --rounds {args.rounds}`.",
+            "",
+            *benchlib.table(["what", "wall s"], rows),
+            "",
+            f"Speed-up of one traced program: **{grouped_s / traced_s:.2f}x**.",
+            "",
+            "Whole processes: start-up, compilation, training, evaluation and writing. "
+            + (
+                f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
+                f"{load[1]:.1f} at the end (2 cores), so only the ratio means anything."
+                if load
+                else ""
+            ),
+            "",
+        ]
+    )
+    benchlib.write_report(Path(args.out_traced), report, markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rates", type=int, default=0, help="measure traced learning rates")
     parser.add_argument("--out", default=str(benchlib.BENCH / "sweep"))
+    parser.add_argument("--out-traced", default=str(benchlib.BENCH / "sweep_traced"))
     args = parser.parse_args()
+    if args.rates:
+        bench_traced(args)
+        return
     from jfedrl.config import Config
     from jfedrl.federated import make_simulator
     from jfedrl.schema import override

@@ -30,3 +30,58 @@ def test_eval_reproduces_the_runs_last_eval_return(trained, tmp_path):
 def test_eval_names_a_bad_client_id(trained):
     with pytest.raises(ConfigError, match="--clients: ids must be in 0..2"):
         evaluate.evaluate_run(trained.run_dir, clients=[3])
+
+
+def test_local_policy_evaluates_each_chosen_clients_own_params(trained):
+    import jax
+
+    from jfedrl.federated import make_simulator
+    from jfedrl.runner import eval_key_of, sim_eval
+
+    result = evaluate.evaluate_run(trained.run_dir, clients=[2, 0], policy="local")
+    assert result.policy == "local" and result.returns.shape == (2, 2)
+    assert result.table().startswith("local policy of")
+    config = tiny_config()
+    simulator = make_simulator(config)
+    state = trained.state
+    for row, client in zip(result.returns, [2, 0], strict=True):
+        own = jax.tree.map(lambda x, c=client: x[c], state.clients.params)
+        returns = sim_eval(simulator, state.replace(global_params=own), eval_key_of(config))
+        np.testing.assert_allclose(row, np.asarray(returns)[client])
+
+
+def test_eval_names_a_bad_policy(trained):
+    with pytest.raises(ConfigError, match="--policy: must be one of global, local"):
+        evaluate.evaluate_run(trained.run_dir, policy="mine")
+
+
+def test_video_renders_a_cartpole_gif_with_one_frame_per_step(trained, tmp_path):
+    from PIL import Image
+
+    paths = evaluate.record_videos(trained.run_dir, clients=[1], out=tmp_path)
+    assert [p.name for p in paths] == ["video_round4_client1_global.gif"]
+    # The video is the evaluation's first episode on client 1: one frame per CartPole reward.
+    steps = evaluate.evaluate_run(trained.run_dir, clients=[1]).returns[0, 0]
+    with Image.open(paths[0]) as gif:
+        assert gif.n_frames == steps and gif.size == (300, 200)
+    short = evaluate.record_videos(trained.run_dir, clients=[1], out=tmp_path, max_frames=3)
+    with Image.open(short[0]) as gif:
+        assert gif.n_frames == 3
+
+
+def test_mp4_without_ffmpeg_names_the_video_format(trained, monkeypatch, capsys):
+    from jfedrl import cli, video
+
+    monkeypatch.setattr(video.shutil, "which", lambda name: None)
+    code = cli.main(["eval", str(trained.run_dir), "--video", "--video-format", "mp4"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--video-format mp4: ffmpeg is not on PATH" in error
+
+
+def test_video_refuses_environments_it_cannot_draw():
+    from jfedrl import video
+
+    with pytest.raises(ConfigError, match="--video: brax-ant: Brax video is not supported"):
+        video.renderer_for("brax-ant")
+    with pytest.raises(ConfigError, match="--video: no renderer for MinAtar-Breakout"):
+        video.renderer_for("MinAtar-Breakout")

@@ -1,8 +1,10 @@
-"""`jfedrl sweep`: seeds vmapped in one compiled program, equal to the runs trained alone."""
+"""`jfedrl sweep`: learning rates x seeds vmapped in one compiled program, each run equal to
+the same setup trained alone."""
 
 from __future__ import annotations
 
 import csv
+import logging
 
 import jax
 import numpy as np
@@ -37,48 +39,110 @@ TINY = {
 
 def write(tmp_path, **data):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"base": TINY, **data}))
+    path.write_text(yaml.safe_dump({"base": TINY} | data))
     return path
+
+
+#: Two learning rates (the default first) x two seeds: one group, the rate traced.
+GRID = {"algo.ppo.learning_rate": [2.5e-3, 1e-3]}
+
+
+class _Compiles(logging.Handler):
+    """Collects jax's "Finished XLA compilation of jit(NAME)" lines."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.names: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Finished XLA compilation of "):
+            self.names.append(message.split(" of ", 1)[1].split(" in ")[0])
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    path = write(root, name="seeds", seeds=[3, 5], threshold=0.0)
-    return sweep.run_sweep(path, root / "out", progress=False, quiet=True)
+    path = write(root, name="lr", grid=GRID, seeds=[3, 5], threshold=0.0)
+    handler, jax_log = _Compiles(), logging.getLogger("jax")
+    jax_log.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            result = sweep.run_sweep(path, root / "out", progress=False, quiet=True)
+    finally:
+        jax_log.removeHandler(handler)
+    return result, handler.names
 
 
-def test_seeds_run_as_one_program_equal_to_runs_alone(swept, tmp_path):
-    assert swept.compiles == [1] and not swept.interrupted
-    assert [d.name for d in swept.run_dirs] == ["00-base-seed3", "00-base-seed5"]
-    alone = runner.train(
-        with_run_dir(tiny_config(seed=5), tmp_path / "alone"), progress=False, quiet=True
-    )
+def _restored(run_dir, config):
     from jfedrl.checkpoint import Checkpointer
     from jfedrl.federated import make_simulator
 
-    simulator = make_simulator(tiny_config(seed=5))
-    checkpointer = Checkpointer(swept.run_dirs[1] / "checkpoints")
-    target = jax.eval_shape(simulator.init, jax.random.PRNGKey(5))
-    state, _ = checkpointer.restore(target)
-    checkpointer.close()
+    simulator = make_simulator(config)
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    try:
+        target = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
+        return checkpointer.restore(target)[0]
+    finally:
+        checkpointer.close()
+
+
+def _assert_equal_to_alone(run_dir, config, tmp_path):
+    """The run's final state and metrics equal `config` trained alone with `train`."""
+    alone = runner.train(with_run_dir(config, tmp_path / "alone"), progress=False, quiet=True)
+    state = _restored(run_dir, config)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone.state), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
-    records = read_metrics(swept.run_dirs[1])
+    records = read_metrics(run_dir)
     assert len(records) == len(alone.records) == 4
     for mine, theirs in zip(records, alone.records, strict=True):
-        for name in ("round", "env_steps", "train_return_mean", "eval_return", "pg_loss"):
-            if theirs.get(name) is None:  # eval_return: only at a block's end
-                assert mine.get(name) is None, name
+        assert mine.keys() == theirs.keys()
+        for name, value in theirs.items():
+            if name in ("wall_seconds", "steps_per_second", "compile_seconds"):
+                continue
+            if isinstance(value, float):  # float32 tolerance: traced vs constant rate
+                assert mine[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
             else:
-                assert mine[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
-    # The other seed is a different run.
-    assert read_metrics(swept.run_dirs[0])[-1]["pg_loss"] != records[-1]["pg_loss"]
+                assert mine[name] == value, name
+
+
+def test_rates_and_seeds_run_as_one_program(swept):
+    result, compiled = swept
+    assert result.compiles == [1] and not result.interrupted
+    assert [d.name for d in result.run_dirs] == [
+        "00-algo.ppo.learning_rate=0.0025-seed3",
+        "00-algo.ppo.learning_rate=0.0025-seed5",
+        "01-algo.ppo.learning_rate=0.001-seed3",
+        "01-algo.ppo.learning_rate=0.001-seed5",
+    ]
+    # One block program, one init program, at most one evaluation (0: a cache hit).
+    assert compiled.count("jit(_run_block_vmapped)") == 1, compiled
+    assert compiled.count("jit(_init_vmapped)") == 1, compiled
+    assert compiled.count("jit(evaluate)") <= 1, compiled
+    parsed = sweep.load(result.sweep_dir / "sweep.yaml")
+    assert [g.traced for g in sweep.plan_groups(parsed)] == [("algo.ppo.learning_rate",)]
+    assert sweep.describe_groups(parsed)[0] == "groups: 1"
+
+
+def test_traced_rate_run_equals_the_run_alone(swept, tmp_path):
+    result, _ = swept
+    config = tiny_config(seed=3, algo__ppo__learning_rate=1e-3)
+    _assert_equal_to_alone(result.run_dirs[2], config, tmp_path)
+    # The other seeds and the other rate are different runs.
+    losses = [read_metrics(d)[-1]["pg_loss"] for d in result.run_dirs]
+    assert len(set(losses)) == 4
+
+
+@pytest.mark.slow  # the other setup of the same program; one train alone is in the default run
+def test_default_rate_run_equals_the_run_alone(swept, tmp_path):
+    result, _ = swept
+    _assert_equal_to_alone(result.run_dirs[1], tiny_config(seed=5), tmp_path)
 
 
 def test_sweep_folder_holds_summary_and_comparison(swept):
+    swept, _ = swept
     rows = list(csv.DictReader((swept.sweep_dir / "summary.csv").open()))
-    assert [r["seed"] for r in rows] == ["3", "5"]
+    assert [r["seed"] for r in rows] == ["3", "5", "3", "5"]
     assert all(r["steps_to_threshold"] and r["auc"] for r in rows)
     assert (swept.sweep_dir / "sweep.yaml").is_file()
     assert (swept.sweep_dir / "comparison.md").is_file()
@@ -87,12 +151,14 @@ def test_sweep_folder_holds_summary_and_comparison(swept):
 
 
 def test_resume_of_a_finished_sweep_compiles_nothing(swept):
+    swept, _ = swept
     again = sweep.run_sweep(None, resume=swept.sweep_dir, progress=False, quiet=True)
     assert again.compiles == [] and len(read_metrics(swept.run_dirs[0])) == 4
 
 
 def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path):
-    path = write(tmp_path, name="seeds", seeds=[3, 5], threshold=0.0)
+    swept, _ = swept
+    path = write(tmp_path, name="lr", grid=GRID, seeds=[3, 5], threshold=0.0)
     out = tmp_path / "out"
     first = sweep.run_sweep(path, out, progress=False, quiet=True, stop_after_round=2)
     assert first.interrupted and len(read_metrics(first.run_dirs[0])) == 2
@@ -105,11 +171,26 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_pat
 
 
 def test_shape_changing_setups_are_split_into_groups(tmp_path):
-    parsed = sweep.load(write(tmp_path, grid={"federation.num_clients": [3, 4]}, seeds=2))
-    assert [s.config.federation.num_clients for s in parsed.setups] == [3, 4]
+    grid = {"federation.num_clients": [3, 4], "algo.ppo.learning_rate": [1e-3, 2e-3]}
+    parsed = sweep.load(write(tmp_path, grid=grid, seeds=2))
+    assert [s.config.federation.num_clients for s in parsed.setups] == [3, 4, 3, 4]
+    groups = sweep.plan_groups(parsed)
+    assert [g.indices for g in groups] == [(0, 2), (1, 3)]  # the file's keys are sorted
     lines = sweep.describe_groups(parsed)
-    assert lines[0].startswith("group 1/2: federation.num_clients=3: 2 seed(s)")
-    assert "2 setups run one after another" in lines[-1]
+    assert lines[0] == "groups: 2 (federation.num_clients changes shapes or static structure)"
+    assert lines[1].startswith("group 1/2: algo.ppo.learning_rate=0.001, federation.num_clients=3;")
+    assert lines[1].endswith(
+        "2 setup(s) x 2 seed(s) = 4 run(s) vmapped in one compiled program, "
+        "traced: algo.ppo.learning_rate"
+    )
+
+
+def test_a_branching_coefficient_splits_groups_and_says_why(tmp_path):
+    parsed = sweep.load(write(tmp_path, grid={"algo.ppo.prox_mu": [0.0, 0.1]}))
+    assert [g.indices for g in sweep.plan_groups(parsed)] == [(0,), (1,)]
+    assert sweep.describe_groups(parsed)[0] == (
+        "groups: 2 (algo.ppo.prox_mu switches the proximal term on in Python (if mu > 0))"
+    )
 
 
 @pytest.mark.parametrize(
