@@ -47,7 +47,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from evosax.algorithms import PSO, DifferentialEvolution
 
 from jfedrl.checks import ConfigError, require_choice, require_positive, require_range
 from jfedrl.config import participants_per_round
@@ -67,6 +66,9 @@ MIN_POPULATION = {"differential_evolution": 4, "pso": 1}
 @functools.lru_cache(maxsize=32)
 def _optimizer(algorithm: str, population: int, dims: int):
     """The evosax optimiser over flat `[dims]` vectors (cached: its jitted methods key on it)."""
+    # evosax (~0.7 s to import) loads only when this strategy is used.
+    from evosax.algorithms import PSO, DifferentialEvolution
+
     # Built outside any trace, so the object holds no tracers.
     with jax.ensure_compile_time_eval():
         template = np.zeros((dims,), np.float32)
