@@ -55,7 +55,7 @@ def multiprocess() -> bool:
 
 
 def describe() -> str:
-    """This process's place in the run, for the start of `jfedrl train`."""
+    """The place of this process in the run, for the start of `jfedrl train`."""
     return (
         f"process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.local_device_count()} of {jax.device_count()} devices here"

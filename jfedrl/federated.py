@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
@@ -319,14 +319,20 @@ class Simulator:
         return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, PartitionSpec()))
 
     def abstract_state(self, key: jax.Array) -> FedState:
-        """The shapes, dtypes (and across processes, shardings) of `init(key)`: a restore target."""
+        """The shapes, dtypes and shardings of `init(key)`: a checkpoint's restore target.
+
+        The shardings are this process layout's, so a checkpoint written by another
+        layout (two processes, restored by one) is laid out afresh.
+        """
         shapes = jax.eval_shape(self.init, key)
-        if not self.multiprocess:
-            return shapes
+        if self.mesh is None:
+            shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), shapes)
+        else:
+            shardings = self.state_shardings(shapes)
         return jax.tree.map(
             lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
             shapes,
-            self.state_shardings(shapes),
+            shardings,
         )
 
     def _initial_history(self, global_params: Any) -> Any:
