@@ -99,6 +99,22 @@ def broadcast_text(text: str) -> str:
     return bytes(received.astype(np.uint8)).rstrip(b"\0").decode()
 
 
+def require_initialized(config: Config) -> None:
+    """Raises `ConfigError` if `distributed.enabled` but this process never joined a run.
+
+    Only `jfedrl train` initializes the runtime (before JAX starts); a run built in
+    Python, or by another command, would otherwise quietly train alone.
+    """
+    from jfedrl.checks import ConfigError
+
+    if config.distributed.enabled and not jax.distributed.is_initialized():
+        raise ConfigError(
+            "distributed.enabled: this process has not joined a distributed run; launch it "
+            "with `jfedrl train --distributed` (or call jfedrl.distributed.initialize before "
+            "JAX starts)"
+        )
+
+
 def config_digest(config: Config) -> str:
     """A digest of everything in `config` but the `distributed` section (launch info)."""
     data = to_dict(config)

@@ -240,6 +240,7 @@ def train(
     enable_compilation_cache()
     config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
+    distributed.require_initialized(config)
     distributed.check_same_config(config)
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
     run_dir = Path(distributed.broadcast_text(str(run_dir)))  # process 0's timestamp

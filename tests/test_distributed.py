@@ -33,9 +33,10 @@ from jfedrl.federated import make_simulator
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-#: A tiny run (A2C compiles faster than PPO): 4 clients, 2 + 2 on the devices, a round a block.
+#: A tiny run (A2C compiles faster than PPO): 4 clients, 2 + 2 on the devices, a round a
+#: block, drifting dynamics (their per-block record reads the sharded env params).
 TINY = [
-    "--clients", "4", "--local-updates", "1", "--seed", "3",
+    "--clients", "4", "--local-updates", "1", "--seed", "3", "--drift", "sinusoidal",
     "--algo", "a2c", "--a2c.num-envs", "2", "--a2c.num-steps", "8", "--a2c.hidden-sizes", "8", "8",
     "--log.rounds-per-block", "1", "--log.eval-episodes", "1",
     "--log.tensorboard", "false", "--log.plot", "false", "--no-progress", "--quiet",
@@ -149,9 +150,8 @@ def test_two_processes_train_as_one_process_with_two_devices(reference, tmp_path
     assert _records(run_dir) == _records(one_process)
     for round_index in (1, 2):
         _assert_same_state(_checkpoint(run_dir, round_index), _checkpoint(one_process, round_index))
-    assert (run_dir / "env_params.json").read_text() == (
-        one_process / "env_params.json"
-    ).read_text()
+    for name in ("env_params.json", "env_params.jsonl"):  # gathered from both processes
+        assert (run_dir / name).read_text() == (one_process / name).read_text()
     # The saved config is the run's, without the launch info (a resume gives it again).
     saved, reference = load_yaml(run_dir / "config.yaml"), load_yaml(one_process / "config.yaml")
     assert saved.distributed == DistributedConfig()
@@ -233,6 +233,15 @@ def test_cli_rejects_a_bad_launch_before_jax_starts(argv, says, capsys):
     assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jfedrl: error: ") and says in err and err.count("\n") == 1
+
+
+def test_train_refuses_distributed_without_the_runtime(tmp_path):
+    from jfedrl import runner
+
+    config = override(tiny_config(), {"distributed.enabled": True, "log.run_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^distributed\.enabled: .*jfedrl train --distributed"):
+        runner.train(config, quiet=True)
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_resume_may_change_the_process_layout(tmp_path):
