@@ -175,6 +175,11 @@ def test_resume_from_a_two_process_checkpoint(reference, tmp_path):
     for run_dir in (first, by_one):
         assert _records(run_dir) == _records(one_process)
         _assert_same_state(_checkpoint(run_dir, 2), _checkpoint(one_process, 2))
+    # `jfedrl eval` (one process, one device here) reads the 2-process checkpoint too.
+    from jfedrl.evaluate import evaluate_run
+
+    evaluated = evaluate_run(first, round_index=1).mean
+    assert evaluated == pytest.approx(_records(first)[0]["eval_return"], rel=1e-6)
 
 
 # ---------------------------------------------------------------- checks before JAX starts
