@@ -218,6 +218,9 @@ def train(
 ) -> TrainResult:
     """Runs (or resumes) a federated training run and writes its outputs.
 
+    Under `jfedrl.distributed` every process calls this with the same config;
+    process 0 locks the run folder and writes its files, all of them compute.
+
     Args:
         config: the run's config (for a resume, from `resume_config`).
         resume: continue from the newest checkpoint in `config.log.run_dir`.
@@ -228,9 +231,6 @@ def train(
 
     Returns:
         The run folder, the final state and every metrics record.
-
-    Under `jfedrl.distributed` every process calls this with the same config;
-    process 0 locks the run folder and writes its files, all of them compute.
 
     Raises:
         RunDirError: `log.run_dir` is not a writable folder, or another process
