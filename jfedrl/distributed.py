@@ -16,6 +16,7 @@ the same run as one process with two host devices.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from typing import Any
 
@@ -77,6 +78,25 @@ def host_value(tree: Any) -> Any:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(fetch, tree)
+
+
+_barriers = itertools.count()
+
+
+def barrier(name: str, timeout_seconds: int = 3600) -> None:
+    """Waits until every process gets here, through the coordination service.
+
+    Not a device collective: on CPU, gloo gives up on a collective (and on setting
+    one up) when a process is 30 s late, and a process that compiled a program
+    while another found it in the compilation cache is often later than that.
+    Called after each compile, before the program runs.
+    """
+    if not multiprocess():
+        return
+    from jax._src import distributed as runtime  # its client is not public API
+
+    barrier_id = f"jfedrl/{name}/{next(_barriers)}"  # every barrier needs a fresh id
+    runtime.global_state.client.wait_at_barrier(barrier_id, timeout_seconds * 1000)
 
 
 def any_process(flag: bool) -> bool:

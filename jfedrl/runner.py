@@ -118,6 +118,7 @@ class InProcessRunner:
             self._compiled[num_rounds] = lowered.compile()
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - start
+            distributed.barrier("compiled")  # processes compile at different speeds
         return self._compiled[num_rounds](state)
 
     def state_for_checkpoint(self, state: FedState) -> FedState:

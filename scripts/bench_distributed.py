@@ -69,6 +69,7 @@ def measure(
     start = time.perf_counter()
     compiled = Simulator.run_block.lower(sim, state, rounds).compile()
     compile_seconds = time.perf_counter() - start
+    distributed.barrier("compiled")  # one process may have found it in the cache
     state, out = compiled(state)  # warm-up
     jax.block_until_ready(out)
     start = time.perf_counter()
