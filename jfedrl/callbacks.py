@@ -7,6 +7,10 @@ the progress bar and log line. A new per-block behaviour is one new `Callback`,
 not an edit of the loop. A callback may annotate the block's records (they are
 written by the callbacks after it) or return a changed block: a stop request,
 an error to raise once the block is saved, or the state to continue from.
+
+In a multi-process run (`jfedrl.distributed`) every process runs every
+callback, so the collectives among them (gathering arrays, agreeing to stop,
+orbax's save) happen everywhere; only process 0 writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import serialization
 
-from jfedrl import __version__, privacy
+from jfedrl import __version__, distributed, privacy
 from jfedrl.checkpoint import Checkpointer
 from jfedrl.config import Config
 from jfedrl.federated import FedState, Simulator
@@ -156,17 +160,21 @@ class PrivacyLedger(Callback):
 
 
 class WriteMetrics(Callback):
-    """Appends the block's records to metrics.jsonl (and TensorBoard)."""
+    """Appends the block's records to metrics.jsonl (and TensorBoard); process 0 only."""
 
     def on_start(self, run: Run, state: FedState) -> None:
-        self.writer = MetricsWriter(run.run_dir, run.config.log.tensorboard)
+        self.writer = None
+        if distributed.is_primary():
+            self.writer = MetricsWriter(run.run_dir, run.config.log.tensorboard)
 
     def on_block(self, run: Run, block: Block) -> Block:
-        self.writer.write(block.records)
+        if self.writer is not None:
+            self.writer.write(block.records)
         return block
 
     def on_end(self, run: Run) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def params_record(params: Any) -> Any:
@@ -179,6 +187,9 @@ class LogDrift(Callback):
 
     def on_block(self, run: Run, block: Block) -> Block:
         env_now = run.simulator.current_env_params(block.state, block.state.round - 1)
+        env_now = distributed.host_value(env_now)  # every process takes part
+        if not distributed.is_primary():
+            return block
         line = json.dumps({"round": block.records[-1]["round"], "params": params_record(env_now)})
         with (run.run_dir / "env_params.jsonl").open("a") as f:
             f.write(line)
@@ -187,7 +198,10 @@ class LogDrift(Callback):
 
 
 class StopOnCtrlC(Callback):
-    """Turns the first Ctrl-C into a stop after the current block (a second one aborts)."""
+    """Turns the first Ctrl-C into a stop after the current block (a second one aborts).
+
+    Across processes, a Ctrl-C in any of them stops them all after the same block.
+    """
 
     def on_start(self, run: Run, state: FedState) -> None:
         self.requested = False
@@ -204,7 +218,8 @@ class StopOnCtrlC(Callback):
             self._previous = None
 
     def on_block(self, run: Run, block: Block) -> Block:
-        return dataclasses.replace(block, stop="Ctrl-C") if self.requested else block
+        stop = distributed.any_process(self.requested)
+        return dataclasses.replace(block, stop="Ctrl-C") if stop else block
 
     def on_end(self, run: Run) -> None:
         if self._previous is not None:
@@ -227,7 +242,8 @@ class SaveCheckpoint(Callback):
     """Saves every `log.checkpoint_every` blocks, and at the run's end or stop.
 
     The save is synchronous and holds the executor's complete state
-    (`state_for_checkpoint`), which the run then continues from.
+    (`state_for_checkpoint`), which the run then continues from. Across processes
+    every process saves its own shards (orbax); process 0 writes the metadata.
     """
 
     def __init__(self, checkpointer: Checkpointer):
@@ -260,10 +276,10 @@ def number(value: float | None) -> str:
 
 
 class ShowProgress(Callback):
-    """The progress bar (tqdm, hidden unless `show`) and one log line per block."""
+    """The progress bar (tqdm, hidden unless `show`; process 0's) and one log line per block."""
 
     def __init__(self, show: bool):
-        self.show = show
+        self.show = show and distributed.is_primary()
 
     def on_start(self, run: Run, state: FedState) -> None:
         from tqdm import tqdm
@@ -301,9 +317,14 @@ class ShowProgress(Callback):
 
 
 class PlotCurve(Callback):
-    """Draws learning_curve.png when the run ends, if it can: it never hides the run's error."""
+    """Draws learning_curve.png when the run ends (process 0), if it can.
+
+    It never hides the run's error.
+    """
 
     def on_end(self, run: Run) -> None:
+        if not distributed.is_primary():
+            return
         try:
             plot_learning_curve(run.run_dir, f"{run.config.env.name} · {run.config.strategy.name}")
         except Exception as error:  # a full disk, a broken matplotlib backend, ...

@@ -7,6 +7,11 @@ temporary folder and renames it, so a crash mid-save leaves the previous
 checkpoint intact. Saves are synchronous in this thread: a save that fails (a
 full or read-only disk) raises at once, naming the checkpoint, and leaves no
 background thread behind to delay the exit.
+
+In a multi-process run (`jfedrl.distributed`) every process saves and restores
+with the same arguments: each writes and reads its own shards, process 0 the
+metadata, so the folder must be shared. A restore lays the arrays out as its
+target's shardings say, whatever layout saved them.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jfedrl import plugins
-from jfedrl.config import Config, ConfigError, flat_fields
+from jfedrl.config import Config, ConfigError, DistributedConfig, flat_fields
 from jfedrl.schema import override
 
 #: Short flags -> config paths.
@@ -38,6 +38,7 @@ SHORTCUTS = {
     "run-dir": "log.run_dir",
     "executor": "offload.executor",
     "shards": "offload.shards",
+    "distributed": "distributed.enabled",
 }
 #: Section shortcuts: `--golem.budget` means `--offload.golem.budget` (`--ray.X`
 #: `--offload.ray.X`), `--ppo.X` `--algo.ppo.X`.
@@ -158,6 +159,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return override(config, config_overrides(args))
 
 
+def _launch(args: argparse.Namespace, config: Config | None) -> DistributedConfig:
+    """The `distributed` section of `jfedrl train`, checked before JAX starts.
+
+    `config` is a new run's; a resumed run's config.yaml keeps no process layout,
+    so only the flags give it.
+    """
+    from jfedrl.config import validate_distributed
+
+    if config is None:
+        launch = {k: v for k, v in config_overrides(args).items() if k.startswith("distributed.")}
+        config = override(Config(), launch)
+    validate_distributed(config)  # a bad process id fails here, not as a hang
+    if config.distributed.enabled and args.dry_run:
+        raise ConfigError("--dry-run cannot be combined with --distributed (run it alone)")
+    return config.distributed
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
     from jfedrl.devices import configure_host_devices
@@ -169,13 +187,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         saved = Path(args.resume) / "config.yaml"  # resume_config names a missing one
         fed = (load_yaml(saved) if saved.is_file() else Config()).federation
+        dist = _launch(args, None)
     else:
         config = config_from_args(args)
         fed = config.federation
+        dist = _launch(args, config)
+    participants = participants_per_round(fed)
+    if dist.enabled and dist.num_processes:  # the default layout: this process's share
+        participants = -(-participants // dist.num_processes)
     # Before anything imports jax: XLA reads the host device count once.
-    layout = configure_host_devices(participants_per_round(fed), args.host_devices)
-    if not args.quiet:  # stdout: stderr keeps its one-line error contract
+    layout = configure_host_devices(participants, args.host_devices)
+    primary = True
+    if dist.enabled:
+        from jfedrl import distributed
+
+        distributed.initialize(dist)
+        primary = distributed.is_primary()
+    if not args.quiet and primary:  # stdout: stderr keeps its one-line error contract
         print(f"jfedrl: {layout.describe()}", flush=True)
+        if dist.enabled:
+            print(f"jfedrl: {distributed.describe()}", flush=True)
     from jfedrl import runner
 
     if args.resume:
@@ -189,6 +220,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     final = result.final_eval_return
+    if not primary:  # process 0 reports for the run
+        return 130 if result.interrupted else 0
     print(f"run folder: {result.run_dir}")
     if final is not None:
         print(f"global policy eval return: {final:.1f}")

@@ -445,6 +445,26 @@ class OffloadConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """One run over several processes or hosts: JAX's multi-controller runtime.
+
+    Launch info, not part of the experiment (docs/distributed.md): config.yaml keeps
+    this section at its defaults, so a resume gives it again (with any process count).
+    """
+
+    enabled: bool = False
+    """Run as one of `num_processes` processes of one run (`jfedrl train --distributed`)."""
+    coordinator: str = ""
+    """`HOST:PORT` of process 0's coordinator (empty: auto-detected, e.g. under SLURM)."""
+    num_processes: int = 0
+    """Processes in the run (0: auto-detected)."""
+    process_id: int = -1
+    """This process's index in [0, num_processes) (-1: auto-detected)."""
+    timeout: int = 300
+    """Seconds to wait for every process to join the coordinator."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run."""
 
@@ -455,6 +475,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     log: LogConfig = field(default_factory=LogConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # ---------------------------------------------------------------- conversion
@@ -507,7 +528,42 @@ def validate(config: Config) -> Config:
     algorithms.get(config.algo.name).validate(config)
     strategies.get(config.strategy.name).validate(config)
     executor.validate(config)
+    validate_distributed(config)
     return config
+
+
+def validate_distributed(config: Config) -> None:
+    """The `distributed` section; pure, so the CLI checks it before JAX starts."""
+    dist = config.distributed
+    if not dist.enabled:
+        for name in ("coordinator", "num_processes", "process_id"):
+            if getattr(dist, name) != getattr(DistributedConfig, name):
+                raise ConfigError(
+                    f"distributed.{name}: set, but distributed.enabled is false (add --distributed)"
+                )
+        return
+    if dist.coordinator:
+        host, _, port = dist.coordinator.rpartition(":")
+        rule = "HOST:PORT with PORT in [1, 65535] (empty: auto-detected)"
+        require(
+            bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
+            "distributed.coordinator",
+            rule,
+            dist.coordinator,
+        )
+    require_positive("distributed.num_processes", dist.num_processes, strict=False)
+    require(
+        dist.process_id >= -1, "distributed.process_id", ">= 0 (-1: auto-detected)", dist.process_id
+    )
+    if dist.num_processes and dist.process_id >= dist.num_processes:
+        rule = f"in [0, distributed.num_processes={dist.num_processes})"
+        require(False, "distributed.process_id", rule, dist.process_id)
+    require_positive("distributed.timeout", dist.timeout)
+    if config.offload.executor != "inprocess":
+        raise ConfigError(
+            f"offload.executor: {config.offload.executor!r} cannot run under --distributed "
+            "(the processes share the in-process simulator); allowed: inprocess"
+        )
 
 
 def _validate_federation(fed: FederationConfig) -> None:

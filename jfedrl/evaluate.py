@@ -96,7 +96,7 @@ def _load(
     simulator = make_simulator(config)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR)
     try:
-        target = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
+        target = simulator.abstract_state(jax.random.PRNGKey(config.seed))  # any layout
         state, _ = checkpointer.restore(target, round_index)
     finally:
         checkpointer.close()

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
@@ -180,7 +180,10 @@ class Simulator:
     strategy: Strategy
     num_participants: int
     mesh: Mesh | None = None
-    """A 1-D `clients` mesh over the local devices, or None on one device."""
+    """A 1-D `clients` mesh over every device (of every process), or None on one device."""
+    multiprocess: bool = False
+    """The mesh spans several processes (`jfedrl.distributed`): the state's placement is
+    then explicit (`state_shardings`), so each process holds only its own shards."""
 
     @property
     def num_clients(self) -> int:
@@ -263,7 +266,7 @@ class Simulator:
             peers = jax.tree.map(lambda x: jnp.stack([x] * self.padded_participants), global_params)
         else:
             peers = ()
-        return FedState(
+        state = FedState(
             global_params=global_params,
             server_state=self.strategy.init(global_params),
             clients=clients,
@@ -277,6 +280,59 @@ class Simulator:
             round=jnp.asarray(0, jnp.int32),
             key=key_run,
             global_history=self._initial_history(global_params),
+        )
+        return self.place_state(state)
+
+    def state_shardings(self, state: Any) -> Any:
+        """Where each leaf of `state` (arrays or shape structs) lives on the mesh.
+
+        The clients' states and env params are split over the `clients` axis when the
+        client count is a multiple of the device count (else replicated, as is the
+        rest: global params, server state, round, key), so a process holds and
+        builds only its own devices' clients. None on one device.
+        """
+        if self.mesh is None:
+            return None
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        split = NamedSharding(self.mesh, PartitionSpec("clients"))
+        even = self.num_clients % self.mesh.size == 0
+
+        def by_client(x):
+            return split if even and x.ndim >= 1 and x.shape[0] == self.num_clients else replicated
+
+        shardings = jax.tree.map(lambda _: replicated, state)
+        return shardings.replace(
+            clients=jax.tree.map(by_client, state.clients),
+            env_params=jax.tree.map(by_client, state.env_params),
+        )
+
+    def place_state(self, state: FedState) -> FedState:
+        """Constrains `state` to `state_shardings` across processes (else XLA chooses)."""
+        if not self.multiprocess:
+            return state
+        return jax.lax.with_sharding_constraint(state, self.state_shardings(state))
+
+    def replicate(self, tree: Any) -> Any:
+        """Constrains `tree` to every device across processes, so any host can read it."""
+        if not self.multiprocess:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def abstract_state(self, key: jax.Array) -> FedState:
+        """The shapes, dtypes and shardings of `init(key)`: a checkpoint's restore target.
+
+        The shardings are this process layout's, so a checkpoint written by another
+        layout (two processes, restored by one) is laid out afresh.
+        """
+        shapes = jax.eval_shape(self.init, key)
+        if self.mesh is None:
+            shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), shapes)
+        else:
+            shardings = self.state_shardings(shapes)
+        return jax.tree.map(
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            shapes,
+            shardings,
         )
 
     def _initial_history(self, global_params: Any) -> Any:
@@ -521,7 +577,10 @@ class Simulator:
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
     def run_block(self, state: FedState, num_rounds: int):
         """`num_rounds` rounds in one `lax.scan`; metrics stacked on axis 0."""
-        return jax.lax.scan(lambda s, _: self.round_step(s), state, None, length=num_rounds)
+        state, metrics = jax.lax.scan(
+            lambda s, _: self.round_step(s), state, None, length=num_rounds
+        )
+        return self.place_state(state), self.replicate(metrics)
 
     @partial(jax.jit, static_argnums=(0,))
     def evaluate(self, state: FedState, key: jax.Array) -> jax.Array:
@@ -555,7 +614,7 @@ class Simulator:
 
         keys = jax.random.split(key, self.num_clients)
         last_round = jnp.maximum(state.round - 1, 0)
-        return jax.vmap(client)(keys, self.current_env_params(state, last_round))
+        return self.replicate(jax.vmap(client)(keys, self.current_env_params(state, last_round)))
 
 
 def make_simulator(config: Config) -> Simulator:
@@ -563,7 +622,7 @@ def make_simulator(config: Config) -> Simulator:
     validate(config)
     client_envs = make_client_envs(config.env, config.federation.num_clients)
     algorithm = algorithms.make(config, client_envs.env, client_envs.default_params)
-    devices = jax.devices()
+    devices = jax.devices()  # every process's devices under jax.distributed
     mesh = Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None
     participants = participants_per_round(config.federation)
     padded = -(-participants // len(devices)) * len(devices)
@@ -576,4 +635,5 @@ def make_simulator(config: Config) -> Simulator:
         strategy=strategy,
         num_participants=participants,
         mesh=mesh,
+        multiprocess=jax.process_count() > 1,
     )

@@ -158,13 +158,28 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
     return path
 
 
-def setup_logging(run_dir: Path, quiet: bool = False) -> None:
-    """Logs to run_dir/train.log and (unless quiet) to stderr."""
+def setup_logging(run_dir: Path, quiet: bool = False, process_index: int = 0) -> None:
+    """Logs to run_dir/train.log and (unless quiet) to stderr.
+
+    In a multi-process run (`jfedrl.distributed`) only process 0 does; the others
+    log only warnings and errors, to stderr, tagged with their index.
+    """
     logger = logging.getLogger("jfedrl")
     logger.setLevel(logging.INFO)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    logger.propagate = False
+    if process_index != 0:
+        stream = logging.StreamHandler()
+        stream.setLevel(logging.WARNING)
+        stream.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s [process {process_index}] %(message)s", "%H:%M:%S"
+            )
+        )
+        logger.addHandler(stream)
+        return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     file_handler = _LogFileHandler(run_dir / "train.log")
     file_handler.setFormatter(fmt)

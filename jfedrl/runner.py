@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jfedrl import plugins
+from jfedrl import distributed, plugins
 from jfedrl.callbacks import (
     Block,
     Callback,
@@ -34,13 +34,21 @@ from jfedrl.checkpoint import Checkpointer, CheckpointError
 from jfedrl.config import (
     Config,
     ConfigError,
+    DistributedConfig,
     load_yaml,
     resolve_schedule,
     save_yaml,
     schedule_horizon,
 )
 from jfedrl.federated import FedState, Simulator, make_simulator
-from jfedrl.outputs import RunLock, setup_logging, to_jsonable, truncate_metrics
+from jfedrl.outputs import (
+    RunDirError,
+    RunLock,
+    read_metrics,
+    setup_logging,
+    to_jsonable,
+    truncate_metrics,
+)
 from jfedrl.schema import override
 
 log = logging.getLogger("jfedrl")
@@ -54,6 +62,7 @@ RESUMABLE_PREFIXES = (
     "offload.",
     "strategy.dp_epsilon_budget",
     "strategy.dp_budget_action",
+    "distributed.",
 )
 
 
@@ -109,6 +118,7 @@ class InProcessRunner:
             self._compiled[num_rounds] = lowered.compile()
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - start
+            distributed.barrier("compiled")  # processes compile at different speeds
         return self._compiled[num_rounds](state)
 
     def state_for_checkpoint(self, state: FedState) -> FedState:
@@ -141,8 +151,9 @@ def default_run_dir(config: Config) -> Path:
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """The saved config of `run_dir` with `overrides` (`dotted.path -> value`) applied.
 
-    Only the number of rounds, logging and the executor may change on resume;
-    anything else would silently change the experiment.
+    Only the number of rounds, logging, the executor and the process layout
+    (`distributed.*`) may change on resume; anything else would silently change
+    the experiment.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -152,7 +163,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
         if not path.startswith(RESUMABLE_PREFIXES):
             raise ConfigError(
                 f"{path}: cannot be changed when resuming (only federation.rounds, log.*, "
-                "offload.* and the strategy.dp_ budget fields can); start a new run instead"
+                "offload.*, distributed.* and the strategy.dp_ budget fields can); "
+                "start a new run instead"
             )
     config = override(load_yaml(run_dir / CONFIG_FILE), overrides)
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
@@ -207,6 +219,9 @@ def train(
 ) -> TrainResult:
     """Runs (or resumes) a federated training run and writes its outputs.
 
+    Under `jfedrl.distributed` every process calls this with the same config;
+    process 0 locks the run folder and writes its files, all of them compute.
+
     Args:
         config: the run's config (for a resume, from `resume_config`).
         resume: continue from the newest checkpoint in `config.log.run_dir`.
@@ -226,9 +241,30 @@ def train(
     enable_compilation_cache()
     config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
+    distributed.require_initialized(config)
+    distributed.check_same_config(config)
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
-    with RunLock(run_dir):  # one process per run folder, until this returns or the process dies
+    run_dir = Path(distributed.broadcast_text(str(run_dir)))  # process 0's timestamp
+    with _lock_run_dir(run_dir):  # one run per folder, until this returns or the process dies
         return _train_locked(config, simulator, run_dir, resume, progress, quiet, stop_after_round)
+
+
+@contextlib.contextmanager
+def _lock_run_dir(run_dir: Path):
+    """Process 0 locks the run folder; every process fails if it cannot (else they would wait)."""
+    lock, error = None, None
+    if distributed.is_primary():
+        try:
+            lock = RunLock(run_dir)
+        except RunDirError as failed:
+            error = failed
+    if distributed.any_process(error is not None):
+        raise error or RunDirError(f"log.run_dir: process 0 could not use {str(run_dir)!r}")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train_locked(
@@ -241,10 +277,13 @@ def _train_locked(
     stop_after_round: int | None,
 ) -> TrainResult:
     """`train` once its run folder is locked."""
-    setup_logging(run_dir, quiet=quiet)
+    setup_logging(run_dir, quiet=quiet, process_index=jax.process_index())
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
     state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
-    save_yaml(config, run_dir / CONFIG_FILE)
+    if distributed.is_primary():
+        # The process layout is launch info: a resume gives it again.
+        saved = dataclasses.replace(config, distributed=DistributedConfig())
+        save_yaml(saved, run_dir / CONFIG_FILE)
     log.info("run folder: %s", run_dir.absolute())
     log.info(
         "%s, %d clients (%d per round), %s, %s; %d env steps per round",
@@ -283,9 +322,8 @@ def _start(
     if resume:
         if checkpointer.latest_round() is None:
             raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
-        target = jax.eval_shape(simulator.init, key)
-        state, meta = checkpointer.restore(target)
-        records = truncate_metrics(run_dir, int(state.round))
+        state, meta = checkpointer.restore(simulator.abstract_state(key))
+        records = _kept_records(run_dir, int(state.round))
         log.info("resumed %s at round %d", run_dir, int(state.round))
         return state, records, float(meta.get("wall_seconds", 0.0))
     if checkpointer.latest_round() is not None:
@@ -294,9 +332,18 @@ def _start(
             "or another --run-dir"
         )
     state = simulator.init(key)
-    records = truncate_metrics(run_dir, 0)
-    (run_dir / "env_params.json").write_text(json.dumps(params_record(state.env_params)))
+    records = _kept_records(run_dir, 0)
+    env_params = distributed.host_value(state.env_params)  # every process takes part
+    if distributed.is_primary():
+        (run_dir / "env_params.json").write_text(json.dumps(params_record(env_params)))
     return state, records, 0.0
+
+
+def _kept_records(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
+    """The records up to `last_round`; process 0 also cuts metrics.jsonl there."""
+    if distributed.is_primary():
+        return truncate_metrics(run_dir, last_round)
+    return [r for r in read_metrics(run_dir) if r["round"] <= last_round]
 
 
 def _run_blocks(
@@ -344,7 +391,8 @@ def timed_block(
     compile_before = executor.compile_seconds
     tick = time.perf_counter()
     state, metrics = executor.run_block(state, num_rounds)
-    return state, jax.device_get(metrics), tick, executor.compile_seconds - compile_before
+    metrics = distributed.host_value(metrics)
+    return state, metrics, tick, executor.compile_seconds - compile_before
 
 
 def eval_key_of(config: Config) -> jax.Array:
@@ -380,7 +428,7 @@ def finish_block(
         The block after the callbacks, and the run's wall time after it.
     """
     block_seconds = time.perf_counter() - tick - compile_seconds
-    evals = np.asarray(sim_eval(run.simulator, state, eval_key_of(run.config)))
+    evals = distributed.host_value(sim_eval(run.simulator, state, eval_key_of(run.config)))
     block_records = _round_records(
         metrics,
         first_round,

@@ -58,6 +58,10 @@ BAD = {
         ["--executor", "golem", "--golem.image-hash", "abc", "--golem.budget", "0"],
         "offload.golem.budget",
     ),
+    "distributed": (
+        ["--distributed", "--distributed.num-processes", "2", "--distributed.process-id", "2"],
+        "distributed.process_id",
+    ),
 }
 
 
@@ -96,7 +100,7 @@ def test_a_bad_value_fails_train_before_anything_is_written(
 def test_every_section_has_a_bad_case():
     sections = {field.split(".")[0] for _, field in BAD.values()}
     algos = {field.split(".")[1] for _, field in BAD.values() if field.startswith("algo.")}
-    assert sections == {"env", "algo", "strategy", "federation", "log", "offload"}
+    assert sections == {"env", "algo", "strategy", "federation", "log", "offload", "distributed"}
     assert algos >= {"name", "ppo", "a2c", "dqn", "td3"}
 
 
