@@ -165,6 +165,8 @@ def parse(data: Any) -> Sweep:
             validate(dataclasses.replace(config, seed=seed))
         if config.offload.executor != "inprocess":
             raise _error("offload.executor", "a sweep runs in process; must be 'inprocess'")
+        if config.distributed.enabled:
+            raise _error("distributed.enabled", "a sweep runs in one process; must be false")
         setups.append(Setup(_label(values), dict(values), config))
     labels = [s.label for s in setups]
     if len(set(labels)) != len(labels):

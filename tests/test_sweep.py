@@ -202,6 +202,7 @@ def test_a_branching_coefficient_splits_groups_and_says_why(tmp_path):
         ({"setups": [{"seed": 1}]}, "sweep seed: is set by the sweep itself"),
         ({"grid": {"algo.ppo.nope": [1]}}, "algo.ppo.nope"),
         ({"grdi": {}}, "sweep grdi: unknown key"),
+        ({"base": {"distributed": {"enabled": True}}}, "sweep distributed.enabled: a sweep runs"),
     ],
 )
 def test_bad_sweep_files_fail_naming_the_field(tmp_path, data, message):
