@@ -9,6 +9,7 @@ with exactly the params and metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -110,8 +111,40 @@ class InProcessRunner:
         self.compile_seconds = 0.0
         self.compiles = 0
         self._compiled: dict[int, Any] = {}
+        self._ahead: dict[int, concurrent.futures.Future] = {}
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+
+    def compile_ahead(self, num_rounds: int) -> None:
+        """Starts compiling a block of `num_rounds` and the evaluation in background threads.
+
+        They compile from the state's shapes and shardings (`Simulator.abstract_state`)
+        while the caller builds or restores the state. XLA compiles without holding the
+        GIL, so `init`'s compile, the block's and the evaluation's overlap on a
+        multi-core host instead of running one after another. One process only (the
+        processes of a distributed run align after each compile).
+        """
+        if jax.process_count() > 1 or num_rounds < 1 or num_rounds in self._compiled:
+            return
+        if num_rounds in self._ahead:
+            return
+        key = jax.random.PRNGKey(0)
+        state = self.simulator.abstract_state(key)
+        # `sim_eval`'s key is folded with the state's round, so it lives where the round does.
+        key_shape = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=state.round.sharding)
+        simulator = self.simulator
+        self._ahead[num_rounds] = self._threads.submit(
+            lambda: self.program.lower(simulator, state, num_rounds).compile()
+        )
+        # Fills jit's cache: the first `sim_eval` then finds its program compiled.
+        evaluate = simulator.evaluate
+        self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape).compile())
 
     def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
+        if num_rounds in self._ahead:
+            start = time.perf_counter()  # compile seconds: what this block waited for
+            self._compiled[num_rounds] = self._ahead.pop(num_rounds).result()
+            self.compiles += 1
+            self.compile_seconds += time.perf_counter() - start
         if num_rounds not in self._compiled:
             start = time.perf_counter()
             lowered = self.program.lower(self.simulator, state, num_rounds)
@@ -125,6 +158,8 @@ class InProcessRunner:
         return state
 
     def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
         self._compiled.clear()
 
 
@@ -279,39 +314,53 @@ def _train_locked(
     """`train` once its run folder is locked."""
     setup_logging(run_dir, quiet=quiet, process_index=jax.process_index())
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
-    state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
-    if distributed.is_primary():
-        # The process layout is launch info: a resume gives it again.
-        saved = dataclasses.replace(config, distributed=DistributedConfig())
-        save_yaml(saved, run_dir / CONFIG_FILE)
-    log.info("run folder: %s", run_dir.absolute())
-    log.info(
-        "%s, %d clients (%d per round), %s, %s; %d env steps per round",
-        config.env.name,
-        config.federation.num_clients,
-        simulator.num_participants,
-        config.algo.name,
-        config.strategy.name,
-        simulator.env_steps_per_round,
-    )
-    show_progress = config.log.progress if progress is None else progress
-    callbacks = default_callbacks(config, checkpointer, show_progress, stop_after_round)
-    # Executors come from jfedrl.plugins (offload registers `local` and `golem` as entry points).
-    executor = plugins.executor(simulator.config.offload.executor).make_runner(simulator, run_dir)
-    run = Run(config, simulator, run_dir, executor)
+    # Executors come from jfedrl.plugins (offload registers its own as entry points). The
+    # in-process one starts compiling the first block while `_start` builds the state.
+    executor = None
+    if config.offload.executor == "inprocess":
+        executor = plugins.executor("inprocess").make_runner(simulator, run_dir)
     try:
+        if executor is not None:
+            executor.compile_ahead(_first_block_rounds(config, checkpointer, resume))
+        state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
+        if distributed.is_primary():
+            # The process layout is launch info: a resume gives it again.
+            saved = dataclasses.replace(config, distributed=DistributedConfig())
+            save_yaml(saved, run_dir / CONFIG_FILE)
+        log.info("run folder: %s", run_dir.absolute())
+        log.info(
+            "%s, %d clients (%d per round), %s, %s; %d env steps per round",
+            config.env.name,
+            config.federation.num_clients,
+            simulator.num_participants,
+            config.algo.name,
+            config.strategy.name,
+            simulator.env_steps_per_round,
+        )
+        show_progress = config.log.progress if progress is None else progress
+        callbacks = default_callbacks(config, checkpointer, show_progress, stop_after_round)
+        if executor is None:
+            executor = plugins.executor(config.offload.executor).make_runner(simulator, run_dir)
+        run = Run(config, simulator, run_dir, executor)
         with contextlib.ExitStack() as stack:
             for callback in callbacks:
                 callback.on_start(run, state)
                 stack.callback(callback.on_end, run)
             block = _run_blocks(run, callbacks, state, records, wall_seconds)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
     if block is not None and block.error is not None:
         raise block.error
     interrupted = block is not None and block.stop is not None and not block.finished
     final = state if block is None else block.state
     return TrainResult(run_dir=run_dir, state=final, records=records, interrupted=interrupted)
+
+
+def _first_block_rounds(config: Config, checkpointer: Checkpointer, resume: bool) -> int:
+    """The first block's length, as `_run_blocks` will choose it (before any callback's limit)."""
+    first_round = (checkpointer.latest_round() or 0) if resume else 0
+    return min(config.log.rounds_per_block, config.federation.rounds - first_round)
 
 
 def _start(
