@@ -48,6 +48,21 @@ def _matmul_gflops() -> float:
     return 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def hlo_op_counts(compiled) -> dict[str, int]:
+    """Instructions of a compiled program by kind (fusions, gathers, scatters, loops).
+
+    The size of the program XLA had to compile (its compile time follows it) and
+    the data movement it does around the clients' states; not a timing.
+    """
+    import re
+
+    counts = dict.fromkeys(("fusion", "gather", "scatter", "while", "dot"), 0)
+    for kind in re.findall(r"= .*? ([a-z][\w-]*)\(", compiled.as_text()):
+        if kind in counts:
+            counts[kind] += 1
+    return counts
+
+
 def time_blocks(compiled, state, seconds: float) -> tuple[object, int, float]:
     """One untimed warm-up call of `compiled(state) -> (state, out)`, then at least two
     timed calls and as many as fit in `seconds`.
@@ -146,6 +161,7 @@ def measure_one(
             "env_steps": steps_per_block * blocks,
             "env_steps_per_second": steps_per_block * blocks / run_seconds,
             "gflops_per_second": flops * blocks / run_seconds / 1e9,
+            "hlo_ops": hlo_op_counts(compiled),
         }
     results["clients"] = clients
     results["matmul_gflops_per_second"] = _matmul_gflops()
@@ -199,7 +215,9 @@ def reference_comparison(clients: int, seconds: float) -> dict:
     ref = ["--clients", str(clients), "--seconds", str(seconds)]
     runs = {}
     for name, devices in (("jfedrl_1_device", 1), (f"jfedrl_{layout}_devices", layout)):
-        runs[name] = _subprocess(args, _host_devices_env(devices))["federated"]
+        # A cold compilation cache: the reference compiles without one.
+        cold = {"JFEDRL_COMPILATION_CACHE": tempfile.mkdtemp(prefix="jfedrl-bench-cache-")}
+        runs[name] = _subprocess(args, {**_host_devices_env(devices), **cold})["federated"]
         _progress(name, runs[name])
         after = f"reference_after_{name}"
         runs[after] = _subprocess(ref, _host_devices_env(1), module="scripts.reference_ppo")
@@ -303,6 +321,11 @@ def render(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ops(run: dict) -> str:
+    ops = run.get("hlo_ops")
+    return f"{ops['fusion']}, {ops['gather']}, {ops['scatter']}" if ops else "-"
+
+
 def render_reference(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -332,6 +355,7 @@ def render_reference(report: dict) -> str:
                     f"{ref['env_steps_per_second']:,.0f}",
                     f"{ratio:.2f}x",
                     f"{run['compile_seconds']:.1f} / {ref['compile_seconds']:.1f}",
+                    f"{_ops(run)} / {_ops(ref)}",
                 ]
             )
     lines += benchlib.table(
@@ -342,6 +366,7 @@ def render_reference(report: dict) -> str:
             "reference env steps/s",
             "jfedrl / reference",
             "compile s (jfedrl / reference)",
+            "HLO fusions, gathers, scatters (jfedrl / reference)",
         ],
         rows,
     )
