@@ -351,6 +351,19 @@ class Simulator:
         return self.envs.drift(drift_key, state.env_params, round_index)
 
     @property
+    def everyone(self) -> bool:
+        """True if every client trains every round, unpadded.
+
+        The participants' ids are then `arange(C)`: the gather of their states and the
+        scatter back are identities, and the round skips them (at trace time; same results).
+        """
+        return self.num_participants == self.num_clients == self.padded_participants
+
+    def take_participants(self, tree: Any, ids: jax.Array) -> Any:
+        """The participants' rows of a stacked tree (the tree itself when `everyone`)."""
+        return tree if self.everyone else _take(tree, ids)
+
+    @property
     def padded_participants(self) -> int:
         """Participants per round rounded up to a multiple of the device count."""
         devices = 1 if self.mesh is None else self.mesh.size
@@ -393,7 +406,7 @@ class Simulator:
         else:
             system_key = jax.random.fold_in(key, _SYSTEM_STREAM)
             num_updates = self._stragglers_and_dropouts(system_key, counts[ids])
-        before = self.shard_clients(_take(state.clients, ids))
+        before = self.shard_clients(self.take_participants(state.clients, ids))
         staleness = jnp.zeros(ids.shape, jnp.int32)
         start_params = None
         broadcast, broadcast_axis = state.global_params, None
@@ -417,8 +430,10 @@ class Simulator:
             valid=valid,
             before=before,
             clients=clients,
-            env_params=self.shard_clients(_take(env_params, ids)),
-            client_keys=self.shard_clients(jax.random.split(key_clients, self.num_clients)[ids]),
+            env_params=self.shard_clients(self.take_participants(env_params, ids)),
+            client_keys=self.shard_clients(
+                self.take_participants(jax.random.split(key_clients, self.num_clients), ids)
+            ),
             reference=Reference(reference_params, state.peer_params, state.peer_weights),
             key_aggregate=key_aggregate,
             num_updates=num_updates,
@@ -541,8 +556,7 @@ class Simulator:
         new_state = state.replace(
             global_params=global_params,
             server_state=server_state,
-            # Padding slots point past the last client and are dropped by the scatter.
-            clients=_put(state.clients, jnp.where(inputs.valid, ids, self.num_clients), clients),
+            clients=self._scatter_clients(state.clients, inputs, clients),
             peer_params=peers,
             peer_weights=peer_weights,
             round=state.round + 1,
@@ -577,6 +591,13 @@ class Simulator:
         for name, value in strategy_metrics.items():
             metrics["strategy/" + name] = value
         return new_state, metrics
+
+    def _scatter_clients(self, all_clients: Any, inputs: RoundInputs, clients: Any) -> Any:
+        """Every client's state after the round: the participants' rows replaced."""
+        if self.everyone:
+            return clients
+        # Padding slots point past the last client and are dropped by the scatter.
+        return _put(all_clients, jnp.where(inputs.valid, inputs.ids, self.num_clients), clients)
 
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
     def run_block(self, state: FedState, num_rounds: int):

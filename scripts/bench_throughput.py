@@ -48,6 +48,21 @@ def _matmul_gflops() -> float:
     return 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def hlo_op_counts(compiled) -> dict[str, int]:
+    """Instructions of a compiled program by kind (fusions, gathers, scatters, loops).
+
+    The size of the program XLA had to compile (its compile time follows it) and
+    the data movement it does around the clients' states; not a timing.
+    """
+    import re
+
+    counts = dict.fromkeys(("fusion", "gather", "scatter", "while", "dot"), 0)
+    for kind in re.findall(r"= .*? ([a-z][\w-]*)\(", compiled.as_text()):
+        if kind in counts:
+            counts[kind] += 1
+    return counts
+
+
 def time_blocks(compiled, state, seconds: float) -> tuple[object, int, float]:
     """One untimed warm-up call of `compiled(state) -> (state, out)`, then at least two
     timed calls and as many as fit in `seconds`.
@@ -146,6 +161,7 @@ def measure_one(
             "env_steps": steps_per_block * blocks,
             "env_steps_per_second": steps_per_block * blocks / run_seconds,
             "gflops_per_second": flops * blocks / run_seconds / 1e9,
+            "hlo_ops": hlo_op_counts(compiled),
         }
     results["clients"] = clients
     results["matmul_gflops_per_second"] = _matmul_gflops()
@@ -199,7 +215,9 @@ def reference_comparison(clients: int, seconds: float) -> dict:
     ref = ["--clients", str(clients), "--seconds", str(seconds)]
     runs = {}
     for name, devices in (("jfedrl_1_device", 1), (f"jfedrl_{layout}_devices", layout)):
-        runs[name] = _subprocess(args, _host_devices_env(devices))["federated"]
+        # A cold compilation cache: the reference compiles without one.
+        cold = {"JFEDRL_COMPILATION_CACHE": tempfile.mkdtemp(prefix="jfedrl-bench-cache-")}
+        runs[name] = _subprocess(args, {**_host_devices_env(devices), **cold})["federated"]
         _progress(name, runs[name])
         after = f"reference_after_{name}"
         runs[after] = _subprocess(ref, _host_devices_env(1), module="scripts.reference_ppo")
@@ -303,6 +321,41 @@ def render(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Where the round's work went (issue 15), measured in session 4 (2026-11-30) on the
+#: 2-core machine at load average 8-16, 64 clients, one round per block, one device.
+FINDINGS = """\
+Where the work goes (64 clients, one round, one device; compiled HLO of both programs,
+counted by `hlo_op_counts` and by loop body; compile seconds from one process at load ~11):
+
+- The inner loops were already alike: per rollout step 53 fusions (jfedrl) vs 46 (reference:
+  jfedrl also stores the behaviour logits, the final observation and the truncation flag, and
+  tracks episode returns); per minibatch 135 vs 125 (clipped value loss, the approx_kl metric);
+  per epoch 37 vs 34. The time-limit bootstrap is one batched critic pass per local update
+  (about 2% of the update's matmul flops), not a per-step one.
+- Outside the loops jfedrl had 609 instructions, the reference 176. With every client
+  participating, the gather of the participants' states and their scatter back were identities
+  on every leaf of the client state (46 gather and 47 scatter fusions; in the whole program 698
+  fusions, 67 gathers, 48 scatters vs the reference's 308, 7, 1); the rest is the
+  finite-update guard (a select per leaf), the update norms and the metrics. The round now
+  skips the gather and scatter at trace time when every client trains every round
+  (`Simulator.everyone`): 479 instructions outside the loops (259 fusions), 605 fusions,
+  9 gathers, 1 scatter in all. The guard, the norms and the metrics are features and stay.
+- The PPO loss computed both KL directions every minibatch; KL[pi || pi_old] is now traced only
+  for `mdpo`. Rewards and dones no longer ride through the per-epoch shuffle.
+- Compile, same process, sequentially (load ~11): jfedrl's local training alone 59.5 s, the
+  whole round 86.7 s, the reference's round 61.9 s. The local training compiles about as
+  fast as the reference; the round's own part (sampling, broadcast, guard, aggregation,
+  metrics) is the rest.
+- Before these changes, one process alternating the two compiled rounds (load 16):
+  jfedrl 0.79x the reference's env steps/s.
+"""
+
+
+def _ops(run: dict) -> str:
+    ops = run.get("hlo_ops")
+    return f"{ops['fusion']}, {ops['gather']}, {ops['scatter']}" if ops else "-"
+
+
 def render_reference(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -332,6 +385,7 @@ def render_reference(report: dict) -> str:
                     f"{ref['env_steps_per_second']:,.0f}",
                     f"{ratio:.2f}x",
                     f"{run['compile_seconds']:.1f} / {ref['compile_seconds']:.1f}",
+                    f"{_ops(run)} / {_ops(ref)}",
                 ]
             )
     lines += benchlib.table(
@@ -342,9 +396,11 @@ def render_reference(report: dict) -> str:
             "reference env steps/s",
             "jfedrl / reference",
             "compile s (jfedrl / reference)",
+            "HLO fusions, gathers, scatters (jfedrl / reference)",
         ],
         rows,
     )
+    lines += ["", FINDINGS.rstrip()]
     if report.get("start_up"):
         u = report["start_up"]
         lines += [

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scripts.bench_throughput import time_blocks  # the benchmark's timing loop
+from scripts.bench_throughput import hlo_op_counts, time_blocks  # the benchmark's own
 
 NUM_ENVS, NUM_STEPS, EPOCHS, MINIBATCHES, LOCAL_UPDATES = 4, 128, 4, 4, 4
 LR, GAMMA, LAMBDA, CLIP, ENT, VF, MAX_NORM = 2.5e-3, 0.99, 0.95, 0.2, 0.01, 0.5, 0.5
@@ -163,6 +163,7 @@ def measure(clients: int, seconds: float) -> dict:
         "compile_seconds": compile_seconds,
         "env_steps_per_second": steps / run_seconds,
         "devices": jax.device_count(),
+        "hlo_ops": hlo_op_counts(compiled),
     }
 
 

@@ -167,8 +167,7 @@ def loss(
     log_prob = networks.log_prob(dist, t.action, continuous)
     ratio = jnp.exp(log_prob - t.log_prob)
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    kl_old_new = networks.kl(t.dist, dist, continuous).mean()
-    kl_new_old = networks.kl(dist, t.dist, continuous).mean()
+    kl_old_new = networks.kl(t.dist, dist, continuous).mean()  # also the approx_kl metric
     if ppo.objective == "clip":
         clipped = jnp.clip(ratio, 1.0 - ppo.clip_eps, 1.0 + ppo.clip_eps)
         pg_loss = -jnp.minimum(ratio * adv, clipped * adv).mean()
@@ -177,7 +176,7 @@ def loss(
         if ppo.objective == "kl":
             pg_loss = pg_loss + kl_coef * kl_old_new
         elif ppo.objective == "mdpo":
-            pg_loss = pg_loss + kl_coef * kl_new_old
+            pg_loss = pg_loss + kl_coef * networks.kl(dist, t.dist, continuous).mean()
     comm = jnp.zeros(())
     if ppo.comm_coef > 0:
         comm = comm_kl(key, network, ppo, continuous, dist, reference, t.obs).mean()
@@ -228,6 +227,8 @@ def build(config: Config, env, env_params) -> Algorithm:
             key_rollout, agent, state, client_env_params, ppo.num_steps, ppo.gamma
         )
         adv, target = onpolicy.advantages(network, state, batch, ppo.gamma, ppo.gae_lambda)
+        # The loss reads no rewards or dones: they stay out of the per-epoch shuffle.
+        batch = batch.replace(reward=None, done=None)
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (batch, adv, target))
 
         def epoch(carry, epoch_key):
