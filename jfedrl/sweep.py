@@ -229,11 +229,15 @@ def split_reasons(sweep: Sweep, groups: list[Group]) -> list[str]:
     fields = []
     for group in groups:
         for field in sweep.setups[group.indices[0]].values:
-            if field not in fields and field not in traced.TRACEABLE:
+            static = field not in traced.TRACEABLE or field in traced.SWITCHES
+            if field not in fields and static:
                 fields.append(field)
     reasons = []
     for field in fields:
-        values = {repr(sweep.setups[g.indices[0]].values.get(field)) for g in groups}
+        values = {
+            repr(traced.static_value(field, sweep.setups[g.indices[0]].values.get(field)))
+            for g in groups
+        }
         if len(values) > 1:
             reasons.append(f"{field} {traced.why_static(field)}")
     return reasons or ["the setups' untraceable fields differ"]

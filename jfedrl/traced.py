@@ -25,6 +25,21 @@ import jax
 from jfedrl import algorithms, strategies
 from jfedrl.config import Config
 
+#: Coefficients that switch a loss term on when > 0 (`algorithms.common.switched_on`):
+#: setups with the term on share a program with the coefficient traced; setups with it
+#: off (0) and on compile apart.
+SWITCHES: tuple[str, ...] = (
+    "algo.ppo.comm_coef",
+    "algo.ppo.prox_mu",
+    "algo.ppo.kl_target",
+    "algo.a2c.comm_coef",
+    "algo.a2c.prox_mu",
+    "algo.dqn.prox_mu",
+    "algo.td3.comm_coef",
+    "algo.td3.prox_mu",
+    "strategy.prox_mu",
+)
+
 #: Config fields that may hold a traced scalar inside the jitted round.
 TRACEABLE: tuple[str, ...] = (
     "algo.ppo.learning_rate",
@@ -66,13 +81,15 @@ TRACEABLE: tuple[str, ...] = (
     "strategy.dp_clip",
     "strategy.dp_noise",
     "federation.staleness_decay",
+    *SWITCHES,
 )
 
 #: Why some float fields are not traceable (they are compiled into the program).
 NOT_TRACEABLE: dict[str, str] = {
-    "prox_mu": "switches the proximal term on in Python (if mu > 0)",
-    "comm_coef": "switches the communication term (and the peers' params) on in Python",
-    "kl_target": "switches the adaptive KL penalty on in Python",
+    "prox_mu": "switches the proximal term on in Python (0 and > 0 compile apart)",
+    "comm_coef": "switches the communication term (and the peers' params) on in Python "
+    "(0 and > 0 compile apart)",
+    "kl_target": "switches the adaptive KL penalty on in Python (0 and > 0 compile apart)",
     "exploration_fraction": "sets an integer decay horizon",
     "strategy.server_momentum": "switches the server momentum state off at 0",
     "strategy.trim_beta": "sets how many clients are trimmed (a shape)",
@@ -125,10 +142,21 @@ def simulator_with(simulator: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(simulator, config=config, algorithm=algorithm, strategy=strategy)
 
 
+def static_value(path: str, value: Any) -> Any:
+    """What of a field's value is compiled into the program: nothing for a traceable
+    field (0.0), whether it is on for a switch, the value itself otherwise.
+    """
+    if path in SWITCHES:
+        return None if value is None else float(value > 0)
+    return 0.0 if path in TRACEABLE else value
+
+
 def static_part(config: Config) -> Config:
-    """`config` with every traceable field zeroed: equal static parts compile alike."""
+    """`config` with every traceable field reduced to `static_value`: equal static parts
+    compile alike.
+    """
     for path in TRACEABLE:
-        config = set_path(config, path, 0.0)
+        config = set_path(config, path, static_value(path, get_path(config, path)))
     return config
 
 

@@ -185,11 +185,14 @@ def test_shape_changing_setups_are_split_into_groups(tmp_path):
     )
 
 
-def test_a_branching_coefficient_splits_groups_and_says_why(tmp_path):
-    parsed = sweep.load(write(tmp_path, grid={"algo.ppo.prox_mu": [0.0, 0.1]}))
-    assert [g.indices for g in sweep.plan_groups(parsed)] == [(0,), (1,)]
+def test_a_switch_off_and_on_splits_groups_and_says_why(tmp_path):
+    parsed = sweep.load(write(tmp_path, grid={"algo.ppo.prox_mu": [0.0, 0.1, 0.2]}))
+    groups = sweep.plan_groups(parsed)
+    assert [g.indices for g in groups] == [(0,), (1, 2)]
+    assert [g.traced for g in groups] == [(), ("algo.ppo.prox_mu",)]  # on in both: traced
     assert sweep.describe_groups(parsed)[0] == (
-        "groups: 2 (algo.ppo.prox_mu switches the proximal term on in Python (if mu > 0))"
+        "groups: 2 (algo.ppo.prox_mu switches the proximal term on in Python "
+        "(0 and > 0 compile apart))"
     )
 
 

@@ -118,3 +118,18 @@ def test_static_part_ignores_exactly_the_traceable_fields():
     assert traced.varying([a, b]) == ["algo.ppo.learning_rate", "strategy.server_lr"]
     c = tiny_config(algo__ppo__prox_mu=0.1)
     assert traced.static_part(a) != traced.static_part(c)
+
+
+def test_fedprox_mu_traces_into_the_algorithms_proximal_term():
+    config = tiny_config(strategy__name="fedprox", strategy__prox_mu=0.05)
+    simulator = make_simulator(config)
+
+    def loss_weight(mu):
+        run = traced.simulator_with(simulator, {"strategy.prox_mu": mu})
+        assert run.config.strategy.prox_mu is mu  # the tracer itself, not a coerced float
+        start = Simulator.init.__wrapped__(run, jax.random.PRNGKey(0))
+        state, _ = Simulator.run_block.__wrapped__(run, start, 1)
+        return state.global_params
+
+    jaxpr = jax.make_jaxpr(loss_weight)(jnp.float32(0.05)).jaxpr
+    assert reaches_outputs(jaxpr, jaxpr.invars[:1])  # mu steers the trained params

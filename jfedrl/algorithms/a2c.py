@@ -124,7 +124,7 @@ def loss(
     v_loss = 0.5 * jnp.mean((value - returns) ** 2)
     ent = jnp.mean(networks.entropy(dist, continuous))
     comm = jnp.zeros(())
-    if a2c.comm_coef > 0:
+    if common.switched_on(a2c.comm_coef):
         ref_dist, _ = network.apply(reference.global_params, batch.obs)
         comm = jnp.mean(networks.kl(jax.lax.stop_gradient(ref_dist), dist, continuous))
     prox = common.prox_term(params, reference.global_params, a2c.prox_mu)

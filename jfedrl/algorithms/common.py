@@ -32,9 +32,18 @@ def action_bounds(env, env_params) -> tuple[jax.Array, jax.Array]:
     return low, high
 
 
+def switched_on(coefficient: Any) -> bool:
+    """Whether a coefficient that switches a loss term on (when > 0) is on.
+
+    A traced coefficient is on: a sweep traces such a field only across setups that
+    all have it on (`jfedrl.traced.SWITCHES`), so the term's code is traced once.
+    """
+    return isinstance(coefficient, jax.Array) or coefficient > 0
+
+
 def prox_term(params: Any, global_params: Any, mu: float) -> jax.Array:
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020); 0 if mu = 0."""
-    if mu <= 0:
+    if not switched_on(mu):
         return jnp.zeros(())
     sq = jax.tree.map(lambda w, g: jnp.sum((w - g) ** 2), params, global_params)
     return 0.5 * mu * sum(jax.tree.leaves(sq))

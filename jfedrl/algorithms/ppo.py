@@ -178,7 +178,7 @@ def loss(
         elif ppo.objective == "mdpo":
             pg_loss = pg_loss + kl_coef * networks.kl(dist, t.dist, continuous).mean()
     comm = jnp.zeros(())
-    if ppo.comm_coef > 0:
+    if common.switched_on(ppo.comm_coef):
         comm = comm_kl(key, network, ppo, continuous, dist, reference, t.obs).mean()
     # Clipped value loss, as in the reference PPO implementations.
     value_clipped = t.value + jnp.clip(value - t.value, -ppo.clip_eps, ppo.clip_eps)
@@ -255,7 +255,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         )
         metrics = jax.tree.map(jnp.mean, aux)
         kl_coef = state.kl_coef
-        if ppo.kl_target > 0:
+        if common.switched_on(ppo.kl_target):
             kl_now = metrics["approx_kl"]
             kl_coef = jnp.where(kl_now > 1.5 * ppo.kl_target, kl_coef * 2.0, kl_coef)
             kl_coef = jnp.where(kl_now < ppo.kl_target / 1.5, kl_coef / 2.0, kl_coef)
@@ -271,7 +271,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         set_params=lambda state, params: state.replace(params=params),
         act=onpolicy.make_act(agent),
         env_steps_per_update=batch_size,
-        needs_peers=ppo.comm_coef > 0 and ppo.comm_reference == "mixture",
+        needs_peers=common.switched_on(ppo.comm_coef) and ppo.comm_reference == "mixture",
     )
 
 

@@ -213,7 +213,7 @@ def actor_loss(
     q = nets.q_values(critic_params, batch.obs, action)[0]
     pg_loss = -jnp.mean(q)
     comm = jnp.zeros(())
-    if td3.comm_coef > 0:
+    if common.switched_on(td3.comm_coef):
         global_action = jax.lax.stop_gradient(nets.mu(reference.global_params["actor"], batch.obs))
         diff = (action - global_action).reshape((batch.obs.shape[0], -1))
         comm = jnp.mean(jnp.sum(diff**2, axis=-1))
