@@ -331,6 +331,12 @@ class _Initialised:
     def init(self, key: jax.Array) -> FedState:
         return self.state
 
+    def abstract_state(self, key: jax.Array) -> FedState:
+        """The state's shapes, dtypes and placement: a checkpoint's restore target."""
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
+        )
+
 
 @dataclass
 class _Member:

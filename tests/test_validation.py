@@ -48,7 +48,7 @@ BAD = {
     "federation.num_clients": (["--clients", "0"], "federation.num_clients"),
     "federation.dropout_prob": (["--federation.dropout-prob", "1"], "federation.dropout_prob"),
     "log": (["--log.eval-episodes", "0"], "log.eval_episodes"),
-    "offload.executor": (["--executor", "ray"], "offload.executor"),
+    "offload.executor": (["--executor", "rya"], "offload.executor"),
     "offload.shards": (["--shards", "0"], "offload.shards"),
     "offload (local)": (
         ["--executor", "local", "--offload.task-timeout", "0"],
