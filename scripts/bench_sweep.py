@@ -108,12 +108,7 @@ def bench_traced(args: argparse.Namespace) -> None:
             f"Speed-up of one traced program: **{grouped_s / traced_s:.2f}x**.",
             "",
             "Whole processes: start-up, compilation, training, evaluation and writing. "
-            + (
-                f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
-                f"{load[1]:.1f} at the end (2 cores), so only the ratio means anything."
-                if load
-                else ""
-            ),
+            + benchlib.load_note(load),
             "",
         ]
     )
@@ -195,13 +190,7 @@ def main() -> None:
             "Wall time is whole processes: start-up, compilation, training, evaluation and "
             "writing. The train processes share one compilation cache, so only the first "
             "compiles. Both sides use the default host-device layout (the sweep vmaps over "
-            "seeds inside it). "
-            + (
-                f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
-                f"{load[1]:.1f} at the end (2 cores), so only the ratio means anything."
-                if load
-                else ""
-            ),
+            "seeds inside it). " + benchlib.load_note(load),
             "",
         ]
     )

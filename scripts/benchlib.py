@@ -106,6 +106,16 @@ def load_averages(facts: dict[str, Any] | str) -> tuple[float, float] | None:
     return facts["loadavg_at_start"][0], facts["loadavg_at_end"][0]
 
 
+def load_note(load: tuple[float, float] | None) -> str:
+    """A sentence on how busy the machine was (from `load_averages`), or "" if unknown."""
+    if not load:
+        return ""
+    return (
+        f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end ({os.cpu_count()} cores), so only the ratio means anything."
+    )
+
+
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """A markdown table's lines: the header, its rule, one line per row of cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
