@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,24 @@ def replace_file(path: Path, data: bytes) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _summary_writer_class() -> type:
+    """The `SummaryWriter` of tensorboardX, imported without PyTorch.
+
+    tensorboardX imports torch when it is installed, only to accept torch tensors
+    (seconds of start-up; jfedrl writes floats). Unless torch is already loaded, the
+    import runs with torch marked absent, and the mark is removed after it.
+    """
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends per-round records to metrics.jsonl and TensorBoard."""
 
@@ -87,9 +106,7 @@ class MetricsWriter:
         self.path = run_dir / METRICS_FILE
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = _summary_writer_class()(str(run_dir / "tensorboard"))
 
     def write(self, records: list[dict[str, Any]]) -> None:
         try:

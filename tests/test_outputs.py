@@ -3,8 +3,12 @@
 import contextlib
 import io
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from tensorboardX.proto import event_pb2
 
 from jfedrl import runner
 from tests.helpers import tiny_config, with_run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_events(path):
@@ -77,3 +83,23 @@ def test_no_progress_bar_when_disabled(tmp_path):
     with contextlib.redirect_stderr(stderr):
         runner.train(config, quiet=True)
     assert stderr.getvalue() == ""
+
+
+def test_tensorboard_writer_does_not_import_an_installed_torch(tmp_path):
+    # A stand-in `torch` package that records its import: tensorboardX would import it.
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'w').close()\n")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from jfedrl.outputs import MetricsWriter\n"
+        "MetricsWriter(Path(sys.argv[1]), tensorboard=True).write([{'round': 1, 'env_steps': 8, 'x': 0.5}])\n"
+        "assert 'torch' not in sys.modules, sys.modules.get('torch')\n"
+        "import torch  # still importable afterwards\n"
+    )
+    mark = tmp_path / "torch-imported"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{ROOT}", MARK=str(mark))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True)
+    assert mark.exists()  # by the explicit import at the end, not by the writer
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
