@@ -94,7 +94,8 @@ def test_tensorboard_writer_does_not_import_an_installed_torch(tmp_path):
         "import sys\n"
         "from pathlib import Path\n"
         "from jfedrl.outputs import MetricsWriter\n"
-        "MetricsWriter(Path(sys.argv[1]), tensorboard=True).write([{'round': 1, 'env_steps': 8, 'x': 0.5}])\n"
+        "writer = MetricsWriter(Path(sys.argv[1]), tensorboard=True)\n"
+        "writer.write([{'round': 1, 'env_steps': 8, 'x': 0.5}])\n"
         "assert 'torch' not in sys.modules, sys.modules.get('torch')\n"
         "import torch  # still importable afterwards\n"
     )
