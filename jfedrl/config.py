@@ -618,10 +618,8 @@ def with_fedprox(config: Config) -> Config:
     if config.strategy.name != "fedprox":
         return config
     # Set as it is, not coerced: a sweep may trace `strategy.prox_mu` (jfedrl.traced).
-    section = getattr(config.algo, config.algo.name)
-    section = dataclasses.replace(section, prox_mu=config.strategy.prox_mu)
-    algo = dataclasses.replace(config.algo, **{config.algo.name: section})
-    return dataclasses.replace(config, algo=algo)
+    path = f"algo.{config.algo.name}.prox_mu"
+    return replace_path(config, path, config.strategy.prox_mu, coerce=False)
 
 
 def participants_per_round(fed: FederationConfig) -> int:

@@ -127,8 +127,14 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def replace_path(config: Any, dotted: str, value: Any, _prefix: str = "") -> Any:
-    """Returns `config` with the field at `a.b.c` replaced (value is coerced)."""
+def replace_path(
+    config: Any, dotted: str, value: Any, _prefix: str = "", *, coerce: bool = True
+) -> Any:
+    """Returns `config` with the field at `a.b.c` replaced.
+
+    The value is coerced to the field's type, unless `coerce=False`: then it is set as
+    it is (a traced scalar inside a sweep's program, `jfedrl.traced`).
+    """
     head, _, rest = dotted.partition(".")
     head = head.replace("-", "_")
     here = _prefix + head
@@ -139,9 +145,11 @@ def replace_path(config: Any, dotted: str, value: Any, _prefix: str = "") -> Any
     if rest:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"{here}: has no sub-fields")
-        new = replace_path(current, rest, value, here + ".")
-    else:
+        new = replace_path(current, rest, value, here + ".", coerce=coerce)
+    elif coerce:
         new = _coerce(here, value, _field_types(type(config))[head])
+    else:
+        new = value
     return dataclasses.replace(config, **{head: new})
 
 

@@ -24,6 +24,7 @@ import jax
 
 from jfedrl import algorithms, strategies
 from jfedrl.config import Config
+from jfedrl.schema import replace_path
 
 #: Coefficients that switch a loss term on when > 0 (`algorithms.common.switched_on`):
 #: setups with the term on share a program with the coefficient traced; setups with it
@@ -111,9 +112,7 @@ def get_path(config: Any, dotted: str) -> Any:
 
 def set_path(config: Any, dotted: str, value: Any) -> Any:
     """`config` with the field at `a.b.c` set to `value` as it is (no coercion: a tracer)."""
-    head, _, rest = dotted.partition(".")
-    new = set_path(getattr(config, head), rest, value) if rest else value
-    return dataclasses.replace(config, **{head: new})
+    return replace_path(config, dotted, value, coerce=False)
 
 
 def with_traced(config: Config, values: Mapping[str, Any]) -> Config:
