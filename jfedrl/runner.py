@@ -321,7 +321,8 @@ def _train_locked(
         executor = plugins.executor("inprocess").make_runner(simulator, run_dir)
     try:
         if executor is not None:
-            executor.compile_ahead(_first_block_rounds(config, checkpointer, resume))
+            first_round = (checkpointer.latest_round() or 0) if resume else 0
+            executor.compile_ahead(block_rounds(config, first_round))
         state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
         if distributed.is_primary():
             # The process layout is launch info: a resume gives it again.
@@ -357,9 +358,8 @@ def _train_locked(
     return TrainResult(run_dir=run_dir, state=final, records=records, interrupted=interrupted)
 
 
-def _first_block_rounds(config: Config, checkpointer: Checkpointer, resume: bool) -> int:
-    """The first block's length, as `_run_blocks` will choose it (before any callback's limit)."""
-    first_round = (checkpointer.latest_round() or 0) if resume else 0
+def block_rounds(config: Config, first_round: int) -> int:
+    """The length of the block starting at `first_round`, before any callback's limit."""
     return min(config.log.rounds_per_block, config.federation.rounds - first_round)
 
 
@@ -411,7 +411,7 @@ def _run_blocks(
     block = None
     while int(state.round) < config.federation.rounds:
         first_round = int(state.round)
-        num_rounds = min(config.log.rounds_per_block, config.federation.rounds - first_round)
+        num_rounds = block_rounds(config, first_round)
         for callback in callbacks:
             num_rounds = callback.limit_rounds(first_round, num_rounds)
         state, metrics, tick, compile_seconds = timed_block(executor, state, num_rounds)

@@ -60,6 +60,7 @@ from jfedrl.runner import (
     CONFIG_FILE,
     InProcessRunner,
     _start,
+    block_rounds,
     enable_compilation_cache,
     finish_block,
     timed_block,
@@ -407,7 +408,7 @@ def _run_group(group: _Group, bar: Any) -> bool:
         first_round = rounds.pop()
         stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
         while first_round < total:
-            num_rounds = min(config.log.rounds_per_block, total - first_round)
+            num_rounds = block_rounds(config, first_round)
             for member in members:
                 for callback in member.callbacks:
                     num_rounds = callback.limit_rounds(first_round, num_rounds)
