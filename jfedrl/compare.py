@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from jfedrl.config import Config, load_yaml
-from jfedrl.outputs import read_metrics
+from jfedrl.outputs import new_figure, read_metrics
 from jfedrl.schema import to_dict
 
 log = logging.getLogger("jfedrl")
@@ -278,12 +278,7 @@ def plot(
     groups: dict[str, list[RunInfo]], rows: list[SetupStats], out: Path, reps: int, seed: int
 ) -> list[Path]:
     """Writes curves.png (IQM eval return vs env steps, 95 % CI band) and final_scores.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = new_figure(figsize=(7, 4.2), dpi=110)
     for label, members in groups.items():
         curves = [eval_curve(run.records) for run in members]
         length = min(len(steps) for steps, _ in curves)
@@ -301,9 +296,8 @@ def plot(
     fig.tight_layout()
     curves_path = out / "curves.png"
     fig.savefig(curves_path)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 + 0.45 * len(rows)), dpi=110, sharey=True)
+    fig, axes = new_figure(figsize=(9, 0.6 + 0.45 * len(rows)), ncols=2, sharey=True)
     for ax, name in zip(axes, ("iqm", "mean"), strict=True):
         for i, row in enumerate(rows):
             interval = getattr(row, name)
@@ -315,7 +309,6 @@ def plot(
     fig.tight_layout()
     scores_path = out / "final_scores.png"
     fig.savefig(scores_path)
-    plt.close(fig)
     return [curves_path, scores_path]
 
 
