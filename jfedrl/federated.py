@@ -41,6 +41,9 @@ from jfedrl.environment import ClientEnvs, make_client_envs
 from jfedrl.strategies import ClientInfo, Strategy
 from jfedrl.strategies.dp import clip_factors
 from jfedrl.tree import tree_where
+from jfedrl.xla_cpu import unroll_threefry_on_cpu
+
+unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/xla_cpu.py
 
 #: Streams folded into the round key for the draws of system heterogeneity and
 #: staleness, apart from the round key's `split`, so runs without them draw as before.

@@ -201,3 +201,36 @@ def test_full_participation_skips_the_client_gather_and_scatter_with_equal_resul
     assert gathers[1] - gathers[0] >= leaves and scatters[1] - scatters[0] >= leaves
     out_fast, out_slow = (low.compile()(state) for low in lowered)
     assert equal_trees(out_fast, out_slow)
+
+
+_DRAWS = (
+    "import jax, jax.numpy as jnp, numpy as np\n"
+    "def draws(key):\n"
+    "    a, b = jax.random.split(key)\n"
+    "    logits = jax.random.normal(a, (6, 3))\n"
+    "    keys = jax.random.key_data(jax.random.split(jax.random.fold_in(b, 5), 4))\n"
+    "    return keys, logits, jax.random.categorical(b, logits), jax.random.permutation(a, 9)\n"
+    "values = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.PRNGKey(7), 3))\n"
+)
+
+
+def test_threefry_on_cpu_is_unrolled_with_bit_identical_draws():
+    """jfedrl lowers `jax.random`'s hash without XLA while loops; the draws do not change."""
+    import jax
+    import numpy as np
+
+    import jfedrl.federated  # noqa: F401  (registers the unrolled lowering)
+
+    scope: dict = {}
+    exec(_DRAWS, scope)  # the same program, jitted in this process
+    compiled = jax.jit(jax.vmap(scope["draws"])).lower(jax.random.split(jax.random.PRNGKey(7), 3))
+    assert " while(" not in compiled.compile().as_text()
+    # A fresh interpreter without jfedrl keeps JAX's rolled loop: the reference values.
+    probe = _DRAWS + "print([np.asarray(v).tolist() for v in values])"
+    fresh = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    reference = json.loads(fresh)
+    assert len(reference) == 4
+    for ours, theirs in zip(scope["values"], reference, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
