@@ -447,15 +447,36 @@ class Simulator:
     def round_step(self, state: FedState) -> tuple[FedState, dict[str, jax.Array]]:
         """One federated round (pure; jitted inside `run_block`)."""
         inputs = self.begin_round(state)
-        clients, local_metrics = local_training(
-            self.algorithm,
-            self.config.federation.local_updates,
+        stacked_reference = inputs.start_params is not None
+
+        def train(keys, clients, env_params, reference, num_updates):
+            return local_training(
+                self.algorithm,
+                self.config.federation.local_updates,
+                keys,
+                clients,
+                env_params,
+                reference,
+                num_updates=num_updates,
+                stacked_reference=stacked_reference,
+            )
+
+        if self.mesh is not None:
+            split, whole = PartitionSpec("clients"), PartitionSpec()
+            reference_specs = Reference(split if stacked_reference else whole, whole, whole)
+            train = jax.shard_map(
+                train,
+                mesh=self.mesh,
+                in_specs=(split, split, split, reference_specs, split),
+                out_specs=(split, PartitionSpec(None, "clients")),
+                check_vma=False,
+            )
+        clients, local_metrics = train(
             inputs.client_keys,
             inputs.clients,
             inputs.env_params,
             inputs.reference,
-            num_updates=inputs.num_updates if self.heterogeneous else None,
-            stacked_reference=inputs.start_params is not None,
+            inputs.num_updates if self.heterogeneous else None,
         )
         return self.aggregate(state, inputs, clients, local_metrics)
 

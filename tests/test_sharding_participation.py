@@ -23,8 +23,9 @@ import jax, numpy as np
 from tests.helpers import tiny_config
 from jfedrl.federated import make_simulator
 clients, participation = int(sys.argv[1]), float(sys.argv[2])
+extra = json.loads(sys.argv[3])
 sim = make_simulator(tiny_config(federation__num_clients=clients,
-                                 federation__participation=participation))
+                                 federation__participation=participation, **extra))
 state = sim.init(jax.random.PRNGKey(0))
 state, metrics = sim.run_block(state, 3)
 leaves = [np.ravel(np.asarray(x)).tolist() for x in jax.tree.leaves(state.global_params)]
@@ -35,11 +36,11 @@ print(json.dumps({"devices": jax.device_count(), "padded": sim.padded_participan
 """
 
 
-def _run(clients, participation, devices):
+def _run(clients, participation, devices, **extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     out = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT, str(clients), str(participation)],
+        [sys.executable, "-c", SHARDED_SCRIPT, str(clients), str(participation), json.dumps(extra)],
         capture_output=True,
         text=True,
         env=env,
@@ -62,6 +63,23 @@ def test_sharded_over_4_devices_equals_one_device():
     for a, b in zip(one["params"], four["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one["returns"], four["returns"], rtol=1e-5)
+
+
+def test_sharded_with_stale_starts_stragglers_and_peers_equals_one_device():
+    """The per-device local training gets each input's right split: stale start params
+    (one per client), stragglers' update counts (one per client), peers (replicated)."""
+    extra = {
+        "federation__staleness": 2,
+        "federation__straggler_prob": 0.5,
+        "algo__ppo__comm_coef": 0.1,
+        "algo__ppo__comm_reference": "mixture",
+    }
+    one = _run(4, 1.0, 1, **extra)
+    two = _run(4, 1.0, 2, **extra)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    for a, b in zip(one["params"], two["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one["returns"], two["returns"], rtol=1e-5)
 
 
 def test_participants_are_a_reproducible_sample_of_the_right_size():
