@@ -14,10 +14,14 @@ this one run, so ratios compare like with like on a noisy machine:
 * the README's default `jfedrl train`, timed end to end from a cold cache;
 * `--reference`: jfedrl's round on one device and on the default host device
   layout (`jfedrl.devices`) against the plain one-file federated PPO of
-  `scripts/reference_ppo.py` (one device), alternating processes.
+  `scripts/reference_ppo.py` (one device), alternating processes;
+* `--interleaved`: the same comparison inside one process per layout, the two
+  compiled rounds called in turns (writes bench/throughput_interleaved.*), so a
+  slower or faster spell of a shared machine falls on both alike.
 
 Usage: python -m scripts.bench_throughput [--clients 1 16 64 256] [--seconds 4] [--quick]
        python -m scripts.bench_throughput --reference [--clients 64 256]
+       python -m scripts.bench_throughput --interleaved [--clients 64 256] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -225,6 +229,140 @@ def reference_comparison(clients: int, seconds: float) -> dict:
     return {"clients": clients, "default_host_devices": layout, "runs": runs}
 
 
+def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
+    """Runs in a subprocess: the reference's round and jfedrl's block, timed in turns.
+
+    The reference is compiled before jfedrl is imported, so it keeps JAX's own CPU
+    lowerings (jfedrl registers its own at import, `jfedrl/xla_cpu.py`); it runs on
+    the first device, as a user's one-device program would. Each side is called
+    alternately until both have run `seconds`.
+    """
+    import jax
+
+    from scripts import reference_ppo
+
+    init, fed_round = reference_ppo.make_round(clients)
+    ref_state = jax.jit(init)(jax.random.PRNGKey(0))
+    start = time.perf_counter()
+    reference = jax.jit(fed_round, donate_argnums=0).lower(ref_state).compile()
+    ref_compile = time.perf_counter() - start
+
+    from jfedrl.config import Config
+    from jfedrl.federated import Simulator, make_simulator
+    from jfedrl.schema import override
+
+    settings = {
+        "federation.num_clients": clients,
+        "federation.local_updates": reference_ppo.LOCAL_UPDATES,
+        "algo.ppo.num_envs": reference_ppo.NUM_ENVS,
+        "algo.ppo.num_steps": reference_ppo.NUM_STEPS,
+        "algo.ppo.update_epochs": reference_ppo.EPOCHS,
+        "algo.ppo.num_minibatches": reference_ppo.MINIBATCHES,
+    }
+    sim = make_simulator(override(Config(), settings))
+    state = sim.init(jax.random.PRNGKey(0))
+    start = time.perf_counter()
+    ours = Simulator.run_block.lower(sim, state, rounds_per_block).compile()
+    our_compile = time.perf_counter() - start
+
+    sides = {"jfedrl": [ours, state, 0.0, 0], "reference": [reference, ref_state, 0.0, 0]}
+    for side in sides.values():  # untimed warm-up
+        side[1], out = side[0](side[1])
+        jax.block_until_ready(out)
+    while any(side[2] < seconds or side[3] < 3 for side in sides.values()):
+        for side in sides.values():
+            start = time.perf_counter()
+            side[1], out = side[0](side[1])
+            jax.block_until_ready(out)
+            side[2] += time.perf_counter() - start
+            side[3] += 1
+    steps = {
+        "jfedrl": sim.env_steps_per_round * rounds_per_block,
+        "reference": clients
+        * reference_ppo.LOCAL_UPDATES
+        * reference_ppo.NUM_ENVS
+        * reference_ppo.NUM_STEPS,
+    }
+    return {
+        "clients": clients,
+        "devices": jax.device_count(),
+        "calls": {name: side[3] for name, side in sides.items()},
+        "run_seconds": {name: side[2] for name, side in sides.items()},
+        "env_steps_per_second": {
+            name: steps[name] * side[3] / side[2] for name, side in sides.items()
+        },
+        "compile_seconds": {"jfedrl": our_compile, "reference": ref_compile},
+        "hlo_ops": {"jfedrl": hlo_op_counts(ours), "reference": hlo_op_counts(reference)},
+    }
+
+
+def interleaved_main(clients: list[int], seconds: float, rounds_per_block: int) -> None:
+    from jfedrl.devices import default_host_devices, usable_cores
+
+    facts = benchlib.machine()
+    rows = []
+    for count in clients:
+        for devices in sorted({1, default_host_devices(count, usable_cores())}):
+            args = ["--interleaved-one", str(count), "--seconds", str(seconds)]
+            args += ["--rounds-per-block", str(rounds_per_block)]
+            row = _subprocess(args, _host_devices_env(devices))
+            speed = row["env_steps_per_second"]
+            print(
+                f"  {count} clients, {devices} device(s): jfedrl {speed['jfedrl']:,.0f} vs "
+                f"reference {speed['reference']:,.0f} env steps/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(row)
+    report = {"machine": benchlib.finish(facts), "rows": rows}
+    markdown = render_interleaved(report)
+    benchlib.write_report(benchlib.BENCH / "throughput_interleaved", report, markdown)
+    print(markdown)
+
+
+def render_interleaved(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Throughput, interleaved: jfedrl and the plain reference in one process",
+        "",
+        f"{m['date'][:10]}, {benchlib.describe(m)}; load average "
+        f"{m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end. "
+        "Per row one process holds both compiled programs (the reference compiled "
+        "first, with JAX's own lowerings, on the first device) and calls them in "
+        "turns, so the ratio is immune to the machine's slow and fast spells. Same "
+        "PPO shape as bench/throughput_reference.md. "
+        "`python -m scripts.bench_throughput --interleaved`.",
+        "",
+    ]
+    rows = []
+    for r in report["rows"]:
+        speed, compile_s = r["env_steps_per_second"], r["compile_seconds"]
+        rows.append(
+            [
+                r["clients"],
+                r["devices"],
+                f"{speed['jfedrl']:,.0f}",
+                f"{speed['reference']:,.0f}",
+                f"{speed['jfedrl'] / speed['reference']:.2f}x",
+                f"{compile_s['jfedrl']:.1f} / {compile_s['reference']:.1f}",
+                f"{r['calls']['jfedrl']} / {r['calls']['reference']}",
+            ]
+        )
+    lines += benchlib.table(
+        [
+            "clients",
+            "jfedrl devices",
+            "jfedrl env steps/s",
+            "reference env steps/s (1 device)",
+            "jfedrl / reference",
+            "compile s (jfedrl / reference)",
+            "timed calls (jfedrl / reference)",
+        ],
+        rows,
+    )
+    return "\n".join(lines) + "\n"
+
+
 def cache_check(clients: int) -> dict:
     """Compile the same config in two fresh processes sharing one cache folder."""
     cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
@@ -348,6 +486,12 @@ counted by `hlo_op_counts` and by loop body; compile seconds from one process at
   metrics) is the rest.
 - Before these changes, one process alternating the two compiled rounds (load 16):
   jfedrl 0.79x the reference's env steps/s.
+- Since then: `jax.random`'s Threefry hash is lowered unrolled on CPU (`jfedrl/xla_cpu.py`;
+  the round's `while` loops 19 -> 5, hence the lower fusion counts above) and local training
+  runs per device under `shard_map` on a mesh. On this VM, consecutive processes see slow and
+  fast spells of tens of percent, so the ratios above swing from run to run (docs/benchmarks.md
+  lists three runs); `--interleaved` (bench/throughput_interleaved.md) times both programs in
+  turns in one process and is the figure to quote.
 """
 
 
@@ -438,15 +582,26 @@ def main() -> None:
     parser.add_argument(
         "--reference", action="store_true", help="jfedrl vs scripts/reference_ppo.py only"
     )
+    parser.add_argument(
+        "--interleaved", action="store_true", help="jfedrl and the reference in one process"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--federated-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         result = measure_one(args.one, args.seconds, args.rounds_per_block, args.federated_only)
         print(json.dumps(result))
         return
+    if args.interleaved_one is not None:
+        result = interleaved_one(args.interleaved_one, args.seconds, args.rounds_per_block)
+        print(json.dumps(result))
+        return
     if args.reference:
         reference_main(args.clients, args.seconds)
+        return
+    if args.interleaved:
+        interleaved_main(args.clients, args.seconds, args.rounds_per_block)
         return
     if args.quick:
         args.clients, args.seconds = [1, 16], 1.0
