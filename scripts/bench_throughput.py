@@ -34,7 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scripts import benchlib
 
@@ -98,15 +100,7 @@ def measure_one(
     from jfedrl.schema import override
 
     enable_compilation_cache()
-    settings = {
-        "federation.num_clients": clients,
-        "federation.local_updates": 4,
-        "algo.ppo.num_envs": 4,
-        "algo.ppo.num_steps": 128,
-        "algo.ppo.update_epochs": 4,
-        "algo.ppo.num_minibatches": 4,
-    }
-    config = override(Config(), settings)
+    config = override(Config(), ppo_settings(clients))
     sim = make_simulator(config)
     state = sim.init(jax.random.PRNGKey(0))
     steps_per_block = sim.env_steps_per_round * rounds_per_block
@@ -229,6 +223,35 @@ def reference_comparison(clients: int, seconds: float) -> dict:
     return {"clients": clients, "default_host_devices": layout, "runs": runs}
 
 
+def ppo_settings(clients: int) -> dict[str, int]:
+    """jfedrl's config overrides for the PPO shape of `scripts/reference_ppo.py`."""
+    return {
+        "federation.num_clients": clients,
+        "federation.local_updates": 4,
+        "algo.ppo.num_envs": 4,
+        "algo.ppo.num_steps": 128,
+        "algo.ppo.update_epochs": 4,
+        "algo.ppo.num_minibatches": 4,
+    }
+
+
+@dataclass
+class _Side:
+    """One compiled program of the interleaved comparison and its timing so far."""
+
+    compiled: Any
+    state: Any
+    steps_per_call: int
+    seconds: float = 0.0
+    calls: int = 0
+
+    def call(self) -> None:
+        import jax
+
+        self.state, out = self.compiled(self.state)
+        jax.block_until_ready(out)
+
+
 def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict:
     """Runs in a subprocess: the reference's round and jfedrl's block, timed in turns.
 
@@ -241,6 +264,7 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
 
     from scripts import reference_ppo
 
+    plain = "jfedrl.federated" not in sys.modules  # else the reference got jfedrl's lowerings
     init, fed_round = reference_ppo.make_round(clients)
     ref_state = jax.jit(init)(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -251,48 +275,36 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
     from jfedrl.federated import Simulator, make_simulator
     from jfedrl.schema import override
 
-    settings = {
-        "federation.num_clients": clients,
-        "federation.local_updates": reference_ppo.LOCAL_UPDATES,
-        "algo.ppo.num_envs": reference_ppo.NUM_ENVS,
-        "algo.ppo.num_steps": reference_ppo.NUM_STEPS,
-        "algo.ppo.update_epochs": reference_ppo.EPOCHS,
-        "algo.ppo.num_minibatches": reference_ppo.MINIBATCHES,
-    }
-    sim = make_simulator(override(Config(), settings))
+    sim = make_simulator(override(Config(), ppo_settings(clients)))
     state = sim.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
     ours = Simulator.run_block.lower(sim, state, rounds_per_block).compile()
     our_compile = time.perf_counter() - start
 
-    sides = {"jfedrl": [ours, state, 0.0, 0], "reference": [reference, ref_state, 0.0, 0]}
-    for side in sides.values():  # untimed warm-up
-        side[1], out = side[0](side[1])
-        jax.block_until_ready(out)
-    while any(side[2] < seconds or side[3] < 3 for side in sides.values()):
+    per_client = reference_ppo.LOCAL_UPDATES * reference_ppo.NUM_ENVS * reference_ppo.NUM_STEPS
+    sides = {
+        "jfedrl": _Side(ours, state, sim.env_steps_per_round * rounds_per_block),
+        "reference": _Side(reference, ref_state, clients * per_client),
+    }
+    for side in sides.values():
+        side.call()  # untimed warm-up
+    while any(side.seconds < seconds or side.calls < 3 for side in sides.values()):
         for side in sides.values():
             start = time.perf_counter()
-            side[1], out = side[0](side[1])
-            jax.block_until_ready(out)
-            side[2] += time.perf_counter() - start
-            side[3] += 1
-    steps = {
-        "jfedrl": sim.env_steps_per_round * rounds_per_block,
-        "reference": clients
-        * reference_ppo.LOCAL_UPDATES
-        * reference_ppo.NUM_ENVS
-        * reference_ppo.NUM_STEPS,
-    }
+            side.call()
+            side.seconds += time.perf_counter() - start
+            side.calls += 1
     return {
         "clients": clients,
         "devices": jax.device_count(),
-        "calls": {name: side[3] for name, side in sides.items()},
-        "run_seconds": {name: side[2] for name, side in sides.items()},
+        "calls": {name: side.calls for name, side in sides.items()},
+        "run_seconds": {name: side.seconds for name, side in sides.items()},
         "env_steps_per_second": {
-            name: steps[name] * side[3] / side[2] for name, side in sides.items()
+            name: side.steps_per_call * side.calls / side.seconds for name, side in sides.items()
         },
         "compile_seconds": {"jfedrl": our_compile, "reference": ref_compile},
         "hlo_ops": {"jfedrl": hlo_op_counts(ours), "reference": hlo_op_counts(reference)},
+        "reference_with_jax_lowerings": plain,
     }
 
 
@@ -306,6 +318,7 @@ def interleaved_main(clients: list[int], seconds: float, rounds_per_block: int) 
             args = ["--interleaved-one", str(count), "--seconds", str(seconds)]
             args += ["--rounds-per-block", str(rounds_per_block)]
             row = _subprocess(args, _host_devices_env(devices))
+            assert row["reference_with_jax_lowerings"], "the reference must be compiled first"
             speed = row["env_steps_per_second"]
             print(
                 f"  {count} clients, {devices} device(s): jfedrl {speed['jfedrl']:,.0f} vs "

@@ -234,3 +234,18 @@ def test_threefry_on_cpu_is_unrolled_with_bit_identical_draws():
     assert len(reference) == 4
     for ours, theirs in zip(scope["values"], reference, strict=True):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+@pytest.mark.slow
+def test_interleaved_bench_times_both_programs_in_turns():
+    from scripts import bench_throughput
+
+    row = bench_throughput.interleaved_one(2, 0.2, 1)
+    assert row["calls"]["jfedrl"] == row["calls"]["reference"] >= 3
+    # Same shape on both sides: a round of 2 clients is 2 x 4 updates x 4 envs x 128 steps.
+    steps = {
+        n: s * row["run_seconds"][n] / row["calls"][n]
+        for n, s in row["env_steps_per_second"].items()
+    }
+    assert steps["jfedrl"] == pytest.approx(steps["reference"]) == 2 * 4 * 4 * 128
+    assert all(seconds > 0 for seconds in row["compile_seconds"].values())
