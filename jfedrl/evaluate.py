@@ -154,15 +154,10 @@ def evaluate_run(
     config, simulator, state, chosen = loaded.config, loaded.simulator, loaded.state, loaded.clients
     # The run's evaluation key, so the default reproduces its eval_return.
     eval_key = eval_key_of(config if seed is None else dataclasses.replace(config, seed=seed))
-    if policy == "global":
-        returns = np.asarray(sim_eval(simulator, state, eval_key))[list(chosen)]
-    else:
-        # The evaluation runs one policy on every client: once per chosen client, its row.
-        rows = []
-        for client in chosen:
-            own = state.replace(global_params=_policy_params(loaded, policy, client))
-            rows.append(np.asarray(sim_eval(simulator, own, eval_key))[client])
-        returns = np.stack(rows)
+    if policy == "local":
+        _policy_params(loaded, policy, chosen[0])  # the checkpoint holds per-client params
+    returns = sim_eval(simulator, state, eval_key, local=policy == "local")
+    returns = np.asarray(returns)[list(chosen)]
     return EvalResult(run_dir, int(state.round), chosen, returns, policy)
 
 

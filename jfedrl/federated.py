@@ -631,21 +631,25 @@ class Simulator:
         )
         return self.place_state(state), self.replicate(metrics)
 
-    @partial(jax.jit, static_argnums=(0,))
-    def evaluate(self, state: FedState, key: jax.Array) -> jax.Array:
-        """Deterministic global policy on every client's env: returns `[C, episodes]`."""
+    @partial(jax.jit, static_argnums=(0, 3))
+    def evaluate(self, state: FedState, key: jax.Array, local: bool = False) -> jax.Array:
+        """Deterministic policy on every client's env: returns `[C, episodes]`.
+
+        The global params on every client or, with `local`, each client's own params
+        (its state after its last local training); the keys are the same either way.
+        """
         episodes = self.config.log.eval_episodes
         env = self.envs.env
         max_steps = self.envs.max_episode_steps
         act = self.algorithm.act
 
-        def episode(key, env_params):
+        def episode(key, env_params, params):
             key_reset, key_steps = jax.random.split(key)
             obs, env_state = env.reset(key_reset, env_params)
 
             def step(carry, step_key):
                 obs, env_state, total, done = carry
-                action = act(state.global_params, obs)
+                action = act(params, obs)
                 obs, env_state, reward, terminated, truncated, _ = env.step(
                     step_key, env_state, action, env_params
                 )
@@ -657,13 +661,19 @@ class Simulator:
             (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key_steps, max_steps))
             return total
 
-        def client(key, env_params):
+        def client(key, env_params, params):
             keys = jax.random.split(key, episodes)
-            return jax.vmap(episode, in_axes=(0, None))(keys, env_params)
+            return jax.vmap(episode, in_axes=(0, None, None))(keys, env_params, params)
 
         keys = jax.random.split(key, self.num_clients)
         last_round = jnp.maximum(state.round - 1, 0)
-        return self.replicate(jax.vmap(client)(keys, self.current_env_params(state, last_round)))
+        env_params = self.current_env_params(state, last_round)
+        if local:
+            params, params_axis = jax.vmap(self.algorithm.get_params)(state.clients), 0
+        else:
+            params, params_axis = state.global_params, None
+        returns = jax.vmap(client, in_axes=(0, 0, params_axis))(keys, env_params, params)
+        return self.replicate(returns)
 
 
 def make_simulator(config: Config) -> Simulator:

@@ -137,7 +137,7 @@ class InProcessRunner:
         )
         # Fills jit's cache: the first `sim_eval` then finds its program compiled.
         evaluate = simulator.evaluate
-        self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape).compile())
+        self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape, False).compile())
 
     def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
         if num_rounds in self._ahead:
@@ -500,6 +500,10 @@ def finish_block(
     return block, wall_seconds
 
 
-def sim_eval(simulator: Simulator, state: FedState, eval_key: jax.Array) -> jax.Array:
-    """Evaluates the global policy with a key that depends only on the round."""
-    return simulator.evaluate(state, jax.random.fold_in(eval_key, state.round))
+def sim_eval(
+    simulator: Simulator, state: FedState, eval_key: jax.Array, local: bool = False
+) -> jax.Array:
+    """Evaluates the global policy (with `local`, each client's own); the key depends only
+    on the round.
+    """
+    return simulator.evaluate(state, jax.random.fold_in(eval_key, state.round), local)

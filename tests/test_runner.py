@@ -284,3 +284,27 @@ def test_min_participation_fails_the_round_and_all_excluded_warns(caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert "every client update was excluded" in caplog.text
+
+
+def test_train_uses_the_block_and_evaluation_compiled_ahead(tmp_path):
+    """The programs compiled in the background are the ones the run calls: no jitted
+    call during the run compiles the evaluation (or a block) a second time."""
+    import logging
+
+    compiled = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "Finished XLA compilation of" in message:
+                compiled.append(message.split(" of ", 1)[1].split(" in ")[0])
+
+    handler, jax_log = Compiles(logging.WARNING), logging.getLogger("jax")
+    jax_log.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            runner.train(with_run_dir(tiny_config(), tmp_path / "run"), progress=False, quiet=True)
+    finally:
+        jax_log.removeHandler(handler)
+    assert "jit(init)" in compiled  # the log is seen
+    assert not [name for name in compiled if "evaluate" in name or "run_block" in name]
