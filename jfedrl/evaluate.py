@@ -108,18 +108,24 @@ def _check_policy(policy: str) -> None:
         raise ConfigError(f"--policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
 
 
-def _policy_params(loaded: _Loaded, policy: str, client: int) -> Any:
-    """The params `policy` evaluates on `client`: the global ones or the client's own."""
+def _require_local_params(loaded: _Loaded) -> None:
+    """Fails naming `--policy local` unless the state holds every client's own params."""
     import jax
 
-    state = loaded.state
-    if policy == "global":
-        return state.global_params
-    local = jax.vmap(loaded.simulator.algorithm.get_params)(state.clients)
-    leaves = jax.tree.leaves(local)
+    shapes = jax.eval_shape(jax.vmap(loaded.simulator.algorithm.get_params), loaded.state.clients)
+    leaves = jax.tree.leaves(shapes)
     if not leaves or leaves[0].shape[0] != loaded.config.federation.num_clients:
         raise ConfigError("--policy local: the checkpoint holds no per-client params")
-    return jax.tree.map(lambda x: x[client], local)
+
+
+def _policy_params(loaded: _Loaded, policy: str) -> Any:
+    """The params `policy` evaluates: the global ones, or every client's own (stacked)."""
+    import jax
+
+    if policy == "global":
+        return loaded.state.global_params
+    _require_local_params(loaded)
+    return jax.vmap(loaded.simulator.algorithm.get_params)(loaded.state.clients)
 
 
 def evaluate_run(
@@ -155,7 +161,7 @@ def evaluate_run(
     # The run's evaluation key, so the default reproduces its eval_return.
     eval_key = eval_key_of(config if seed is None else dataclasses.replace(config, seed=seed))
     if policy == "local":
-        _policy_params(loaded, policy, chosen[0])  # the checkpoint holds per-client params
+        _require_local_params(loaded)
     returns = sim_eval(simulator, state, eval_key, local=policy == "local")
     returns = np.asarray(returns)[list(chosen)]
     return EvalResult(run_dir, int(state.round), chosen, returns, policy)
@@ -236,9 +242,12 @@ def record_videos(
     )
     folder = Path(out) if out else run_dir / EVAL_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    policy_params = _policy_params(loaded, policy)
     paths = []
     for client in loaded.clients:
-        params = _policy_params(loaded, policy, client)
+        params = policy_params
+        if policy == "local":
+            params = jax.tree.map(lambda x, c=client: x[c], policy_params)
         client_params = jax.tree.map(lambda x, c=client: x[c], env_params)
         states, done_before = rollout(
             jax.random.split(client_keys[client], config.log.eval_episodes)[0],

@@ -135,7 +135,9 @@ class InProcessRunner:
         self._ahead[num_rounds] = self._threads.submit(
             lambda: self.program.lower(simulator, state, num_rounds).compile()
         )
-        # Fills jit's cache: the first `sim_eval` then finds its program compiled.
+        # Fills jit's cache: the first `sim_eval` then finds its program compiled. The
+        # static `local` flag is passed positionally, as `sim_eval` passes it: an omitted
+        # default would be another cache entry, and the evaluation would compile twice.
         evaluate = simulator.evaluate
         self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape, False).compile())
 
