@@ -225,13 +225,15 @@ def reference_comparison(clients: int, seconds: float) -> dict:
 
 def ppo_settings(clients: int) -> dict[str, int]:
     """jfedrl's config overrides for the PPO shape of `scripts/reference_ppo.py`."""
+    from scripts import reference_ppo as ref  # not at the top: it imports this module
+
     return {
         "federation.num_clients": clients,
-        "federation.local_updates": 4,
-        "algo.ppo.num_envs": 4,
-        "algo.ppo.num_steps": 128,
-        "algo.ppo.update_epochs": 4,
-        "algo.ppo.num_minibatches": 4,
+        "federation.local_updates": ref.LOCAL_UPDATES,
+        "algo.ppo.num_envs": ref.NUM_ENVS,
+        "algo.ppo.num_steps": ref.NUM_STEPS,
+        "algo.ppo.update_epochs": ref.EPOCHS,
+        "algo.ppo.num_minibatches": ref.MINIBATCHES,
     }
 
 
