@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -51,3 +53,23 @@ def equal_trees(a, b) -> bool:
 def row(tree, i):
     """Client `i` of a stacked pytree."""
     return jax.tree.map(lambda x: x[i], tree)
+
+
+@contextlib.contextmanager
+def compiled_programs():
+    """Yields a list that collects jax's compiled program names ("jit(NAME)") in the block."""
+    names: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Finished XLA compilation of "):
+                names.append(message.split(" of ", 1)[1].split(" in ")[0])
+
+    handler, jax_log = Collect(logging.WARNING), logging.getLogger("jax")
+    jax_log.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            yield names
+    finally:
+        jax_log.removeHandler(handler)

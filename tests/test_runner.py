@@ -15,7 +15,7 @@ from jfedrl import runner
 from jfedrl.checkpoint import CheckpointError
 from jfedrl.cli import main as cli_main
 from jfedrl.config import ConfigError, replace_path
-from tests.helpers import tiny_config, with_run_dir
+from tests.helpers import compiled_programs, tiny_config, with_run_dir
 
 DROP = ("wall_seconds", "steps_per_second", "compile_seconds")
 
@@ -289,22 +289,7 @@ def test_min_participation_fails_the_round_and_all_excluded_warns(caplog):
 def test_train_uses_the_block_and_evaluation_compiled_ahead(tmp_path):
     """The programs compiled in the background are the ones the run calls: no jitted
     call during the run compiles the evaluation (or a block) a second time."""
-    import logging
-
-    compiled = []
-
-    class Compiles(logging.Handler):
-        def emit(self, record):
-            message = record.getMessage()
-            if "Finished XLA compilation of" in message:
-                compiled.append(message.split(" of ", 1)[1].split(" in ")[0])
-
-    handler, jax_log = Compiles(logging.WARNING), logging.getLogger("jax")
-    jax_log.addHandler(handler)
-    try:
-        with jax.log_compiles():
-            runner.train(with_run_dir(tiny_config(), tmp_path / "run"), progress=False, quiet=True)
-    finally:
-        jax_log.removeHandler(handler)
+    with compiled_programs() as compiled:
+        runner.train(with_run_dir(tiny_config(), tmp_path / "run"), progress=False, quiet=True)
     assert "jit(init)" in compiled  # the log is seen
     assert not [name for name in compiled if "evaluate" in name or "run_block" in name]

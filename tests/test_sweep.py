@@ -4,7 +4,6 @@ the same setup trained alone."""
 from __future__ import annotations
 
 import csv
-import logging
 
 import jax
 import numpy as np
@@ -14,7 +13,7 @@ import yaml
 from jfedrl import runner, sweep
 from jfedrl.config import ConfigError
 from jfedrl.outputs import read_metrics
-from tests.helpers import tiny_config, with_run_dir
+from tests.helpers import compiled_programs, tiny_config, with_run_dir
 
 TINY = {
     "federation": {"num_clients": 3, "rounds": 4, "local_updates": 2},
@@ -47,31 +46,13 @@ def write(tmp_path, **data):
 GRID = {"algo.ppo.learning_rate": [2.5e-3, 1e-3]}
 
 
-class _Compiles(logging.Handler):
-    """Collects jax's "Finished XLA compilation of jit(NAME)" lines."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.names: list[str] = []
-
-    def emit(self, record):
-        message = record.getMessage()
-        if message.startswith("Finished XLA compilation of "):
-            self.names.append(message.split(" of ", 1)[1].split(" in ")[0])
-
-
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     path = write(root, name="lr", grid=GRID, seeds=[3, 5], threshold=0.0)
-    handler, jax_log = _Compiles(), logging.getLogger("jax")
-    jax_log.addHandler(handler)
-    try:
-        with jax.log_compiles():
-            result = sweep.run_sweep(path, root / "out", progress=False, quiet=True)
-    finally:
-        jax_log.removeHandler(handler)
-    return result, handler.names
+    with compiled_programs() as names:
+        result = sweep.run_sweep(path, root / "out", progress=False, quiet=True)
+    return result, names
 
 
 def _restored(run_dir, config):
