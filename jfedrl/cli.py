@@ -69,7 +69,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             if path.startswith(target):
                 names.append(_flag(alias + path[len(target) :]))
         names += [f"--{short}" for short, target in SHORTCUTS.items() if target == path]
-        group.add_argument(*names, help=doc or None, **kwargs)
+        # argparse %-formats help strings: a literal % in a docstring must be doubled.
+        group.add_argument(*names, help=doc.replace("%", "%%") if doc else None, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     compare = commands.add_parser(
-        "compare", help="IQM and mean with bootstrap 95% CIs of runs, grouped by setup"
+        "compare", help="IQM and mean with bootstrap 95%% CIs of runs, grouped by setup"
     )
     compare.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders of runs")
     compare.add_argument("--out", default="comparison", help="folder for the table and plots")
