@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML file with any part of the config tree")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument(
+        "--extend",
+        metavar="{hold,restart}",
+        help="with --resume and more --rounds: the schedules (learning-rate anneal, DQN "
+        "epsilon) hold their end values over the added rounds, or restart over them "
+        "(needed past an annealed learning rate's horizon)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--quiet", action="store_true", help="log only to RUN_DIR/train.log")
     train.add_argument(
@@ -181,6 +188,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
     from jfedrl.devices import configure_host_devices
 
+    if args.extend is not None and not args.resume:
+        raise ConfigError(
+            "--extend: only with --resume RUN_DIR (a new run sets federation.schedule_rounds)"
+        )
     if args.resume:
         if args.config:
             raise ConfigError(
@@ -211,7 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from jfedrl import runner
 
     if args.resume:
-        config = runner.resume_config(args.resume, config_overrides(args))
+        config = runner.resume_config(args.resume, config_overrides(args), args.extend)
     if args.dry_run:
         return _dry_run(config)
     result = runner.train(

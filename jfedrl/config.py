@@ -373,6 +373,10 @@ class FederationConfig:
     """Horizon in rounds of the learning-rate anneals (PPO, A2C) and the DQN epsilon decay;
     0: `rounds` at the run's start. Saved resolved in config.yaml, so a resume with more
     --rounds continues at the schedules' end values instead of stretching them."""
+    schedule_restarts: tuple[int, ...] = ()
+    """Pairs `start, end` of rounds over which the schedules run again from their start
+    values (`jfedrl train --resume RUN --rounds MORE --extend restart` appends one), then
+    hold their end values; counted, like the horizon, in each client's own steps."""
     participation: float = 1.0
     """Fraction (<= 1) or count (> 1) of clients sampled each round."""
     sampling: str = "uniform"
@@ -588,11 +592,30 @@ def _validate_federation(fed: FederationConfig) -> None:
     require_positive("federation.staleness", fed.staleness, strict=False)
     require_positive("federation.staleness_decay", fed.staleness_decay, strict=False)
     require_positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
+    restarts, previous_end = fed.schedule_restarts, 0
+    rule = "pairs start, end of rounds with 0 <= start < end, each start >= the previous end"
+    require(len(restarts) % 2 == 0, "federation.schedule_restarts", rule, list(restarts))
+    for start, end in zip(restarts[0::2], restarts[1::2], strict=True):
+        ok = previous_end <= start < end
+        require(ok, "federation.schedule_restarts", rule, list(restarts))
+        previous_end = end
 
 
 def schedule_horizon(fed: FederationConfig) -> int:
     """Rounds over which the schedules (LR anneal, epsilon decay) run to their end value."""
     return fed.schedule_rounds if fed.schedule_rounds > 0 else fed.rounds
+
+
+def schedule_restarts(fed: FederationConfig) -> tuple[tuple[int, int], ...]:
+    """`federation.schedule_restarts` as `(start, end)` round pairs."""
+    restarts = fed.schedule_restarts
+    return tuple(zip(restarts[0::2], restarts[1::2], strict=True))
+
+
+def schedule_end(fed: FederationConfig) -> int:
+    """The round from which every schedule holds its end value for good."""
+    restarts = schedule_restarts(fed)
+    return restarts[-1][1] if restarts else schedule_horizon(fed)
 
 
 def resolve_schedule(config: Config) -> Config:

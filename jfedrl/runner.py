@@ -39,7 +39,9 @@ from jfedrl.config import (
     load_yaml,
     resolve_schedule,
     save_yaml,
+    schedule_end,
     schedule_horizon,
+    schedule_restarts,
 )
 from jfedrl.federated import FedState, Simulator, make_simulator
 from jfedrl.outputs import (
@@ -185,12 +187,24 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.env.name}-{config.strategy.name}-{stamp}"
 
 
-def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+#: What `--extend` may say about the rounds added past a run's saved `federation.rounds`.
+EXTEND_CHOICES = ("hold", "restart")
+
+
+def resume_config(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None, extend: str | None = None
+) -> Config:
     """The saved config of `run_dir` with `overrides` (`dotted.path -> value`) applied.
 
     Only the number of rounds, logging, the executor and the process layout
     (`distributed.*`) may change on resume; anything else would silently change
     the experiment.
+
+    Args:
+        run_dir: the run folder.
+        overrides: the fields to change.
+        extend: what the schedules do over rounds added past the saved
+            `federation.rounds` (`extend_schedules`); ignored when none are added.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -203,8 +217,72 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
                 "offload.*, distributed.* and the strategy.dp_ budget fields can); "
                 "start a new run instead"
             )
-    config = override(load_yaml(run_dir / CONFIG_FILE), overrides)
+    saved = load_yaml(run_dir / CONFIG_FILE)
+    config = extend_schedules(saved, override(saved, overrides), extend)
     return dataclasses.replace(config, log=dataclasses.replace(config.log, run_dir=str(run_dir)))
+
+
+def anneals_to_zero(config: Config) -> str | None:
+    """The `algo.<name>.anneal_lr` field that anneals the learning rate to 0, if it is on."""
+    section = getattr(config.algo, config.algo.name, None)
+    if getattr(section, "anneal_lr", False):
+        return f"algo.{config.algo.name}.anneal_lr"
+    return None
+
+
+def extend_schedules(saved: Config, config: Config, extend: str | None) -> Config:
+    """`config` (the resumed run's) with its schedules over the rounds added to `saved`'s.
+
+    `hold`: the schedules keep their horizon and hold their end values after it (an
+    annealed learning rate stays 0). `restart`: they run again, from their start
+    values, over the added rounds (a pair appended to `federation.schedule_restarts`).
+    Without a choice, an extension past the horizon of a learning rate annealed to 0
+    is refused (it would train at learning rate 0 and learn nothing); any other
+    extension holds. The choice is saved in config.yaml with the run.
+
+    Raises:
+        ConfigError: `extend` is not a choice, or is needed and missing.
+    """
+    if extend is not None and extend not in EXTEND_CHOICES:
+        raise ConfigError(
+            f"--extend: {extend!r} is not a choice; allowed: {', '.join(EXTEND_CHOICES)}"
+        )
+    old, new = saved.federation.rounds, config.federation.rounds
+    if new <= old:
+        return config
+    fed = saved.federation
+    if fed.schedule_rounds == 0:  # a run saved before the horizon was: its rounds
+        config = override(config, {"federation.schedule_rounds": old})
+        fed = dataclasses.replace(fed, schedule_rounds=old)
+    end = schedule_end(fed)
+    annealed = anneals_to_zero(config)
+    if extend is None and annealed and new > end:
+        raise ConfigError(
+            f"federation.rounds: {new} extends the run past round {end}, where {annealed} "
+            f"has annealed the learning rate to 0; add --extend restart (anneal again over "
+            f"rounds {old + 1}-{new}) or --extend hold (rounds {end + 1}-{new} at learning "
+            "rate 0, learning nothing)"
+        )
+    if extend == "restart":
+        restarts = (*fed.schedule_restarts, old, new)
+        config = override(config, {"federation.schedule_restarts": restarts})
+    return config
+
+
+def describe_extension(saved: Config, config: Config) -> str | None:
+    """The log line of a resume that adds rounds to `saved` (None when it adds none)."""
+    old, new = saved.federation.rounds, config.federation.rounds
+    if new <= old:
+        return None
+    restarts = schedule_restarts(config.federation)
+    if restarts and restarts[-1] == (old, new):
+        how = f"--extend restart: the schedules run again over rounds {old + 1}-{new}"
+    else:
+        end = schedule_end(config.federation)
+        how = f"--extend hold: the schedules hold their end values after round {end}"
+        if new <= end:
+            how = f"the schedules continue to their horizon, round {end}"
+    return f"extended from {old} to {new} rounds; {how} (federation in config.yaml)"
 
 
 def fixed_schedule(config: Config, resume: bool) -> Config:
@@ -326,11 +404,16 @@ def _train_locked(
             first_round = (checkpointer.latest_round() or 0) if resume else 0
             executor.compile_ahead(block_rounds(config, first_round))
         state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
+        extension = None
+        if resume and (run_dir / CONFIG_FILE).is_file():
+            extension = describe_extension(load_yaml(run_dir / CONFIG_FILE), config)
         if distributed.is_primary():
             # The process layout is launch info: a resume gives it again.
             saved = dataclasses.replace(config, distributed=DistributedConfig())
             save_yaml(saved, run_dir / CONFIG_FILE)
         log.info("run folder: %s", run_dir.absolute())
+        if extension is not None:
+            log.info("%s", extension)
         log.info(
             "%s, %d clients (%d per round), %s, %s; %d env steps per round",
             config.env.name,

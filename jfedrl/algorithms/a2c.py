@@ -35,7 +35,7 @@ from flax import struct
 from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
 from jfedrl.checks import require_choice, require_range
-from jfedrl.config import A2CConfig, Config, schedule_horizon
+from jfedrl.config import A2CConfig, Config, schedule_horizon, schedule_restarts
 
 
 class A2CState(struct.PyTreeNode):
@@ -65,13 +65,18 @@ def validate(config: Config) -> None:
     require_choice(f"{path}.optimizer", a2c.optimizer, ("rmsprop", "adam"))
 
 
-def make_optimizer(a2c: A2CConfig, total_gradient_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    a2c: A2CConfig, total_gradient_steps: int, restarted: Any = None
+) -> optax.GradientTransformation:
     """Global-norm clipping, then RMSProp or Adam.
 
     RMSProp as in Mnih et al. 2016 and the Baselines / PyTorch A2C: decay 0.99 and
-    eps 1e-5 added outside the square root.
+    eps 1e-5 added outside the square root. `restarted`: the anneal as a schedule
+    with `federation.schedule_restarts` (`common.restarted_linear`).
     """
-    if a2c.anneal_lr:
+    if a2c.anneal_lr and restarted is not None:
+        lr = restarted
+    elif a2c.anneal_lr:
         lr = optax.linear_schedule(a2c.learning_rate, 0.0, max(total_gradient_steps, 1))
     else:
         lr = a2c.learning_rate
@@ -139,7 +144,12 @@ def build(config: Config, env, env_params) -> Algorithm:
     a2c = config.algo.a2c
     agent = onpolicy.setup(env, env_params, a2c)
     horizon = schedule_horizon(config.federation)  # fixed at the run's start
-    optimizer = make_optimizer(a2c, horizon * config.federation.local_updates)
+    per_round = config.federation.local_updates
+    restarts = schedule_restarts(config.federation)  # `--extend restart`
+    restarted = common.restarted_linear(
+        a2c.learning_rate, 0.0, horizon * per_round, restarts, per_round
+    )
+    optimizer = make_optimizer(a2c, horizon * per_round, restarted)
 
     def init(key, client_env_params) -> A2CState:
         fields = onpolicy.init_fields(key, agent, optimizer, client_env_params, a2c.num_envs)

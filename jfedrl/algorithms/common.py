@@ -41,6 +41,39 @@ def switched_on(coefficient: Any) -> bool:
     return isinstance(coefficient, jax.Array) or coefficient > 0
 
 
+def restarted_linear(
+    start: float,
+    end: float,
+    steps: float,
+    restarts: tuple[tuple[int, int], ...],
+    steps_per_round: float,
+) -> Any:
+    """`start` to `end` linearly over `steps`, then held; again over each restart.
+
+    The schedule of `federation.schedule_restarts` (`--extend restart`): each
+    `(first, last)` round pair, in units of `steps_per_round`, runs the line from
+    `start` to `end` once more, then holds `end`. The result is a function of a step
+    count (an optax schedule), or None without restarts (the caller keeps its own
+    one-segment schedule, so runs without restarts compute what they always did).
+    """
+    if not restarts:
+        return None
+    firsts = jnp.asarray([first * steps_per_round for first, _ in restarts], jnp.float32)
+    lengths = jnp.asarray(
+        [max((last - first) * steps_per_round, 1.0) for first, last in restarts], jnp.float32
+    )
+
+    def schedule(count: jax.Array) -> jax.Array:
+        count = jnp.asarray(count, jnp.float32)
+        index = jnp.sum(count >= firsts) - 1  # -1: before the first restart
+        at = jnp.maximum(index, 0)
+        elapsed = jnp.where(index < 0, count, count - firsts[at])
+        length = jnp.where(index < 0, max(steps, 1.0), lengths[at])
+        return start + jnp.clip(elapsed / length, 0.0, 1.0) * (end - start)
+
+    return schedule
+
+
 def prox_term(params: Any, global_params: Any, mu: float) -> jax.Array:
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020); 0 if mu = 0."""
     if not switched_on(mu):

@@ -47,7 +47,7 @@ from flax import struct
 from jfedrl.algorithms import common, networks, offpolicy, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
 from jfedrl.checks import ConfigError, require_choice, require_positive, require_range
-from jfedrl.config import Config, DQNConfig, schedule_horizon
+from jfedrl.config import Config, DQNConfig, schedule_horizon, schedule_restarts
 from jfedrl.tree import tree_where
 
 
@@ -241,6 +241,17 @@ def build(config: Config, env, env_params) -> Algorithm:
     fed = config.federation
     horizon = schedule_horizon(fed)  # fixed at the run's start (docs/algorithms.md)
     decay_steps = dqn.exploration_fraction * horizon * fed.local_updates * batch_size
+    # `--extend restart`: epsilon decays again over each restart's share of its rounds.
+    restarted = common.restarted_linear(
+        dqn.epsilon_start,
+        dqn.epsilon_end,
+        decay_steps,
+        tuple(
+            (first, first + dqn.exploration_fraction * (last - first))
+            for first, last in schedule_restarts(fed)
+        ),
+        fed.local_updates * batch_size,
+    )
 
     def init(key, client_env_params) -> DQNState:
         key_net, key_env = jax.random.split(key)
@@ -261,7 +272,10 @@ def build(config: Config, env, env_params) -> Algorithm:
 
     def rollout(key, state: DQNState, client_env_params):
         def policy(key_explore, key_random, obs, env_steps):
-            epsilon = linear_epsilon(env_steps, dqn.epsilon_start, dqn.epsilon_end, decay_steps)
+            if restarted is None:
+                epsilon = linear_epsilon(env_steps, dqn.epsilon_start, dqn.epsilon_end, decay_steps)
+            else:
+                epsilon = restarted(env_steps)
             greedy = jnp.argmax(network.apply(state.params, obs), axis=-1)
             random_action = jax.random.randint(key_random, greedy.shape, 0, num_actions)
             explore = jax.random.uniform(key_explore, greedy.shape) < epsilon

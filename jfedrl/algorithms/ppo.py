@@ -28,7 +28,7 @@ from flax import struct
 from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
 from jfedrl.checks import ConfigError, require_choice, require_range
-from jfedrl.config import Config, PPOConfig, schedule_horizon
+from jfedrl.config import Config, PPOConfig, schedule_horizon, schedule_restarts
 
 
 class PPOState(struct.PyTreeNode):
@@ -76,9 +76,17 @@ def validate(config: Config) -> None:
     require_choice(f"{path}.comm_reference", ppo.comm_reference, ("global", "mixture"))
 
 
-def make_optimizer(ppo: PPOConfig, total_gradient_steps: int) -> optax.GradientTransformation:
-    """Adam with global-norm clipping and an optional linear LR anneal."""
-    if ppo.anneal_lr:
+def make_optimizer(
+    ppo: PPOConfig, total_gradient_steps: int, restarted: Any = None
+) -> optax.GradientTransformation:
+    """Adam with global-norm clipping and an optional linear LR anneal.
+
+    `restarted`: the anneal as a schedule with `federation.schedule_restarts`
+    (`common.restarted_linear`), used instead of the one-segment anneal.
+    """
+    if ppo.anneal_lr and restarted is not None:
+        lr = restarted
+    elif ppo.anneal_lr:
         lr = optax.linear_schedule(ppo.learning_rate, 0.0, max(total_gradient_steps, 1))
     else:
         lr = ppo.learning_rate
@@ -203,13 +211,11 @@ def build(config: Config, env, env_params) -> Algorithm:
     agent = onpolicy.setup(env, env_params, ppo)
     network, continuous = agent.network, agent.network.continuous
     # The anneal's horizon is fixed at the run's start, so a longer resumed run holds the end value.
-    gradient_steps = (
-        schedule_horizon(config.federation)
-        * config.federation.local_updates
-        * ppo.update_epochs
-        * ppo.num_minibatches
-    )
-    optimizer = make_optimizer(ppo, gradient_steps)
+    per_round = config.federation.local_updates * ppo.update_epochs * ppo.num_minibatches
+    gradient_steps = schedule_horizon(config.federation) * per_round
+    restarts = schedule_restarts(config.federation)  # `--extend restart` (docs/algorithms.md)
+    restarted = common.restarted_linear(ppo.learning_rate, 0.0, gradient_steps, restarts, per_round)
+    optimizer = make_optimizer(ppo, gradient_steps, restarted)
     batch_size = ppo.num_envs * ppo.num_steps
     minibatch_size = batch_size // ppo.num_minibatches
 
