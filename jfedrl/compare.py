@@ -15,6 +15,7 @@ this environment, so the two estimators it would provide are computed here.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,10 +180,71 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
     return runs
 
 
+class _ReadRecorder:
+    """Stands in for a config section and records the fields read from it."""
+
+    def __init__(self, section: Any):
+        self._section = section
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.read.add(name)
+        return getattr(self._section, name)
+
+
+def strategy_fields_read(config: Config) -> set[str]:
+    """The `strategy.*` fields that `config`'s strategy reads (its name aside).
+
+    Derived from the strategy's own code, not a list: the registered
+    validator, the builder and the FedProx routing (`config.with_fedprox`) run
+    on a recording stand-in of `config.strategy`. What a rule reads only
+    under some setting (a DE field under `pso`) is then left out, as it is
+    for the run.
+    """
+    from jfedrl import strategies
+    from jfedrl.config import participants_per_round, with_fedprox
+
+    recorder = _ReadRecorder(config.strategy)
+    spec = strategies.get(config.strategy.name)
+    with_recorder = dataclasses.replace(config, strategy=recorder)
+    spec.validate(with_recorder)
+    with_fedprox(with_recorder)
+    spec.build(recorder, participants_per_round(config.federation))
+    return {f"strategy.{name}" for name in recorder.read} - {"strategy.name"}
+
+
+def _read_by_setup(config: Config) -> Callable[[str], bool]:
+    """Whether the setup of `config` reads a (flattened) config field.
+
+    The algorithm reads only its own section `algo.<algo.name>`, and under
+    `fedprox` not that section's `prox_mu` (`config.with_fedprox` overwrites
+    it); the strategy reads what `strategy_fields_read` finds; every other
+    field (env, federation, ...) is read by every setup.
+    """
+    strategy_reads = strategy_fields_read(config)
+    overwritten = (
+        {f"algo.{config.algo.name}.prox_mu"} if config.strategy.name == "fedprox" else set()
+    )
+
+    def reads(field: str) -> bool:
+        parts = field.split(".")
+        if parts[0] == "algo" and len(parts) > 2:
+            return parts[1] == config.algo.name and field not in overwritten
+        if parts[0] == "strategy" and field != "strategy.name":
+            return field in strategy_reads
+        return True
+
+    return reads
+
+
 def group_by_setup(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
     """Runs grouped by setup, labelled by the config fields that differ between setups.
 
-    Fields in `NOT_SETUP` (the seed, logging, offload) never make a setup.
+    A setup's label names only the differing fields its algorithm, strategy and
+    environment read (`_read_by_setup`): FedAvg is not labelled by FedProx's
+    `prox_mu`. Where that leaves two setups with one label, those two are
+    labelled by every differing field. Fields in `NOT_SETUP` (the seed,
+    logging, offload) never make a setup.
     """
 
     def setup_key(run: RunInfo) -> tuple:
@@ -194,10 +256,15 @@ def group_by_setup(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
     varying = sorted(
         {k for key in groups for k, v in key if any(dict(other).get(k) != v for other in groups)}
     )
-    labelled = {}
+    short, full = [], []
     for key, members in groups.items():
         values = dict(key)
-        label = ", ".join(f"{k}={values[k]}" for k in varying)
+        reads = _read_by_setup(members[0].config)
+        short.append(", ".join(f"{k}={values[k]}" for k in varying if reads(k)))
+        full.append(", ".join(f"{k}={values[k]}" for k in varying))
+    labelled = {}
+    for members, label, fallback in zip(groups.values(), short, full, strict=True):
+        label = label if short.count(label) == 1 else fallback
         labelled[label or f"{members[0].config.env.name} {members[0].config.strategy.name}"] = (
             members
         )

@@ -96,3 +96,67 @@ def test_run_summary_threshold_and_auc():
 def test_compare_names_a_folder_without_runs(tmp_path):
     with pytest.raises(ValueError, match="holds no run folder"):
         compare.compare([tmp_path], tmp_path / "out")
+
+
+def make_setup_runs(root, setups, seeds=2):
+    """Two seeds per setup (`setups`: name -> config overrides), finals 10 and 20."""
+    for name, values in setups.items():
+        for seed in range(seeds):
+            config = override(tiny_config(), {**values, "seed": seed})
+            run_dir = root / f"{name}-{seed}"
+            run_dir.mkdir(parents=True)
+            save_yaml(config, run_dir / "config.yaml")
+            record = {"round": 1, "env_steps": 100, "wall_seconds": 1.0, "eval_return": 10.0}
+            record["eval_return"] += 10 * seed
+            (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return compare.group_by_setup(compare.find_runs([root]))
+
+
+def test_setups_are_labelled_only_by_fields_they_read(tmp_path):
+    seven = {"federation.num_clients": 7}
+    groups = make_setup_runs(
+        tmp_path,
+        {
+            "fedavg": {**seven, "strategy.name": "fedavg"},
+            "fedprox": {**seven, "strategy.name": "fedprox", "strategy.prox_mu": 0.1},
+            "median": {**seven, "strategy.name": "median"},
+            "krum": {**seven, "strategy.name": "krum", "strategy.krum_f": 2},
+        },
+    )
+    assert set(groups) == {
+        "strategy.name=fedavg",
+        "strategy.name=fedprox, strategy.prox_mu=0.1",
+        "strategy.name=median",
+        "strategy.krum_f=2, strategy.name=krum",
+    }
+
+
+def test_algorithm_sections_label_only_their_algorithm(tmp_path):
+    groups = make_setup_runs(
+        tmp_path,
+        {
+            "ppo": {"algo.name": "ppo"},
+            "dqn": {"algo.name": "dqn", "algo.dqn.learning_rate": 5e-4},
+        },
+    )
+    assert set(groups) == {"algo.name=ppo", "algo.dqn.learning_rate=0.0005, algo.name=dqn"}
+
+
+def test_setups_equal_in_what_they_read_keep_every_differing_field(tmp_path):
+    groups = make_setup_runs(
+        tmp_path, {"a": {"strategy.prox_mu": 0.1}, "b": {"strategy.prox_mu": 0.2}}
+    )
+    assert set(groups) == {"strategy.prox_mu=0.1", "strategy.prox_mu=0.2"}
+
+
+def test_strategy_fields_read_come_from_the_strategy_code():
+    reads = compare.strategy_fields_read
+    assert reads(tiny_config()) == {"strategy.clip_update_norm"}
+    assert "strategy.prox_mu" in reads(tiny_config(strategy__name="fedprox"))
+    assert reads(tiny_config(strategy__name="fedadam")) >= {
+        "strategy.server_lr",
+        "strategy.beta1",
+        "strategy.beta2",
+        "strategy.tau",
+    }
+    assert "strategy.server_momentum" not in reads(tiny_config(strategy__name="fedadam"))
