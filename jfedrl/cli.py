@@ -278,6 +278,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = sweep.run_sweep(
         args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
     )
+    if not result.interrupted:
+        print((result.sweep_dir / "comparison.md").read_text(), end="")
     print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
     if not result.interrupted:
         return 0
