@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     compare.add_argument("--no-plots", action="store_true", help="write only the tables")
+    compare.add_argument(
+        "--gamma",
+        type=float,
+        help="target score of the optimality gap (default: the best final score of any run)",
+    )
+    compare.add_argument(
+        "--metric",
+        default="eval_return",
+        help="per-round record to compare: eval_return (default), eval_return_p10, "
+        "eval_return_worst, eval_return_std, ...",
+    )
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpointed global policy")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -279,6 +290,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = sweep.run_sweep(
         args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
     )
+    if not result.interrupted:
+        print((result.sweep_dir / "comparison.md").read_text(), end="")
     print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
     if not result.interrupted:
         return 0
@@ -287,11 +300,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from jfedrl.compare import compare, markdown_table
+    from jfedrl.compare import compare
 
-    rows = compare(args.dirs, args.out, reps=args.reps, seed=args.seed, plots=not args.no_plots)
-    print(markdown_table(rows), end="")
-    print(f"written to {args.out}/ (comparison.md, comparison.csv, curves.png, final_scores.png)")
+    compare(
+        args.dirs,
+        args.out,
+        reps=args.reps,
+        seed=args.seed,
+        plots=not args.no_plots,
+        gamma=args.gamma,
+        metric=args.metric,
+    )
+    print((Path(args.out) / "comparison.md").read_text(), end="")
+    print(
+        f"written to {args.out}/ (comparison.md, comparison.csv, comparison_pairs.csv"
+        + (")" if args.no_plots else ", curves.png, final_scores.png, performance_profiles.png)")
+    )
     return 0
 
 

@@ -22,7 +22,8 @@ and the fields that split them.
 
 The sweep folder (`--out`, default `sweeps/<name>`) holds `sweep.yaml` (the file
 as given), `runs/<setup>-seed<k>/` (each exactly what `jfedrl train` writes,
-minus train.log: the sweep logs to its own `train.log`), `summary.csv` (one row per
+minus train.log: the sweep logs to its own `train.log`, each line about a run
+prefixed with the run's folder name), `summary.csv` (one row per
 setup and seed: final and best eval return, env steps and seconds to the
 threshold, AUC) and the `jfedrl compare` table and plots of all its runs.
 Ctrl-C stops every run after the current block with a checkpoint;
@@ -362,6 +363,45 @@ class _Group:
     stop_after_round: int | None
 
 
+class _RunLabel(logging.Filter):
+    """Prefixes the sweep's log lines with the run they are about (its folder's name).
+
+    The runs of a group log the same lines (`round 4/20 ...`) one after another;
+    without the prefix a reader of train.log cannot tell them apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.label:
+            record.msg, record.args = f"{self.label}: {record.getMessage()}", ()
+        return True
+
+    @contextlib.contextmanager
+    def of(self, run_dir: str | Path):
+        """Labels what is logged inside the block by the run in `run_dir`."""
+        previous, self.label = self.label, Path(run_dir).name
+        try:
+            yield
+        finally:
+            self.label = previous
+
+
+_RUN_LABEL = _RunLabel()
+
+
+def _labelled(run_dir: str | Path, function: Any) -> Any:
+    """`function`, logging under the label of the run in `run_dir`."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _RUN_LABEL.of(run_dir):
+            return function(*args, **kwargs)
+
+    return call
+
+
 def _open_members(
     group: _Group, stack: contextlib.ExitStack
 ) -> tuple[list[_Member], list[FedState]]:
@@ -376,7 +416,8 @@ def _open_members(
         checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.log.keep_checkpoints)
         resume = checkpointer.latest_round() is not None
         start_from = _Initialised(jax.tree.map(lambda x, i=i: x[i], fresh))
-        state, records, wall = _start(config, start_from, run_dir, checkpointer, resume)
+        with _RUN_LABEL.of(run_dir):
+            state, records, wall = _start(config, start_from, run_dir, checkpointer, resume)
         save_yaml(config, run_dir / CONFIG_FILE)
         # One shared Ctrl-C watcher, so every run of the group stops after the same block.
         callbacks = [
@@ -386,8 +427,8 @@ def _open_members(
         # Evaluation reads no traceable field, so the group's simulator evaluates every run.
         run = Run(config, runner.simulator, run_dir, runner)
         for callback in callbacks:
-            callback.on_start(run, state)
-            stack.callback(callback.on_end, run)
+            _labelled(run_dir, callback.on_start)(run, state)
+            stack.callback(_labelled(run_dir, callback.on_end), run)
         members.append(_Member(run, callbacks, records, wall))
         states.append(state)
     return members, states
@@ -414,7 +455,7 @@ def _run_group(group: _Group, bar: Any) -> bool:
                     num_rounds = callback.limit_rounds(first_round, num_rounds)
             stacked, metrics, tick, compile_seconds = timed_block(group.runner, stacked, num_rounds)
             for i, member in enumerate(members):
-                member.block, member.wall_seconds = finish_block(
+                member.block, member.wall_seconds = _labelled(member.run.run_dir, finish_block)(
                     member.run,
                     member.callbacks,
                     jax.tree.map(lambda x, i=i: x[i], stacked),
@@ -519,6 +560,9 @@ def run_sweep(
         (sweep_dir / SWEEP_FILE).write_text(Path(sweep_file).read_text())
     enable_compilation_cache()
     setup_logging(sweep_dir, quiet=quiet)
+    logger = logging.getLogger("jfedrl")
+    if _RUN_LABEL not in logger.filters:
+        logger.addFilter(_RUN_LABEL)
     for line in describe_groups(sweep):
         log.info("%s", line)
     groups = plan_groups(sweep)
@@ -535,7 +579,7 @@ def run_sweep(
                 bar.update(rounds * len(configs))
                 continue
             label = "; ".join(sweep.setups[i].label for i in group.indices)
-            bar.set_description(label[:40])
+            bar.set_description(f"group {groups.index(group) + 1}/{len(groups)}: {label}")
             values = {p: [traced.get_path(c, p) for c in configs] for p in group.traced}
             simulator = make_simulator(dataclasses.replace(configs[0], seed=0))
             runner = VmappedRunner(simulator, values)

@@ -96,3 +96,168 @@ def test_run_summary_threshold_and_auc():
 def test_compare_names_a_folder_without_runs(tmp_path):
     with pytest.raises(ValueError, match="holds no run folder"):
         compare.compare([tmp_path], tmp_path / "out")
+
+
+def make_setup_runs(root, setups, seeds=2):
+    """Two seeds per setup (`setups`: name -> config overrides), finals 10 and 20."""
+    for name, values in setups.items():
+        for seed in range(seeds):
+            config = override(tiny_config(), {**values, "seed": seed})
+            run_dir = root / f"{name}-{seed}"
+            run_dir.mkdir(parents=True)
+            save_yaml(config, run_dir / "config.yaml")
+            record = {"round": 1, "env_steps": 100, "wall_seconds": 1.0, "eval_return": 10.0}
+            record["eval_return"] += 10 * seed
+            (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return compare.group_by_setup(compare.find_runs([root]))
+
+
+def test_setups_are_labelled_only_by_fields_they_read(tmp_path):
+    seven = {"federation.num_clients": 7}
+    groups = make_setup_runs(
+        tmp_path,
+        {
+            "fedavg": {**seven, "strategy.name": "fedavg"},
+            "fedprox": {**seven, "strategy.name": "fedprox", "strategy.prox_mu": 0.1},
+            "median": {**seven, "strategy.name": "median"},
+            "krum": {**seven, "strategy.name": "krum", "strategy.krum_f": 2},
+        },
+    )
+    assert set(groups) == {
+        "strategy.name=fedavg",
+        "strategy.name=fedprox, strategy.prox_mu=0.1",
+        "strategy.name=median",
+        "strategy.krum_f=2, strategy.name=krum",
+    }
+
+
+def test_algorithm_sections_label_only_their_algorithm(tmp_path):
+    groups = make_setup_runs(
+        tmp_path,
+        {
+            "ppo": {"algo.name": "ppo"},
+            "dqn": {"algo.name": "dqn", "algo.dqn.learning_rate": 5e-4},
+        },
+    )
+    assert set(groups) == {"algo.name=ppo", "algo.dqn.learning_rate=0.0005, algo.name=dqn"}
+
+
+def test_setups_equal_in_what_they_read_keep_every_differing_field(tmp_path):
+    groups = make_setup_runs(
+        tmp_path, {"a": {"strategy.prox_mu": 0.1}, "b": {"strategy.prox_mu": 0.2}}
+    )
+    assert set(groups) == {"strategy.prox_mu=0.1", "strategy.prox_mu=0.2"}
+
+
+def test_strategy_fields_read_come_from_the_strategy_code():
+    reads = compare.strategy_fields_read
+    assert reads(tiny_config()) == {"strategy.clip_update_norm"}
+    assert "strategy.prox_mu" in reads(tiny_config(strategy__name="fedprox"))
+    assert reads(tiny_config(strategy__name="fedadam")) >= {
+        "strategy.server_lr",
+        "strategy.beta1",
+        "strategy.beta2",
+        "strategy.tau",
+    }
+    assert "strategy.server_momentum" not in reads(tiny_config(strategy__name="fedadam"))
+
+
+def direct_probability(x, y):
+    """P(X > Y) written out: every pair of runs of each task, ties 1/2, mean over tasks."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    per_task = []
+    for task in range(x.shape[1]):
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a in x[:, task] for b in y[:, task]]
+        per_task.append(np.mean(wins))
+    return float(np.mean(per_task))
+
+
+def test_probability_of_improvement_is_the_normalised_mann_whitney_u():
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0]])
+    y = np.array([[3.0, 1.0], [0.0, 7.0]])
+    assert compare.probability_of_improvement(x, y) == pytest.approx(direct_probability(x, y))
+    u = [stats.mannwhitneyu(x[:, t], y[:, t]).statistic / (3 * 2) for t in range(2)]
+    assert compare.probability_of_improvement(x, y) == pytest.approx(np.mean(u))
+    assert compare.probability_of_improvement(y, x) == pytest.approx(1 - np.mean(u))
+
+
+def test_improvement_interval_is_an_independent_stratified_bootstrap():
+    x = np.array([[10.0], [50.0], [20.0], [40.0], [30.0]])
+    y = np.array([[1.0], [2.0], [300.0], [4.0]])
+    interval = compare.improvement_interval(x, y, reps=300, seed=3)
+    rng = np.random.default_rng(3)
+    ix = rng.integers(0, 5, size=(300, 5, 1))
+    iy = rng.integers(0, 4, size=(300, 4, 1))
+    values = [direct_probability(x[ix[r, :, 0]], y[iy[r, :, 0]]) for r in range(300)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    assert interval.value == pytest.approx(direct_probability(x, y)) == 0.75
+    assert (interval.low, interval.high) == pytest.approx((low, high))
+
+
+def test_optimality_gap_and_performance_profile_against_numpy():
+    scores = np.array([[100.0, 20.0], [500.0, 40.0], [300.0, 60.0]])
+    gamma = 250.0
+    direct = np.mean([max(gamma - s, 0.0) for s in scores.ravel()])
+    assert compare.optimality_gap(scores, gamma) == pytest.approx(direct)
+    interval = compare.gap_interval(scores, gamma, reps=200, seed=1)
+    resamples = compare.bootstrap_samples(scores, 200, 1)
+    gaps = [np.mean([max(gamma - s, 0.0) for s in row]) for row in resamples]
+    assert (interval.low, interval.high) == pytest.approx(tuple(np.percentile(gaps, [2.5, 97.5])))
+    taus = np.array([0.0, 30.0, 200.0, 1000.0])
+    profile, low, high = compare.performance_profile(scores, taus, reps=200, seed=1)
+    direct = [np.mean([np.mean(scores[:, t] > tau) for t in range(2)]) for tau in taus]
+    assert profile == pytest.approx(direct)
+    assert profile[0] == 1.0 and profile[-1] == 0.0
+    assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
+
+
+def test_probability_of_improvement_agrees_with_rliable():
+    metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(1, 1, size=(6, 3)), rng.normal(0, 1, size=(5, 3))
+    assert compare.probability_of_improvement(x, y) == pytest.approx(
+        metrics.probability_of_improvement(x, y)
+    )
+    assert compare.optimality_gap(x, 1.0) == pytest.approx(metrics.aggregate_optimality_gap(x))
+    assert compare.iqm(x) == pytest.approx(metrics.aggregate_iqm(x))
+
+
+def test_compare_writes_pairs_gap_profiles_and_warns_on_few_seeds(runs_root, tmp_path, caplog):
+    few = tmp_path / "few"
+    make_run(few / "a-0", "median", 0, 7.0)
+    make_run(few / "a-1", "median", 1, 9.0)
+    with caplog.at_level("WARNING", logger="jfedrl"):
+        rows = compare.compare([runs_root, few], tmp_path / "out", reps=300, seed=2, gamma=45.0)
+    by_setup = {row.setup: row for row in rows}
+    fedavg = FINALS["fedavg"]
+    gap = by_setup["strategy.name=fedavg"].optimality_gap
+    assert gap.value == pytest.approx(np.mean([max(45.0 - s, 0) for s in fedavg]))
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "optimality gap, gamma = 45" in table
+    p = direct_probability(np.c_[fedavg], np.c_[FINALS["fedprox"]])
+    assert f"P(strategy.name=fedavg > strategy.name=fedprox) = {p:.2f}" in table  # CI has 0.5
+    assert "strategy.name=fedavg > strategy.name=median with P = 1.00 [1.00, 1.00]" in table
+    pairs = (tmp_path / "out" / "comparison_pairs.csv").read_text().splitlines()
+    assert len(pairs) == 1 + 3
+    assert (tmp_path / "out" / "performance_profiles.png").stat().st_size > 0
+    warned = [r.getMessage() for r in caplog.records if "add seeds" in r.getMessage()]
+    assert len(warned) == 1 and "strategy.name=median" in warned[0] and "2 run(s)" in warned[0]
+    assert "warning: setup 'strategy.name=median' has 2 run(s)" in table
+    assert compare.compare([runs_root], tmp_path / "out2", plots=False)[0].optimality_gap.value == (
+        pytest.approx(np.mean([max(300.0 - s, 0) for s in FINALS["fedavg"]]))
+    )
+
+
+def test_cli_compare_prints_the_pairs_and_takes_gamma(runs_root, tmp_path, capsys):
+    from jfedrl import cli
+
+    out = tmp_path / "cli"
+    assert cli.main(["compare", str(runs_root), "--out", str(out), "--reps", "50"]) == 0
+    assert (
+        cli.main(["compare", str(runs_root), "--out", str(out), "--no-plots", "--gamma", "45"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("| A | B | P(A > B) [95% CI] | verdict |") == 2
+    assert "optimality gap, gamma = 300 " in printed and "optimality gap, gamma = 45 " in printed
+    assert cli.main(["compare", str(runs_root), "--out", str(out), "--metric", "nope"]) == 2
+    assert "no 'nope'" in capsys.readouterr().err

@@ -131,20 +131,45 @@ def test_sweep_folder_holds_summary_and_comparison(swept):
         assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()
 
 
+def test_the_sweep_log_names_the_run_of_each_line(swept):
+    swept, _ = swept
+    lines = (swept.sweep_dir / "train.log").read_text().splitlines()
+    rounds = [line for line in lines if "round 4/4" in line]
+    names = sorted(line.split(" INFO ")[1].split(": round")[0] for line in rounds)
+    assert names == sorted(run_dir.name for run_dir in swept.run_dirs)
+    few = "setup 'algo.ppo.learning_rate=0.001' has 2 run(s) per environment (< 5)"
+    assert any(few in line for line in lines)
+
+
+def test_cli_sweep_prints_the_comparison_table(swept, capsys):
+    from jfedrl import cli
+
+    swept, _ = swept
+    assert cli.main(["sweep", "--resume", str(swept.sweep_dir), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| setup | runs | env | IQM final eval_return") == 1
+    assert "| A | B | P(A > B) [95% CI] | verdict |" in printed
+    assert printed.index("| setup |") < printed.index("sweep folder:")
+
+
 def test_resume_of_a_finished_sweep_compiles_nothing(swept):
     swept, _ = swept
     again = sweep.run_sweep(None, resume=swept.sweep_dir, progress=False, quiet=True)
     assert again.compiles == [] and len(read_metrics(swept.run_dirs[0])) == 4
 
 
-def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path):
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, capsys):
     swept, _ = swept
     path = write(tmp_path, name="lr", grid=GRID, seeds=[3, 5], threshold=0.0)
     out = tmp_path / "out"
     first = sweep.run_sweep(path, out, progress=False, quiet=True, stop_after_round=2)
     assert first.interrupted and len(read_metrics(first.run_dirs[0])) == 2
-    again = sweep.run_sweep(None, resume=out, progress=False, quiet=True)
+    capsys.readouterr()
+    again = sweep.run_sweep(None, resume=out, progress=True, quiet=True)
     assert not again.interrupted and again.compiles == [1]
+    # The progress bar names the whole group, not its first 40 characters.
+    label = "algo.ppo.learning_rate=0.0025; algo.ppo.learning_rate=0.001"
+    assert f"group 1/1: {label}" in capsys.readouterr().err
     for resumed, whole in zip(again.run_dirs, swept.run_dirs, strict=True):
         for mine, theirs in zip(read_metrics(resumed), read_metrics(whole), strict=True):
             for name in ("round", "train_return_mean", "pg_loss", "eval_return"):
