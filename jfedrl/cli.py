@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -453,9 +454,44 @@ def _user_error(error: Exception) -> bool:
     return isinstance(error, (ValueError, ParticipationError, PrivacyBudgetExhausted))
 
 
+#: What argparse itself takes for a negative number (a value, not an option): `-5`, `-.5`.
+_ARGPARSE_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--flag -inf` as `--flag=-inf`, for every negative number argparse would take for an option.
+
+    argparse reads `-inf`, `-nan` or `-1e-3` after a flag as another option and prints
+    its usage; joined to the flag, the value reaches the field's own check (a finite
+    number, a range) and its one-line error.
+    """
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (
+            token.startswith("-")
+            and not _ARGPARSE_NEGATIVE.match(token)
+            and _is_number(token)
+            and previous.startswith("--")
+            and "=" not in previous
+        ):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "train":
             return _cmd_train(args)
