@@ -288,6 +288,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
     from jfedrl.devices import configure_host_devices
 
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if out.exists() and not out.is_dir():  # before anything is restored or compiled
+        raise ConfigError(f"--out: {str(out)!r} is a file, not a folder; choose another --out")
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
     # The run's own device layout: the checkpoint's padded shapes depend on it.
     configure_host_devices(
