@@ -112,3 +112,24 @@ def require_finite(path: str, value: Any) -> None:
             require_finite(f"{path}[{i}]", item)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+
+
+#: Int config fields stay below this magnitude: JAX without x64 holds rounds, counts and
+#: the sizes derived from them as 32-bit integers.
+INT32_LIMIT = 2**31
+
+
+def require_int32(path: str, value: Any) -> None:
+    """Every int field of `value` (a dataclass tree) is in [-2**31, 2**31).
+
+    Caught here, a huge count (`--clients 100000000000000000000`) is one line
+    before anything is written, not an overflow deep inside JAX.
+    """
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            require_int32(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -INT32_LIMIT <= value < INT32_LIMIT:
+            raise ConfigError(
+                f"{path}: must be in [-2**31, 2**31) (JAX's 32-bit integers), got {value}"
+            )

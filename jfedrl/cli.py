@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -323,6 +324,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
     from jfedrl.devices import configure_host_devices
 
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if out.exists() and not out.is_dir():  # before anything is restored or compiled
+        raise ConfigError(f"--out: {str(out)!r} is a file, not a folder; choose another --out")
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
     # The run's own device layout: the checkpoint's padded shapes depend on it.
     configure_host_devices(
@@ -489,9 +493,44 @@ def _user_error(error: Exception) -> bool:
     return isinstance(error, (ValueError, ParticipationError, PrivacyBudgetExhausted))
 
 
+#: What argparse itself takes for a negative number (a value, not an option): `-5`, `-.5`.
+_ARGPARSE_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--flag -inf` as `--flag=-inf`, for every negative number argparse would take for an option.
+
+    argparse reads `-inf`, `-nan` or `-1e-3` after a flag as another option and prints
+    its usage; joined to the flag, the value reaches the field's own check (a finite
+    number, a range) and its one-line error.
+    """
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (
+            token.startswith("-")
+            and not _ARGPARSE_NEGATIVE.match(token)
+            and _is_number(token)
+            and previous.startswith("--")
+            and "=" not in previous
+        ):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "train":
             return _cmd_train(args)

@@ -258,16 +258,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
     for path in map(Path, paths):
         if not path.exists():
             raise ValueError(f"compare: {str(path)!r} does not exist")
-        found = sorted(
-            p.parent for p in path.rglob(CONFIG_FILE) if (p.parent / "metrics.jsonl").is_file()
-        )
+        candidates = sorted(p.parent for p in path.rglob(CONFIG_FILE))
+        found = [p for p in candidates if (p / "metrics.jsonl").is_file()]
         if not found:
             raise ValueError(
                 f"compare: {str(path)!r} holds no run folder (config.yaml + metrics.jsonl)"
             )
-        for run_dir in found:
-            config = load_yaml(run_dir / CONFIG_FILE)
-            runs.append(RunInfo(run_dir, config, _flatten(to_dict(config)), read_metrics(run_dir)))
+        for run_dir in candidates:
+            run = _read_run(run_dir)
+            if run is not None:
+                runs.append(run)
+    if not runs:
+        shown = ", ".join(repr(str(p)) for p in paths)
+        raise ValueError(f"compare: no run under {shown} has eval returns to compare")
     return runs
 
 
@@ -326,6 +329,29 @@ def _read_by_setup(config: Config) -> Callable[[str], bool]:
         return True
 
     return reads
+
+
+def _read_run(run_dir: Path) -> RunInfo | None:
+    """One run folder, or None with a warning naming why it is left out of the comparison.
+
+    An unreadable folder (a damaged config.yaml, no permission) or one without
+    eval returns (killed before its first block, metrics.jsonl missing) is
+    skipped so the other runs are still compared.
+    """
+    if not (run_dir / "metrics.jsonl").is_file():
+        log.warning("compare: skipping %r: it has no metrics.jsonl", str(run_dir))
+        return None
+    try:
+        config = load_yaml(run_dir / CONFIG_FILE)
+        records = read_metrics(run_dir)
+    except (OSError, ValueError) as error:  # ConfigError, UnicodeDecodeError, ...
+        reason = getattr(error, "strerror", None) or str(error)
+        log.warning("compare: skipping %r: %s", str(run_dir), reason)
+        return None
+    if not any(r.get("eval_return") is not None for r in records):
+        log.warning("compare: skipping %r: metrics.jsonl has no eval_return", str(run_dir))
+        return None
+    return RunInfo(run_dir, config, _flatten(to_dict(config)), records)
 
 
 def group_by_setup(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
@@ -639,6 +665,11 @@ def compare(
     Returns:
         One row per setup, in the order the setups were first found.
     """
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"--reps: must be a whole number >= 1 (bootstrap resamples), got {reps!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a file, not a folder; choose another --out")
     groups = group_by_setup(find_runs(paths))
     scores = setup_scores(groups, metric)
     gamma = default_gamma(scores) if gamma is None else float(gamma)
@@ -647,7 +678,6 @@ def compare(
     notes = few_runs_warnings(rows)
     for note in notes:
         log.warning("%s", note)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(markdown_table(rows, pairs, metric, gamma, notes))
     write_csv(rows, out / "comparison.csv")

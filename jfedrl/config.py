@@ -25,6 +25,7 @@ from jfedrl.checks import (  # noqa: F401 (moved to jfedrl.checks)
     require,
     require_choice,
     require_finite,
+    require_int32,
     require_positive,
     require_range,
 )
@@ -509,6 +510,11 @@ def validate(config: Config) -> Config:
     from jfedrl import algorithms, environment, plugins, strategies
 
     require_finite("", config)
+    rule = "in [0, 2**32) (a JAX key holds 32 bits: other seeds repeat one of these)"
+    require(0 <= config.seed < 2**32, "seed", rule, config.seed)
+    for section in dataclasses.fields(config):  # the seed's bound is its own
+        if section.name != "seed":
+            require_int32(section.name, getattr(config, section.name))
     environment.validate(config)
     require_choice("algo.name", config.algo.name, algorithms.names())
     require_choice("strategy.name", config.strategy.name, strategies.names())

@@ -96,6 +96,13 @@ def _load(
     simulator = make_simulator(config)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR)
     try:
+        saved = checkpointer.rounds()
+        if round_index is not None and round_index not in saved:
+            raise ConfigError(
+                f"--round: no checkpoint of round {round_index} in "
+                f"{str(run_dir / CHECKPOINT_DIR)!r}; these exist: "
+                + (", ".join(map(str, saved)) or "none")
+            )
         target = simulator.abstract_state(jax.random.PRNGKey(config.seed))  # any layout
         state, _ = checkpointer.restore(target, round_index)
     finally:

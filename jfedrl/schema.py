@@ -9,6 +9,7 @@ unknown name, the allowed ones.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -46,15 +47,7 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
             return False
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return int(as_float)
+        return _integer(path, value)
     if annotation is float:
         try:
             number = float(value)
@@ -76,11 +69,47 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin is dict or annotation is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value) or {}
+            try:
+                value = yaml.safe_load(value) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path}: not valid YAML: {_yaml_reason(error)}") from None
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+#: The magnitude every int field stays below: a 64-bit integer, what NumPy and JAX hold.
+INT_LIMIT = 2**63
+
+
+def _integer(path: str, value: Any) -> int:
+    """An int field's value: exact for digits (`10**30` is not rounded through a float),
+    and within a signed 64-bit integer, so that no later conversion overflows.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    number: int | None = value if isinstance(value, int) else None
+    if number is None and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = int(value.strip())
+    if number is None:
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():  # also nan and inf
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        number = int(as_float)
+    if not -INT_LIMIT <= number < INT_LIMIT:
+        raise ConfigError(f"{path}: must be an integer in [-2**63, 2**63), got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, with a long number cut to its digit count (a 400-digit int is one line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
 def _unknown_field(path: str, name: str, allowed: list[str]) -> ConfigError:

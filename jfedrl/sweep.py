@@ -173,7 +173,21 @@ def parse(data: Any) -> Sweep:
     labels = [s.label for s in setups]
     if len(set(labels)) != len(labels):
         raise _error("setups", "two setups set the same values")
-    return Sweep(str(data.get("name", "sweep")), tuple(setups), seeds, threshold)
+    return Sweep(_name(data.get("name", "sweep")), tuple(setups), seeds, threshold)
+
+
+def _name(value: Any) -> str:
+    """The sweep's `name`: one folder name under `sweeps/`, never a path out of it."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise _error("name", f"must be a folder name, got {value!r}")
+    name = str(value)
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise _error(
+            "name",
+            f"must be one folder name (no '/', '\\', '..' or empty), got {name!r}; "
+            "give --out for a folder elsewhere",
+        )
+    return name
 
 
 def load(path: str | Path) -> Sweep:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from jfedrl import compare
+from jfedrl.cli import main as cli_main
 from jfedrl.config import save_yaml
 from jfedrl.schema import override
 from tests.helpers import tiny_config
@@ -261,3 +264,68 @@ def test_cli_compare_prints_the_pairs_and_takes_gamma(runs_root, tmp_path, capsy
     assert "optimality gap, gamma = 300 " in printed and "optimality gap, gamma = 45 " in printed
     assert cli.main(["compare", str(runs_root), "--out", str(out), "--metric", "nope"]) == 2
     assert "no 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def jfedrl_warnings():
+    """The messages the `jfedrl` logger warns while the test runs (whatever its handlers)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, logger = Collect(logging.WARNING), logging.getLogger("jfedrl")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jfedrl: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("reps", ["0", "-5"])
+def test_compare_refuses_reps_below_one_naming_the_flag(reps, runs_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["compare", str(runs_root), "--out", str(out), "--reps", reps]) == 2
+    assert f"--reps: must be a whole number >= 1 (bootstrap resamples), got {reps}" in (
+        _one_error_line(capsys)
+    )
+    assert not out.exists()
+
+
+def test_compare_out_an_existing_file_is_one_line(runs_root, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    assert cli_main(["compare", str(runs_root), "--out", str(out), "--no-plots"]) == 2
+    assert "--out: " in _one_error_line(capsys) and out.read_text() == "mine"
+
+
+def test_compare_skips_unreadable_and_metricless_runs_with_a_warning(
+    runs_root, tmp_path, jfedrl_warnings
+):
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root, root)
+    (root / "fedavg-0" / "config.yaml").write_text("federation: {num_clients: [3\n")
+    (root / "fedavg-1" / "metrics.jsonl").unlink()  # killed before its first block
+    (root / "fedavg-2" / "metrics.jsonl").write_text("")  # no eval_return
+    rows = compare.compare([root], tmp_path / "out", reps=50, plots=False)
+    assert {r.setup: r.runs for r in rows} == {
+        "strategy.name=fedavg": 2,
+        "strategy.name=fedprox": 5,
+    }
+    skipped = [m for m in jfedrl_warnings if m.startswith("compare: skipping")]
+    assert len(skipped) == 3
+    assert all(any(f"fedavg-{i}" in m for m in skipped) for i in range(3))
+    assert any("not valid YAML" in m for m in skipped)
+
+
+def test_compare_with_no_run_left_is_one_line(runs_root, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "fedavg-0", root / "only")
+    (root / "only" / "metrics.jsonl").write_text("")
+    assert cli_main(["compare", str(root), "--out", str(tmp_path / "out")]) == 2
+    assert "has eval returns to compare" in _one_error_line(capsys)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jfedrl import evaluate, runner
+from jfedrl.cli import main as cli_main
 from jfedrl.config import ConfigError
 from tests.helpers import tiny_config, with_run_dir
 
@@ -85,3 +86,22 @@ def test_video_refuses_environments_it_cannot_draw():
         video.renderer_for("brax-ant")
     with pytest.raises(ConfigError, match="--video: no renderer for MinAtar-Breakout"):
         video.renderer_for("MinAtar-Breakout")
+
+
+def test_eval_of_a_missing_round_lists_the_saved_ones(trained, capsys):
+    assert cli_main(["eval", str(trained.run_dir), "--round", "77"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "jfedrl: error: --round: no checkpoint of round 77 in " in lines[0]
+    assert lines[0].endswith("these exist: 2, 4")
+
+
+def test_eval_out_an_existing_file_is_one_line(trained, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    assert cli_main(["eval", str(trained.run_dir), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"jfedrl: error: --out: {str(out)!r} is a file, not a folder; choose another --out"
+    ]
+    assert out.read_text() == "mine"

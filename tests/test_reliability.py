@@ -423,3 +423,39 @@ def test_config_into_a_closed_pipe_prints_no_traceback():
     stderr = reader_gone.stderr.read()
     assert reader_gone.wait() == 141
     assert stderr == ""
+
+
+# ---------------------------------------------------------------- huge integers, bad flag values
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--clients", "100000000000000000000"], "federation.num_clients: must be an integer in"),
+        (["--rounds", str(10**30)], "federation.rounds: must be an integer in [-2**63, 2**63)"),
+        (["--clients", "3000000000"], "federation.num_clients: must be in [-2**31, 2**31)"),
+        (["--seed", str(2**64)], "seed: must be an integer in [-2**63, 2**63)"),
+        (["--seed", str(2**32)], "seed: must be in [0, 2**32)"),
+        (["--seed", "-1"], "seed: must be in [0, 2**32)"),
+        (["--clients", "1e400"], "federation.num_clients: expected an integer, got '1e400'"),
+        (["--env.ranges", "{length: [0.9"], "env.ranges: not valid YAML: "),
+        (["--ppo.learning-rate", "-inf"], "algo.ppo.learning_rate: must be a finite number"),
+        (["--ppo.learning-rate", "-1e-3"], "algo.ppo.learning_rate: must be > 0, got -0.001"),
+    ],
+)
+def test_huge_integers_and_bad_flag_values_are_one_line_before_a_folder(
+    flags, message, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", *flags, "--run-dir", str(run_dir)]) == 2
+    assert message in _one_error_line(capsys)
+    assert not run_dir.exists()
+
+
+def test_yaml_int_fields_are_exact_and_bounded(tmp_path, capsys):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(f"federation:\n  num_clients: {10**400}\n")
+    assert cli_main(["train", "--config", str(yaml_file)]) == 2
+    assert "federation.num_clients: must be an integer in" in _one_error_line(capsys)
+    exact = replace_path(Config(), "federation.rounds", str(2**53 + 1)).federation.rounds
+    assert exact == 2**53 + 1  # digits are not rounded through a float

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from jfedrl import runner, sweep
+from jfedrl.cli import main as cli_main
 from jfedrl.config import ConfigError
 from jfedrl.outputs import read_metrics
 from tests.helpers import compiled_programs, tiny_config, with_run_dir
@@ -212,8 +213,23 @@ def test_a_switch_off_and_on_splits_groups_and_says_why(tmp_path):
         ({"grid": {"algo.ppo.nope": [1]}}, "algo.ppo.nope"),
         ({"grdi": {}}, "sweep grdi: unknown key"),
         ({"base": {"distributed": {"enabled": True}}}, "sweep distributed.enabled: a sweep runs"),
+        ({"name": "../../../escape"}, "sweep name: must be one folder name"),
+        ({"name": "/tmp/absolute"}, "sweep name: must be one folder name"),
+        ({"name": ".."}, "sweep name: must be one folder name"),
+        ({"name": "a\\b"}, "sweep name: must be one folder name"),
+        ({"name": ""}, "sweep name: must be one folder name"),
     ],
 )
 def test_bad_sweep_files_fail_naming_the_field(tmp_path, data, message):
     with pytest.raises(ConfigError, match=message):
         sweep.load(write(tmp_path, **data))
+
+
+def test_a_sweep_name_that_leaves_sweeps_writes_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "inner").mkdir()
+    monkeypatch.chdir(tmp_path / "inner")  # sweeps/../escape would be tmp_path/inner/escape
+    path = write(tmp_path, name="../escape")
+    assert cli_main(["sweep", str(path), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("jfedrl: error: sweep name: must be one folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inner", "sweep.yaml"]
+    assert list((tmp_path / "inner").iterdir()) == []
