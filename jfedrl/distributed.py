@@ -15,9 +15,12 @@ the same run as one process with two host devices.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,6 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jfedrl.config import Config, DistributedConfig, to_dict
+
+log = logging.getLogger("jfedrl")
 
 #: Bytes of a string broadcast from process 0 (a run folder's path).
 _TEXT_BYTES = 4096
@@ -93,10 +98,33 @@ def barrier(name: str, timeout_seconds: int = 3600) -> None:
     """
     if not multiprocess():
         return
-    from jax._src import distributed as runtime  # its client is not public API
-
     barrier_id = f"jfedrl/{name}/{next(_barriers)}"  # every barrier needs a fresh id
-    runtime.global_state.client.wait_at_barrier(barrier_id, timeout_seconds * 1000)
+    wait = _coordination_barrier()
+    if wait is None:
+        multihost_utils.sync_global_devices(barrier_id)
+        return
+    wait(barrier_id, timeout_seconds * 1000)
+
+
+@functools.cache
+def _coordination_barrier() -> Callable[[str, int], None] | None:
+    """The coordination service's `wait_at_barrier(id, timeout_ms)`, or None.
+
+    Its client is not public API (`jax._src.distributed`); where a JAX release
+    moved it, `barrier` falls back to `multihost_utils.sync_global_devices`, a
+    device collective (subject to gloo's 30 s on CPU), and says so once.
+    """
+    try:
+        from jax._src import distributed as runtime
+
+        return runtime.global_state.client.wait_at_barrier
+    except (ImportError, AttributeError) as error:
+        log.warning(
+            "distributed barrier: this JAX lacks the coordination client (%s); "
+            "using multihost_utils.sync_global_devices",
+            error,
+        )
+        return None
 
 
 def any_process(flag: bool) -> bool:

@@ -16,15 +16,21 @@ and `init` and the evaluation compile in about half the time.
 
 JAX offers no switch for this, so `unroll_threefry_on_cpu` registers the
 unrolled rule for the `cpu` platform through JAX's internal lowering registry.
-Where a JAX release lacks those internals it changes nothing and says so in
-the debug log: the programs are then slower, never different.
+The rule lives in `jax._src.prng` up to jax 0.9 and in
+`jax._src.random.threefry2x32` from jax 0.10 on; both are tried. Where a JAX
+release has neither, it changes nothing and says so in one log line: the
+programs are then slower, never different.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 log = logging.getLogger("jfedrl")
+
+#: Where JAX keeps the Threefry primitive and its unrolled lowering, newest first.
+THREEFRY_MODULES = ("jax._src.random.threefry2x32", "jax._src.prng")
 
 
 def unroll_threefry_on_cpu() -> bool:
@@ -33,14 +39,18 @@ def unroll_threefry_on_cpu() -> bool:
     Idempotent. Programs lowered before the call keep the rolled loop; their
     values are the same either way.
     """
-    try:
-        from jax._src import prng
-        from jax._src.interpreters import mlir
+    errors = []
+    for name in THREEFRY_MODULES:
+        try:
+            module = importlib.import_module(name)
+            from jax._src.interpreters import mlir
 
-        primitive = prng.threefry2x32_p
-        unrolled = prng._threefry2x32_lowering_rule
-    except (ImportError, AttributeError) as error:
-        log.debug("threefry stays a rolled loop on CPU (this JAX lacks %s)", error)
-        return False
-    mlir.register_lowering(primitive, unrolled, platform="cpu")
-    return True
+            primitive = module.threefry2x32_p
+            unrolled = module._threefry2x32_lowering_rule
+        except (ImportError, AttributeError) as error:
+            errors.append(f"{name}: {error}")
+            continue
+        mlir.register_lowering(primitive, unrolled, platform="cpu")
+        return True
+    log.info("threefry stays a rolled loop on CPU (this JAX lacks %s)", "; ".join(errors))
+    return False
