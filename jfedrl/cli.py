@@ -468,6 +468,12 @@ def _user_error(error: Exception) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.command not in ("envs", "config", "compare"):
+        # The `jfedrl` command itself (not a call from Python), before JAX is imported:
+        # XLA's spurious compilation-cache lines are kept off stderr (jfedrl.stderr_filter).
+        from jfedrl import stderr_filter
+
+        stderr_filter.install()
     try:
         if args.command == "train":
             return _cmd_train(args)
