@@ -300,16 +300,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jfedrl.devices import configure_host_devices
 
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
-    # The run's own device layout: the checkpoint's padded shapes depend on it.
-    configure_host_devices(
-        participants_per_round((load_yaml(saved) if saved.is_file() else Config()).federation)
-    )
-    from jfedrl import evaluate
-
-    if args.video:
+    run_config = load_yaml(saved) if saved.is_file() else Config()
+    if args.video:  # before anything is restored, compiled or evaluated
         from jfedrl import video
 
-        video.check_format(args.video_format)  # before anything is restored or compiled
+        video.check_format(args.video_format)
+        if saved.is_file():
+            video.renderer_for(run_config.env.name)
+    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    configure_host_devices(participants_per_round(run_config.federation))
+    from jfedrl import evaluate
+
     result = evaluate.evaluate_run(
         args.run_dir,
         clients=args.clients,
