@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,25 +277,48 @@ def number(value: float | None) -> str:
 
 
 class ShowProgress(Callback):
-    """The progress bar (tqdm, hidden unless `show`; process 0's) and one log line per block."""
+    """The progress bar (tqdm; process 0's) and one log line per block.
+
+    The bar is drawn only when `show` and stderr is a terminal: written to a file
+    (nohup, SLURM) its frames would fill it, and the log line per block says the
+    same. While it is drawn, the log's stderr lines go through `tqdm.write`, so
+    they print above the bar instead of onto it. Its rate and ETA start after the
+    first block, which holds the compile.
+    """
 
     def __init__(self, show: bool):
         self.show = show and distributed.is_primary()
 
     def on_start(self, run: Run, state: FedState) -> None:
-        from tqdm import tqdm
+        import sys
 
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        drawn = self.show and sys.stderr.isatty()
         self.bar = tqdm(
             total=run.config.federation.rounds,
             initial=int(state.round),
             unit="round",
-            disable=not self.show,
+            disable=not drawn,
             dynamic_ncols=True,
+            smoothing=0,  # the mean rate since the first block, not a spiky recent one
         )
+        self.first_block = True
+        self._redirect = None
+        consoles = [h for h in log.handlers if type(h) is logging.StreamHandler]
+        if drawn and any(h.stream is sys.stderr for h in consoles):
+            self._redirect = logging_redirect_tqdm([log])
+            self._redirect.__enter__()
 
     def on_block(self, run: Run, block: Block) -> Block:
         last = block.records[-1]
         self.bar.update(len(block.records))
+        if self.first_block and not self.bar.disable:
+            # The first block's time is mostly the compile: the rate counts from here.
+            self.first_block = False
+            self.bar.initial, self.bar.start_t = self.bar.n, time.time()  # tqdm's clock
+            self.bar.refresh()
         self.bar.set_postfix(
             steps_s=f"{last['steps_per_second']:.3g}",
             ret=number(last["train_return_mean"]),
@@ -314,6 +338,8 @@ class ShowProgress(Callback):
 
     def on_end(self, run: Run) -> None:
         self.bar.close()
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
 
 
 class PlotCurve(Callback):

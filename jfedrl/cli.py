@@ -328,16 +328,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():  # before anything is restored or compiled
         raise ConfigError(f"--out: {str(out)!r} is a file, not a folder; choose another --out")
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
-    # The run's own device layout: the checkpoint's padded shapes depend on it.
-    configure_host_devices(
-        participants_per_round((load_yaml(saved) if saved.is_file() else Config()).federation)
-    )
-    from jfedrl import evaluate
-
-    if args.video:
+    run_config = load_yaml(saved) if saved.is_file() else Config()
+    if args.video:  # before anything is restored, compiled or evaluated
         from jfedrl import video
 
-        video.check_format(args.video_format)  # before anything is restored or compiled
+        video.check_format(args.video_format)
+        if saved.is_file():
+            video.renderer_for(run_config.env.name)
+    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    configure_host_devices(participants_per_round(run_config.federation))
+    from jfedrl import evaluate
+
     result = evaluate.evaluate_run(
         args.run_dir,
         clients=args.clients,
@@ -531,6 +532,12 @@ def _is_number(token: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    if argv is None and args.command not in ("envs", "config", "compare"):
+        # The `jfedrl` command itself (not a call from Python), before JAX is imported:
+        # XLA's spurious compilation-cache lines are kept off stderr (jfedrl.stderr_filter).
+        from jfedrl import stderr_filter
+
+        stderr_filter.install()
     try:
         if args.command == "train":
             return _cmd_train(args)

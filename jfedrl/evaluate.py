@@ -271,10 +271,14 @@ def record_videos(
 
 
 def save(result: EvalResult, out: str | Path | None = None) -> Path:
-    """Writes `<out>/round_<r>.{md,csv}` (default `RUN_DIR/eval/`); returns the .md path."""
+    """Writes `<out>/round_<r>_<policy>.{md,csv}` (default `RUN_DIR/eval/`); returns the .md.
+
+    The policy is in the name, so `--policy local` and `--policy global` of one
+    checkpoint keep both tables.
+    """
     folder = Path(out) if out else result.run_dir / EVAL_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"round_{result.round}"
+    stem = folder / f"round_{result.round}_{result.policy}"
     md = stem.with_suffix(".md")
     md.write_text(result.table())
     with stem.with_suffix(".csv").open("w", newline="") as f:

@@ -69,15 +69,51 @@ RESUMABLE_PREFIXES = (
 )
 
 
+def cpu_key() -> str:
+    """`cpu-<12 hex digits>`: this CPU's architecture, model and instruction-set flags.
+
+    Read from /proc/cpuinfo (x86 `model name` / `flags`, Arm `CPU part` / `Features`);
+    elsewhere from `platform`. Two machines with the same key run each other's
+    XLA:CPU executables; a kernel that names new flags gives a new key (one recompile).
+    """
+    import hashlib
+    import platform
+
+    model, flags = "", ""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = (part.strip() for part in line.partition(":"))
+        if name in ("model name", "cpu model", "CPU part", "Processor") and not model:
+            model = value
+        if name in ("flags", "Features") and not flags:
+            flags = " ".join(sorted(value.split()))
+    identity = f"{platform.machine()}|{model or platform.processor()}|{flags}"
+    return "cpu-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
 def enable_compilation_cache(directory: str | None = None) -> str:
     """Turns on JAX's persistent compilation cache (on by default in the CLI).
 
-    A repeated run of the same config then skips XLA compilation. The folder is
-    `$JFEDRL_COMPILATION_CACHE`, else `~/.cache/jfedrl/xla`.
+    A repeated run of the same config then skips XLA compilation. The cache root is
+    `directory`, else `$JFEDRL_COMPILATION_CACHE`, else `~/.cache/jfedrl/xla`; the
+    entries go to its subfolder `cpu_key()`, so on a home folder shared by nodes
+    with different CPUs an executable is only loaded where it was compiled for
+    (a root that already is such a subfolder, as offload workers get it, is kept).
+
+    Returns:
+        The folder the entries go to.
     """
-    directory = directory or os.environ.get(
-        "JFEDRL_COMPILATION_CACHE", str(Path.home() / ".cache" / "jfedrl" / "xla")
+    root = Path(
+        directory
+        or os.environ.get(
+            "JFEDRL_COMPILATION_CACHE", str(Path.home() / ".cache" / "jfedrl" / "xla")
+        )
     )
+    key = cpu_key()
+    directory = str(root if root.name == key else root / key)
     Path(directory).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -24,8 +24,40 @@ def test_eval_reproduces_the_runs_last_eval_return(trained, tmp_path):
     chosen = evaluate.evaluate_run(trained.run_dir, clients=[2, 0])
     np.testing.assert_allclose(chosen.returns, result.returns[[2, 0]])
     md = evaluate.save(chosen, tmp_path)
-    assert md.name == "round_4.md" and "| 2 |" in md.read_text()
-    assert (tmp_path / "round_4.csv").read_text().count("\n") == 1 + 2 * 2
+    assert md.name == "round_4_global.md" and "| 2 |" in md.read_text()
+    assert (tmp_path / "round_4_global.csv").read_text().count("\n") == 1 + 2 * 2
+
+
+def test_local_and_global_tables_of_one_checkpoint_keep_both(trained, tmp_path):
+    written = {}
+    for policy in ("global", "local"):
+        result = evaluate.evaluate_run(trained.run_dir, clients=[0], policy=policy)
+        written[policy] = evaluate.save(result, tmp_path).read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "round_4_global.csv",
+        "round_4_global.md",
+        "round_4_local.csv",
+        "round_4_local.md",
+    ]
+    assert (tmp_path / "round_4_global.md").read_text() == written["global"]
+    assert written["local"].startswith("local policy of")
+
+
+def test_video_of_an_env_without_a_renderer_fails_before_any_evaluation(
+    tmp_path, monkeypatch, capsys
+):
+    from jfedrl import cli
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("evaluated before the --video check")
+
+    monkeypatch.setattr(evaluate, "evaluate_run", evaluated)
+    (tmp_path / "config.yaml").write_text("env:\n  name: brax-ant\n")
+    assert cli.main(["eval", str(tmp_path), "--video"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("jfedrl: error: --video: brax-ant: Brax video is not supported")
+    assert error.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing written
 
 
 def test_eval_names_a_bad_client_id(trained):

@@ -32,11 +32,18 @@ def read_events(path):
     return events
 
 
+class Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (the bar is drawn only on one)."""
+
+    def isatty(self):
+        return True
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("outputs")
     config = tiny_config(log__tensorboard=True, log__progress=True)
-    stderr = io.StringIO()
+    stderr = Terminal()
     with contextlib.redirect_stderr(stderr):
         result = runner.train(with_run_dir(config, run_dir), quiet=True)
     return result, run_dir, stderr.getvalue()
@@ -83,6 +90,62 @@ def test_no_progress_bar_when_disabled(tmp_path):
     with contextlib.redirect_stderr(stderr):
         runner.train(config, quiet=True)
     assert stderr.getvalue() == ""
+
+
+def test_no_bar_frames_when_stderr_is_a_file_one_line_per_block(tmp_path):
+    """nohup, SLURM: stderr is a file, which the bar's carriage-return frames would fill."""
+    stderr = io.StringIO()  # not a terminal
+    config = with_run_dir(tiny_config(log__progress=True), tmp_path / "file")
+    with contextlib.redirect_stderr(stderr):
+        runner.train(config)
+    text = stderr.getvalue()
+    assert "\r" not in text and "%|" not in text, text
+    assert len(re.findall(r"INFO round \d/4 ", text)) == 2, text  # one line per block
+
+
+def _drive_progress(stream, blocks):
+    """ShowProgress over fake blocks of 2 rounds, logging to `stream` as `train` does."""
+    import logging
+    from types import SimpleNamespace
+
+    from jfedrl.callbacks import Block, ShowProgress
+    from jfedrl.outputs import setup_logging
+
+    with contextlib.redirect_stderr(stream):
+        setup_logging(Path(stream.run_dir), quiet=False)  # its console handler: sys.stderr
+        config = tiny_config(federation__rounds=2 * blocks)
+        run = SimpleNamespace(config=config)
+        progress = ShowProgress(True)
+        progress.on_start(run, SimpleNamespace(round=0))
+        seen = []
+        for i in range(blocks):
+            record = {
+                "round": 2 * i + 2,
+                "env_steps": 64 * (i + 1),
+                "steps_per_second": 1000.0,
+                "train_return_mean": 10.0,
+                "eval_return": 9.0,
+            }
+            state = SimpleNamespace(round=2 * i + 2)
+            progress.on_block(run, Block(state, [record, record], 1.0 if i == 0 else 0.0, False))
+            seen.append((progress.bar.initial, progress.bar.n))
+        progress.on_end(run)
+        for handler in logging.getLogger("jfedrl").handlers:
+            handler.close()
+    return stream.getvalue(), seen
+
+
+def test_log_lines_print_above_the_bar_and_its_rate_starts_after_the_compile(tmp_path):
+    stream = Terminal()
+    stream.run_dir = tmp_path
+    text, seen = _drive_progress(stream, 3)
+    logged = [line for line in text.split("\n") if " INFO round " in line]
+    assert len(logged) == 3, text
+    for line in logged:  # what is left of the line after the last carriage return
+        assert re.match(r"\d\d:\d\d:\d\d INFO round", line.rsplit("\r", 1)[-1]), repr(line)
+    # After the first block (the compile) the bar's origin moves there: its rate and
+    # ETA count only the later blocks.
+    assert seen == [(2, 2), (2, 4), (2, 6)]
 
 
 def test_tensorboard_writer_does_not_import_an_installed_torch(tmp_path):
