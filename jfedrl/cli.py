@@ -2,6 +2,7 @@
 
     jfedrl train [--config FILE] [--resume RUN_DIR] [--section.field value ...]
     jfedrl envs
+    jfedrl export RUN_DIR --out policy.npz [--round R] [--client C] [--force]
     jfedrl config            (prints the full default config as YAML, with docs)
     jfedrl offload worker --input DIR --output DIR   (a plugin command: jfedrl.plugins)
 
@@ -147,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="also render one episode per chosen client"
     )
     evaluate.add_argument("--video-format", default="gif", help="gif (Pillow) or mp4 (ffmpeg)")
+
+    export = commands.add_parser(
+        "export", help="write a checkpointed policy as plain arrays (.npz, NumPy can act)"
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, help="the .npz file to write")
+    export.add_argument("--round", type=int, help="checkpoint round (default: the newest)")
+    export.add_argument(
+        "--client", type=int, help="export this client's own params (default: the global policy)"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
         spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
@@ -347,6 +359,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from jfedrl.config import load_yaml, participants_per_round
+    from jfedrl.devices import configure_host_devices
+
+    out = Path(args.out)
+    if out.exists() and not args.force:  # before jax starts or anything is restored
+        raise ConfigError(f"--out: {str(out)!r} exists; use --force to overwrite it")
+    saved = Path(args.run_dir) / "config.yaml"  # export_policy names a missing one
+    config = load_yaml(saved) if saved.is_file() else Config()
+    clients = config.federation.num_clients
+    if args.client is not None and not 0 <= args.client < clients:
+        raise ConfigError(f"--client: must be in 0..{clients - 1}, got {args.client}")
+    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    configure_host_devices(participants_per_round(config.federation))
+    from jfedrl.export import export_policy
+
+    exported = export_policy(
+        args.run_dir, out, round_index=args.round, client=args.client, force=args.force
+    )
+    meta = exported.meta
+    print(
+        f"exported the {meta['params']} policy of round {meta['round']} ({meta['algorithm']}, "
+        f"layers {meta['layer_sizes']}, {meta['activation']}, output {meta['output']}) "
+        f"to {exported.path}"
+    )
+    return 0
+
+
 def _dry_run(config: Config) -> int:
     """`jfedrl train --dry-run`: compile one block, print its memory needs, write nothing."""
     import jax
@@ -493,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command in plugins.commands():
             return plugins.commands()[args.command].run(args)
     except KeyboardInterrupt:
