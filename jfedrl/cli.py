@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep folder (default: sweeps/<name>)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sweep.add_argument(
+        "--part",
+        metavar="i/N",
+        help="run only part i of N of the sweep's groups (a SLURM array task each; "
+        "then jfedrl compare the folder)",
+    )
 
     compare = commands.add_parser(
         "compare", help="IQM and mean with bootstrap 95% CIs of runs, grouped by setup"
@@ -277,9 +283,23 @@ def _sweep_layout(path: str | Path) -> Any:
     return configure_host_devices(participants_per_round(federation))
 
 
+def _part(text: str | None) -> tuple[int, int] | None:
+    """`--part i/N` as `(i, N)`, 1 <= i <= N."""
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()):
+        raise ConfigError(f"--part: must be i/N with 1 <= i <= N (e.g. 2/3), got {text!r}")
+    part = int(index), int(count)
+    if not 1 <= part[0] <= part[1]:
+        raise ConfigError(f"--part: must be i/N with 1 <= i <= N (e.g. 2/3), got {text!r}")
+    return part
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if (args.sweep_file is None) == (args.resume is None):
         raise ConfigError("sweep: give either SWEEP.yaml or --resume SWEEP_DIR")
+    part = _part(args.part)
     layout = _sweep_layout(Path(args.resume) / "sweep.yaml" if args.resume else args.sweep_file)
     print(f"jfedrl: {layout.describe()}", flush=True)  # stdout: stderr holds only an error
     from jfedrl import sweep
@@ -288,11 +308,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for line in sweep.describe_groups(sweep.load(args.sweep_file)):
             print(line)
     result = sweep.run_sweep(
-        args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
+        args.sweep_file,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        quiet=True,
+        part=part,
     )
-    if not result.interrupted:
-        print((result.sweep_dir / "comparison.md").read_text(), end="")
-    print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
+    if part is not None:
+        summary = sweep.summary_name(part)
+        print(f"part {part[0]}/{part[1]}: {len(result.run_dirs)} run(s)")
+        print(f"sweep folder: {result.sweep_dir} ({summary}, runs/)")
+        if not result.interrupted:
+            print(f"when every part has finished: jfedrl compare {result.sweep_dir}")
+    else:
+        if not result.interrupted:
+            print((result.sweep_dir / "comparison.md").read_text(), end="")
+        print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
     if not result.interrupted:
         return 0
     print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
