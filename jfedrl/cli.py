@@ -2,6 +2,7 @@
 
     jfedrl train [--config FILE] [--resume RUN_DIR] [--section.field value ...]
     jfedrl envs
+    jfedrl export RUN_DIR --out policy.npz [--round R] [--client C] [--force]
     jfedrl config            (prints the full default config as YAML, with docs)
     jfedrl offload worker --input DIR --output DIR   (a plugin command: jfedrl.plugins)
 
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep folder (default: sweeps/<name>)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sweep.add_argument(
+        "--part",
+        metavar="i/N",
+        help="run only part i of N of the sweep's groups (a SLURM array task each; "
+        "then jfedrl compare the folder)",
+    )
 
     compare = commands.add_parser(
         "compare", help="IQM and mean with bootstrap 95%% CIs of runs, grouped by setup"
@@ -156,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="also render one episode per chosen client"
     )
     evaluate.add_argument("--video-format", default="gif", help="gif (Pillow) or mp4 (ffmpeg)")
+
+    export = commands.add_parser(
+        "export", help="write a checkpointed policy as plain arrays (.npz, NumPy can act)"
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, help="the .npz file to write")
+    export.add_argument("--round", type=int, help="checkpoint round (default: the newest)")
+    export.add_argument(
+        "--client", type=int, help="export this client's own params (default: the global policy)"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
         spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
@@ -278,9 +296,23 @@ def _sweep_layout(path: str | Path) -> Any:
     return configure_host_devices(participants_per_round(federation))
 
 
+def _part(text: str | None) -> tuple[int, int] | None:
+    """`--part i/N` as `(i, N)`, 1 <= i <= N."""
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()):
+        raise ConfigError(f"--part: must be i/N with 1 <= i <= N (e.g. 2/3), got {text!r}")
+    part = int(index), int(count)
+    if not 1 <= part[0] <= part[1]:
+        raise ConfigError(f"--part: must be i/N with 1 <= i <= N (e.g. 2/3), got {text!r}")
+    return part
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if (args.sweep_file is None) == (args.resume is None):
         raise ConfigError("sweep: give either SWEEP.yaml or --resume SWEEP_DIR")
+    part = _part(args.part)
     layout = _sweep_layout(Path(args.resume) / "sweep.yaml" if args.resume else args.sweep_file)
     print(f"jfedrl: {layout.describe()}", flush=True)  # stdout: stderr holds only an error
     from jfedrl import sweep
@@ -289,11 +321,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for line in sweep.describe_groups(sweep.load(args.sweep_file)):
             print(line)
     result = sweep.run_sweep(
-        args.sweep_file, args.out, resume=args.resume, progress=not args.no_progress, quiet=True
+        args.sweep_file,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        quiet=True,
+        part=part,
     )
-    if not result.interrupted:
-        print((result.sweep_dir / "comparison.md").read_text(), end="")
-    print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
+    if part is not None:
+        summary = sweep.summary_name(part)
+        print(f"part {part[0]}/{part[1]}: {len(result.run_dirs)} run(s)")
+        print(f"sweep folder: {result.sweep_dir} ({summary}, runs/)")
+        if not result.interrupted:
+            print(f"when every part has finished: jfedrl compare {result.sweep_dir}")
+    else:
+        if not result.interrupted:
+            print((result.sweep_dir / "comparison.md").read_text(), end="")
+        print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
     if not result.interrupted:
         return 0
     print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
@@ -361,6 +405,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         for path in paths:
             print(f"video: {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from jfedrl.config import load_yaml, participants_per_round
+    from jfedrl.devices import configure_host_devices
+
+    out = Path(args.out)
+    if out.exists() and not args.force:  # before jax starts or anything is restored
+        raise ConfigError(f"--out: {str(out)!r} exists; use --force to overwrite it")
+    saved = Path(args.run_dir) / "config.yaml"  # export_policy names a missing one
+    config = load_yaml(saved) if saved.is_file() else Config()
+    clients = config.federation.num_clients
+    if args.client is not None and not 0 <= args.client < clients:
+        raise ConfigError(f"--client: must be in 0..{clients - 1}, got {args.client}")
+    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    configure_host_devices(participants_per_round(config.federation))
+    from jfedrl.export import export_policy
+
+    exported = export_policy(
+        args.run_dir, out, round_index=args.round, client=args.client, force=args.force
+    )
+    meta = exported.meta
+    print(
+        f"exported the {meta['params']} policy of round {meta['round']} ({meta['algorithm']}, "
+        f"layers {meta['layer_sizes']}, {meta['activation']}, output {meta['output']}) "
+        f"to {exported.path}"
+    )
     return 0
 
 
@@ -551,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command in plugins.commands():
             return plugins.commands()[args.command].run(args)
     except KeyboardInterrupt:

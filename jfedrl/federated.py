@@ -676,6 +676,27 @@ class Simulator:
         return self.replicate(returns)
 
 
+@jax.jit
+def eval_views(returns: jax.Array) -> dict[str, jax.Array]:
+    """The federated views of an evaluation `returns [clients, episodes]`, on the device.
+
+    Each client's score is its mean return over its episodes. Besides the mean over
+    every episode (`eval_return`), the fairness views FL papers report (Li et al.
+    2020, "Fair Resource Allocation in Federated Learning"): the worst and the best
+    client, the 10th percentile over clients (linear interpolation, NumPy's
+    default) and the spread (population std over clients). Computed in one small
+    program, so the host fetches five scalars, not a value per client.
+    """
+    per_client = returns.mean(axis=1)
+    return {
+        "eval_return": returns.mean(),
+        "eval_return_min_client": per_client.min(),
+        "eval_return_max_client": per_client.max(),
+        "eval_return_p10": jnp.percentile(per_client, 10.0),
+        "eval_return_std": per_client.std(),
+    }
+
+
 def make_simulator(config: Config) -> Simulator:
     """Validates `config` and builds the simulator (nothing is compiled yet)."""
     validate(config)

@@ -43,7 +43,7 @@ from jfedrl.config import (
     schedule_horizon,
     schedule_restarts,
 )
-from jfedrl.federated import FedState, Simulator, make_simulator
+from jfedrl.federated import FedState, Simulator, eval_views, make_simulator
 from jfedrl.outputs import (
     RunDirError,
     RunLock,
@@ -598,7 +598,9 @@ def finish_block(
         The block after the callbacks, and the run's wall time after it.
     """
     block_seconds = time.perf_counter() - tick - compile_seconds
-    evals = distributed.host_value(sim_eval(run.simulator, state, eval_key_of(run.config)))
+    views = distributed.host_value(
+        eval_views(sim_eval(run.simulator, state, eval_key_of(run.config)))
+    )
     block_records = _round_records(
         metrics,
         first_round,
@@ -609,9 +611,7 @@ def finish_block(
     wall_seconds += time.perf_counter() - tick
     last = block_records[-1]
     last["wall_seconds"] = wall_seconds
-    last["eval_return"] = float(evals.mean())
-    last["eval_return_min_client"] = float(evals.mean(axis=1).min())
-    last["eval_return_max_client"] = float(evals.mean(axis=1).max())
+    last.update({name: float(value) for name, value in views.items()})
     if compile_seconds > 0:
         block_records[0]["compile_seconds"] = compile_seconds
     finished = int(state.round) >= run.config.federation.rounds

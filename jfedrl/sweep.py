@@ -27,7 +27,9 @@ prefixed with the run's folder name), `summary.csv` (one row per
 setup and seed: final and best eval return, env steps and seconds to the
 threshold, AUC) and the `jfedrl compare` table and plots of all its runs.
 Ctrl-C stops every run after the current block with a checkpoint;
-`jfedrl sweep --resume SWEEP_DIR` continues.
+`jfedrl sweep --resume SWEEP_DIR` continues. `--part i/N` runs every N-th group
+from group i - 1 (`part_groups`; one SLURM array task each): parts share the
+folder, each writes its own summary, and `jfedrl compare` merges them.
 """
 
 from __future__ import annotations
@@ -257,6 +259,25 @@ def split_reasons(sweep: Sweep, groups: list[Group]) -> list[str]:
         if len(values) > 1:
             reasons.append(f"{field} {traced.why_static(field)}")
     return reasons or ["the setups' untraceable fields differ"]
+
+
+def part_groups(num_groups: int, part: tuple[int, int] | None) -> list[int]:
+    """The indices of the groups that part `i/N` runs: every N-th, starting at i - 1.
+
+    Groups are the compiled programs (`plan_groups`, in a fixed order), so the
+    parts of a SLURM array split the work without compiling a program twice.
+    """
+    if part is None:
+        return list(range(num_groups))
+    index, count = part
+    if not 1 <= index <= count:
+        raise ConfigError(f"--part: must be i/N with 1 <= i <= N, got {index}/{count}")
+    return list(range(index - 1, num_groups, count))
+
+
+def summary_name(part: tuple[int, int] | None) -> str:
+    """summary.csv, or summary-part<i>of<N>.csv for a part (parts share the folder)."""
+    return SUMMARY_FILE if part is None else f"summary-part{part[0]}of{part[1]}.csv"
 
 
 def describe_groups(sweep: Sweep) -> list[str]:
@@ -513,13 +534,19 @@ def _run_config(sweep: Sweep, sweep_dir: Path, index: int, seed: int) -> Config:
     return dataclasses.replace(setup.config, seed=seed, log=log_config)
 
 
-def write_summary(sweep: Sweep, sweep_dir: Path) -> Path:
-    """summary.csv: one row per setup and seed, from each run's metrics.jsonl."""
+def write_summary(sweep: Sweep, sweep_dir: Path, part: tuple[int, int] | None = None) -> Path:
+    """summary.csv (a part: `summary_name(part)`, its own setups only): one row per setup
+    and seed, from each run's metrics.jsonl.
+    """
     fields = sorted({field for setup in sweep.setups for field in setup.values})
-    path = sweep_dir / SUMMARY_FILE
+    groups = plan_groups(sweep)
+    mine = {i for g in part_groups(len(groups), part) for i in groups[g].indices}
+    path = sweep_dir / summary_name(part)
     with path.open("w", newline="") as f:
         writer = None
         for index, setup in enumerate(sweep.setups):
+            if index not in mine:
+                continue
             for seed in sweep.seeds:
                 run_dir = sweep_dir / RUNS_DIR / run_dir_name(index, setup, seed)
                 row = {"setup": setup.label, **{k: setup.values.get(k) for k in fields}}
@@ -540,8 +567,9 @@ def run_sweep(
     progress: bool = True,
     quiet: bool = False,
     stop_after_round: int | None = None,
+    part: tuple[int, int] | None = None,
 ) -> SweepResult:
-    """Runs (or resumes) a sweep and writes its folder.
+    """Runs (or resumes) a sweep, or its part `i/N`, and writes its folder.
 
     Args:
         sweep_file: the sweep YAML (None with `resume`: the folder's own sweep.yaml).
@@ -551,6 +579,11 @@ def run_sweep(
         quiet: log only to the sweep folder's train.log.
         stop_after_round: stop every run at the first block boundary at or after this
             round, as if interrupted (for tests and time-boxed jobs).
+        part: `(i, N)`: run only the groups of part i of N (`part_groups`, e.g. one
+            SLURM array task each). Parts may share the folder: a part joins a
+            folder holding the same sweep file, writes its own summary
+            (`summary_name`) and leaves the comparison to `jfedrl compare` once
+            every part has finished.
 
     Raises:
         ConfigError: a bad sweep file (before anything compiles), or a new sweep
@@ -564,14 +597,21 @@ def run_sweep(
         if not sweep_file.is_file():
             raise ConfigError(f"--resume: {str(sweep_dir)!r} has no {SWEEP_FILE}; not a sweep")
     sweep = load(sweep_file)
+    part_groups(0, part)  # a bad --part fails before anything is written
     if resume is None:
         sweep_dir = Path(out) if out else Path("sweeps") / sweep.name
-        if (sweep_dir / SWEEP_FILE).exists():
-            raise ConfigError(
-                f"--out: {str(sweep_dir)!r} already holds a sweep; use --resume {sweep_dir}"
-            )
+        text = Path(sweep_file).read_text()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(Path(sweep_file).read_text())
+        try:
+            with (sweep_dir / SWEEP_FILE).open("x") as f:  # parts may start at once
+                f.write(text)
+        except FileExistsError:
+            joined = part is not None and (sweep_dir / SWEEP_FILE).read_text() == text
+            if not joined:
+                raise ConfigError(
+                    f"--out: {str(sweep_dir)!r} already holds a sweep; use --resume {sweep_dir}"
+                    + ("" if part is None else " (a part joins only the same sweep file)")
+                ) from None
     enable_compilation_cache()
     setup_logging(sweep_dir, quiet=quiet)
     logger = logging.getLogger("jfedrl")
@@ -580,20 +620,30 @@ def run_sweep(
     for line in describe_groups(sweep):
         log.info("%s", line)
     groups = plan_groups(sweep)
+    chosen = part_groups(len(groups), part)
+    if part is not None:
+        numbers = ", ".join(str(g + 1) for g in chosen) or "none"
+        log.info("part %d/%d: group(s) %s of %d", part[0], part[1], numbers, len(groups))
     plan = [[(i, seed) for i in g.indices for seed in sweep.seeds] for g in groups]
-    total = sum(setup.config.federation.rounds * len(sweep.seeds) for setup in sweep.setups)
+    total = sum(
+        sweep.setups[i].config.federation.rounds * len(sweep.seeds)
+        for g in chosen
+        for i in groups[g].indices
+    )
     bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
     try:
-        for group, runs in zip(groups, plan, strict=True):
+        for number, (group, runs) in enumerate(zip(groups, plan, strict=True)):
+            if number not in chosen:
+                continue
             configs = [_run_config(sweep, sweep_dir, i, seed) for i, seed in runs]
             rounds = configs[0].federation.rounds
             if all(_finished(Path(c.log.run_dir), rounds) for c in configs):
                 bar.update(rounds * len(configs))
                 continue
             label = "; ".join(sweep.setups[i].label for i in group.indices)
-            bar.set_description(f"group {groups.index(group) + 1}/{len(groups)}: {label}")
+            bar.set_description(f"group {number + 1}/{len(groups)}: {label}")
             values = {p: [traced.get_path(c, p) for c in configs] for p in group.traced}
             simulator = make_simulator(dataclasses.replace(configs[0], seed=0))
             runner = VmappedRunner(simulator, values)
@@ -610,12 +660,13 @@ def run_sweep(
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
-    write_summary(sweep, sweep_dir)
-    if not interrupted:
+    write_summary(sweep, sweep_dir, part)
+    if not interrupted and part is None:
         compare([sweep_dir / RUNS_DIR], sweep_dir)
+    mine = sorted(i for g in chosen for i in groups[g].indices)
     run_dirs = [
         sweep_dir / RUNS_DIR / run_dir_name(i, sweep.setups[i], seed)
-        for i in range(len(sweep.setups))
+        for i in mine
         for seed in sweep.seeds
     ]
     return SweepResult(sweep_dir, run_dirs, compiles, interrupted)

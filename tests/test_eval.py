@@ -137,3 +137,34 @@ def test_eval_out_an_existing_file_is_one_line(trained, tmp_path, capsys):
         f"jfedrl: error: --out: {str(out)!r} is a file, not a folder; choose another --out"
     ]
     assert out.read_text() == "mine"
+
+
+def test_eval_views_against_numpy():
+    import jax.numpy as jnp
+
+    from jfedrl.federated import eval_views
+
+    returns = np.array([[10.0, 30.0], [5.0, 5.0], [100.0, 0.0], [40.0, 60.0]], np.float32)
+    views = {k: float(v) for k, v in eval_views(jnp.asarray(returns)).items()}
+    per_client = returns.mean(axis=1)  # 20, 5, 50, 50
+    assert views["eval_return"] == pytest.approx(returns.mean())
+    assert views["eval_return_min_client"] == 5.0 and views["eval_return_max_client"] == 50.0
+    assert views["eval_return_p10"] == pytest.approx(np.percentile(per_client, 10))
+    assert views["eval_return_p10"] == pytest.approx(5.0 + 0.3 * 15.0)
+    assert views["eval_return_std"] == pytest.approx(np.std(per_client))
+
+
+def test_metrics_hold_the_federated_views_and_compare_reads_them(trained, tmp_path):
+    from jfedrl import compare
+    from jfedrl.outputs import read_metrics
+
+    last = read_metrics(trained.run_dir)[-1]
+    per_client = evaluate.evaluate_run(trained.run_dir).returns.mean(axis=1)
+    assert last["eval_return_p10"] == pytest.approx(np.percentile(per_client, 10), rel=1e-6)
+    assert last["eval_return_std"] == pytest.approx(np.std(per_client), rel=1e-5, abs=1e-5)
+    assert last["eval_return_min_client"] == pytest.approx(per_client.min(), rel=1e-6)
+    rows = compare.compare(
+        [trained.run_dir], tmp_path / "cmp", reps=20, plots=False, metric="eval_return_p10"
+    )
+    assert rows[0].iqm.value == pytest.approx(last["eval_return_p10"])
+    assert "IQM final eval_return_p10" in (tmp_path / "cmp" / "comparison.md").read_text()

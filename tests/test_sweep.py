@@ -233,3 +233,50 @@ def test_a_sweep_name_that_leaves_sweeps_writes_nothing(tmp_path, monkeypatch, c
     assert capsys.readouterr().err.startswith("jfedrl: error: sweep name: must be one folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inner", "sweep.yaml"]
     assert list((tmp_path / "inner").iterdir()) == []
+
+
+def test_parts_split_the_groups_deterministically():
+    assert sweep.part_groups(5, (1, 2)) == [0, 2, 4] and sweep.part_groups(5, (2, 2)) == [1, 3]
+    assert sweep.part_groups(2, (3, 3)) == [] and sweep.part_groups(3, None) == [0, 1, 2]
+    shares = [sweep.part_groups(7, (i, 3)) for i in (1, 2, 3)]
+    assert sorted(sum(shares, [])) == list(range(7))
+    with pytest.raises(ConfigError, match=r"--part: must be i/N with 1 <= i <= N, got 4/3"):
+        sweep.part_groups(7, (4, 3))
+
+
+@pytest.mark.parametrize("part", ["0/3", "4/3", "x", "1/", "2/x"])
+def test_a_bad_part_fails_in_one_line_naming_it(tmp_path, capsys, part):
+    from jfedrl import cli
+
+    path = write(tmp_path, name="p", grid={"algo.ppo.prox_mu": [0.0, 0.1]})
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(path), "--out", str(out), "--part", part]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("jfedrl: error: --part: must be i/N")
+    assert not out.exists()
+
+
+def test_parts_run_their_groups_into_one_folder_that_compare_merges(tmp_path, capsys):
+    from jfedrl import cli, compare
+
+    base = TINY | {"federation": TINY["federation"] | {"rounds": 2}}
+    data = {"name": "parts", "base": base, "grid": {"algo.ppo.prox_mu": [0.0, 0.1]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    first = sweep.run_sweep(path, out, progress=False, quiet=True, part=(1, 2))
+    assert [d.name for d in first.run_dirs] == ["00-algo.ppo.prox_mu=0.0-seed0"]
+    assert first.compiles == [1] and not (out / "comparison.md").exists()
+    assert cli.main(["sweep", str(path), "--out", str(out), "--part", "2/2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "part 2/2: 1 run(s)" in printed and f"jfedrl compare {out}" in printed
+    for number, label in ((1, "algo.ppo.prox_mu=0.0"), (2, "algo.ppo.prox_mu=0.1")):
+        rows = list(csv.DictReader((out / f"summary-part{number}of2.csv").open()))
+        assert [r["setup"] for r in rows] == [label]
+    assert not (out / "summary.csv").exists()
+    rows = compare.compare([out], tmp_path / "cmp", reps=20, plots=False)
+    assert sorted(r.setup for r in rows) == ["algo.ppo.prox_mu=0.0", "algo.ppo.prox_mu=0.1"]
+    # A part joins a folder only of the same sweep file.
+    other = write(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+    with pytest.raises(ConfigError, match="already holds a sweep"):
+        sweep.run_sweep(other, out, progress=False, quiet=True, part=(1, 2))
