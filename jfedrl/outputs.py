@@ -59,13 +59,42 @@ def truncate_metrics(run_dir: str | Path, last_round: int) -> list[dict[str, Any
     The kept records go to a new file that then replaces metrics.jsonl, so a
     crash at any moment leaves either the old or the new history, whole.
     """
-    records = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
     path = Path(run_dir) / METRICS_FILE
+    records, garbage = _parse_metrics(path)
+    records = [r for r in records if r["round"] <= last_round]
     try:
+        if garbage:  # kept aside, never deleted: appended, so an earlier file stays whole
+            aside = path.with_name(path.name + CORRUPT_SUFFIX)
+            with aside.open("a") as f:
+                f.write("".join(line + "\n" for line in garbage))
+            log.warning("%s: %d unreadable line(s) moved to %s", path, len(garbage), aside.name)
         replace_file(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     except OSError as error:
         raise RunDirError(f"log.run_dir: cannot rewrite {str(path)!r}: {error.strerror}") from None
     return records
+
+
+#: Where `truncate_metrics` keeps the lines of metrics.jsonl it cannot read.
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of `path` (a per-round record: a mapping with an int `round`), and
+    every other non-empty line as it is (a torn line, binary garbage).
+    """
+    if not path.exists():
+        return [], []
+    records, garbage = [], []
+    for line in path.read_bytes().decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("round"), int):
+            records.append(record)
+        elif line.strip():
+            garbage.append(line)
+    return records, garbage
 
 
 def replace_file(path: Path, data: bytes) -> None:

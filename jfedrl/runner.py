@@ -436,6 +436,8 @@ def _train_locked(
     if config.offload.executor == "inprocess":
         executor = plugins.executor("inprocess").make_runner(simulator, run_dir)
     try:
+        if resume:
+            check_resume_rounds(config, checkpointer)
         if executor is not None:
             first_round = (checkpointer.latest_round() or 0) if resume else 0
             executor.compile_ahead(block_rounds(config, first_round))
@@ -489,14 +491,19 @@ def _start(
 ) -> tuple[FedState, list[dict[str, Any]], float]:
     """The state, records and wall seconds a run starts from: new, or its newest checkpoint."""
     key = jax.random.PRNGKey(config.seed)
-    if resume:
-        if checkpointer.latest_round() is None:
-            raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
+    if resume and checkpointer.latest_round() is not None:
         state, meta = checkpointer.restore(simulator.abstract_state(key))
         records = _kept_records(run_dir, int(state.round))
+        _warn_missing_rounds(run_dir, records, int(state.round))
         log.info("resumed %s at round %d", run_dir, int(state.round))
         return state, records, float(meta.get("wall_seconds", 0.0))
-    if checkpointer.latest_round() is not None:
+    if resume:  # stopped before its first checkpoint: what it wrote is redone, as it was
+        log.warning(
+            "--resume: no checkpoint in %r yet; starting the run from round 0 with its saved %s",
+            str(run_dir / CHECKPOINT_DIR),
+            CONFIG_FILE,
+        )
+    elif checkpointer.latest_round() is not None:
         raise ConfigError(
             f"log.run_dir: {str(run_dir)!r} already holds a run; use --resume {run_dir} "
             "or another --run-dir"
@@ -507,6 +514,47 @@ def _start(
     if distributed.is_primary():
         (run_dir / "env_params.json").write_text(json.dumps(params_record(env_params)))
     return state, records, 0.0
+
+
+def check_resume_rounds(config: Config, checkpointer: Checkpointer) -> None:
+    """Refuses a resume whose `federation.rounds` is below the rounds already checkpointed.
+
+    Checked before anything compiles or config.yaml is rewritten: a shorter run
+    would silently rewrite the saved `rounds` and end at once.
+    """
+    done = checkpointer.latest_round()
+    if done is not None and config.federation.rounds < done:
+        raise ConfigError(
+            f"federation.rounds: {config.federation.rounds} is below the {done} rounds this "
+            f"run has already run; give --rounds {done} or more (or evaluate an earlier "
+            "round with jfedrl eval --round)"
+        )
+
+
+def _warn_missing_rounds(run_dir: Path, records: list[dict[str, Any]], last_round: int) -> None:
+    """Warns, naming them, about rounds up to `last_round` that metrics.jsonl no longer holds."""
+    if not distributed.is_primary():
+        return
+    missing = sorted(set(range(1, last_round + 1)) - {r["round"] for r in records})
+    if missing:
+        log.warning(
+            "metrics.jsonl: round(s) %s of the %d already run are missing (deleted or "
+            "unreadable); the run continues from round %d without them",
+            _spans(missing),
+            last_round,
+            last_round,
+        )
+
+
+def _spans(numbers: list[int]) -> str:
+    """`[1, 2, 3, 7]` as `1-3, 7`."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _kept_records(run_dir: Path, last_round: int) -> list[dict[str, Any]]:

@@ -459,3 +459,47 @@ def test_yaml_int_fields_are_exact_and_bounded(tmp_path, capsys):
     assert "federation.num_clients: must be an integer in" in _one_error_line(capsys)
     exact = replace_path(Config(), "federation.rounds", str(2**53 + 1)).federation.rounds
     assert exact == 2**53 + 1  # digits are not rounded through a float
+
+
+# ---------------------------------------------------------------- resume edge cases
+
+
+@pytest.fixture(scope="module")
+def stopped_at_2(tmp_path_factory):
+    config = with_run_dir(tiny_config(), tmp_path_factory.mktemp("stopped"))
+    return runner.train(config, quiet=True, stop_after_round=2).run_dir
+
+
+def test_resume_with_rounds_below_those_run_is_one_line(uninterrupted, tmp_path, capsys):
+    run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
+    saved = (run_dir / "config.yaml").read_bytes()
+    assert cli_main(["train", "--resume", str(run_dir), "--rounds", "2", "--quiet"]) == 2
+    line = _one_error_line(capsys)
+    assert "federation.rounds: 2 is below the 4 rounds this run has already run" in line
+    assert (run_dir / "config.yaml").read_bytes() == saved
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage"])
+def test_resume_with_damaged_metrics_warns_naming_the_rounds_and_keeps_garbage(
+    damage, stopped_at_2, uninterrupted, tmp_path
+):
+    run_dir = shutil.copytree(stopped_at_2, tmp_path / "run")
+    metrics = run_dir / METRICS_FILE
+    lines = metrics.read_text().splitlines()
+    if damage == "deleted":
+        metrics.unlink()
+    else:  # round 1's line overwritten by junk, round 2's kept
+        metrics.write_bytes(b"\x00\xffnot json\n42\n" + lines[1].encode() + b"\n")
+    resumed = runner.train(runner.resume_config(run_dir), resume=True, quiet=True)
+    assert int(resumed.state.round) == 4
+    warnings = [line for line in (run_dir / "train.log").read_text().splitlines() if "WARN" in line]
+    missing = "round(s) 1-2 of the 2" if damage == "deleted" else "round(s) 1 of the 2"
+    assert any(f"metrics.jsonl: {missing} already run are missing" in w for w in warnings)
+    kept = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
+    assert kept == ([3, 4] if damage == "deleted" else [2, 3, 4])
+    assert _maths(resumed.records) == _maths(uninterrupted.records)[4 - len(kept) :]
+    aside = run_dir / (METRICS_FILE + ".corrupt")
+    if damage == "garbage":
+        assert aside.read_bytes() == "\x00\ufffdnot json\n42\n".encode()
+    else:
+        assert not aside.exists()

@@ -14,7 +14,7 @@ import pytest
 from jfedrl import runner
 from jfedrl.checkpoint import CheckpointError
 from jfedrl.cli import main as cli_main
-from jfedrl.config import ConfigError, replace_path
+from jfedrl.config import ConfigError, replace_path, save_yaml
 from tests.helpers import compiled_programs, tiny_config, with_run_dir
 
 DROP = ("wall_seconds", "steps_per_second", "compile_seconds")
@@ -85,11 +85,20 @@ def test_new_run_refuses_a_folder_with_checkpoints(full_run):
         runner.train(with_run_dir(tiny_config(), full_run.run_dir), quiet=True)
 
 
-def test_resume_without_checkpoint_fails_clearly(tmp_path):
-    (tmp_path / "config.yaml").write_text("seed: 0\n")
+def test_resume_without_checkpoint_starts_over_with_one_warning(full_run, tmp_path):
+    # A run killed before its first checkpoint: its config.yaml, a torn metrics line.
     config = with_run_dir(tiny_config(), tmp_path)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        runner.train(config, resume=True, quiet=True)
+    save_yaml(config, tmp_path / "config.yaml")
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1, "env_st')
+    resumed = runner.train(runner.resume_config(tmp_path), resume=True, quiet=True)
+    assert int(resumed.state.round) == 4
+    assert _maths(resumed.records) == _maths(full_run.records)
+    log_lines = (tmp_path / "train.log").read_text().splitlines()
+    warnings = [line for line in log_lines if " WARNING " in line]
+    assert len(warnings) == 2, warnings  # the start from scratch, and the torn line kept aside
+    assert "--resume: no checkpoint in " in warnings[0] and "from round 0" in warnings[0]
+    assert "1 unreadable line(s) moved to metrics.jsonl.corrupt" in warnings[1]
+    assert (tmp_path / "metrics.jsonl.corrupt").read_text() == '{"round": 1, "env_st\n'
     with pytest.raises(CheckpointError, match="not a run folder"):
         runner.resume_config(tmp_path / "missing")
 
