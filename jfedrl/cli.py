@@ -75,8 +75,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(*names, help=doc.replace("%", "%%") if doc else None, **kwargs)
 
 
+def dashed(args: list[str]) -> list[str]:
+    """The command line with `_` as `-` in every option name (`--algo.ppo.learning_rate`).
+
+    config.yaml spells fields with underscores and the flags with dashes; both are
+    accepted. Values, and everything after a bare `--`, are left as they are.
+    """
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            out[i] = name.replace("_", "-") + eq + value
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reads option names with underscores as dashes (`dashed`)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # argparse's signature
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(dashed(args), namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jfedrl", description="Vectorized federated reinforcement learning in JAX."
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -122,21 +122,54 @@ def _unknown_field(path: str, name: str, allowed: list[str]) -> ConfigError:
     )
 
 
+def _nest_dotted(items: Any, cls: type, prefix: str) -> dict[str, Any]:
+    """Mapping items with dotted keys nested: `algo.ppo.learning_rate: v` is `algo: {ppo: ...}`.
+
+    Dotted keys, nested mappings and a mix of both give the same tree (the sweep
+    file's grid and setups use dotted paths too). Keys are normalised (`-` to `_`);
+    two items for one field merge if both are mappings of a section (or of a
+    `dict` field), else the field is given twice: a `ConfigError`.
+    """
+    hints = _field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in items:
+        head, dot, rest = str(key).partition(".")
+        name = head.replace("-", "_")
+        if dot:
+            value = {rest: value}
+        if name not in out:
+            out[name] = value
+            continue
+        annotation = hints.get(name)
+        both = isinstance(out[name], Mapping) and isinstance(value, Mapping)
+        if both and dataclasses.is_dataclass(annotation):
+            pairs = [*out[name].items(), *value.items()]
+            out[name] = _nest_dotted(pairs, annotation, f"{prefix}{name}.")
+        elif both and (annotation is dict or typing.get_origin(annotation) is dict):
+            twice = sorted(set(out[name]) & set(value))
+            if twice:
+                raise ConfigError(f"{prefix}{name}.{twice[0]}: given twice")
+            out[name] = {**out[name], **value}
+        else:
+            raise ConfigError(f"{prefix}{name}: given twice")
+    return out
+
+
 def from_dict(data: Mapping[str, Any], cls: type[T], prefix: str = "") -> T:
     """Builds dataclass `cls` from a nested mapping over its defaults; unknown keys are errors.
 
     Args:
-        data: field name (`-` or `_`) -> value, nested for dataclass fields.
+        data: field name (`-` or `_`) -> value, nested for dataclass fields; a key may
+            also be a dotted path (`ppo.learning_rate` inside `algo`), nested or not.
         cls: the dataclass to build.
         prefix: dotted path of `cls` inside the whole tree, for error messages.
     """
     hints = _field_types(cls)
     allowed = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
+    for name, value in _nest_dotted(data.items(), cls, prefix).items():
         if name not in allowed:
-            raise _unknown_field(f"{prefix}{key}", name, allowed)
+            raise _unknown_field(f"{prefix}{name}", name, allowed)
         kwargs[name] = _coerce(prefix + name, value, hints[name])
     return cls(**kwargs)
 
