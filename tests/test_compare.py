@@ -261,3 +261,13 @@ def test_cli_compare_prints_the_pairs_and_takes_gamma(runs_root, tmp_path, capsy
     assert "optimality gap, gamma = 300 " in printed and "optimality gap, gamma = 45 " in printed
     assert cli.main(["compare", str(runs_root), "--out", str(out), "--metric", "nope"]) == 2
     assert "no 'nope'" in capsys.readouterr().err
+
+
+def test_a_strategy_config_it_rejects_counts_as_reading_every_field():
+    import dataclasses
+
+    config = tiny_config(strategy__name="krum")  # 3 clients: too few for krum_f=1
+    reads = compare.strategy_fields_read(config)
+    assert {f"strategy.{f.name}" for f in dataclasses.fields(config.strategy)} - reads == {
+        "strategy.name"
+    }
