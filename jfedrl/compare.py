@@ -293,17 +293,22 @@ def strategy_fields_read(config: Config) -> set[str]:
     validator, the builder and the FedProx routing (`config.with_fedprox`) run
     on a recording stand-in of `config.strategy`. What a rule reads only
     under some setting (a DE field under `pso`) is then left out, as it is
-    for the run.
+    for the run. A config its strategy no longer accepts (a run of an older
+    jfedrl) counts as reading every `strategy.*` field: labels then say too
+    much rather than too little.
     """
     from jfedrl import strategies
     from jfedrl.config import participants_per_round, with_fedprox
 
     recorder = _ReadRecorder(config.strategy)
-    spec = strategies.get(config.strategy.name)
-    with_recorder = dataclasses.replace(config, strategy=recorder)
-    spec.validate(with_recorder)
-    with_fedprox(with_recorder)
-    spec.build(recorder, participants_per_round(config.federation))
+    try:
+        spec = strategies.get(config.strategy.name)
+        with_recorder = dataclasses.replace(config, strategy=recorder)
+        spec.validate(with_recorder)
+        with_fedprox(with_recorder)
+        spec.build(recorder, participants_per_round(config.federation))
+    except ValueError:  # ConfigError or an unknown name
+        recorder.read = {f.name for f in dataclasses.fields(config.strategy)}
     return {f"strategy.{name}" for name in recorder.read} - {"strategy.name"}
 
 

@@ -119,10 +119,11 @@ def export_policy(
         raise ConfigError(f"--out: {str(out)!r} exists; use --force to overwrite it")
     if out.is_dir():
         raise ConfigError(f"--out: {str(out)!r} is a folder; give a file name (policy.npz)")
-    if (run_dir / "config.yaml").is_file():
-        algo = load_yaml(run_dir / "config.yaml").algo.name
-        if algo not in ("ppo", "a2c", "dqn", "td3"):
-            raise ConfigError(f"export: algo.name {algo!r} has no exportable policy")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"export: {str(run_dir)!r} has no config.yaml; not a run folder")
+    algo = load_yaml(run_dir / "config.yaml").algo.name
+    if algo not in ("ppo", "a2c", "dqn", "td3"):
+        raise ConfigError(f"export: algo.name {algo!r} has no exportable policy")
     loaded = evaluate._load(run_dir, None if client is None else [client], None, round_index)
     if client is None:
         params = loaded.state.global_params

@@ -329,3 +329,13 @@ def test_compare_with_no_run_left_is_one_line(runs_root, tmp_path, capsys):
     (root / "only" / "metrics.jsonl").write_text("")
     assert cli_main(["compare", str(root), "--out", str(tmp_path / "out")]) == 2
     assert "has eval returns to compare" in _one_error_line(capsys)
+
+
+def test_a_strategy_config_it_rejects_counts_as_reading_every_field():
+    import dataclasses
+
+    config = tiny_config(strategy__name="krum")  # 3 clients: too few for krum_f=1
+    reads = compare.strategy_fields_read(config)
+    assert {f"strategy.{f.name}" for f in dataclasses.fields(config.strategy)} - reads == {
+        "strategy.name"
+    }

@@ -104,6 +104,8 @@ def test_cli_export_refuses_an_existing_file_and_bad_ids(trained, tmp_path, caps
     assert cli.main(["export", run, "--client", "3", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--client: must be in 0..2, got 3" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+    assert cli.main(["export", str(tmp_path), "--out", str(tmp_path / "y.npz")]) == 2
+    assert "export: " in capsys.readouterr().err and not (tmp_path / "y.npz").exists()
 
 
 @pytest.mark.slow  # a continuous-action run of each family: two more compiled rounds
