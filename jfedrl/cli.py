@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="also render one episode per chosen client"
     )
     evaluate.add_argument("--video-format", default="gif", help="gif (Pillow) or mp4 (ffmpeg)")
+    evaluate.add_argument(
+        "--host-devices",
+        type=int,
+        metavar="N",
+        help="XLA host (CPU) devices, as for train (any count restores any run's checkpoint; "
+        "also $JFEDRL_HOST_DEVICES)",
+    )
 
     for name, spec in plugins.commands().items():  # e.g. `jfedrl offload worker` (offload)
         spec.add_arguments(commands.add_parser(name, help=spec.summary or None))
@@ -288,9 +295,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jfedrl.devices import configure_host_devices
 
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
-    # The run's own device layout: the checkpoint's padded shapes depend on it.
+    # The layout train would pick; a checkpoint restores under any (its slots are re-padded).
     configure_host_devices(
-        participants_per_round((load_yaml(saved) if saved.is_file() else Config()).federation)
+        participants_per_round((load_yaml(saved) if saved.is_file() else Config()).federation),
+        args.host_devices,
     )
     from jfedrl import evaluate
 

@@ -613,6 +613,8 @@ class Simulator:
             if name not in ("train_return",):
                 metrics[name] = jnp.nanmean(jnp.where(finite, final(value), jnp.nan))
         for name, value in strategy_metrics.items():
+            if value.ndim >= 1 and value.shape[0] == self.padded_participants:
+                value = value[: self.num_participants]  # per participant, as on one device
             metrics["strategy/" + name] = value
         return new_state, metrics
 

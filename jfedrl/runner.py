@@ -373,7 +373,8 @@ def _start(
     if resume:
         if checkpointer.latest_round() is None:
             raise CheckpointError(f"--resume: no checkpoint in {str(run_dir / CHECKPOINT_DIR)!r}")
-        state, meta = checkpointer.restore(simulator.abstract_state(key))
+        # The newest intact checkpoint (a damaged newer one is set aside), in this layout.
+        state, meta = checkpointer.restore(simulator.abstract_state(key), set_aside_damaged=True)
         records = _kept_records(run_dir, int(state.round))
         log.info("resumed %s at round %d", run_dir, int(state.round))
         return state, records, float(meta.get("wall_seconds", 0.0))
