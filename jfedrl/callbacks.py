@@ -128,11 +128,38 @@ def check_participation(records: list[dict[str, Any]], min_participation: float)
             )
 
 
+class AggregateRejected(ParticipationError):
+    """A round's aggregate was not finite under `federation.on_rejected_aggregate: stop`."""
+
+
+def check_aggregates(records: list[dict[str, Any]], action: str) -> None:
+    """Warns about rounds whose non-finite aggregate was rejected; fails under `stop`.
+
+    Like `check_participation`, raised before the block is written or checkpointed.
+    """
+    for record in records:
+        if not record.get("aggregate_rejected"):
+            continue
+        if action == "stop":
+            raise AggregateRejected(
+                f"round {record['round']}: the aggregate of the clients' updates is not finite "
+                "(federation.on_rejected_aggregate=stop); the last checkpoint is intact"
+            )
+        log.warning(
+            "round %d: the aggregate of the clients' updates is not finite and was rejected; "
+            "the global params are unchanged",
+            record["round"],
+        )
+
+
 class CheckParticipation(Callback):
-    """Fails the run when too few clients returned valid updates (`check_participation`)."""
+    """Fails the run when too few clients returned valid updates (`check_participation`),
+    or a non-finite aggregate was rejected under `on_rejected_aggregate: stop`.
+    """
 
     def on_block(self, run: Run, block: Block) -> Block:
         check_participation(block.records, run.config.federation.min_participation)
+        check_aggregates(block.records, run.config.federation.on_rejected_aggregate)
         return block
 
 

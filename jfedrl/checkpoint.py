@@ -12,11 +12,25 @@ In a multi-process run (`jfedrl.distributed`) every process saves and restores
 with the same arguments: each writes and reads its own shards, process 0 the
 metadata, so the folder must be shared. A restore lays the arrays out as its
 target's shardings say, whatever layout saved them.
+
+Checkpoints move between machines: the participant slots of `FedState.peer_params`
+and `peer_weights` are padded to a multiple of the device count, so a restore
+reads the slot count the checkpoint was written with and cuts or re-pads those
+rows to this layout's (the padding rows carry zero weight, so they are inert).
+
+Every save ends with a digest manifest (`MANIFEST`: the sha256 of every file of
+the step folder, written atomically after orbax's commit). A restore verifies it
+first; the newest checkpoint whose files match is restored, with one warning
+naming each damaged one skipped. A checkpoint without a manifest (written before
+manifests existed, or by a save killed between commit and manifest) is restored
+unverified.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -27,6 +41,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("jfedrl")
+
+#: The digest manifest in each step folder: `{"sha256": {relative path: hex digest}}`.
+MANIFEST = "jfedrl_manifest.json"
+#: Where a damaged checkpoint is moved on resume (`<round>.damaged`; orbax ignores it).
+DAMAGED_SUFFIX = ".damaged"
+#: `FedState` fields whose leading axis is the padded participant slots.
+SLOT_FIELDS = ("peer_params", "peer_weights")
 
 
 class CheckpointError(ValueError):
@@ -78,6 +101,8 @@ class Checkpointer:
                 force=True,
             )
             self._manager.wait_until_finished()
+            if jax.process_index() == 0:  # every process's files are committed by now
+                write_manifest(self.directory / str(round_index))
         except Exception as error:  # OSError, or tensorstore's ValueError carrying an errno
             for partial in self.directory.glob(f"{round_index}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)  # frees a full disk
@@ -90,17 +115,76 @@ class Checkpointer:
         finally:
             absl.removeFilter(_drop_save_thread_errors)
 
-    def restore(self, target: Any, round_index: int | None = None) -> tuple[Any, dict]:
+    def restore(
+        self, target: Any, round_index: int | None = None, set_aside_damaged: bool = False
+    ) -> tuple[Any, dict]:
         """Restores the state into the structure of `target` (arrays or shape structs).
 
+        Without `round_index`, the newest checkpoint whose digest manifest matches
+        its files is restored; each damaged one skipped is named in one warning
+        (with `set_aside_damaged`, as a resume does, it is also renamed to
+        `<round>.damaged`, so the run can save that round again). A `FedState`
+        written under another device layout is cut or re-padded to `target`'s
+        participant slots.
+
         Raises:
-            CheckpointError: if there is no checkpoint, or it is corrupt or its tree
-                does not match `target` (e.g. a different config).
+            CheckpointError: if there is no checkpoint, none is intact, the one asked
+                for is damaged, or its tree does not match `target` (e.g. a different
+                config).
         """
-        round_index = self.latest_round() if round_index is None else round_index
-        if round_index is None:
+        if round_index is not None:
+            problem = verify(self.directory / str(round_index))
+            if problem:
+                raise CheckpointError(
+                    f"checkpoint {str(self.directory / str(round_index))!r} is damaged: {problem}"
+                )
+            return self._restore_round(target, round_index)
+        rounds = self.rounds()
+        if not rounds:
             raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")
+        damaged = []
+        for candidate in reversed(rounds):
+            problem = verify(self.directory / str(candidate))
+            if not problem:
+                break
+            damaged.append(f"round {candidate} ({problem})")
+        else:
+            raise CheckpointError(
+                f"no intact checkpoint in {str(self.directory)!r}: " + "; ".join(damaged)
+            )
+        if damaged:
+            log.warning(
+                "skipped damaged checkpoint(s) in %s: %s; restoring round %d",
+                self.directory,
+                "; ".join(damaged),
+                candidate,
+            )
+            if set_aside_damaged:
+                self._set_aside([r for r in rounds if r > candidate])
+        return self._restore_round(target, candidate)
+
+    def _set_aside(self, rounds: list[int]) -> None:
+        """Renames damaged step folders out of orbax's sight (kept for inspection)."""
+        if jax.process_index() == 0:
+            for round_index in rounds:
+                folder = self.directory / str(round_index)
+                aside = folder.with_name(folder.name + DAMAGED_SUFFIX)
+                shutil.rmtree(aside, ignore_errors=True)  # an older damaged copy of that round
+                folder.rename(aside)
+        if jax.process_count() > 1:
+            from jfedrl import distributed
+
+            distributed.barrier("checkpoints set aside")
+        self._manager.reload()
+
+    def _restore_round(self, target: Any, round_index: int) -> tuple[Any, dict]:
+        where = self.directory / str(round_index)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        stored = _stored_slots(where)
+        wanted = _slots(abstract)
+        if stored is not None and wanted is not None and stored != wanted:
+            _check_slot_layout(where, abstract, stored, wanted)
+            abstract = _with_slots(abstract, stored)
         try:
             restored = self._manager.restore(
                 round_index,
@@ -110,11 +194,14 @@ class Checkpointer:
             )
         except Exception as error:  # orbax raises many types for damaged files
             raise CheckpointError(
-                f"checkpoint {str(self.directory / str(round_index))!r} is corrupt or does "
-                f"not match this run's config: {type(error).__name__}: {error}"
+                f"checkpoint {str(where)!r} is corrupt or does not match this run's config: "
+                f"{type(error).__name__}: {_reason(error)}"
             ) from None
-        _check_structure(restored.state, abstract, self.directory / str(round_index))
-        return _on_devices(restored.state, abstract), dict(restored.meta or {})
+        _check_structure(restored.state, abstract, where)
+        state = _on_devices(restored.state, abstract)
+        if stored is not None and wanted is not None and stored != wanted:
+            state = _fit_slots(state, jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+        return state, dict(restored.meta or {})
 
     def close(self) -> None:
         self._manager.close()
@@ -161,3 +248,127 @@ def _check_structure(restored: Any, abstract: Any, where: Path) -> None:
                 f"checkpoint {str(where)!r}: leaf {leaf.shape}/{leaf.dtype} does not match "
                 f"the config's {want.shape}/{want.dtype}"
             )
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(MANIFEST)
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Writes `folder/MANIFEST`: the sha256 of every other file (atomically: temp + rename)."""
+    digests = {str(p.relative_to(folder)): _sha256(p) for p in _files(folder)}
+    temporary = folder / (MANIFEST + ".tmp")
+    with open(temporary, "w") as f:
+        json.dump({"sha256": digests}, f, indent=0, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, folder / MANIFEST)
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with the checkpoint in `folder` (None: intact or unverifiable).
+
+    A folder without a manifest (written before manifests, or by a save that died
+    between orbax's commit and the manifest) is not checked; that is logged.
+    """
+    manifest = folder / MANIFEST
+    if not folder.is_dir():
+        return "its folder is missing"
+    if not manifest.is_file():
+        log.info("checkpoint %s has no digest manifest; restoring it unverified", folder)
+        return None
+    try:
+        digests = json.loads(manifest.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its manifest {MANIFEST} is unreadable"
+    for name, digest in sorted(digests.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            if _sha256(path) != digest:
+                return f"{name} does not match its digest"
+        except OSError as error:
+            return f"{name} cannot be read ({error.strerror or error})"
+    return None
+
+
+def _stored_slots(folder: Path) -> int | None:
+    """The participant slots (`peer_weights` rows) the checkpoint in `folder` was written with."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(folder / "state")
+    except Exception:  # unreadable metadata: the restore itself names the problem
+        return None
+    tree = getattr(metadata, "tree", metadata)
+    weights = tree.get("peer_weights") if isinstance(tree, dict) else None
+    shape = getattr(weights, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+def _slots(abstract: Any) -> int | None:
+    weights = getattr(abstract, "peer_weights", None)
+    return int(weights.shape[0]) if getattr(weights, "shape", None) else None
+
+
+def _with_slots(abstract: Any, slots: int) -> Any:
+    """`abstract` with `slots` rows in the participant-slot leaves."""
+
+    def resized(x: Any) -> Any:
+        return jax.ShapeDtypeStruct((slots, *x.shape[1:]), x.dtype, sharding=x.sharding)
+
+    return abstract.replace(**{f: jax.tree.map(resized, getattr(abstract, f)) for f in SLOT_FIELDS})
+
+
+def _fit_slots(state: Any, target: Any) -> Any:
+    """The participant-slot leaves cut, or padded (zero weight, copies of slot 0), to `target`'s.
+
+    Rows past the participants are padding, which the round masks out and the
+    peers' mixture weighs by 0, so which values they hold does not matter.
+    """
+
+    def fit(x: jax.Array, want: Any, weights: bool) -> jax.Array:
+        rows = want.shape[0]
+
+        def cut_or_pad(x):
+            if x.shape[0] >= rows:
+                return x[:rows]
+            fill = jnp.zeros_like(x[:1]) if weights else x[:1]
+            return jnp.concatenate([x, jnp.repeat(fill, rows - x.shape[0], axis=0)])
+
+        return jax.jit(cut_or_pad, out_shardings=want.sharding)(x)
+
+    return state.replace(
+        peer_params=jax.tree.map(
+            lambda x, w: fit(x, w, False), state.peer_params, target.peer_params
+        ),
+        peer_weights=fit(state.peer_weights, target.peer_weights, True),
+    )
+
+
+def _check_slot_layout(where: Path, abstract: Any, stored: int, wanted: int) -> None:
+    """Fails, naming the layout, if leaves besides the slots' depend on it (evolutionary)."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(where / "state")
+    except Exception:
+        return
+    tree = getattr(metadata, "tree", metadata)
+    server = tree.get("server_state") if isinstance(tree, dict) else None
+    saved = sorted(tuple(x.shape) for x in jax.tree.leaves(server) if hasattr(x, "shape"))
+    here = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract.server_state))
+    if server is not None and saved != here:
+        raise CheckpointError(
+            f"checkpoint {str(where)!r} was written with {stored} participant slots (the "
+            f"participants padded to a multiple of its device count) and this process has "
+            f"{wanted}; the strategy keeps server state per slot, so restore it with a device "
+            f"count that gives {stored} slots (--host-devices)"
+        )

@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="also render one episode per chosen client"
     )
     evaluate.add_argument("--video-format", default="gif", help="gif (Pillow) or mp4 (ffmpeg)")
+    evaluate.add_argument(
+        "--host-devices",
+        type=int,
+        metavar="N",
+        help="XLA host (CPU) devices, as for train (any count restores any run's checkpoint; "
+        "also $JFEDRL_HOST_DEVICES)",
+    )
 
     export = commands.add_parser(
         "export", help="write a checkpointed policy as plain arrays (.npz, NumPy can act)"
@@ -403,8 +410,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         video.check_format(args.video_format)
         if saved.is_file():
             video.renderer_for(run_config.env.name)
-    # The run's own device layout: the checkpoint's padded shapes depend on it.
-    configure_host_devices(participants_per_round(run_config.federation))
+    # The layout train would pick; a checkpoint restores under any (its slots are re-padded).
+    configure_host_devices(participants_per_round(run_config.federation), args.host_devices)
     from jfedrl import evaluate
 
     result = evaluate.evaluate_run(

@@ -33,6 +33,9 @@ from jfedrl.checks import (  # noqa: F401 (moved to jfedrl.checks)
 # Moved to jfedrl.schema; re-exported because runs, tests and offload import them from here.
 from jfedrl.schema import flat_fields, override, replace_path, save_yaml, to_dict  # noqa: F401
 
+#: `federation.on_rejected_aggregate`: what a round with a non-finite aggregate does.
+REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
+
 
 @dataclass(frozen=True)
 class EnvConfig:
@@ -384,6 +387,9 @@ class FederationConfig:
     """Client sampling: `uniform` or `weighted` (by environment steps)."""
     min_participation: float = 0.0
     """Fail a round if fewer than this fraction of clients return valid updates."""
+    on_rejected_aggregate: str = "warn"
+    """A round whose aggregate is not finite keeps the previous global params; `warn`:
+    log it and go on, `stop`: fail the run there (its last checkpoint is intact)."""
 
 
 @dataclass(frozen=True)
@@ -589,6 +595,9 @@ def _validate_federation(fed: FederationConfig) -> None:
             f"federation.num_clients={fed.num_clients}"
         )
     require_range("federation.min_participation", fed.min_participation, 0, 1)
+    require_choice(
+        "federation.on_rejected_aggregate", fed.on_rejected_aggregate, REJECTED_AGGREGATE_ACTIONS
+    )
     require_choice("federation.local_updates_dist", fed.local_updates_dist, ("fixed", "uniform"))
     low = fed.local_updates_min
     rule = f"in [1, local_updates={fed.local_updates}]"

@@ -101,6 +101,12 @@ def tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def _inexact_finite(tree: Any) -> jax.Array:
+    """True if every float leaf of `tree` is finite (integer leaves always are)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return tree_all_finite(leaves)
+
+
 def _take(tree: Any, index: jax.Array) -> Any:
     return jax.tree.map(lambda x: x[index], tree)
 
@@ -490,7 +496,10 @@ class Simulator:
         """Validates the participants' updates, aggregates, scatters states back.
 
         A client that dropped out or returned non-finite params is masked out and
-        keeps its state from before the round. With staleness, an update is measured
+        keeps its state from before the round. A non-finite aggregate is rejected:
+        the global params and server state stay those from before the round
+        (metric `aggregate_rejected`; `federation.on_rejected_aggregate` decides
+        whether the run goes on). With staleness, an update is measured
         from the client's stale start params and applied to the current global params
         (as A3C applies stale gradients), scaled by (1 + s)^-a with
         `federation.staleness_decay` a (FedAsync, Xie et al. 2019).
@@ -564,6 +573,11 @@ class Simulator:
         global_params, server_state, strategy_metrics = self.strategy.aggregate(
             state.server_state, state.global_params, safe_params, info, key
         )
+        # A non-finite aggregate (an overflowing rule or server optimiser) is rejected: the
+        # round keeps the previous global params and server state, and says so in its metrics.
+        aggregate_ok = _inexact_finite(global_params)
+        global_params = tree_where(aggregate_ok, global_params, state.global_params)
+        server_state = tree_where(aggregate_ok, server_state, state.server_state)
         if self.periodic:
             # A component not due after this round keeps its global params.
             global_params = self.component_where(
@@ -596,6 +610,7 @@ class Simulator:
             "clients_participating": jnp.sum(inputs.valid).astype(jnp.int32),
             "clients_excluded": jnp.sum(returned & ~finite).astype(jnp.int32),
             "clients_dropped": jnp.sum(inputs.valid & ~returned).astype(jnp.int32),
+            "aggregate_rejected": jnp.logical_not(aggregate_ok).astype(jnp.int32),
             "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
             "participants": ids[: self.num_participants],
             "local_steps_mean": jnp.sum(jnp.where(inputs.valid, local_steps, 0.0)) / participants,
@@ -613,6 +628,8 @@ class Simulator:
             if name not in ("train_return",):
                 metrics[name] = jnp.nanmean(jnp.where(finite, final(value), jnp.nan))
         for name, value in strategy_metrics.items():
+            if value.ndim >= 1 and value.shape[0] == self.padded_participants:
+                value = value[: self.num_participants]  # per participant, as on one device
             metrics["strategy/" + name] = value
         return new_state, metrics
 

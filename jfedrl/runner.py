@@ -492,7 +492,8 @@ def _start(
     """The state, records and wall seconds a run starts from: new, or its newest checkpoint."""
     key = jax.random.PRNGKey(config.seed)
     if resume and checkpointer.latest_round() is not None:
-        state, meta = checkpointer.restore(simulator.abstract_state(key))
+        # The newest intact checkpoint (a damaged newer one is set aside), in this layout.
+        state, meta = checkpointer.restore(simulator.abstract_state(key), set_aside_damaged=True)
         records = _kept_records(run_dir, int(state.round))
         _warn_missing_rounds(run_dir, records, int(state.round))
         log.info("resumed %s at round %d", run_dir, int(state.round))

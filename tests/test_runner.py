@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jfedrl import runner
-from jfedrl.checkpoint import CheckpointError
+from jfedrl.checkpoint import MANIFEST, CheckpointError
 from jfedrl.cli import main as cli_main
 from jfedrl.config import ConfigError, replace_path, save_yaml
 from tests.helpers import compiled_programs, tiny_config, with_run_dir
@@ -108,6 +108,9 @@ def test_corrupt_checkpoint_fails_clearly(full_run, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(full_run.run_dir, broken)
+    # Without manifests (as before they existed), the damage is found by the restore itself.
+    for manifest in (broken / "checkpoints").glob(f"*/{MANIFEST}"):
+        manifest.unlink()
     for path in (broken / "checkpoints" / "4" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "ocdbt" in str(path):
             path.write_bytes(b"\x00garbage" * 4)

@@ -17,6 +17,12 @@ expect (the catalogue in Flower's `server/strategy/aggregate.py`). Shapes are
 static: n is the number of *valid* clients, counted from the mask; masked
 clients are sorted to the end (coordinate rules) or given infinite distance
 (Krum), never removed.
+
+Every rule is overflow-safe in float32: where the exact result is finite, so is
+the computed one. The trimmed mean divides before it sums, the median adds
+half the gap between its middle values (`midpoint`), and Krum measures
+distances between updates scaled by a power of two (exact) so that no square
+overflows.
 """
 
 from __future__ import annotations
@@ -79,13 +85,23 @@ def sort_clients(flat: jax.Array, mask: jax.Array) -> jax.Array:
     return jax.lax.map(bitonic_sort, blocks).transpose(1, 0, 2).reshape(k, -1)[:, :d]
 
 
+def midpoint(low: jax.Array, high: jax.Array) -> jax.Array:
+    """(low + high) / 2 for low <= high without overflow: the sum where the signs differ
+    (it cannot overflow then), else low plus half the gap (which cannot either).
+
+    `0.5 * low + 0.5 * high` would not do: XLA factors it back into `0.5 * (low + high)`.
+    """
+    same_sign = (low >= 0) == (high >= 0)
+    return jnp.where(same_sign, low + 0.5 * (high - low), 0.5 * (low + high))
+
+
 def coordinate_median(client_params, mask: jax.Array):
     """Per-coordinate median of the valid clients (mean of the two middle values if n is even)."""
     n = mask.sum()
     low, high = jnp.maximum((n - 1) // 2, 0), jnp.maximum(n // 2, 0)
     s = sort_clients(flatten_clients(client_params), mask)
     first = jax.tree.map(lambda x: x[0], client_params)
-    return unflatten(0.5 * (s[low] + s[high]), first)
+    return unflatten(midpoint(s[low], s[high]), first)
 
 
 def trim_count(n: jax.Array, beta: float) -> jax.Array:
@@ -102,7 +118,8 @@ def coordinate_trimmed_mean(client_params, mask: jax.Array, beta: float):
     index = jnp.arange(s.shape[0])[:, None]
     keep = (index >= k) & (index < n - k)
     first = jax.tree.map(lambda x: x[0], client_params)
-    return unflatten(jnp.sum(jnp.where(keep, s, 0.0), axis=0) / kept, first)
+    # Divided before summing: the sum of the kept values could overflow, their mean cannot.
+    return unflatten(jnp.sum(jnp.where(keep, s / kept, 0.0), axis=0), first)
 
 
 def median(config=None, num_clients: int | None = None) -> Strategy:
@@ -199,15 +216,52 @@ def krum(config, num_clients: int | None = None) -> Strategy:
     return _krum(config.krum_f, 1)
 
 
+def scaled_updates(client_params, global_params, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The valid clients' updates as `[K, D]`, scaled by 2^-e so every entry is below 2.
+
+    e is the exponent of the largest magnitude among the valid clients' params and
+    the global params. Scaling by a power of two is exact, so distances keep their
+    order (and scale back exactly), but neither the subtraction nor a square of
+    the Gram matrix can overflow where the params themselves are finite.
+
+    Returns:
+        The scaled updates and e (int32).
+    """
+
+    def largest(x, valid):
+        x = jnp.abs(x.astype(jnp.float32))
+        if valid is not None:
+            x = jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
+        return jnp.max(jnp.where(jnp.isfinite(x), x, 0.0), initial=0.0)
+
+    peak = jnp.max(
+        jnp.stack(
+            [largest(x, mask) for x in jax.tree.leaves(client_params)]
+            + [largest(x, None) for x in jax.tree.leaves(global_params)]
+        )
+    )
+    _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))
+    updates = jax.tree.map(
+        lambda c, g: (
+            jnp.ldexp(c.astype(jnp.float32), -exponent)
+            - jnp.ldexp(g.astype(jnp.float32), -exponent)
+        ),
+        client_params,
+        global_params,
+    )
+    return flatten_clients(updates), exponent
+
+
 def _krum(f: int, m: int, by_num_steps: bool = False) -> Strategy:
     def combine(global_params, client_params, info: ClientInfo, key):
-        updates = jax.tree.map(lambda c, g: c - g, client_params, global_params)
-        selected, scores = krum_selection(flatten_clients(updates), info.mask, f, m)
+        flat, exponent = scaled_updates(client_params, global_params, info.mask)
+        selected, scores = krum_selection(flat, info.mask, f, m)
         raw = info.num_steps if by_num_steps else jnp.ones_like(info.num_steps)
         weights = normalized_weights(raw, selected)
         metrics = {
             "weights": weights,
-            "scores": jnp.where(info.mask, scores, 0.0),
+            # In the params' units (inf where the true score exceeds float32's range).
+            "scores": jnp.where(info.mask, jnp.ldexp(scores, 2 * exponent), 0.0),
         }
         return weighted_mean(client_params, weights), metrics
 
