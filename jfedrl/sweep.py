@@ -541,6 +541,7 @@ def run_sweep(
     bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
+    previous_term = signal.getsignal(signal.SIGTERM)  # StopOnCtrlC handles SIGTERM as well
     try:
         for group, runs in zip(groups, plan, strict=True):
             configs = [_run_config(sweep, sweep_dir, i, seed) for i, seed in runs]
@@ -565,6 +566,7 @@ def run_sweep(
                 break
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         bar.close()
     write_summary(sweep, sweep_dir)
     if not interrupted:
