@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import serialization
 
-from jfedrl import __version__, distributed, privacy
+from jfedrl import __version__, distributed, privacy, signals
 from jfedrl.checkpoint import Checkpointer
 from jfedrl.config import Config
 from jfedrl.federated import FedState, Simulator
@@ -226,32 +226,45 @@ class LogDrift(Callback):
 
 
 class StopOnCtrlC(Callback):
-    """Turns the first Ctrl-C into a stop after the current block (a second one aborts).
+    """Turns the first Ctrl-C or SIGTERM into a stop after the current block (a second
+    one aborts).
 
-    Across processes, a Ctrl-C in any of them stops them all after the same block.
+    SIGTERM is what SLURM and Kubernetes send before they kill a job: it stops the
+    run like Ctrl-C, checkpointed (`stop` is then "SIGTERM"). Across processes, a
+    signal in any of them stops them all after the same block.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def on_start(self, run: Run, state: FedState) -> None:
         self.requested = False
+        self.reason: str | None = None
 
         def handler(signum, frame):
             if self.requested:
-                raise KeyboardInterrupt
+                signals.interrupt(signum, frame)  # aborts (once raising is safe)
+                return
             self.requested = True
-            log.warning("Ctrl-C: finishing this block, then checkpointing (Ctrl-C again aborts)")
+            self.reason = signals.name(signum)
+            log.warning(
+                "%s: finishing this block, then checkpointing (%s again aborts)",
+                self.reason,
+                self.reason,
+            )
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
+            self._previous = {signum: signal.signal(signum, handler) for signum in self.SIGNALS}
         except ValueError:  # not in the main thread
             self._previous = None
 
     def on_block(self, run: Run, block: Block) -> Block:
         stop = distributed.any_process(self.requested)
-        return dataclasses.replace(block, stop="Ctrl-C") if stop else block
+        return dataclasses.replace(block, stop=self.reason or "Ctrl-C") if stop else block
 
     def on_end(self, run: Run) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
 
 
 class StopAfterRound(Callback):

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 from typing import Any
 
-from jfedrl import plugins
+from jfedrl import plugins, signals
 from jfedrl.config import Config, ConfigError, DistributedConfig, flat_fields
 from jfedrl.schema import override
 
@@ -293,14 +295,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     final = result.final_eval_return
+    terminated = result.stop == "SIGTERM"
+    code = signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED
     if not primary:  # process 0 reports for the run
-        return 130 if result.interrupted else 0
+        return code if result.interrupted else 0
     print(f"run folder: {result.run_dir}")
     if final is not None:
         print(f"global policy eval return: {final:.1f}")
     if result.interrupted:
-        print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
-        return 130
+        what = "terminated (SIGTERM), checkpointed" if terminated else "interrupted"
+        print(f"{what}; resume with: jfedrl train --resume {result.run_dir}")
+        return code
     return 0
 
 
@@ -635,6 +640,7 @@ def _is_number(token: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     if argv is None and args.command not in ("envs", "config", "compare"):
         # The `jfedrl` command itself (not a call from Python), before JAX is imported:
         # XLA's spurious compilation-cache lines are kept off stderr (jfedrl.stderr_filter).
@@ -642,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stderr_filter.install()
     try:
+        signals.install()  # before anything imports jax: a signal at any moment stops the run
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "envs":
@@ -658,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command in plugins.commands():
             return plugins.commands()[args.command].run(args)
+    except signals.Terminated:
+        print("jfedrl: terminated (SIGTERM)", file=sys.stderr)
+        return signals.EXIT_TERMINATED
     except KeyboardInterrupt:
         print("jfedrl: aborted", file=sys.stderr)
         return 130
@@ -670,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jfedrl: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return 1
 
 

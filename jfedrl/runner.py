@@ -211,6 +211,8 @@ class TrainResult:
     state: FedState
     records: list[dict[str, Any]]
     interrupted: bool = False
+    stop: str | None = None
+    """Why an interrupted run stopped: "Ctrl-C", "SIGTERM", "stop_after_round=R"."""
 
     @property
     def final_eval_return(self) -> float | None:
@@ -478,7 +480,10 @@ def _train_locked(
         raise block.error
     interrupted = block is not None and block.stop is not None and not block.finished
     final = state if block is None else block.state
-    return TrainResult(run_dir=run_dir, state=final, records=records, interrupted=interrupted)
+    stop = block.stop if interrupted else None
+    return TrainResult(
+        run_dir=run_dir, state=final, records=records, interrupted=interrupted, stop=stop
+    )
 
 
 def block_rounds(config: Config, first_round: int) -> int:

@@ -633,6 +633,7 @@ def run_sweep(
     bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
+    previous_term = signal.getsignal(signal.SIGTERM)  # StopOnCtrlC handles SIGTERM as well
     try:
         for number, (group, runs) in enumerate(zip(groups, plan, strict=True)):
             if number not in chosen:
@@ -659,6 +660,7 @@ def run_sweep(
                 break
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         bar.close()
     write_summary(sweep, sweep_dir, part)
     if not interrupted and part is None:

@@ -6,6 +6,7 @@ a small tmpfs (root, as in CI), else a chmod where that is enough.
 
 import dataclasses
 import errno
+import gc
 import io
 import json
 import math
@@ -503,3 +504,132 @@ def test_resume_with_damaged_metrics_warns_naming_the_rounds_and_keeps_garbage(
         assert aside.read_bytes() == "\x00\ufffdnot json\n42\n".encode()
     else:
         assert not aside.exists()
+
+
+# ---------------------------------------------------------------- signals: SIGTERM, early Ctrl-C
+
+TRAIN_FLAGS = [
+    "--clients", "2", "--rounds", "400", "--local-updates", "1", "--ppo.num-envs", "2",
+    "--ppo.num-steps", "16", "--ppo.num-minibatches", "2", "--ppo.hidden-sizes", "8",
+    "--log.rounds-per-block", "1", "--log.tensorboard", "false", "--log.plot", "false",
+    "--no-progress",
+]  # fmt: skip
+
+
+class _Train:
+    """A `jfedrl train` subprocess whose output lines are collected as they come."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(run_dir), *TRAIN_FLAGS],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, ready, limit: float = 300) -> None:
+        """Polls until `ready()` (a line, a file); the limit only stops a hung test."""
+        import time
+
+        start = time.monotonic()
+        while not ready():
+            assert self.proc.poll() is None, "".join(self.lines)
+            assert time.monotonic() - start < limit, "".join(self.lines)
+            time.sleep(0.05)
+
+    def signal_and_wait(self, signum: int) -> tuple[int, str]:
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout=300)
+        self._reader.join(timeout=10)
+        return code, "".join(self.lines)
+
+
+def _has_line(train: _Train, text: str):
+    return lambda: any(text in line for line in train.lines)
+
+
+def test_sigterm_finishes_the_block_checkpoints_and_exits_143(tmp_path):
+    train = _Train(tmp_path / "run")
+    train.wait_for(_has_line(train, "round 2/400"))
+    code, output = train.signal_and_wait(signal.SIGTERM)
+    assert code == 143, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert "SIGTERM: finishing this block, then checkpointing" in output
+    assert (
+        f"terminated (SIGTERM), checkpointed; resume with: jfedrl train --resume {train.run_dir}"
+        in output
+    )
+    rounds = sorted(
+        int(p.name) for p in (train.run_dir / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    records = [json.loads(x) for x in (train.run_dir / METRICS_FILE).read_text().splitlines()]
+    assert rounds and rounds[-1] >= 2 and records[-1]["round"] == rounds[-1]
+
+
+@pytest.mark.parametrize(
+    ("moment", "signum"),
+    [
+        ("before jax starts", signal.SIGINT),
+        ("before jax starts", signal.SIGTERM),
+        ("while it compiles", signal.SIGINT),
+        ("while it compiles", signal.SIGTERM),
+    ],
+)
+def test_a_signal_during_start_up_stops_the_run_with_one_line(moment, signum, tmp_path):
+    train = _Train(tmp_path / "run")
+    if moment == "before jax starts":  # the CLI's first line, printed before jax is imported
+        train.wait_for(_has_line(train, "XLA host device(s)"))
+    else:  # the run folder is set up; the first block compiles
+        train.wait_for(lambda: "run folder:" in _read_or_empty(train.run_dir / "train.log"))
+    code, output = train.signal_and_wait(signum)
+    expected = {
+        signal.SIGINT: (130, "jfedrl: aborted"),
+        signal.SIGTERM: (143, "jfedrl: terminated"),
+    }
+    assert "Traceback" not in output and "Exception ignored" not in output, output
+    if code == expected[signum][0] and expected[signum][1] in output:
+        return
+    # A signal that lands once the training loop holds the handlers stops after a block.
+    assert code == expected[signum][0] and "resume with: jfedrl train --resume" in output, output
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_a_signal_inside_a_gc_callback_still_stops_the_run():
+    from jfedrl import signals
+
+    previous = signal.getsignal(signal.SIGINT)
+    fired: list[str] = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(phase)
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the callback
+
+    signals.install()
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gc.collect()
+            for _ in range(3000):  # the signal comes back once the callback has returned
+                threading.Event().wait(0.01)
+    finally:
+        gc.callbacks.remove(callback)
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert fired == ["start"]
