@@ -65,6 +65,10 @@ class EnvSpec:
     backends: tuple[str, ...] = ()
     """Physics backends the factory accepts as `backend=` (Brax envs), first is default."""
     family: str = ""
+    listing: Callable[[], dict[str, Any]] | None = None
+    """`describe`'s `observation_shape`, `observation_dtype`, `action_space` and `params`
+    without building the env, for envs whose build is slow (a Brax system compiles
+    its MuJoCo model); None: `describe` builds it. Tests check it against a build."""
 
     @property
     def tunable_names(self) -> tuple[str, ...]:
@@ -162,8 +166,28 @@ def space_string(space: Any) -> str:
     return f"Box{shape} [{bound(low)}, {bound(high)}]"
 
 
-def describe(name: str) -> dict[str, Any]:
+def _built_listing(entry: EnvSpec) -> dict[str, Any]:
+    """`EnvSpec.listing`'s fields, from the built env."""
+    env, params = make(entry.name)
+    obs = jax.eval_shape(env.reset, jax.random.PRNGKey(0), params)[0]
+    defaults = {}
+    for t in entry.tunables:
+        value = np.asarray(getattr(params, t.name))
+        defaults[t.name] = int(value) if t.integer else float(value)
+    return {
+        "observation_shape": tuple(int(s) for s in obs.shape),
+        "observation_dtype": str(np.dtype(obs.dtype)),
+        "action_space": space_string(env.action_space(params)),
+        "params": defaults,
+    }
+
+
+def describe(name: str, build: bool = False) -> dict[str, Any]:
     """What `jfedrl envs` prints about `name`.
+
+    Args:
+        name: a registered name.
+        build: build the env even where its entry lists it without (`EnvSpec.listing`).
 
     Returns:
         A dict with `name`, `description`, `observation_shape`,
@@ -172,19 +196,11 @@ def describe(name: str) -> dict[str, Any]:
         set) and `disturbances` (the supported disturbance kinds).
     """
     entry = spec(name)
-    env, params = make(name)
-    obs = jax.eval_shape(env.reset, jax.random.PRNGKey(0), params)[0]
-    defaults = {}
-    for t in entry.tunables:
-        value = np.asarray(getattr(params, t.name))
-        defaults[t.name] = int(value) if t.integer else float(value)
+    listed = entry.listing() if entry.listing is not None and not build else None
     return {
         "name": name,
         "description": entry.description,
-        "observation_shape": tuple(int(s) for s in obs.shape),
-        "observation_dtype": str(np.dtype(obs.dtype)),
-        "action_space": space_string(env.action_space(params)),
-        "params": defaults,
+        **(listed if listed is not None else _built_listing(entry)),
         "variants": list(entry.variants),
         "drift_params": list(entry.drift_params),
         "disturbances": ["none", "obs_noise"] + (["impulse"] if entry.impulse else []),

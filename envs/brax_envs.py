@@ -227,6 +227,29 @@ def _factory(env_name: str):
     return factory
 
 
+#: Observation size and action range of each task's Brax model (brax 0.14), so that
+#: `jfedrl envs` lists them without compiling MuJoCo models (tests/test_envs_brax.py
+#: checks them against a build).
+_SPACES = {
+    "inverted_pendulum": (4, "Box(1,) [-3, 3]"),
+    "hopper": (11, "Box(3,) [-1, 1]"),
+    "halfcheetah": (17, "Box(6,) [-1, 1]"),
+    "ant": (27, "Box(8,) [-1, 1]"),
+}
+
+
+def _listing(env_name: str) -> dict[str, Any]:
+    """`envs.describe`'s build-dependent fields of `brax-<env_name>`, without building it."""
+    size, action_space = _SPACES[env_name]
+    defaults = BraxParams()
+    return {
+        "observation_shape": (size,),
+        "observation_dtype": "float32",
+        "action_space": action_space,
+        "params": {t.name: float(getattr(defaults, t.name)) for t in _TUNABLES},
+    }
+
+
 def _impulse(env: BraxEnv, key, state, scale, params):
     return env.impulse(key, state, scale, params)
 
@@ -245,4 +268,5 @@ for _task, _doc in _TASKS.items():
         impulse_doc="adds scale * N(0, 1) to every generalized velocity [m/s, rad/s]",
         backends=BACKENDS,
         family="brax",
+        listing=partial(_listing, _task),
     )

@@ -63,3 +63,30 @@ def test_envs_command_lists_every_registered_env(capsys):
     for name in envs.names():
         assert name in out
     assert "variants" in out and "params" in out
+
+
+def test_envs_lists_without_importing_brax_or_mujoco():
+    """Listing reads the registry's metadata; building Brax models took most of its time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from jfedrl.cli import main\n"
+        "assert main(['envs']) == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('brax', 'mujoco'))\n"
+        "print('LOADED', loaded)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "brax-ant\n" in done.stdout and "observation (27,) float32" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "LOADED []"

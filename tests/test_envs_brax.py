@@ -139,3 +139,18 @@ def test_brax_impulse_kicks_the_velocities():
     obs, _, _, _, _, info = step(key, state, action, default)
     bare_obs, *_ = jax.jit(env.step)(key, state, action, default)
     assert bool(info["disturbed"]) and not np.allclose(obs, bare_obs)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "brax-inverted_pendulum",
+        "brax-hopper",
+        pytest.param("brax-halfcheetah", marks=pytest.mark.slow),
+        pytest.param("brax-ant", marks=pytest.mark.slow),
+    ],
+)
+def test_the_listing_without_a_build_is_what_the_built_env_says(name):
+    """`jfedrl envs` lists Brax envs from the registry's metadata (no MuJoCo compile)."""
+    assert envs.spec(name).listing is not None
+    assert envs.describe(name) == envs.describe(name, build=True)
