@@ -101,8 +101,6 @@ class Checkpointer:
                 force=True,
             )
             self._manager.wait_until_finished()
-            if jax.process_index() == 0:  # every process's files are committed by now
-                write_manifest(self.directory / str(round_index))
         except Exception as error:  # OSError, or tensorstore's ValueError carrying an errno
             for partial in self.directory.glob(f"{round_index}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)  # frees a full disk
@@ -114,6 +112,16 @@ class Checkpointer:
             ) from None
         finally:
             absl.removeFilter(_drop_save_thread_errors)
+        if jax.process_index() == 0:  # every process's files are committed by now
+            try:
+                write_manifest(self.directory / str(round_index))
+            except OSError as error:
+                (self.directory / str(round_index) / (MANIFEST + ".tmp")).unlink(missing_ok=True)
+                raise CheckpointError(
+                    f"checkpoint of round {round_index} was saved in {str(self.directory)!r} "
+                    f"but its digest manifest could not be written: {_reason(error)}; it "
+                    "restores unverified"
+                ) from None
 
     def restore(
         self, target: Any, round_index: int | None = None, set_aside_damaged: bool = False
