@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class Checkpointer:
     """Saves and restores `(state, meta)` pairs under `directory/<round>/`."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        drop_closed_loop_callbacks()
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -380,3 +382,37 @@ def _check_slot_layout(where: Path, abstract: Any, stored: int, wanted: int) -> 
             f"{wanted}; the strategy keeps server state per slot, so restore it with a device "
             f"count that gives {stored} slots (--host-devices)"
         )
+
+
+def drop_closed_loop_callbacks() -> None:
+    """Installs (once) an unraisable-exception hook that drops tensorstore's late callbacks.
+
+    When one read or write of a restore or save fails (a damaged manifest, a full
+    disk), orbax's `asyncio.run` ends and closes its event loop while tensorstore's
+    other operations are still in flight; each of them then completes into the
+    closed loop (`call_soon_threadsafe`), and Python prints a `RuntimeError: Event
+    loop is closed` traceback per leaf before the run's one-line error. Those
+    callbacks have nothing left to report; every other unraisable exception goes to
+    the hook that was installed before.
+    """
+    if getattr(sys.unraisablehook, "_jfedrl_drops_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            previous(unraisable)
+
+    hook._jfedrl_drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _closed_loop_callback(error: BaseException | None, tb: Any) -> bool:
+    """A `RuntimeError('Event loop is closed')` raised by asyncio's own closed check."""
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(
+        os.path.join("asyncio", "base_events.py")
+    )

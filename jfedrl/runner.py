@@ -476,6 +476,7 @@ def _train_locked(
     finally:
         if executor is not None:
             executor.close()
+        checkpointer.close()  # also when the run fails before its callbacks start (a restore)
     if block is not None and block.error is not None:
         raise block.error
     interrupted = block is not None and block.stop is not None and not block.finished

@@ -633,3 +633,46 @@ def test_a_signal_inside_a_gc_callback_still_stops_the_run():
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert fired == ["start"]
+
+
+# ---------------------------------------------------------------- orbax's late callbacks
+
+
+def test_a_damaged_manifest_prints_no_closed_event_loop_tracebacks(uninterrupted, tmp_path):
+    run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
+    newest = max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    (run_dir / "checkpoints" / str(newest) / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+    reported: list[BaseException] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)
+    try:
+        for _ in range(6):  # each failed restore leaves reads in flight, completing late
+            checkpointer = Checkpointer(run_dir / "checkpoints")
+            with pytest.raises(CheckpointError, match="is corrupt"):
+                checkpointer.restore(uninterrupted.state)
+            checkpointer.close()
+        threading.Event().wait(0.5)  # the last late callbacks
+        gc.collect()
+
+        class Unrelated:
+            def __del__(self):
+                raise ValueError("an unrelated finalizer error")
+
+        Unrelated()  # still reaches the hook installed before
+    finally:
+        sys.unraisablehook = previous
+    assert [str(e) for e in reported] == ["an unrelated finalizer error"]
+
+
+def test_a_failed_resume_closes_the_checkpoint_manager(uninterrupted, tmp_path, monkeypatch):
+    run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
+    closed: list[Path] = []
+    close = Checkpointer.close
+    monkeypatch.setattr(
+        Checkpointer, "close", lambda self: (closed.append(self.directory), close(self))
+    )
+    with pytest.raises(ConfigError, match="federation.rounds: 2 is below"):
+        runner.train(
+            runner.resume_config(run_dir, {"federation.rounds": 2}), resume=True, quiet=True
+        )
+    assert closed == [(run_dir / "checkpoints").absolute()]
