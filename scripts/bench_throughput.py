@@ -88,22 +88,15 @@ def time_blocks(compiled, state, seconds: float) -> tuple[object, int, float]:
     return state, blocks, time.perf_counter() - start
 
 
-def measure_one(
-    clients: int, seconds: float, rounds_per_block: int, federated_only: bool = False
-) -> dict:
-    """Runs in a subprocess: one client count, federated and (unless told not) local-only."""
+def local_only_block(sim, rounds_per_block: int):
+    """`rounds_per_block` rounds of `sim` with local training only: no validation, no
+    aggregation (each round's global params are client 0's), for `jit(...)(state)`.
+    """
     import jax
 
-    from jfedrl.config import Config
-    from jfedrl.federated import FedState, Simulator, local_training, make_simulator
-    from jfedrl.runner import enable_compilation_cache
-    from jfedrl.schema import override
+    from jfedrl.federated import FedState, local_training
 
-    enable_compilation_cache()
-    config = override(Config(), ppo_settings(clients))
-    sim = make_simulator(config)
-    state = sim.init(jax.random.PRNGKey(0))
-    steps_per_block = sim.env_steps_per_round * rounds_per_block
+    config = sim.config
 
     def local_only_block(state: FedState):
         def one(state, _):
@@ -119,13 +112,33 @@ def measure_one(
             # Keep the clients' new states, skip validation and aggregation.
             params = jax.vmap(sim.algorithm.get_params)(clients_)
             state = state.replace(
-                clients=clients_ if clients == sim.padded_participants else state.clients,
+                clients=clients_ if sim.num_clients == sim.padded_participants else state.clients,
                 global_params=jax.tree.map(lambda x: x[0], params),
                 round=state.round + 1,
             )
             return state, metrics["value_loss"]
 
         return jax.lax.scan(one, state, None, length=rounds_per_block)
+
+    return local_only_block
+
+
+def measure_one(
+    clients: int, seconds: float, rounds_per_block: int, federated_only: bool = False
+) -> dict:
+    """Runs in a subprocess: one client count, federated and (unless told not) local-only."""
+    import jax
+
+    from jfedrl.config import Config
+    from jfedrl.federated import Simulator, make_simulator
+    from jfedrl.runner import enable_compilation_cache
+    from jfedrl.schema import override
+
+    enable_compilation_cache()
+    config = override(Config(), ppo_settings(clients))
+    sim = make_simulator(config)
+    state = sim.init(jax.random.PRNGKey(0))
+    steps_per_block = sim.env_steps_per_round * rounds_per_block
 
     # XLA's cost analysis counts a loop body once, not per iteration, so count the
     # matmul flops of the MLPs analytically: a forward pass costs 2 flops per
@@ -142,7 +155,9 @@ def measure_one(
     results = {}
     variants = {
         "federated": lambda: Simulator.run_block.lower(sim, state, rounds_per_block),
-        "local_only": lambda: jax.jit(local_only_block, donate_argnums=0).lower(state),
+        "local_only": lambda: jax.jit(
+            local_only_block(sim, rounds_per_block), donate_argnums=0
+        ).lower(state),
     }
     if federated_only:
         del variants["local_only"]

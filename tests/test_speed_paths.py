@@ -1,4 +1,4 @@
-"""The speed paths: host device layout, `train --dry-run`, and the GPU benchmark's CPU path."""
+"""The speed paths: host device layout and `train --dry-run` (the GPU check: test_gpu_scripts)."""
 
 from __future__ import annotations
 
@@ -98,19 +98,6 @@ def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch
     assert "memory estimate per device:" in out
     assert "clients fit" in out
     assert list(tmp_path.iterdir()) == []  # no run folder, no runs/
-
-
-def test_bench_gpu_cpu_smoke_writes_its_report(tmp_path):
-    from scripts import bench_gpu
-
-    bench_gpu.main(["--cpu-smoke", "--out", str(tmp_path / "gpu")])
-    report = json.loads((tmp_path / "gpu.json").read_text())
-    points = report["points"]
-    assert [p["clients"] for p in points] == [2, 4]
-    assert all(p["env_steps_per_second"] > 0 and p["memory_bytes"] > 0 for p in points)
-    fit = report["fits"]["CartPole-v1"]
-    assert fit["bytes_per_client"] > 0 and fit["largest_clients_that_fit"] >= 4
-    assert "CartPole-v1" in (tmp_path / "gpu.md").read_text()
 
 
 def test_start_up_imports_only_what_the_run_needs():
