@@ -255,12 +255,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         quiet=args.quiet,
     )
-    final = result.final_eval_return
     if not primary:  # process 0 reports for the run
         return 130 if result.interrupted else 0
-    print(f"run folder: {result.run_dir}")
-    if final is not None:
-        print(f"global policy eval return: {final:.1f}")
+    print("\n".join(result.summary()))  # stdout; train.log has the same lines
     if result.interrupted:
         print(f"interrupted; resume with: jfedrl train --resume {result.run_dir}")
         return 130
