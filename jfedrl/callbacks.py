@@ -389,8 +389,13 @@ def default_callbacks(
     stop_after_round: int | None,
 ) -> list[Callback]:
     """The callbacks of `jfedrl train`, in the order they see each block."""
+    from jfedrl import trackers
+
     accountant = privacy.accountant(config)
-    callbacks: list[Callback] = [PlotCurve()] if config.log.plot else []
+    # The trackers come first, so that they end last, after the curve is drawn.
+    callbacks: list[Callback] = trackers.trackers(config)
+    if config.log.plot:
+        callbacks.append(PlotCurve())
     callbacks.append(CheckParticipation())
     if accountant is not None:
         callbacks.append(PrivacyLedger(accountant))

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jfedrl import distributed, plugins
+from jfedrl import distributed, plugins, trackers
 from jfedrl.callbacks import (
     Block,
     Callback,
@@ -431,6 +431,7 @@ def train(
     enable_compilation_cache()
     config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
+    trackers.check(config)  # --log.wandb / --log.mlflow without their package
     distributed.require_initialized(config)
     distributed.check_same_config(config)
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
