@@ -382,17 +382,42 @@ class ShowProgress(Callback):
             self._redirect.__exit__(None, None, None)
 
 
+def curve_title(config: Config) -> str:
+    """The learning curve's title: env, algorithm, strategy, clients, variant, drift."""
+    fed, env = config.federation, config.env
+    title = (
+        f"{env.name} · {config.algo.name} · {config.strategy.name} · "
+        f"{fed.num_clients} clients · variant {env.variant}"
+    )
+    if env.drift != "none":
+        title += f" · drift {env.drift} (period {env.drift_period}, x{env.drift_magnitude:g})"
+    return title
+
+
+def drifting_params(config: Config) -> tuple[str, ...]:
+    """The env params that drift in this run (none without drift)."""
+    if config.env.drift == "none":
+        return ()
+    import envs
+
+    return tuple(config.env.drift_params) or tuple(envs.spec(config.env.name).drift_params)
+
+
 class PlotCurve(Callback):
     """Draws learning_curve.png when the run ends (process 0), if it can.
 
-    It never hides the run's error.
+    It never hides the run's error. `path` is the written file (None if none was).
     """
+
+    path: Path | None = None
 
     def on_end(self, run: Run) -> None:
         if not distributed.is_primary():
             return
         try:
-            plot_learning_curve(run.run_dir, f"{run.config.env.name} · {run.config.strategy.name}")
+            self.path = plot_learning_curve(
+                run.run_dir, curve_title(run.config), drifting_params(run.config)
+            )
         except Exception as error:  # a full disk, a broken matplotlib backend, ...
             log.warning("learning curve not written: %s: %s", type(error).__name__, error)
 
@@ -404,8 +429,13 @@ def default_callbacks(
     stop_after_round: int | None,
 ) -> list[Callback]:
     """The callbacks of `jfedrl train`, in the order they see each block."""
+    from jfedrl import trackers
+
     accountant = privacy.accountant(config)
-    callbacks: list[Callback] = [PlotCurve()] if config.log.plot else []
+    # The trackers come first, so that they end last, after the curve is drawn.
+    callbacks: list[Callback] = trackers.trackers(config)
+    if config.log.plot:
+        callbacks.append(PlotCurve())
     callbacks.append(CheckParticipation())
     if accountant is not None:
         callbacks.append(PrivacyLedger(accountant))

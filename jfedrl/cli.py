@@ -294,14 +294,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         quiet=args.quiet,
     )
-    final = result.final_eval_return
     terminated = result.stop == "SIGTERM"
     code = signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED
     if not primary:  # process 0 reports for the run
         return code if result.interrupted else 0
-    print(f"run folder: {result.run_dir}")
-    if final is not None:
-        print(f"global policy eval return: {final:.1f}")
+    print("\n".join(result.summary()))  # stdout; train.log has the same lines
     if result.interrupted:
         what = "terminated (SIGTERM), checkpointed" if terminated else "interrupted"
         print(f"{what}; resume with: jfedrl train --resume {result.run_dir}")

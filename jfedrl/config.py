@@ -408,6 +408,14 @@ class LogConfig:
     tensorboard: bool = True
     plot: bool = True
     progress: bool = True
+    wandb: bool = False
+    """Also log to Weights & Biases (`pip install 'jfedrl[wandb]'`; `WANDB_MODE=offline`
+    works): the TensorBoard scalars, the config, the learning curve as an artifact."""
+    mlflow: str = ""
+    """Also log to MLflow (`pip install 'jfedrl[mlflow]'`): a tracking folder (MLflow's file
+    store) or URI (`sqlite:///...`, `http://...`); empty: off. Same outputs as `wandb`."""
+    experiment: str = "jfedrl"
+    """The W&B project and the MLflow experiment the run is logged under."""
 
 
 def _with_executor_sections(cls: type) -> type:

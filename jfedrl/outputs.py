@@ -24,6 +24,8 @@ from jfedrl.config import ConfigError
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 LOCK_FILE = ".lock"
+#: A log record with this attribute set (`extra=`) goes to train.log only, not to stderr.
+FILE_ONLY = "jfedrl_file_only"
 
 log = logging.getLogger("jfedrl")
 
@@ -160,11 +162,53 @@ class MetricsWriter:
             self._tb.close()
 
 
-def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
+def drift_signal(
+    run_dir: str | Path, names: tuple[str, ...], records: list[dict[str, Any]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each drifting param's mean change over clients, against env steps.
+
+    From env_params.json (every client's base) and env_params.jsonl (the params in
+    force at each block's end): `(value - base) / |base|` (`value - base` where the
+    base is 0), averaged over clients, starting at 0 at step 0. Empty when the run
+    logged no drift.
+    """
+    run_dir = Path(run_dir)
+    base_file, drift_file = run_dir / "env_params.json", run_dir / "env_params.jsonl"
+    if not names or not records or not base_file.is_file() or not drift_file.is_file():
+        return {}
+    base = json.loads(base_file.read_text())
+    by_round: dict[int, dict[str, Any]] = {}
+    for line in drift_file.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        by_round[int(entry["round"])] = entry["params"]  # a resumed block: its last write
+    last = records[-1]["round"]
+    rounds = sorted(r for r in by_round if r <= last)
+    per_round = records[-1]["env_steps"] / max(last, 1)
+    signal = {}
+    for name in names:
+        if name not in base or not rounds:
+            continue
+        start = np.asarray(base[name], dtype=float)
+        scale = np.where(start != 0, np.abs(start), 1.0)
+        values = [np.asarray(by_round[r][name], dtype=float) for r in rounds]
+        change = [float(np.mean((v - start) / scale)) for v in values]
+        steps = np.array([0.0] + [r * per_round for r in rounds])
+        signal[name] = (steps, np.array([0.0, *change]))
+    return signal
+
+
+def plot_learning_curve(
+    run_dir: str | Path, title: str = "", drift_params: tuple[str, ...] = ()
+) -> Path | None:
     """Writes learning_curve.png: client training returns and the global eval return.
 
-    The image is written beside and renamed into place, so a failure (a full
-    disk) leaves the previous curve or none, never a truncated file.
+    With `drift_params` (a drifting run), a small second axis under the curve shows
+    each param's drift (`drift_signal`) on the same env-step axis. The image is
+    written beside and renamed into place, so a failure (a full disk) leaves the
+    previous curve or none, never a truncated file.
     """
     records = read_metrics(run_dir)
     if not records:
@@ -174,7 +218,13 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
     def column(name):
         return np.array([np.nan if r.get(name) is None else r[name] for r in records], dtype=float)
 
-    fig, ax = new_figure(figsize=(7, 4.2), dpi=110)
+    drift = drift_signal(run_dir, drift_params, records)
+    if drift:
+        fig, (ax, drift_ax) = new_figure(
+            figsize=(7, 5.4), dpi=110, nrows=2, sharex=True, height_ratios=(3, 1)
+        )
+    else:
+        fig, ax = new_figure(figsize=(7, 4.2), dpi=110)
     mean, low, high = (column(f"train_return_{s}") for s in ("mean", "min", "max"))
     ax.fill_between(steps, low, high, alpha=0.2, label="clients (min-max)")
     ax.plot(steps, mean, label="clients, training return (mean)")
@@ -182,11 +232,19 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
     has_eval = ~np.isnan(evals)
     if has_eval.any():
         ax.plot(steps[has_eval], evals[has_eval], "o-", label="global policy, eval return")
-    ax.set_xlabel("environment steps (all clients)")
     ax.set_ylabel("episode return")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    if drift:
+        for name, (x, y) in drift.items():
+            drift_ax.plot(x, y, ".-", markersize=3, label=name)
+        drift_ax.axhline(0.0, color="gray", linewidth=0.5)
+        drift_ax.set_ylabel("drift\n(mean rel.)", fontsize=8)
+        drift_ax.grid(alpha=0.3)
+        drift_ax.legend(loc="best", fontsize=7)
+        ax = drift_ax
+    ax.set_xlabel("environment steps (all clients)")
     fig.tight_layout()
     path = Path(run_dir) / CURVE_FILE
     partial = path.with_name(path.name + ".partial")
@@ -241,6 +299,7 @@ def setup_logging(run_dir: Path, quiet: bool = False, process_index: int = 0) ->
     if not quiet:
         stream = logging.StreamHandler()
         stream.setFormatter(fmt)
+        stream.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         logger.addHandler(stream)
     logger.propagate = False
 

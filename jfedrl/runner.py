@@ -23,10 +23,11 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jfedrl import distributed, plugins
+from jfedrl import distributed, plugins, trackers
 from jfedrl.callbacks import (
     Block,
     Callback,
+    PlotCurve,
     Run,
     default_callbacks,
     params_record,
@@ -45,6 +46,7 @@ from jfedrl.config import (
 )
 from jfedrl.federated import FedState, Simulator, eval_views, make_simulator
 from jfedrl.outputs import (
+    FILE_ONLY,
     RunDirError,
     RunLock,
     read_metrics,
@@ -213,11 +215,48 @@ class TrainResult:
     interrupted: bool = False
     stop: str | None = None
     """Why an interrupted run stopped: "Ctrl-C", "SIGTERM", "stop_after_round=R"."""
+    curve: Path | None = None
+    """The learning curve written at the end (None: `log.plot` off, or it failed)."""
 
     @property
     def final_eval_return(self) -> float | None:
         evals = [r["eval_return"] for r in self.records if r.get("eval_return") is not None]
         return evals[-1] if evals else None
+
+    @property
+    def best_eval(self) -> tuple[float, int] | None:
+        """The highest eval return of the run and its round (the first, on a tie)."""
+        evals = [
+            (r["eval_return"], -r["round"])
+            for r in self.records
+            if r.get("eval_return") is not None
+        ]
+        if not evals:
+            return None
+        value, round_ = max(evals)
+        return value, -round_
+
+    def summary(self) -> list[str]:
+        """The lines that end a run: where it is, what it reached, where the plot is."""
+        lines = []
+        if self.records:
+            last = self.records[-1]
+            compiled = sum(r.get("compile_seconds") or 0.0 for r in self.records)
+            state = "stopped" if self.interrupted else "finished"
+            lines.append(
+                f"{state} at round {last['round']}: {last['env_steps']} env steps, "
+                f"{last['wall_seconds']:.1f} s training + {compiled:.1f} s compiling"
+            )
+        final, best = self.final_eval_return, self.best_eval
+        if final is not None and best is not None:
+            lines.append(
+                f"global policy eval return: final {final:.1f}, best {best[0]:.1f} "
+                f"(round {best[1]})"
+            )
+        if self.curve is not None:
+            lines.append(f"learning curve: {self.curve}")
+        lines.append(f"run folder: {self.run_dir}")
+        return lines
 
 
 def default_run_dir(config: Config) -> Path:
@@ -394,6 +433,7 @@ def train(
     enable_compilation_cache()
     config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
+    trackers.check(config)  # --log.wandb / --log.mlflow without their package
     distributed.require_initialized(config)
     distributed.check_same_config(config)
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
@@ -482,9 +522,11 @@ def _train_locked(
     interrupted = block is not None and block.stop is not None and not block.finished
     final = state if block is None else block.state
     stop = block.stop if interrupted else None
-    return TrainResult(
-        run_dir=run_dir, state=final, records=records, interrupted=interrupted, stop=stop
-    )
+    curve = next((c.path for c in callbacks if isinstance(c, PlotCurve)), None)
+    result = TrainResult(run_dir, final, records, interrupted, stop, curve)
+    for line in result.summary():  # train.log keeps what the run ended with (the CLI prints it)
+        log.info("%s", line, extra={FILE_ONLY: True})
+    return result
 
 
 def block_rounds(config: Config, first_round: int) -> int:
@@ -663,7 +705,9 @@ def finish_block(
         wall_seconds,
         wall_seconds + block_seconds,
     )
-    wall_seconds += time.perf_counter() - tick
+    # Compile time is not training time: it is the block's `compile_seconds`, so a return
+    # against wall_seconds has no step where the first block compiled.
+    wall_seconds += time.perf_counter() - tick - compile_seconds
     last = block_records[-1]
     last["wall_seconds"] = wall_seconds
     last.update({name: float(value) for name, value in views.items()})
