@@ -163,8 +163,10 @@ class Dispatch:
         done.failures[shard] = error
         retry = self.failed[shard] <= self.max_retries
         log.warning(
-            "offload: round %d shard %d attempt %d on %s failed: %s%s",
-            self.round_index + 1,
+            "offload: %s shard %d attempt %d on %s failed: %s%s",
+            f"state fetch for the checkpoint of round {self.round_index}"
+            if self.fetch
+            else f"round {self.round_index + 1}",
             shard,
             attempt,
             outcome.worker or "?",

@@ -6,12 +6,13 @@ Tests install faults through `$JFEDRL_FAULT` (the local executor forwards the
 requestor's current value with every request, so long-lived workers follow
 it)::
 
-    JFEDRL_FAULT="kind[:shard=S,attempt=A,round=R][;...]"
+    JFEDRL_FAULT="kind[:shard=S,attempt=A,round=R,op=O][;...]"
 
 with kinds `crash`, `hang` (after compiling), `stall` (before restoring),
 `corrupt`, `truncate`, `missing`, `nan` (one client), `shape`, `dtype`,
 `wrong_round`, `wrong_clients`; `shard` and `round` default to any, `attempt`
-to 0 (so a retry succeeds); `*` means any. Faults hit training tasks only.
+to 0 (so a retry succeeds); `*` means any. Faults hit training tasks, unless
+`op=fetch` (the state fetches before a checkpoint) or `op=*`.
 
 Stages and their values: `start` (None, before restoring), `compiled` (None),
 `params` (the new params tree), `result` (the flat result arrays), `saved`
@@ -64,12 +65,14 @@ class Fault:
     shard: int | None = None
     attempt: int | None = 0
     round: int | None = None
+    op: str | None = "train"
+    """The task kind it hits: `train`, `fetch` (None: any)."""
 
     def matches(self, task: Any) -> bool:
         """Whether this fault hits `task` (a `TaskHeader`, or a dict in tests)."""
         fields = task if isinstance(task, dict) else dataclasses.asdict(task)
-        if fields.get("op", "train") != "train":
-            return False  # faults hit training tasks, not state fetches
+        if self.op is not None and fields.get("op", "train") != self.op:
+            return False  # by default faults hit training tasks, not state fetches
         return all(
             want is None or want == fields.get(name)
             for name, want in (
@@ -88,14 +91,16 @@ def parse_faults(text: str) -> list[Fault]:
         if kind not in FAULT_KINDS:
             allowed = ", ".join(FAULT_KINDS)
             raise ValueError(f"{FAULT_ENV}: unknown fault {kind!r}; allowed: {allowed}")
-        fields: dict[str, int | None] = {}
+        fields: dict[str, Any] = {}
         for pair in filter(None, filters.split(",")):
             key, _, value = pair.partition("=")
-            if key not in ("shard", "attempt", "round"):
+            if key not in ("shard", "attempt", "round", "op"):
                 raise ValueError(
-                    f"{FAULT_ENV}: unknown filter {key!r}; allowed: shard, attempt, round"
+                    f"{FAULT_ENV}: unknown filter {key!r}; allowed: shard, attempt, round, op"
                 )
-            fields[key] = None if value == "*" else int(value)
+            if key == "op" and value not in ("train", "fetch", "*"):
+                raise ValueError(f"{FAULT_ENV}: op={value!r}; allowed: train, fetch, *")
+            fields[key] = None if value == "*" else value if key == "op" else int(value)
         faults.append(Fault(kind, **fields))
     return faults
 

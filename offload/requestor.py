@@ -146,6 +146,8 @@ class OffloadRunner:
         """Shard -> the round count when its clients' states last came home."""
         self._revert: dict[int, list[int]] = {}
         """Shard -> its clients rejected last round (the worker restores their old state)."""
+        self._since_record = {"offload/fetch_failed": 0, "offload/clients_rolled_back": 0}
+        """Losses since the last round's metrics (a fetch runs after its block's record)."""
         self.executor = make_executor(simulator, self.work_dir, len(self.slices))
         self._threads = ThreadPoolExecutor(len(self.slices), thread_name_prefix="offload-io")
         self._cleaner: threading.Thread | None = None
@@ -204,6 +206,9 @@ class OffloadRunner:
         for shard in done.lost:
             self._kept.pop(shard, None)
             self._log_stale(shard, done.failures.get(shard, "?"))
+        self._since_record["offload/fetch_failed"] += len(done.lost)
+        if not self.config.offload.keep_tasks:  # a copy of every kept state: used, so gone
+            shutil.rmtree(request.round_dir, ignore_errors=True)
         return state.replace(clients=jax.device_put(clients))
 
     def close(self) -> None:
@@ -334,7 +339,9 @@ class OffloadRunner:
 
     def _round_metrics(self, done: Execution, bad: np.ndarray, sync: bool) -> dict:
         tasks = len(self.slices)
-        return {
+        since = {name: np.int32(count) for name, count in self._since_record.items()}
+        self._since_record = dict.fromkeys(self._since_record, 0)
+        return since | {
             "offload/tasks": np.int32(tasks),
             "offload/attempts": np.int32(done.attempts),
             "offload/retries": np.int32(done.attempts - tasks),
@@ -401,6 +408,7 @@ class OffloadRunner:
 
     def _log_stale(self, shard: int, reason: str) -> None:
         rows = self.slices[shard]
+        self._since_record["offload/clients_rolled_back"] += rows.stop - rows.start
         log.warning(
             "offload: the worker keeping clients %d-%d is lost (%s); their local state goes "
             "back to round %d, the last sync",
@@ -428,8 +436,8 @@ class OffloadRunner:
         if self._cleaner is not None:
             self._cleaner.join()
         trash = []
-        for old in self.work_dir.glob("round-*"):
-            if old != keep:
+        for old in [*self.work_dir.glob("round-*"), *self.work_dir.glob("fetch-*")]:
+            if old != keep:  # a fetch folder left by a crash is as stale as an old round
                 target = old.with_name(".deleting-" + old.name)
                 old.rename(target)
                 trash.append(target)

@@ -227,6 +227,7 @@ class Worker:
             result = encode_group("clients", stripped, "none", False, False)[0]
             out.mkdir(parents=True, exist_ok=True)
             save_arrays(out / STATE_DIR, result)
+            hook("saved", task, None)
             return self._finish(task, out, hook, {"total": time.perf_counter() - start})
         args = _training_args(simulator.algorithm, shapes, arrays, stripped)
         restored = time.perf_counter()

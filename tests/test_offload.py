@@ -435,3 +435,45 @@ def test_config_errors_name_the_field(tmp_path):
     config = replace_path(base_config(), "offload.executor", "golem")
     with pytest.raises(ValueError, match="offload.golem.image_hash / offload.golem.image_tag"):
         validate_golem(config)
+
+
+def test_fault_op_filter_hits_state_fetches_only_when_asked():
+    fetch, train_task = {"op": "fetch", "shard": 0, "attempt": 0}, {"op": "train", "shard": 0}
+    (default,) = parse_faults("crash:shard=0")
+    (fetches,) = parse_faults("crash:shard=0,op=fetch")
+    (either,) = parse_faults("crash:shard=0,op=*")
+    assert not default.matches(fetch) and default.matches(train_task | {"attempt": 0})
+    assert fetches.matches(fetch) and not fetches.matches(train_task | {"attempt": 0})
+    assert either.matches(fetch) and either.matches(train_task | {"attempt": 0})
+    with pytest.raises(ValueError, match="op='eval'; allowed: train, fetch, \\*"):
+        parse_faults("crash:op=eval")
+
+
+def test_a_worker_killed_during_the_state_fetch_is_counted_and_its_folder_deleted(
+    tmp_path, monkeypatch, pooled
+):
+    run_dir = tmp_path / "fetch"
+    # The fetch before the checkpoint of round 1: shard 0's worker dies after writing; its
+    # retry runs on the restarted worker, which no longer keeps the states (a cache miss).
+    monkeypatch.setenv("JFEDRL_FAULT", "crash:shard=0,round=1,op=fetch")
+    result = train(local_config(run_dir), quiet=True)
+    assert int(result.state.round) == ROUNDS
+    first, second = result.records
+    assert first["offload/fetch_failed"] == 0 and first["offload/clients_rolled_back"] == 0
+    # Counted in the next round's record (the fetch runs after its block's record is written).
+    assert second["offload/fetch_failed"] == 1 and second["offload/clients_rolled_back"] == 2
+    log = (run_dir / "train.log").read_text()
+    assert "state fetch for the checkpoint of round 1 shard 0 attempt 0 on " in log
+    assert "worker exited with code 17" in log
+    assert "offload: round 2 shard 0" not in log  # not blamed on the next round
+    assert "the worker keeping clients 0-1 is lost" in log
+    assert sorted(p.name for p in (run_dir / "offload").glob("fetch-*")) == []
+    assert sorted(p.name for p in (run_dir / "offload").glob("round-*")) == ["round-000001"]
+
+
+def test_keep_tasks_keeps_the_state_fetch_folders(tmp_path, monkeypatch, pooled):
+    monkeypatch.delenv("JFEDRL_FAULT", raising=False)
+    run_dir = tmp_path / "kept"
+    train(local_config(run_dir, offload__keep_tasks=True), quiet=True)
+    fetches = sorted(p.name for p in (run_dir / "offload").glob("fetch-*"))
+    assert fetches == ["fetch-000001", "fetch-000002"]
