@@ -217,7 +217,8 @@ def render(report: dict) -> str:
         f"{m['date'][:10]}, {benchlib.describe(m)}, {report.get('device_kind', '?')}; device "
         f"memory {(report['capacity_bytes'] or 0) / 2**30:.1f} GiB. "
         f"`scripts/gpu_check.sh`{' (JFEDRL_GPU_CHECK_TINY=1: tiny CPU shapes)' if tiny else ''}. "
-        f"PPO shape of `scripts/reference_ppo.py` on both sides: {report['shape']}.",
+        f"PPO shape of `scripts/reference_ppo.py` on both sides: {report['shape']}"
+        f"{'' if tiny else '; brax-hopper with 64-step rollouts'}.",
         "",
         "## Targets",
         "",

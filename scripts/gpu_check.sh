@@ -28,7 +28,11 @@ TINY="${JFEDRL_GPU_CHECK_TINY:-0}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 STEM="$OUT/gpu"
-rm -f "$STEM.json" "$STEM.md"
+STAMP="$(date -u +%Y%m%dT%H%M%S)"
+# A report from an earlier check in the same folder is kept, under its time.
+for ext in json md; do
+    [ ! -e "$STEM.$ext" ] || mv "$STEM.$ext" "$STEM.before-$STAMP.$ext"
+done
 cd "$ROOT"
 
 if [ "$TINY" != 0 ]; then
@@ -114,7 +118,7 @@ print('devices:', jax.devices(), jax.devices()[0].device_kind)
     --cap-seconds "$(cap install)" >&2
 
 stage smoke "$PYTHON" -m jfedrl.cli train --quiet --federation.rounds 2 \
-    --log.run-dir "$OUT/smoke-run" "${SMOKE[@]}"
+    --log.run-dir "$OUT/smoke-$STAMP" "${SMOKE[@]}"
 
 stage cartpole "$PYTHON" -m scripts.bench_gpu "${BENCH[@]}" --out "$STEM" --env CartPole-v1 \
     --clients "${CART[@]}" --reference "${REFERENCE[@]}" --phases-at "${CART[0]}"
