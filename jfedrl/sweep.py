@@ -38,6 +38,7 @@ import itertools
 import logging
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -524,7 +525,8 @@ def run_sweep(
     groups = plan_groups(sweep)
     plan = [[(i, seed) for i in g.indices for seed in sweep.seeds] for g in groups]
     total = sum(setup.config.federation.rounds * len(sweep.seeds) for setup in sweep.setups)
-    bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
+    drawn = progress and sys.stderr.isatty()  # no carriage-return frames in a log file
+    bar = tqdm(total=total, unit="round", disable=not drawn, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
     try:
