@@ -41,6 +41,7 @@ import itertools
 import logging
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -630,7 +631,8 @@ def run_sweep(
         for g in chosen
         for i in groups[g].indices
     )
-    bar = tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True)
+    drawn = progress and sys.stderr.isatty()  # no carriage-return frames in a log file
+    bar = tqdm(total=total, unit="round", disable=not drawn, dynamic_ncols=True)
     stop, compiles, interrupted = StopOnCtrlC(), [], False
     previous = signal.getsignal(signal.SIGINT)
     previous_term = signal.getsignal(signal.SIGTERM)  # StopOnCtrlC handles SIGTERM as well

@@ -103,6 +103,22 @@ def test_no_bar_frames_when_stderr_is_a_file_one_line_per_block(tmp_path):
     assert len(re.findall(r"INFO round \d/4 ", text)) == 2, text  # one line per block
 
 
+def test_a_sweep_draws_no_bar_frames_into_a_file(tmp_path):
+    import yaml
+
+    from jfedrl import sweep
+
+    base = {"federation": {"num_clients": 2, "rounds": 2, "local_updates": 1}}
+    base["algo"] = {"ppo": {"num_envs": 2, "num_steps": 16, "hidden_sizes": [8]}}
+    base["log"] = {"rounds_per_block": 2, "tensorboard": False, "plot": False}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "bar", "base": base, "seeds": [0]}))
+    stderr = io.StringIO()  # not a terminal
+    with contextlib.redirect_stderr(stderr):
+        sweep.run_sweep(path, tmp_path / "out", progress=True, quiet=True)
+    assert "\r" not in stderr.getvalue() and "%|" not in stderr.getvalue()
+
+
 def _drive_progress(stream, blocks):
     """ShowProgress over fake blocks of 2 rounds, logging to `stream` as `train` does."""
     import logging
