@@ -76,6 +76,9 @@ def _leaves(run_dir: Path) -> list[np.ndarray]:
 def _assert_close_runs(run_dir: Path, reference: Path, leaves=None) -> None:
     """Same maths up to the float rounding of a sharded reduction: state and records."""
     for a, b in zip(_leaves(reference), leaves or _leaves(run_dir), strict=True):
+        if a.shape != b.shape:  # the peers' slots: the padding past the participants is inert
+            assert a.shape[1:] == b.shape[1:] and min(a.shape[0], b.shape[0]) >= 3
+            a, b = a[:3], b[:3]
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     got, want = _records(run_dir), _records(reference)
     assert [r.keys() for r in got] == [r.keys() for r in want]
@@ -156,8 +159,9 @@ def test_checkpoint_of_2_processes_resumes_in_1(uninterrupted, tmp_path):
 
     run_dir = tmp_path / "run"
     flags = [  # tiny_config's run, as flags
-        "--clients", "3", "--rounds", "2", "--local-updates", "2", "--ppo.num-envs", "2",
-        "--ppo.num-steps", "16", "--ppo.num-minibatches", "2", "--ppo.update-epochs", "2",
+        "--clients", "3", "--rounds", "2", "--federation.schedule-rounds", "4",
+        "--local-updates", "2", "--ppo.num-envs", "2", "--ppo.num-steps", "16",
+        "--ppo.num-minibatches", "2", "--ppo.update-epochs", "2",
         "--ppo.hidden-sizes", "16", "16", "--ppo.comm-coef", "0.1",
         "--ppo.comm-reference", "mixture", "--log.rounds-per-block", "2",
         "--log.eval-episodes", "2", "--log.tensorboard", "false", "--log.plot", "false",
