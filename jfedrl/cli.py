@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the round, print its memory estimate and how many clients fit, exit "
         "(no run folder)",
     )
+    train.add_argument(
+        "--force-memory",
+        action="store_true",
+        help="run even if the compiled block's memory estimate exceeds the devices' memory",
+    )
     _add_config_flags(train)
 
     commands.add_parser("envs", help="list the registered environments")
@@ -221,6 +226,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=bool(args.resume),
         progress=False if args.no_progress else None,
         quiet=args.quiet,
+        check_memory=not args.force_memory,
     )
     final = result.final_eval_return
     terminated = result.stop == "SIGTERM"
