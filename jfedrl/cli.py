@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the round, print its memory estimate and how many clients fit, exit "
         "(no run folder)",
     )
+    train.add_argument(
+        "--force-memory",
+        action="store_true",
+        help="run even if the compiled block's memory estimate exceeds the devices' memory",
+    )
     _add_config_flags(train)
 
     commands.add_parser("envs", help="list the registered environments")
@@ -293,6 +298,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=bool(args.resume),
         progress=False if args.no_progress else None,
         quiet=args.quiet,
+        check_memory=not args.force_memory,
     )
     terminated = result.stop == "SIGTERM"
     code = signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED

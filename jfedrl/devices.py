@@ -68,6 +68,17 @@ def _flag_in_xla_flags() -> int | None:
     return None
 
 
+#: Host devices allowed per usable core (and at least `MIN_DEVICE_LIMIT`): XLA starts a
+#: thread pool per device, and thousands of devices hang or abort it.
+DEVICES_PER_CORE = 8
+MIN_DEVICE_LIMIT = 64
+
+
+def max_host_devices(cores: int | None = None) -> int:
+    """The most host devices `--host-devices` (or `$JFEDRL_HOST_DEVICES`) may ask for."""
+    return max(MIN_DEVICE_LIMIT, DEVICES_PER_CORE * (usable_cores() if cores is None else cores))
+
+
 def _parse_count(value: str, where: str) -> int:
     try:
         count = int(value)
@@ -75,6 +86,12 @@ def _parse_count(value: str, where: str) -> int:
         count = 0
     if count < 1:
         raise ValueError(f"{where}: must be a whole number >= 1, got {value!r}")
+    limit = max_host_devices()
+    if count > limit:
+        raise ValueError(
+            f"{where}: must be at most {limit} (max({MIN_DEVICE_LIMIT}, {DEVICES_PER_CORE} x "
+            f"{usable_cores()} usable cores)), got {value!r}"
+        )
     return count
 
 
@@ -170,3 +187,45 @@ def clients_that_fit(total_bytes: int, clients: int, capacity: int, fixed_bytes:
     """
     per_client = max(total_bytes - fixed_bytes, 1) / clients
     return max(int((capacity - fixed_bytes) // per_client), 0)
+
+
+class MemoryCheckError(ValueError):
+    """The compiled round needs more memory than the devices have (`check_fits`)."""
+
+
+def check_fits(estimate: MemoryEstimate | None, clients: int, devices: list[Any]) -> None:
+    """Refuses a run whose compiled block needs more memory than `devices` have.
+
+    The arithmetic of `jfedrl train --dry-run`: the block's peak bytes per device
+    (XLA's memory analysis) times the device count, against the allocator limit
+    of an accelerator (summed over the devices) or the host's available RAM (CPU
+    devices share it). Nothing is checked when the backend gives no estimate or
+    no capacity.
+
+    Raises:
+        MemoryCheckError: naming `federation.num_clients`, the need, what is
+            available and about how many clients fit (a lower bound).
+    """
+    if estimate is None or not devices:
+        return
+    capacity = device_memory_bytes(devices[0])
+    if capacity is None:
+        return
+    count = len(devices)
+    if devices[0].platform != "cpu":
+        capacity *= count
+    need = estimate.total * count
+    if need <= capacity:
+        return
+    fit = clients_that_fit(need, clients, capacity)
+    raise MemoryCheckError(
+        f"federation.num_clients: {clients} clients need about {_amount(need)} "
+        f"(the compiled block on {count} {devices[0].platform} device(s), as --dry-run "
+        f"estimates), {_amount(capacity)} is available; about {fit} clients fit. "
+        "Use fewer clients, or --force-memory to run anyway"
+    )
+
+
+def _amount(size: float) -> str:
+    """Bytes in GiB, or MiB below one GiB."""
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"

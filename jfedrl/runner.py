@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jfedrl import distributed, plugins, trackers
+from jfedrl import devices, distributed, plugins, trackers
 from jfedrl.callbacks import (
     Block,
     Callback,
@@ -152,6 +152,7 @@ class InProcessRunner:
         self.compiles = 0
         self._compiled: dict[int, Any] = {}
         self._ahead: dict[int, concurrent.futures.Future] = {}
+        self._waited = 0.0
         self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
 
     def compile_ahead(self, num_rounds: int) -> None:
@@ -181,12 +182,23 @@ class InProcessRunner:
         evaluate = simulator.evaluate
         self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape, False).compile())
 
+    def memory_estimate_ahead(self, num_rounds: int) -> devices.MemoryEstimate | None:
+        """XLA's memory analysis of the block compiled ahead (waits for it; None if none)."""
+        future = self._ahead.get(num_rounds)
+        if future is None:
+            return None
+        start = time.perf_counter()
+        compiled = future.result()
+        self._waited += time.perf_counter() - start  # counted in the first block's compile
+        return devices.memory_estimate(compiled)
+
     def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]:
         if num_rounds in self._ahead:
             start = time.perf_counter()  # compile seconds: what this block waited for
             self._compiled[num_rounds] = self._ahead.pop(num_rounds).result()
             self.compiles += 1
-            self.compile_seconds += time.perf_counter() - start
+            self.compile_seconds += time.perf_counter() - start + self._waited
+            self._waited = 0.0
         if num_rounds not in self._compiled:
             start = time.perf_counter()
             lowered = self.program.lower(self.simulator, state, num_rounds)
@@ -408,6 +420,7 @@ def train(
     progress: bool | None = None,
     quiet: bool = False,
     stop_after_round: int | None = None,
+    check_memory: bool = True,
 ) -> TrainResult:
     """Runs (or resumes) a federated training run and writes its outputs.
 
@@ -421,6 +434,9 @@ def train(
         quiet: log only to the run's train.log, not to stderr.
         stop_after_round: stop at the first block boundary at or after this round,
             as if interrupted (used by tests and for time-boxed jobs).
+        check_memory: refuse a run whose compiled block needs more memory than the
+            devices have (`devices.check_fits`), before the state is built; False
+            (`--force-memory`) runs it anyway.
 
     Returns:
         The run folder, the final state and every metrics record.
@@ -439,7 +455,9 @@ def train(
     run_dir = Path(config.log.run_dir) if config.log.run_dir else default_run_dir(config)
     run_dir = Path(distributed.broadcast_text(str(run_dir)))  # process 0's timestamp
     with _lock_run_dir(run_dir):  # one run per folder, until this returns or the process dies
-        return _train_locked(config, simulator, run_dir, resume, progress, quiet, stop_after_round)
+        return _train_locked(
+            config, simulator, run_dir, resume, progress, quiet, stop_after_round, check_memory
+        )
 
 
 @contextlib.contextmanager
@@ -468,6 +486,7 @@ def _train_locked(
     progress: bool | None,
     quiet: bool,
     stop_after_round: int | None,
+    check_memory: bool = True,
 ) -> TrainResult:
     """`train` once its run folder is locked."""
     setup_logging(run_dir, quiet=quiet, process_index=jax.process_index())
@@ -483,6 +502,10 @@ def _train_locked(
         if executor is not None:
             first_round = (checkpointer.latest_round() or 0) if resume else 0
             executor.compile_ahead(block_rounds(config, first_round))
+            if check_memory:  # before the state is built: the block's need, as --dry-run's
+                estimate = executor.memory_estimate_ahead(block_rounds(config, first_round))
+                clients = config.federation.num_clients
+                devices.check_fits(estimate, clients, jax.local_devices())
         state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
         extension = None
         if resume and (run_dir / CONFIG_FILE).is_file():

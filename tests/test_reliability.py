@@ -676,3 +676,52 @@ def test_a_failed_resume_closes_the_checkpoint_manager(uninterrupted, tmp_path, 
             runner.resume_config(run_dir, {"federation.rounds": 2}), resume=True, quiet=True
         )
     assert closed == [(run_dir / "checkpoints").absolute()]
+
+
+# ---------------------------------------------------------------- memory, host devices
+
+
+def test_a_run_too_big_for_memory_is_refused_before_its_state_is_built(
+    tmp_path, monkeypatch, capsys
+):
+    from jfedrl import devices
+
+    monkeypatch.setattr(devices, "device_memory_bytes", lambda device: 2**14)  # 16 KiB
+    run_dir = tmp_path / "run"
+    flags = ["train", "--run-dir", str(run_dir), "--clients", "3", "--rounds", "2",
+             "--local-updates", "1", "--ppo.num-envs", "2", "--ppo.num-steps", "16",
+             "--ppo.num-minibatches", "2", "--ppo.hidden-sizes", "8",
+             "--log.rounds-per-block", "2", "--log.tensorboard", "false",
+             "--log.plot", "false", "--no-progress", "--quiet"]  # fmt: skip
+    assert cli_main(flags) == 2
+    line = _one_error_line(capsys)
+    assert "federation.num_clients: 3 clients need about " in line
+    assert " MiB (the compiled block on " in line and "0.02 MiB is available; about " in line
+    assert line.endswith("Use fewer clients, or --force-memory to run anyway")
+    fit = int(line.split("about ")[-1].split(" clients fit")[0])
+    assert 0 <= fit < 3
+    # Refused before the state is built (env_params.json) or config.yaml is written.
+    assert not (run_dir / "env_params.json").exists() and not (run_dir / "config.yaml").exists()
+    # --force-memory: the user knows better (here: the estimate is patched, not the machine).
+    assert cli_main([*flags, "--force-memory"]) == 0
+    assert [r["round"] for r in runner.read_metrics(run_dir)] == [1, 2]
+
+
+@pytest.mark.parametrize("flag", ["--host-devices", "env"])
+def test_host_devices_above_the_bound_are_one_line(flag, tmp_path):
+    from jfedrl import devices
+
+    limit = devices.max_host_devices()
+    args = [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(tmp_path / "r")]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", devices.ENV_VAR)}
+    if flag == "env":
+        env[devices.ENV_VAR] = "100000"
+    else:
+        args += ["--host-devices", "100000"]
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    where = "--host-devices" if flag != "env" else devices.ENV_VAR
+    assert out.stderr == f"jfedrl: error: {where}: must be at most {limit} (max(64, 8 x " + (
+        f"{devices.usable_cores()} usable cores)), got '100000'\n"
+    )
+    assert not (tmp_path / "r").exists()
