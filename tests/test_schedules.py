@@ -175,7 +175,8 @@ def test_a_run_saved_without_a_horizon_keeps_its_rounds_as_horizon(short_run, tm
         runner.resume_config(old, {"federation.schedule_rounds": 10})
 
 
-def test_dqn_epsilon_decays_over_the_horizon_only():
+def tiny_dqn_config():
+    """A DQN config of 2 * HORIZON rounds whose epsilon decays over the whole horizon."""
     fields = {
         "hidden_sizes": [8],
         "num_steps": 8,
@@ -188,6 +189,11 @@ def test_dqn_epsilon_decays_over_the_horizon_only():
     config = tiny_config(algo__name="dqn", federation__rounds=2 * HORIZON)
     for name, value in fields.items():
         config = replace_path(config, f"algo.dqn.{name}", value)
+    return config
+
+
+def test_dqn_epsilon_decays_over_the_horizon_only():
+    config = tiny_dqn_config()
     short = replace_path(config, "federation.rounds", HORIZON)
     extended = replace_path(config, "federation.schedule_rounds", HORIZON)
     key = jax.random.PRNGKey(0)
@@ -210,18 +216,7 @@ def test_negative_horizon_is_refused():
 
 
 def test_dqn_epsilon_decays_again_over_a_restart():
-    fields = {
-        "hidden_sizes": [8],
-        "num_steps": 8,
-        "gradient_steps": 2,
-        "batch_size": 16,
-        "buffer_size": 256,
-        "learning_starts": 16,
-        "exploration_fraction": 1.0,
-    }
-    config = tiny_config(algo__name="dqn", federation__rounds=2 * HORIZON)
-    for name, value in fields.items():
-        config = replace_path(config, f"algo.dqn.{name}", value)
+    config = tiny_dqn_config()
     config = replace_path(config, "federation.schedule_rounds", HORIZON)
     config = replace_path(config, "federation.schedule_restarts", [HORIZON, 2 * HORIZON])
     sim = make_simulator(config)
