@@ -519,10 +519,11 @@ TRAIN_FLAGS = [
 class _Train:
     """A `jfedrl train` subprocess whose output lines are collected as they come."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, command: list[str] | None = None):
         self.run_dir = run_dir
+        command = command or ["train", "--run-dir", str(run_dir), *TRAIN_FLAGS]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(run_dir), *TRAIN_FLAGS],
+            [sys.executable, "-m", "jfedrl.cli", *command],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -574,6 +575,34 @@ def test_sigterm_finishes_the_block_checkpoints_and_exits_143(tmp_path):
     )
     records = [json.loads(x) for x in (train.run_dir / METRICS_FILE).read_text().splitlines()]
     assert rounds and rounds[-1] >= 2 and records[-1]["round"] == rounds[-1]
+
+
+def test_sigterm_stops_a_sweep_after_the_block_and_exits_143(tmp_path):
+    import yaml
+
+    base = {
+        "federation": {"num_clients": 2, "rounds": 400, "local_updates": 1},
+        "algo": {
+            "ppo": {"num_envs": 2, "num_steps": 16, "num_minibatches": 2, "hidden_sizes": [8]}
+        },
+        "log": {"rounds_per_block": 1, "tensorboard": False, "plot": False},
+    }
+    grid = {"algo.ppo.learning_rate": [1e-3, 2e-3]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "term", "base": base, "grid": grid, "seeds": [0]}))
+    out = tmp_path / "out"
+    sweep = _Train(out, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    sweep.wait_for(
+        lambda: any(_read_or_empty(p).count("\n") >= 2 for p in out.glob(f"runs/*/{METRICS_FILE}"))
+    )
+    code, output = sweep.signal_and_wait(signal.SIGTERM)
+    assert code == 143, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert f"terminated (SIGTERM), checkpointed; resume with: jfedrl sweep --resume {out}" in output
+    for run_dir in (out / "runs").iterdir():
+        records = [json.loads(x) for x in (run_dir / METRICS_FILE).read_text().splitlines()]
+        rounds = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+        assert rounds and max(rounds) == records[-1]["round"] < 400
 
 
 @pytest.mark.parametrize(
