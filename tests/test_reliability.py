@@ -828,13 +828,20 @@ def test_a_worker_refuses_client_ids_outside_the_federation(tmp_path):
         Worker().run(tmp_path / "task", tmp_path / "out")
 
 
-@pytest.mark.parametrize("federation", [{}, {"staleness": 1}, {"participation": 0.5}])
-def test_worker_shapes_of_a_shard_equal_those_traced_over_the_federation(federation):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"federation__staleness": 1},
+        {"federation__participation": 0.5},
+        {"algo__ppo__comm_coef": 0.1, "algo__ppo__comm_reference": "mixture"},  # peer params
+    ],
+)
+def test_worker_shapes_of_a_shard_equal_those_traced_over_the_federation(overrides):
     from jfedrl.federated import make_simulator
     from offload.shapes import shard_shapes
     from offload.worker import Worker
 
-    overrides = {f"federation__{k}": v for k, v in federation.items()}
     simulator = make_simulator(tiny_config(federation__num_clients=6, **overrides))
     whole, shard = shard_shapes(simulator, 2), Worker()._shapes(simulator, 2)
     assert jax.tree.structure(whole) == jax.tree.structure(shard)
