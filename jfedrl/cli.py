@@ -379,8 +379,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep folder: {result.sweep_dir} (summary.csv, comparison.md, runs/)")
     if not result.interrupted:
         return 0
-    print(f"interrupted; resume with: jfedrl sweep --resume {result.sweep_dir}")
-    return 130
+    terminated = result.stop == "SIGTERM"  # as `train`: 143 after SIGTERM, else 130
+    what = "terminated (SIGTERM), checkpointed" if terminated else "interrupted"
+    print(f"{what}; resume with: jfedrl sweep --resume {result.sweep_dir}")
+    return signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

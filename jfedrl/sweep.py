@@ -514,12 +514,15 @@ def _run_group(group: _Group, bar: Any) -> bool:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """What `run_sweep` returns: the folder, every run folder, compiles per group."""
+    """What `run_sweep` returns: the folder, every run folder, compiles per group, and
+    what stopped it early (`stop`: "Ctrl-C" or "SIGTERM", so the CLI exits 130 or 143).
+    """
 
     sweep_dir: Path
     run_dirs: list[Path]
     compiles: list[int]
     interrupted: bool
+    stop: str | None = None
 
 
 def _finished(run_dir: Path, rounds: int) -> bool:
@@ -673,4 +676,5 @@ def run_sweep(
         for i in mine
         for seed in sweep.seeds
     ]
-    return SweepResult(sweep_dir, run_dirs, compiles, interrupted)
+    reason = getattr(stop, "reason", None) if interrupted else None  # set by its on_start
+    return SweepResult(sweep_dir, run_dirs, compiles, interrupted, reason)

@@ -114,6 +114,48 @@ def shard_shapes(simulator, n: int) -> ShardShapes:
     )
 
 
+def shard_config(config: Any, n: int) -> Any:
+    """The config of a federation of only `n` clients, all taking part, for `shard_shapes`.
+
+    Every per-client shape is the same in it, so a worker derives a shard's shapes
+    without tracing the whole federation (tracing init stacks one row per client:
+    minutes and gigabytes for millions of clients). None when that is not smaller, or
+    when `env.values` lists one value per client (the config itself is then that long).
+    """
+    import dataclasses
+
+    fed = config.federation
+    clients = max(n, config.offload.shards)
+    if config.env.values or clients >= fed.num_clients:
+        return None
+    return dataclasses.replace(
+        config, federation=dataclasses.replace(fed, num_clients=clients, participation=1.0)
+    )
+
+
+def with_participants(shapes: ShardShapes, participants: int) -> ShardShapes:
+    """`shapes` (from a `shard_config` simulator) with the peer arrays every task carries
+    for the real federation: one row per (padded) participant.
+    """
+
+    def rows(tree):  # keeps weak types, as the traced federation has them
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(
+                (participants,) + tuple(s.shape[1:]), s.dtype, weak_type=s.weak_type
+            ),
+            tree,
+        )
+
+    return shapes._replace(
+        peer_params=rows(shapes.peer_params), peer_weights=rows(shapes.peer_weights)
+    )
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of the arrays an abstract tree describes."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
 # ---------------------------------------------------------------- flat groups
 
 #: Groups of a task / result: (name, field of ShardShapes, quantised, one scale per row).

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from jfedrl.devices import clients_that_fit
 from offload.archive import (
     DIGESTS_FILE,
     TaskError,
@@ -58,10 +59,13 @@ from offload.shapes import (
     ShardShapes,
     decode_group,
     encode_group,
+    shard_config,
     shard_shapes,
     strip_params_jit,
     task_spec,
+    tree_bytes,
     with_params_jit,
+    with_participants,
 )
 from offload.task import (
     INPUTS_DIR,
@@ -145,6 +149,22 @@ class Worker:
             self._simulators[key] = make_simulator(from_dict(config_dict))
         return self._simulators[key]
 
+    def _shapes(self, simulator, n: int) -> ShardShapes:
+        """A shard's shapes, traced over a federation of only its `n` clients where it can be
+        (`shard_config`): the worker builds nothing that grows with the federation but the
+        peer arrays every task carries.
+        """
+        from jfedrl.federated import make_simulator
+
+        small = shard_config(simulator.config, n)
+        if small is None:
+            return shard_shapes(simulator, n)
+        key = json.dumps(dataclasses.asdict(small), sort_keys=True, default=str)
+        if key not in self._simulators:
+            self._simulators[key] = make_simulator(small)
+        shapes = shard_shapes(self._simulators[key], n)
+        return with_participants(shapes, simulator.padded_participants)
+
     def _step(self, simulator, n: int, args: tuple, progress: Progress) -> tuple[Any, bool]:
         """The compiled local training for `n` clients (compiled on first use)."""
         import jax
@@ -215,8 +235,10 @@ class Worker:
         task = TaskHeader.from_json(read_json(task_dir / TASK_FILE, TASK_FILE))
         verify_digests(task_dir, task.inputs, exclude=(TASK_FILE,))
         hook("start", task, None)
+        _check_shard(task)
         simulator = self.simulator(task.config)
-        shapes = shard_shapes(simulator, len(task.client_ids))
+        shapes = self._shapes(simulator, len(task.client_ids))
+        _check_arrays(simulator.config.federation.num_clients, len(task.client_ids), shapes)
         spec = task_spec(shapes, task.quantize, task.op, task.state)
         arrays = restore_arrays(task_dir / INPUTS_DIR, spec) if spec else {}
         if task.state == "cache":
@@ -233,6 +255,7 @@ class Worker:
         restored = time.perf_counter()
 
         step, fresh = self._step(simulator, len(task.client_ids), args, progress)
+        _check_compiled(step, len(task.client_ids))
         compiled = time.perf_counter()
         progress("compiled", {"seconds": compiled - restored, "fresh": fresh})
         hook("compiled", task, None)
@@ -325,6 +348,93 @@ class Worker:
         write_json(out / DIGESTS_FILE, {"algorithm": "sha256", "files": digest_tree(out)})
         hook("written", task, out)
         return report
+
+
+# ---------------------------------------------------------------- refusing what does not fit
+
+#: A task's arrays are held about this many times at once (the restored inputs, the
+#: decoded trees and their device copies, the results); the margin the worker keeps
+#: when it checks them against the memory it has.
+HOST_COPIES = 3
+
+
+def available_bytes() -> int:
+    """Host memory this worker can still use (what the kernel reports as available)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _amount(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+
+
+def _check_shard(task: TaskHeader) -> None:
+    """The cheap checks, before anything is built: the shard names clients the config has.
+
+    Raises:
+        TaskError: naming the field.
+    """
+    from jfedrl.config import from_dict
+
+    num_clients = from_dict(task.config).federation.num_clients
+    if not isinstance(num_clients, int) or num_clients < 1:
+        raise TaskError(f"federation.num_clients: {num_clients!r}; must be an integer >= 1")
+    ids = task.client_ids
+    if len(set(ids)) != len(ids) or not all(0 <= i < num_clients for i in ids):
+        raise TaskError(
+            f"client_ids: must be distinct clients in [0, {num_clients}) (federation.num_clients)"
+        )
+    if not 0 <= task.shard < task.num_shards:
+        raise TaskError(f"shard: {task.shard} is not in [0, num_shards={task.num_shards})")
+
+
+def _check_arrays(num_clients: int, n: int, shapes: ShardShapes) -> None:
+    """Refuses a task whose arrays would not fit in this worker's memory, before any is
+    read: first the part every task carries for the whole federation (the peer weights,
+    one per participant), then the shard's own, each `HOST_COPIES` times.
+
+    Raises:
+        TaskError: naming `federation.num_clients` or `client_ids`, the need and the limit.
+    """
+    capacity = available_bytes()
+    wide = HOST_COPIES * tree_bytes((shapes.peer_params, shapes.peer_weights))
+    if wide > capacity:
+        raise TaskError(
+            f"federation.num_clients: {num_clients} clients: the peer arrays every task "
+            f"carries need about {_amount(wide)}, this worker has {_amount(capacity)} available"
+        )
+    need = HOST_COPIES * tree_bytes([x for x in shapes if not isinstance(x, bool)])
+    if need > capacity:
+        fit = clients_that_fit(need, n, capacity, wide)
+        raise TaskError(
+            f"client_ids: a shard of {n} clients needs about {_amount(need)} of arrays, this "
+            f"worker has {_amount(capacity)} available; about {fit} clients fit (use more "
+            "offload.shards)"
+        )
+
+
+def _check_compiled(step: Any, n: int) -> None:
+    """Refuses a shard whose compiled local training needs more than the device has (XLA's
+    memory analysis, as `jfedrl train --dry-run`), before it runs.
+
+    Raises:
+        TaskError: naming `client_ids`, the need and the limit.
+    """
+    import jax
+
+    from jfedrl.devices import device_memory_bytes, memory_estimate
+
+    estimate = memory_estimate(step)
+    capacity = device_memory_bytes(jax.devices()[0])
+    if estimate is None or capacity is None or estimate.total <= capacity:
+        return
+    fit = clients_that_fit(estimate.total, n, capacity)
+    raise TaskError(
+        f"client_ids: a shard of {n} clients needs about {_amount(estimate.total)} (the "
+        f"compiled local training), this worker has {_amount(capacity)} available; about "
+        f"{fit} clients fit (use more offload.shards)"
+    )
 
 
 def _training_args(algorithm, shapes: ShardShapes, arrays: dict, stripped: Any) -> tuple:

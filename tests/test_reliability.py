@@ -519,10 +519,11 @@ TRAIN_FLAGS = [
 class _Train:
     """A `jfedrl train` subprocess whose output lines are collected as they come."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, command: list[str] | None = None):
         self.run_dir = run_dir
+        command = command or ["train", "--run-dir", str(run_dir), *TRAIN_FLAGS]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(run_dir), *TRAIN_FLAGS],
+            [sys.executable, "-m", "jfedrl.cli", *command],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -574,6 +575,34 @@ def test_sigterm_finishes_the_block_checkpoints_and_exits_143(tmp_path):
     )
     records = [json.loads(x) for x in (train.run_dir / METRICS_FILE).read_text().splitlines()]
     assert rounds and rounds[-1] >= 2 and records[-1]["round"] == rounds[-1]
+
+
+def test_sigterm_stops_a_sweep_after_the_block_and_exits_143(tmp_path):
+    import yaml
+
+    base = {
+        "federation": {"num_clients": 2, "rounds": 400, "local_updates": 1},
+        "algo": {
+            "ppo": {"num_envs": 2, "num_steps": 16, "num_minibatches": 2, "hidden_sizes": [8]}
+        },
+        "log": {"rounds_per_block": 1, "tensorboard": False, "plot": False},
+    }
+    grid = {"algo.ppo.learning_rate": [1e-3, 2e-3]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "term", "base": base, "grid": grid, "seeds": [0]}))
+    out = tmp_path / "out"
+    sweep = _Train(out, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    sweep.wait_for(
+        lambda: any(_read_or_empty(p).count("\n") >= 2 for p in out.glob(f"runs/*/{METRICS_FILE}"))
+    )
+    code, output = sweep.signal_and_wait(signal.SIGTERM)
+    assert code == 143, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert f"terminated (SIGTERM), checkpointed; resume with: jfedrl sweep --resume {out}" in output
+    for run_dir in (out / "runs").iterdir():
+        records = [json.loads(x) for x in (run_dir / METRICS_FILE).read_text().splitlines()]
+        rounds = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+        assert rounds and max(rounds) == records[-1]["round"] < 400
 
 
 @pytest.mark.parametrize(
@@ -725,3 +754,145 @@ def test_host_devices_above_the_bound_are_one_line(flag, tmp_path):
         f"{devices.usable_cores()} usable cores)), got '100000'\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+def _write_task(task_dir: Path, config: dict, client_ids: list[int]) -> None:
+    """A task folder with no input arrays: a worker refuses it before it reads any."""
+    task_dir.mkdir(parents=True)
+    header = fmt.TaskHeader(
+        run_id="r", round=0, shard=0, client_ids=tuple(client_ids), quantize="none",
+        config=config, inputs={},
+    )  # fmt: skip
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(header.to_json()))
+
+
+def test_a_worker_given_a_huge_federation_answers_in_one_line(tmp_path):
+    # A 2-client shard of 2**31 - 1 clients: the worker builds only the shard and the
+    # peer weights every task carries (4 bytes per participant), so it refuses the task
+    # if those do not fit, else goes on to read its inputs (absent here): one line
+    # either way, never a hang or an OOM kill.
+    import psutil
+
+    from offload.worker import HOST_COPIES
+
+    num_clients = 2**31 - 1
+    _write_task(tmp_path / "task", {"federation": {"num_clients": num_clients}}, [0, 1])
+    done = subprocess.run(
+        [sys.executable, "-m", "offload.worker", "--input", "task", "--output", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a worker that traced the whole federation would hang or be killed
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    refused = HOST_COPIES * 4 * num_clients > psutil.virtual_memory().available
+    expected = f"federation.num_clients: {num_clients} clients" if refused else "inputs/ is missing"
+    assert line.startswith(f"jfedrl offload worker: error: {expected}"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_refuses_a_federation_whose_peer_arrays_do_not_fit(tmp_path, monkeypatch):
+    from offload import worker
+
+    _write_task(tmp_path / "task", {"federation": {"num_clients": 10**6}}, [0, 1])
+    monkeypatch.setattr(worker, "available_bytes", lambda: 2**20)
+    with pytest.raises(fmt.TaskError) as error:
+        worker.Worker().run(tmp_path / "task", tmp_path / "out")
+    assert str(error.value) == (
+        "federation.num_clients: 1000000 clients: the peer arrays every task carries need "
+        "about 11.44 MiB, this worker has 1.00 MiB available"
+    )
+
+
+def test_a_worker_refuses_a_shard_too_big_for_it_naming_the_limit(tmp_path, monkeypatch):
+    from offload import worker
+    from offload.requestor import task_config
+
+    config = task_config(tiny_config(federation__num_clients=4))
+    _write_task(tmp_path / "task", config, [0, 1, 2, 3])
+    monkeypatch.setattr(worker, "available_bytes", lambda: 1024)
+    with pytest.raises(fmt.TaskError) as error:
+        worker.Worker().run(tmp_path / "task", tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith("client_ids: a shard of 4 clients needs about ")
+    assert "this worker has 0.00 MiB available; about 0 clients fit" in message
+
+
+def test_a_worker_refuses_client_ids_outside_the_federation(tmp_path):
+    from offload.worker import Worker
+
+    _write_task(tmp_path / "task", {"federation": {"num_clients": 4}}, [3, 4])
+    with pytest.raises(fmt.TaskError, match=r"client_ids: must be distinct clients in \[0, 4\)"):
+        Worker().run(tmp_path / "task", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"federation__staleness": 1},
+        {"federation__participation": 0.5},
+        {"algo__ppo__comm_coef": 0.1, "algo__ppo__comm_reference": "mixture"},  # peer params
+    ],
+)
+def test_worker_shapes_of_a_shard_equal_those_traced_over_the_federation(overrides):
+    from jfedrl.federated import make_simulator
+    from offload.shapes import shard_shapes
+    from offload.worker import Worker
+
+    simulator = make_simulator(tiny_config(federation__num_clients=6, **overrides))
+    whole, shard = shard_shapes(simulator, 2), Worker()._shapes(simulator, 2)
+    assert jax.tree.structure(whole) == jax.tree.structure(shard)
+    assert jax.tree.leaves(whole) == jax.tree.leaves(shard)
+
+
+def _real_task(task_dir: Path) -> None:
+    """A real train task for clients 0 and 1 of a 4-client federation (what the
+    requestor writes, built here from the simulator's first round).
+    """
+    from jfedrl.federated import make_simulator
+    from offload.archive import digest_tree, save_arrays
+    from offload.requestor import task_config
+    from offload.shapes import encode_group, strip_params
+
+    config = tiny_config(federation__num_clients=4)
+    simulator = make_simulator(config)
+    inputs = jax.device_get(simulator.begin_round(simulator.init(jax.random.PRNGKey(0))))
+    rows = jax.tree.map(lambda x: np.asarray(x)[:2], inputs)  # the shard's clients
+    trees = {
+        "global": inputs.reference.global_params,
+        "peers": inputs.reference.peer_params,
+        "peer_weights": inputs.reference.peer_weights,
+        "clients": jax.device_get(strip_params(simulator.algorithm, rows.clients)),
+        "env": rows.env_params,
+        "keys": rows.client_keys,
+    }
+    arrays = {}
+    for group, tree in trees.items():
+        arrays.update(encode_group(group, tree, "none", False, group == "peers")[0])
+    task_dir.mkdir(parents=True)
+    save_arrays(task_dir / fmt.INPUTS_DIR, arrays)
+    header = fmt.TaskHeader(
+        run_id="r", round=0, shard=0, client_ids=(0, 1), quantize="none",
+        config=task_config(config), inputs=digest_tree(task_dir, exclude=(fmt.TASK_FILE,)),
+    )  # fmt: skip
+    (task_dir / fmt.TASK_FILE).write_text(json.dumps(header.to_json()))
+
+
+def test_a_worker_refuses_a_shard_whose_compiled_training_does_not_fit(tmp_path, monkeypatch):
+    from jfedrl import devices
+    from offload.worker import Worker
+
+    _real_task(tmp_path / "task")
+    worker = Worker()
+    report, _ = worker.run(tmp_path / "task", tmp_path / "out")  # fits: trains the shard
+    assert report.client_ids == (0, 1) and report.env_steps > 0
+    monkeypatch.setattr(devices, "device_memory_bytes", lambda device: 1024)
+    with pytest.raises(fmt.TaskError) as error:
+        worker.run(tmp_path / "task", tmp_path / "again")
+    message = str(error.value)
+    assert message.startswith("client_ids: a shard of 2 clients needs about ")
+    assert "(the compiled local training), this worker has 0.00 MiB available" in message
+    assert not (tmp_path / "again" / fmt.REPORT_FILE).exists()
