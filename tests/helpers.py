@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 
 import jax
@@ -73,3 +74,10 @@ def compiled_programs():
             yield names
     finally:
         jax_log.removeHandler(handler)
+
+
+class Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (the bar is drawn only on one)."""
+
+    def isatty(self):
+        return True

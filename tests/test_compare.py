@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import numpy as np
@@ -264,21 +263,6 @@ def test_cli_compare_prints_the_pairs_and_takes_gamma(runs_root, tmp_path, capsy
     assert "optimality gap, gamma = 300 " in printed and "optimality gap, gamma = 45 " in printed
     assert cli.main(["compare", str(runs_root), "--out", str(out), "--metric", "nope"]) == 2
     assert "no 'nope'" in capsys.readouterr().err
-
-
-@pytest.fixture
-def jfedrl_warnings():
-    """The messages the `jfedrl` logger warns while the test runs (whatever its handlers)."""
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler, logger = Collect(logging.WARNING), logging.getLogger("jfedrl")
-    logger.addHandler(handler)
-    yield messages
-    logger.removeHandler(handler)
 
 
 def _one_error_line(capsys) -> str:

@@ -15,7 +15,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from jfedrl import runner
-from tests.helpers import tiny_config, with_run_dir
+from tests.helpers import Terminal, tiny_config, with_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,13 +30,6 @@ def read_events(path):
         events.append(event_pb2.Event.FromString(body))
         offset += 12 + length + 4
     return events
-
-
-class Terminal(io.StringIO):
-    """A captured stderr that says it is a terminal (the bar is drawn only on one)."""
-
-    def isatty(self):
-        return True
 
 
 @pytest.fixture(scope="module")

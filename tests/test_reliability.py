@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from jfedrl import runner
-from jfedrl.checkpoint import Checkpointer, CheckpointError
+from jfedrl.checkpoint import MANIFEST, Checkpointer, CheckpointError
 from jfedrl.cli import main as cli_main
 from jfedrl.config import Config, ConfigError, flat_fields, replace_path, validate
 from jfedrl.outputs import METRICS_FILE, RunDirError, RunLock, truncate_metrics
@@ -671,6 +671,9 @@ def test_a_damaged_manifest_prints_no_closed_event_loop_tracebacks(uninterrupted
     run_dir = shutil.copytree(uninterrupted.run_dir, tmp_path / "run")
     newest = max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     (run_dir / "checkpoints" / str(newest) / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+    # Without digest manifests the damage reaches orbax's own reads (with them it is found first).
+    for manifest in (run_dir / "checkpoints").glob(f"*/{MANIFEST}"):
+        manifest.unlink()
     reported: list[BaseException] = []
     previous = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)

@@ -3,6 +3,7 @@ the same setup trained alone."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 
 import jax
@@ -14,7 +15,7 @@ from jfedrl import runner, sweep
 from jfedrl.cli import main as cli_main
 from jfedrl.config import ConfigError
 from jfedrl.outputs import read_metrics
-from tests.helpers import compiled_programs, tiny_config, with_run_dir
+from tests.helpers import Terminal, compiled_programs, tiny_config, with_run_dir
 
 TINY = {
     "federation": {"num_clients": 3, "rounds": 4, "local_updates": 2},
@@ -159,18 +160,19 @@ def test_resume_of_a_finished_sweep_compiles_nothing(swept):
     assert again.compiles == [] and len(read_metrics(swept.run_dirs[0])) == 4
 
 
-def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, capsys):
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path):
     swept, _ = swept
     path = write(tmp_path, name="lr", grid=GRID, seeds=[3, 5], threshold=0.0)
     out = tmp_path / "out"
     first = sweep.run_sweep(path, out, progress=False, quiet=True, stop_after_round=2)
     assert first.interrupted and len(read_metrics(first.run_dirs[0])) == 2
-    capsys.readouterr()
-    again = sweep.run_sweep(None, resume=out, progress=True, quiet=True)
+    stderr = Terminal()  # the bar is drawn only on a terminal
+    with contextlib.redirect_stderr(stderr):
+        again = sweep.run_sweep(None, resume=out, progress=True, quiet=True)
     assert not again.interrupted and again.compiles == [1]
     # The progress bar names the whole group, not its first 40 characters.
     label = "algo.ppo.learning_rate=0.0025; algo.ppo.learning_rate=0.001"
-    assert f"group 1/1: {label}" in capsys.readouterr().err
+    assert f"group 1/1: {label}" in stderr.getvalue()
     for resumed, whole in zip(again.run_dirs, swept.run_dirs, strict=True):
         for mine, theirs in zip(read_metrics(resumed), read_metrics(whole), strict=True):
             for name in ("round", "train_return_mean", "pg_loss", "eval_return"):
