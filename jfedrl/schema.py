@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 import textwrap
@@ -229,8 +230,13 @@ def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     return out
 
 
+@functools.cache
 def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field)."""
+    """Attribute docstrings (the string literal under each field).
+
+    Cached: `inspect.getsource` parses the class's whole module, and the CLI, the
+    docs and every flag lookup ask for the same classes again and again.
+    """
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
