@@ -42,6 +42,41 @@ def test_wall_seconds_leave_the_compile_out(tmp_path, monkeypatch):
     assert block.records[0]["compile_seconds"] == 100.0
 
 
+def test_a_compile_waited_for_before_the_block_is_left_out_too(tmp_path, monkeypatch):
+    """The memory check waits 100 s for the block's compile before it runs; it trains 2 s."""
+    config = with_run_dir(tiny_config(federation__rounds=2), tmp_path)
+    simulator = make_simulator(config)
+    state = simulator.init(jax.random.PRNGKey(0))
+    runner.sim_eval(simulator, state, runner.eval_key_of(config))  # compiled before the clock
+    clock = [1100.0]
+
+    class WaitedAhead:
+        compile_seconds, waited_ahead = 0.0, 100.0  # the clock went 1000 -> 1100 waiting
+
+        def run_block(self, state, num_rounds):
+            self.compile_seconds += self.waited_ahead
+            self.waited_ahead = 0.0
+            clock[0] += 2.0
+            return state, {"train_return_mean": np.zeros(num_rounds)}
+
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    executor = WaitedAhead()
+    state, metrics, tick, compile_seconds = runner.timed_block(executor, state, 2)
+    run = Run(config, simulator, tmp_path, executor)
+    block, wall = runner.finish_block(run, [], state, metrics, 0, 5.0, tick, compile_seconds)
+    assert [r["wall_seconds"] for r in block.records] == [6.0, 7.0] and wall == 7.0
+    assert block.records[0]["compile_seconds"] == 100.0
+
+
+def test_a_real_run_has_positive_increasing_wall_seconds(tmp_path):
+    """With the memory check's wait for the compiled block, as `jfedrl train` runs."""
+    config = with_run_dir(tiny_config(federation__rounds=2, log__rounds_per_block=1), tmp_path)
+    result = runner.train(config, quiet=True)
+    walls = [r["wall_seconds"] for r in result.records]
+    assert walls[0] > 0 and all(b > a for a, b in zip(walls, walls[1:], strict=False))
+    assert result.records[0]["compile_seconds"] > 0
+
+
 def _fake_run(folder, drifting=True):
     records = [
         {"round": r, "env_steps": 64 * r, "train_return_mean": 10.0 * r, "eval_return": None}
