@@ -16,12 +16,20 @@ from jfedrl.outputs import drift_signal, plot_learning_curve
 from tests.helpers import tiny_config, with_run_dir
 
 
-def test_wall_seconds_leave_the_compile_out(tmp_path, monkeypatch):
-    """A fake clock: the block waits 100 s for its compile, then trains 2 s."""
+def _timed_fake_block(tmp_path, monkeypatch, executor, clock):
+    """One 2-round block of `executor` on the fake `clock`, finished after 5 s of the run."""
     config = with_run_dir(tiny_config(federation__rounds=2), tmp_path)
     simulator = make_simulator(config)
     state = simulator.init(jax.random.PRNGKey(0))
     runner.sim_eval(simulator, state, runner.eval_key_of(config))  # compiled before the clock
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    state, metrics, tick, compile_seconds = runner.timed_block(executor, state, 2)
+    run = Run(config, simulator, tmp_path, executor)
+    return runner.finish_block(run, [], state, metrics, 0, 5.0, tick, compile_seconds)
+
+
+def test_wall_seconds_leave_the_compile_out(tmp_path, monkeypatch):
+    """A fake clock: the block waits 100 s for its compile, then trains 2 s."""
     clock = [1000.0]
 
     class Compiling:
@@ -33,21 +41,13 @@ def test_wall_seconds_leave_the_compile_out(tmp_path, monkeypatch):
             clock[0] += 2.0
             return state, {"train_return_mean": np.zeros(num_rounds)}
 
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
-    executor = Compiling()
-    state, metrics, tick, compile_seconds = runner.timed_block(executor, state, 2)
-    run = Run(config, simulator, tmp_path, executor)
-    block, wall = runner.finish_block(run, [], state, metrics, 0, 5.0, tick, compile_seconds)
+    block, wall = _timed_fake_block(tmp_path, monkeypatch, Compiling(), clock)
     assert [r["wall_seconds"] for r in block.records] == [6.0, 7.0] and wall == 7.0
     assert block.records[0]["compile_seconds"] == 100.0
 
 
 def test_a_compile_waited_for_before_the_block_is_left_out_too(tmp_path, monkeypatch):
     """The memory check waits 100 s for the block's compile before it runs; it trains 2 s."""
-    config = with_run_dir(tiny_config(federation__rounds=2), tmp_path)
-    simulator = make_simulator(config)
-    state = simulator.init(jax.random.PRNGKey(0))
-    runner.sim_eval(simulator, state, runner.eval_key_of(config))  # compiled before the clock
     clock = [1100.0]
 
     class WaitedAhead:
@@ -59,11 +59,7 @@ def test_a_compile_waited_for_before_the_block_is_left_out_too(tmp_path, monkeyp
             clock[0] += 2.0
             return state, {"train_return_mean": np.zeros(num_rounds)}
 
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
-    executor = WaitedAhead()
-    state, metrics, tick, compile_seconds = runner.timed_block(executor, state, 2)
-    run = Run(config, simulator, tmp_path, executor)
-    block, wall = runner.finish_block(run, [], state, metrics, 0, 5.0, tick, compile_seconds)
+    block, wall = _timed_fake_block(tmp_path, monkeypatch, WaitedAhead(), clock)
     assert [r["wall_seconds"] for r in block.records] == [6.0, 7.0] and wall == 7.0
     assert block.records[0]["compile_seconds"] == 100.0
 
