@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 #: something draws: seaborn (it pulls in scipy.stats) and pyplot, seconds of
 #: start-up together. Until first used they are stand-ins that import the real
 #: module on their first attribute access, so a run that never draws with them
-#: never pays (`python -X importtime -c "import jfedrl.runner"`).
+#: never pays (`python -X importtime -c "import jfedrl.run.runner"`).
 DEFERRED_MODULES = ("seaborn", "matplotlib.pyplot")
 
 

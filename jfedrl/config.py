@@ -4,10 +4,9 @@ Every field can be set from YAML (nested mapping) or from the command line
 (`--section.field-name value`). The tree is validated before anything is
 compiled, and every error names the field and what is allowed.
 
-The module is long because it is the schema: the field declarations and their
-docstrings (from which docs/config.md and `--help` are generated). The
-converter to and from YAML and flags is `jfedrl.schema`; the check helpers are
-`jfedrl.checks`.
+The field declarations and their docstrings are the schema: docs/config.md and
+`--help` are generated from them. The converter to and from YAML and flags is
+`jfedrl.schema.convert`; the checks of a whole config are `jfedrl.validation`.
 """
 
 from __future__ import annotations
@@ -17,21 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jfedrl import schema
-from jfedrl.checks import (  # noqa: F401 (moved to jfedrl.checks)
-    ELSEWHERE,
-    ConfigError,
-    not_allowed,
-    require,
-    require_choice,
-    require_finite,
-    require_int32,
-    require_positive,
-    require_range,
-)
-
-# Moved to jfedrl.schema; re-exported because runs, tests and offload import them from here.
-from jfedrl.schema import flat_fields, override, replace_path, save_yaml, to_dict  # noqa: F401
+from jfedrl.schema import convert as schema
 
 #: `federation.on_rejected_aggregate`: what a round with a non-finite aggregate does.
 REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
@@ -498,7 +483,7 @@ class Config:
 
 
 # ---------------------------------------------------------------- conversion
-# The generic converter lives in jfedrl.schema; these bind it to `Config`.
+# The generic converter lives in jfedrl.schema.convert; these bind it to `Config`.
 
 
 def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
@@ -509,119 +494,6 @@ def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any
 def load_yaml(path: str | Path) -> Config:
     """Loads a (possibly partial) `Config` from YAML over the defaults."""
     return schema.load_yaml(path, Config)
-
-
-# ---------------------------------------------------------------- validation
-
-
-def validate(config: Config) -> Config:
-    """Checks every section without writing or compiling anything; returns config.
-
-    Registry names are checked against the live registries, so a plugin that
-    registers a new environment, algorithm, strategy or executor is accepted;
-    the environment and executor checks are their modules' own.
-    """
-    from jfedrl import algorithms, environment, plugins, strategies
-
-    require_finite("", config)
-    rule = "in [0, 2**32) (a JAX key holds 32 bits: other seeds repeat one of these)"
-    require(0 <= config.seed < 2**32, "seed", rule, config.seed)
-    for section in dataclasses.fields(config):  # the seed's bound is its own
-        if section.name != "seed":
-            require_int32(section.name, getattr(config, section.name))
-    environment.validate(config)
-    require_choice("algo.name", config.algo.name, algorithms.names())
-    require_choice("strategy.name", config.strategy.name, strategies.names())
-    executor = plugins.executor(config.offload.executor)
-    require_choice("offload.quantize", config.offload.quantize, ("none", "float16", "int8"))
-    _validate_federation(config.federation)
-    log = config.log
-    require_positive("log.rounds_per_block", log.rounds_per_block)
-    require_positive("log.eval_episodes", log.eval_episodes)
-    require_positive("log.checkpoint_every", log.checkpoint_every)
-    require_positive("log.keep_checkpoints", log.keep_checkpoints)
-    offload = config.offload
-    require_positive("offload.shards", offload.shards)
-    if offload.shards > config.federation.num_clients:
-        raise ConfigError(
-            f"offload.shards: {offload.shards} exceeds "
-            f"federation.num_clients={config.federation.num_clients}"
-        )
-    require_positive("offload.max_retries", offload.max_retries, strict=False)
-    require_positive("offload.state_sync_rounds", offload.state_sync_rounds, strict=False)
-    algorithms.get(config.algo.name).validate(config)
-    strategies.get(config.strategy.name).validate(config)
-    executor.validate(config)
-    validate_distributed(config)
-    return config
-
-
-def validate_distributed(config: Config) -> None:
-    """The `distributed` section; pure, so the CLI checks it before JAX starts."""
-    dist = config.distributed
-    if not dist.enabled:
-        for name in ("coordinator", "num_processes", "process_id"):
-            if getattr(dist, name) != getattr(DistributedConfig, name):
-                raise ConfigError(
-                    f"distributed.{name}: set, but distributed.enabled is false (add --distributed)"
-                )
-        return
-    if dist.coordinator:
-        host, _, port = dist.coordinator.rpartition(":")
-        rule = "HOST:PORT with PORT in [1, 65535] (empty: auto-detected)"
-        require(
-            bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
-            "distributed.coordinator",
-            rule,
-            dist.coordinator,
-        )
-    require_positive("distributed.num_processes", dist.num_processes, strict=False)
-    require(
-        dist.process_id >= -1, "distributed.process_id", ">= 0 (-1: auto-detected)", dist.process_id
-    )
-    if dist.num_processes and dist.process_id >= dist.num_processes:
-        rule = f"in [0, distributed.num_processes={dist.num_processes})"
-        require(False, "distributed.process_id", rule, dist.process_id)
-    require_positive("distributed.timeout", dist.timeout)
-    if config.offload.executor != "inprocess":
-        raise ConfigError(
-            f"offload.executor: {config.offload.executor!r} cannot run under --distributed "
-            "(the processes share the in-process simulator); allowed: inprocess"
-        )
-
-
-def _validate_federation(fed: FederationConfig) -> None:
-    """Clients, rounds, participation, system heterogeneity, asynchrony, schedule horizon."""
-    require_choice("federation.sampling", fed.sampling, ("uniform", "weighted"))
-    require(fed.num_clients >= 1, "federation.num_clients", ">= 1", fed.num_clients)
-    require_positive("federation.rounds", fed.rounds)
-    require_positive("federation.local_updates", fed.local_updates)
-    require_positive("federation.participation", fed.participation)
-    if fed.participation > fed.num_clients:
-        raise ConfigError(
-            f"federation.participation: {fed.participation} exceeds "
-            f"federation.num_clients={fed.num_clients}"
-        )
-    require_range("federation.min_participation", fed.min_participation, 0, 1)
-    require_choice(
-        "federation.on_rejected_aggregate", fed.on_rejected_aggregate, REJECTED_AGGREGATE_ACTIONS
-    )
-    require_choice("federation.local_updates_dist", fed.local_updates_dist, ("fixed", "uniform"))
-    low = fed.local_updates_min
-    rule = f"in [1, local_updates={fed.local_updates}]"
-    require(1 <= low <= fed.local_updates, "federation.local_updates_min", rule, low)
-    require_range("federation.straggler_prob", fed.straggler_prob, 0, 1)
-    require_range("federation.dropout_prob", fed.dropout_prob, 0, 1, high_open=True)
-    require_positive("federation.staleness", fed.staleness, strict=False)
-    require_positive("federation.staleness_decay", fed.staleness_decay, strict=False)
-    require_positive("federation.schedule_rounds", fed.schedule_rounds, strict=False)
-    restarts, previous_end = fed.schedule_restarts, 0
-    rule = "pairs start, end of rounds with 0 <= start < end, each start >= the previous end"
-    require(len(restarts) % 2 == 0, "federation.schedule_restarts", rule, list(restarts))
-    for start, end in zip(restarts[0::2], restarts[1::2], strict=True):
-        ok = previous_end <= start < end
-        require(ok, "federation.schedule_restarts", rule, list(restarts))
-        previous_end = end
 
 
 def schedule_horizon(fed: FederationConfig) -> int:
@@ -663,9 +535,9 @@ def with_fedprox(config: Config) -> Config:
     """
     if config.strategy.name != "fedprox":
         return config
-    # Set as it is, not coerced: a sweep may trace `strategy.prox_mu` (jfedrl.traced).
+    # Set as it is, not coerced: a sweep may trace `strategy.prox_mu` (jfedrl.experiments.traced).
     path = f"algo.{config.algo.name}.prox_mu"
-    return replace_path(config, path, config.strategy.prox_mu, coerce=False)
+    return schema.replace_path(config, path, config.strategy.prox_mu, coerce=False)
 
 
 def participants_per_round(fed: FederationConfig) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,19 +43,29 @@ class ExecutorSpec:
 
     Attributes:
         name: the `offload.executor` value that selects it.
-        make_runner: `(simulator, run_dir) -> BlockRunner` (see `jfedrl.runner`).
+        make_runner: `(simulator, run_dir) -> BlockRunner` (see `jfedrl.run.callbacks`),
+            or its `"module:attribute"` name, imported on first use (as an entry point
+            is), so that this module imports nothing of the run.
         validate: raises `ConfigError` naming the field for a config this executor
-            cannot run; called by `jfedrl.config.validate`, before anything is
+            cannot run; called by `jfedrl.validation.validate`, before anything is
             written or compiled.
         section: the dataclass of its own config section, `offload.<name>`, or None.
         summary: one line for `--help` and docs.
     """
 
     name: str
-    make_runner: Callable[[Any, Path], Any]
+    make_runner: Callable[[Any, Path], Any] | str
     validate: Callable[[Any], None] = _no_checks
     section: type | None = None
     summary: str = ""
+
+    def build_runner(self, simulator: Any, run_dir: Path) -> Any:
+        """The executor's block runner for `simulator`, writing under `run_dir`."""
+        make = self.make_runner
+        if isinstance(make, str):
+            module, _, attribute = make.partition(":")
+            make = getattr(importlib.import_module(module), attribute)
+        return make(simulator, run_dir)
 
 
 @dataclass(frozen=True)
@@ -67,15 +78,9 @@ class CommandSpec:
     summary: str = ""
 
 
-def _make_inprocess(simulator: Any, run_dir: Path) -> Any:
-    from jfedrl.runner import InProcessRunner
-
-    return InProcessRunner(simulator, run_dir)
-
-
 INPROCESS = ExecutorSpec(
     name="inprocess",
-    make_runner=_make_inprocess,
+    make_runner="jfedrl.run.runner:InProcessRunner",
     summary="the jitted simulator in this process, clients sharded over local devices",
 )
 
@@ -110,7 +115,7 @@ def executor(name: str) -> ExecutorSpec:
     """The executor called `name`; a `ConfigError` naming `offload.executor` if none is."""
     available = executors()
     if name not in available:
-        from jfedrl.config import ConfigError, not_allowed
+        from jfedrl.schema.checks import ConfigError, not_allowed
 
         raise ConfigError(not_allowed("offload.executor", name, available))
     return available[name]

@@ -3,7 +3,7 @@
 `jfedrl.plugins` finds these specs through the entry points declared in
 pyproject.toml; jfedrl itself never imports `offload`. This module stays light
 (no JAX, no yapapi, no Ray): the runners and the worker are imported when first used.
-Each executor owns its validation, which `jfedrl.config.validate` calls before
+Each executor owns its validation, which `jfedrl.validation.validate` calls before
 anything is written or compiled (`make_simulator` validates, so a runner is
 only ever built for a checked config).
 """
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jfedrl.checks import ConfigError, require, require_choice, require_positive
 from jfedrl.plugins import CommandSpec, ExecutorSpec
+from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
 from offload.golem_config import GolemConfig
 from offload.ray_config import RAY_TRANSFERS, RayConfig
 

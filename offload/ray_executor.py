@@ -54,7 +54,7 @@ class RayWorker:
 
     def __init__(self, env: dict[str, str]):
         os.environ.update(env)
-        from jfedrl.runner import enable_compilation_cache
+        from jfedrl.run.runner import enable_compilation_cache
         from offload.serve import _cache_dir
         from offload.worker import Worker
 

@@ -41,8 +41,9 @@ import jax
 import numpy as np
 
 from jfedrl import __version__
-from jfedrl.config import Config, to_dict
-from jfedrl.federated import FedState, Simulator
+from jfedrl.config import Config
+from jfedrl.round.simulator import FedState, Simulator
+from jfedrl.schema.convert import to_dict
 from offload import quantize
 from offload.archive import OffloadError, digest_tree, save_arrays
 from offload.assemble import assemble, rows_of, set_rows
@@ -114,7 +115,7 @@ class _Request:
 
 
 class OffloadRunner:
-    """A `BlockRunner` (see `jfedrl.runner`) that ships local training to an executor.
+    """A `BlockRunner` (see `jfedrl.run.runner`) that ships local training to an executor.
 
     Sticky clients (`offload.state_sync_rounds` > 0, full participation): a
     shard's worker keeps its clients' states, so a round moves only the

@@ -129,7 +129,7 @@ def serve_dir(directory: Path, idle_timeout: float = 6 * 3600.0) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`jfedrl offload worker` (and `python -m offload.worker`)."""
-    from jfedrl.runner import enable_compilation_cache
+    from jfedrl.run.runner import enable_compilation_cache
 
     enable_compilation_cache(_cache_dir())
     if getattr(args, "serve_dir", None):

@@ -4,7 +4,7 @@
 
 A worker restores the task, builds the simulator from the task's config
 (`make_simulator`, cached per config) and runs the very same
-`jfedrl.federated.local_training` the in-process simulator runs, jitted and
+`jfedrl.round.simulator.local_training` the in-process simulator runs, jitted and
 compiled once per shard shape. `offload.serve` holds the entry points (one
 task, or a loop over JSON requests, keeping one `Worker` alive).
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from jfedrl.devices import clients_that_fit
+from jfedrl.run.devices import clients_that_fit
 from offload.archive import (
     DIGESTS_FILE,
     TaskError,
@@ -142,7 +142,7 @@ class Worker:
 
     def simulator(self, config_dict: dict[str, Any]):
         from jfedrl.config import from_dict
-        from jfedrl.federated import make_simulator
+        from jfedrl.round.simulator import make_simulator
 
         key = json.dumps(config_dict, sort_keys=True)
         if key not in self._simulators:
@@ -154,7 +154,7 @@ class Worker:
         (`shard_config`): the worker builds nothing that grows with the federation but the
         peer arrays every task carries.
         """
-        from jfedrl.federated import make_simulator
+        from jfedrl.round.simulator import make_simulator
 
         small = shard_config(simulator.config, n)
         if small is None:
@@ -169,7 +169,7 @@ class Worker:
         """The compiled local training for `n` clients (compiled on first use)."""
         import jax
 
-        from jfedrl.federated import local_training
+        from jfedrl.round.simulator import local_training
 
         key = (id(simulator), n)
         fresh = key not in self._compiled
@@ -423,7 +423,7 @@ def _check_compiled(step: Any, n: int) -> None:
     """
     import jax
 
-    from jfedrl.devices import device_memory_bytes, memory_estimate
+    from jfedrl.run.devices import device_memory_bytes, memory_estimate
 
     estimate = memory_estimate(step)
     capacity = device_memory_bytes(jax.devices()[0])

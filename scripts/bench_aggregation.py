@@ -35,7 +35,7 @@ import numpy as np
 from jfedrl import strategies
 from jfedrl.algorithms import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
-from jfedrl.federated import local_training, make_simulator
+from jfedrl.round.simulator import local_training, make_simulator
 from scripts import benchlib
 
 MEAN_TYPE = ("fedavg", "mean", "reward_weighted", "fedavgm", "fedadam", "fedyogi", "fedadagrad")

@@ -1,7 +1,7 @@
 """The cost of cross-process collectives: 2 processes x 1 device vs 1 process x 2 devices.
 
 Both layouts run the same jitted round over a 2-device `clients` mesh; in the
-first the devices belong to two processes on this machine (`jfedrl.distributed`,
+first the devices belong to two processes on this machine (`jfedrl.run.distributed`,
 gloo between them), in the second to one process. The layouts alternate
 (A B, B A, ...) so that the machine's load falls on both alike; the ratio of
 their median throughputs is the price of going through the distributed runtime.
@@ -53,14 +53,15 @@ def measure(
     import jax
     import numpy as np
 
-    from jfedrl import distributed
-    from jfedrl.config import Config, DistributedConfig, override
+    from jfedrl.config import Config, DistributedConfig
+    from jfedrl.run import distributed
+    from jfedrl.schema.convert import override
 
     if processes > 1:
         coordinator = f"127.0.0.1:{port}"
         distributed.initialize(DistributedConfig(True, coordinator, processes, process_id))
-    from jfedrl.federated import Simulator, make_simulator
-    from jfedrl.runner import enable_compilation_cache
+    from jfedrl.round.simulator import Simulator, make_simulator
+    from jfedrl.run.runner import enable_compilation_cache
 
     enable_compilation_cache()
     config = override(Config(), {**SETTINGS, "federation.num_clients": clients})

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 import envs
 from jfedrl.config import Config
-from jfedrl.federated import make_simulator
-from jfedrl.schema import override
+from jfedrl.round.simulator import make_simulator
+from jfedrl.schema.convert import override
 from scripts import benchlib
 
 

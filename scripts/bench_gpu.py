@@ -5,7 +5,7 @@ points into `<out>.json` / `<out>.md` (so `scripts/gpu_check.sh` can run each
 stage in its own process under its own time limit, and a report is on disk
 after every point). Per (environment, client count): compile seconds, env
 steps/s of the whole round (rollout, learning, aggregation), XLA's memory
-analysis of the compiled round (`jfedrl.devices.memory_estimate`) and bytes
+analysis of the compiled round (`jfedrl.run.devices.memory_estimate`) and bytes
 per client; with `--reference`, `scripts/reference_ppo.py` at the same shapes
 on the same device; at `--phases-at` counts, where a round's time goes, from
 separately jitted phases: the env steps alone (random actions), local training
@@ -121,8 +121,8 @@ def measure(sim, clients: int, seconds: float) -> dict:
     """One (env, clients) point of `sim`: compile, warm-up block, then timed blocks."""
     import jax
 
-    from jfedrl import devices
-    from jfedrl.federated import Simulator
+    from jfedrl.round.simulator import Simulator
+    from jfedrl.run import devices
 
     state = sim.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -165,7 +165,7 @@ def reference(clients: int, seconds: float) -> dict:
 
 def fit(points: list[dict], capacity: int | None) -> dict:
     """Bytes per client and fixed bytes from the two smallest measured counts; what fits."""
-    from jfedrl.devices import clients_that_fit
+    from jfedrl.run.devices import clients_that_fit
 
     known = sorted((p for p in points if p.get("memory_bytes")), key=lambda p: p["clients"])
     if len(known) < 2 or capacity is None:
@@ -301,7 +301,7 @@ def load(out: Path) -> dict | None:
 def new_report(tiny: bool) -> dict:
     import jax
 
-    from jfedrl.devices import device_memory_bytes
+    from jfedrl.run.devices import device_memory_bytes
     from scripts import reference_ppo as ref
 
     device = jax.devices()[0]
@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         save(out, report)
         return
     from jfedrl.config import Config
-    from jfedrl.federated import make_simulator
-    from jfedrl.schema import override
+    from jfedrl.round.simulator import make_simulator
+    from jfedrl.schema.convert import override
 
     def failed(error: Exception) -> dict:
         return {"error": f"{type(error).__name__}: {error}"}

@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 
 from jfedrl.config import Config
-from jfedrl.federated import make_simulator
-from jfedrl.runner import InProcessRunner, enable_compilation_cache
-from jfedrl.schema import override
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run.runner import InProcessRunner, enable_compilation_cache
+from jfedrl.schema.convert import override
 from offload import LocalExecutor, OffloadRunner, shapes
 from scripts import benchlib
 

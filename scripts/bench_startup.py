@@ -1,4 +1,4 @@
-"""Start-up: `import jfedrl.runner` and `jfedrl train` to its first finished round.
+"""Start-up: `import jfedrl.run.runner` and `jfedrl train` to its first finished round.
 
 The default config, one round in one block, from process start to exit: with a
 cold compilation cache (a fresh folder) and warm (the same folder again). With
@@ -38,7 +38,9 @@ def measure(tree: Path) -> dict[str, float]:
     """One measurement of each figure for the code in `tree`."""
     cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
     python = _wall(tree, ["-c", "pass"], cache)
-    figures = {"import_runner_seconds": _wall(tree, ["-c", "import jfedrl.runner"], cache) - python}
+    figures = {
+        "import_runner_seconds": _wall(tree, ["-c", "import jfedrl.run.runner"], cache) - python
+    }
     for label in ("cold", "warm"):  # the second run finds the first one's cache
         run_dir = tempfile.mkdtemp(prefix="jfedrl-bench-run-")
         command = [*TRAIN, "--run-dir", run_dir, "--no-progress", "--quiet"]

@@ -48,7 +48,8 @@ def timed(command: list[str], cache: Path, label: str) -> float:
 
 #: Runs `jfedrl sweep` with no traceable field, so every setup is its own group.
 UNTRACED = (
-    "import sys; from jfedrl import cli, traced; traced.TRACEABLE = (); "
+    "import sys; from jfedrl import cli; from jfedrl.experiments import traced; "
+    "traced.TRACEABLE = (); "
     "sys.exit(cli.main(sys.argv[1:]))"
 )
 
@@ -127,8 +128,8 @@ def main() -> None:
         bench_traced(args)
         return
     from jfedrl.config import Config
-    from jfedrl.federated import make_simulator
-    from jfedrl.schema import override
+    from jfedrl.round.simulator import make_simulator
+    from jfedrl.schema.convert import override
 
     config = override(Config(), {"federation.rounds": args.rounds})
     steps_per_run = make_simulator(config).env_steps_per_round * args.rounds

@@ -13,7 +13,7 @@ this one run, so ratios compare like with like on a noisy machine:
   process that reuses the first one's cache;
 * the README's default `jfedrl train`, timed end to end from a cold cache;
 * `--reference`: jfedrl's round on one device and on the default host device
-  layout (`jfedrl.devices`) against the plain one-file federated PPO of
+  layout (`jfedrl.run.devices`) against the plain one-file federated PPO of
   `scripts/reference_ppo.py` (one device), alternating processes;
 * `--interleaved`: the same comparison inside one process per layout, the two
   compiled rounds called in turns (writes bench/throughput_interleaved.*), so a
@@ -94,7 +94,7 @@ def local_only_block(sim, rounds_per_block: int):
     """
     import jax
 
-    from jfedrl.federated import FedState, local_training
+    from jfedrl.round.simulator import FedState, local_training
 
     config = sim.config
 
@@ -130,9 +130,9 @@ def measure_one(
     import jax
 
     from jfedrl.config import Config
-    from jfedrl.federated import Simulator, make_simulator
-    from jfedrl.runner import enable_compilation_cache
-    from jfedrl.schema import override
+    from jfedrl.round.simulator import Simulator, make_simulator
+    from jfedrl.run.runner import enable_compilation_cache
+    from jfedrl.schema.convert import override
 
     enable_compilation_cache()
     config = override(Config(), ppo_settings(clients))
@@ -204,7 +204,7 @@ def _subprocess(
 
 
 def _host_devices_env(count: int) -> dict:
-    from jfedrl.devices import FLAG
+    from jfedrl.run.devices import FLAG
 
     return {"XLA_FLAGS": f"{FLAG}={count}", "JAX_PLATFORMS": "cpu"}
 
@@ -221,7 +221,7 @@ def _progress(name: str, run: dict) -> None:
 
 def reference_comparison(clients: int, seconds: float) -> dict:
     """jfedrl on one device, jfedrl on the default layout, the plain reference: alternating."""
-    from jfedrl.devices import default_host_devices, usable_cores
+    from jfedrl.run.devices import default_host_devices, usable_cores
 
     layout = default_host_devices(clients, usable_cores())
     args = ["--one", str(clients), "--seconds", str(seconds), "--federated-only"]
@@ -273,7 +273,7 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
     """Runs in a subprocess: the reference's round and jfedrl's block, timed in turns.
 
     The reference is compiled before jfedrl is imported, so it keeps JAX's own CPU
-    lowerings (jfedrl registers its own at import, `jfedrl/xla_cpu.py`); it runs on
+    lowerings (jfedrl registers its own at import, `jfedrl/round/xla_cpu.py`); it runs on
     the first device, as a user's one-device program would. Each side is called
     alternately until both have run `seconds`.
     """
@@ -281,7 +281,7 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
 
     from scripts import reference_ppo
 
-    plain = "jfedrl.federated" not in sys.modules  # else the reference got jfedrl's lowerings
+    plain = "jfedrl.round.simulator" not in sys.modules  # else the reference got jfedrl's lowerings
     init, fed_round = reference_ppo.make_round(clients)
     ref_state = jax.jit(init)(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -289,8 +289,8 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
     ref_compile = time.perf_counter() - start
 
     from jfedrl.config import Config
-    from jfedrl.federated import Simulator, make_simulator
-    from jfedrl.schema import override
+    from jfedrl.round.simulator import Simulator, make_simulator
+    from jfedrl.schema.convert import override
 
     sim = make_simulator(override(Config(), ppo_settings(clients)))
     state = sim.init(jax.random.PRNGKey(0))
@@ -326,7 +326,7 @@ def interleaved_one(clients: int, seconds: float, rounds_per_block: int) -> dict
 
 
 def interleaved_main(clients: list[int], seconds: float, rounds_per_block: int) -> None:
-    from jfedrl.devices import default_host_devices, usable_cores
+    from jfedrl.run.devices import default_host_devices, usable_cores
 
     facts = benchlib.machine()
     rows = []
@@ -428,7 +428,7 @@ def _wall(args: list[str], env: dict | None = None) -> float:
 def start_up() -> dict:
     """Import cost of a run, and `jfedrl train` to its first finished round, cold and warm."""
     python = _wall(["-c", "pass"])
-    imports = _wall(["-c", "import jfedrl.runner"]) - python
+    imports = _wall(["-c", "import jfedrl.run.runner"]) - python
     cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
     first_round = {}
     for label in ("cold", "warm"):  # the second run reuses the first one's cache
@@ -516,7 +516,7 @@ counted by `hlo_op_counts` and by loop body; compile seconds from one process at
   metrics) is the rest.
 - Before these changes, one process alternating the two compiled rounds (load 16):
   jfedrl 0.79x the reference's env steps/s.
-- Since then: `jax.random`'s Threefry hash is lowered unrolled on CPU (`jfedrl/xla_cpu.py`;
+- Since then: `jax.random`'s Threefry hash is lowered unrolled on CPU (`jfedrl/round/xla_cpu.py`;
   the round's `while` loops 19 -> 5, hence the lower fusion counts above) and local training
   runs per device under `shard_map` on a mesh. On this VM, consecutive processes see slow and
   fast spells of tens of percent, so the ratios above swing from run to run (docs/benchmarks.md
@@ -579,7 +579,7 @@ def render_reference(report: dict) -> str:
         u = report["start_up"]
         lines += [
             "",
-            f"Start-up: `import jfedrl.runner` {u['import_runner_seconds']:.1f} s (beyond "
+            f"Start-up: `import jfedrl.run.runner` {u['import_runner_seconds']:.1f} s (beyond "
             f"{u['python_seconds']:.2f} s of bare Python); `jfedrl train --rounds 1 "
             "--log.rounds-per-block 1` (the default config, one round), process start to "
             f"exit: {u['first_round_cold_seconds']:.1f} s with a cold compilation cache, "

@@ -4,7 +4,7 @@ The same task -- federated PPO on CartPole-v1, C clients, R rounds, the same
 env steps per client per round, the same network and PPO hyperparameters, the
 same evaluation protocol -- run by
 
-  (a) jfedrl: vmapped clients, one jitted round (`jfedrl.federated`);
+  (a) jfedrl: vmapped clients, one jitted round (`jfedrl.round.simulator`);
   (b) an SB3 loop: one stable-baselines3 PPO per client trained one after
       another, FedAvg of the policies' parameters between rounds (seed 000's
       design, without its bugs);

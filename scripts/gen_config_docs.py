@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from jfedrl.config import Config
-from jfedrl.schema import flat_fields, to_dict
+from jfedrl.schema.convert import flat_fields, to_dict
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

@@ -10,7 +10,8 @@ import logging
 import jax
 import numpy as np
 
-from jfedrl.config import Config, override
+from jfedrl.config import Config
+from jfedrl.schema.convert import override
 
 
 def tiny_config(**overrides) -> Config:

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from jfedrl.algorithms import Reference, a2c, common, dqn, replay, td3
-from jfedrl.config import ConfigError, replace_path, validate
-from jfedrl.environment import make_client_envs
-from jfedrl.federated import local_training, make_simulator, tree_all_finite
+from jfedrl.round.environment import make_client_envs
+from jfedrl.round.simulator import local_training, make_simulator, tree_all_finite
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path
+from jfedrl.validation import validate
 from tests.helpers import tiny_config
 
 

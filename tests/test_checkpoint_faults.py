@@ -18,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
-from jfedrl.checkpoint import MANIFEST, CheckpointError
-from jfedrl.evaluate import evaluate_run
+from jfedrl.experiments.evaluate import evaluate_run
+from jfedrl.run import runner
+from jfedrl.run.checkpoint import MANIFEST, CheckpointError
 from tests.helpers import tiny_config, with_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ MIXTURE = {"algo__ppo__comm_coef": 0.1, "algo__ppo__comm_reference": "mixture"}
 LAYOUT_SCRIPT = """
 import json, sys
 import jax, numpy as np
-from jfedrl import runner
+from jfedrl.run import runner
 from tests.helpers import tiny_config, with_run_dir
 run_dir, stop, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 if stop == 0:

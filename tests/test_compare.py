@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jfedrl import compare
 from jfedrl.cli import main as cli_main
-from jfedrl.config import save_yaml
-from jfedrl.schema import override
+from jfedrl.experiments import compare
+from jfedrl.schema.convert import override, save_yaml
 from tests.helpers import tiny_config
 
 FINALS = {"fedavg": [10.0, 50.0, 20.0, 40.0, 30.0], "fedprox": [1.0, 2.0, 300.0, 4.0, 5.0]}

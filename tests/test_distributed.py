@@ -20,16 +20,13 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
-from jfedrl import cli, distributed
-from jfedrl.config import (
-    Config,
-    ConfigError,
-    DistributedConfig,
-    load_yaml,
-    override,
-    validate_distributed,
-)
-from jfedrl.federated import make_simulator
+from jfedrl import cli
+from jfedrl.config import Config, DistributedConfig, load_yaml
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run import distributed
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override
+from jfedrl.validation import validate_distributed
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +173,7 @@ def test_resume_from_a_two_process_checkpoint(reference, tmp_path):
         assert _records(run_dir) == _records(one_process)
         _assert_same_state(_checkpoint(run_dir, 2), _checkpoint(one_process, 2))
     # `jfedrl eval` (one process, one device here) reads the 2-process checkpoint too.
-    from jfedrl.evaluate import evaluate_run
+    from jfedrl.experiments.evaluate import evaluate_run
 
     evaluated = evaluate_run(first, round_index=1).mean
     assert evaluated == pytest.approx(_records(first)[0]["eval_return"], rel=1e-6)
@@ -241,7 +238,7 @@ def test_cli_rejects_a_bad_launch_before_jax_starts(argv, says, capsys):
 
 
 def test_train_refuses_distributed_without_the_runtime(tmp_path):
-    from jfedrl import runner
+    from jfedrl.run import runner
 
     config = override(tiny_config(), {"distributed.enabled": True, "log.run_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"^distributed\.enabled: .*jfedrl train --distributed"):
@@ -250,8 +247,8 @@ def test_train_refuses_distributed_without_the_runtime(tmp_path):
 
 
 def test_resume_may_change_the_process_layout(tmp_path):
-    from jfedrl import runner
-    from jfedrl.config import save_yaml
+    from jfedrl.run import runner
+    from jfedrl.schema.convert import save_yaml
 
     save_yaml(tiny_config(), tmp_path / "config.yaml")
     overrides = {"distributed.enabled": "true", "distributed.num_processes": "4"}

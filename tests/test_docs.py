@@ -78,7 +78,8 @@ def test_readme_test_command_is_what_ci_runs_and_is_valid():
 
 def test_readme_train_command_is_a_valid_default_run():
     from jfedrl.cli import build_parser, config_from_args
-    from jfedrl.config import Config, validate
+    from jfedrl.config import Config
+    from jfedrl.validation import validate
 
     venv, install, train = _steps(_readme_block("train-command"))
     assert venv == ["python3", "-m", "venv", ".venv"]
@@ -97,7 +98,8 @@ def test_cli_help_lists_every_config_field():
         text=True,
         check=True,
     ).stdout
-    from jfedrl.config import Config, flat_fields
+    from jfedrl.config import Config
+    from jfedrl.schema.convert import flat_fields
 
     for path, _, _ in flat_fields(Config):
         assert "--" + path.replace("_", "-") in out, path

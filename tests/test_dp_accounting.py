@@ -9,8 +9,10 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from jfedrl import privacy, runner
-from jfedrl.config import ConfigError, validate
+from jfedrl.run import runner
+from jfedrl.schema.checks import ConfigError
+from jfedrl.strategies import privacy
+from jfedrl.validation import validate
 from tests.helpers import tiny_config, with_run_dir
 
 DELTA = 1e-5
@@ -143,7 +145,8 @@ def test_run_reports_epsilon_each_round_and_stops_at_the_budget(tmp_path, budget
 
 def test_other_strategies_never_import_dp_accounting():
     code = (
-        "import sys; from jfedrl import runner, cli; from jfedrl.config import validate;"
+        "import sys; from jfedrl.run import runner; from jfedrl import cli; "
+        "from jfedrl.validation import validate;"
         "from tests.helpers import tiny_config; validate(tiny_config());"
         "assert 'dp_accounting' not in sys.modules, 'imported'"
     )

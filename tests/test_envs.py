@@ -12,8 +12,9 @@ import pytest
 
 import envs
 from envs.classic import CLASSIC_CONTROL
-from jfedrl.config import ConfigError, EnvConfig
-from jfedrl.environment import make_client_envs
+from jfedrl.config import EnvConfig
+from jfedrl.round.environment import make_client_envs
+from jfedrl.schema.checks import ConfigError
 
 STEPS = 30
 SHORT_EPISODE = 12

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl.config import replace_path
-from jfedrl.federated import Simulator, make_simulator
+from jfedrl.round.simulator import Simulator, make_simulator
+from jfedrl.schema.convert import replace_path
 from tests.helpers import tiny_config
 
 CASES = {

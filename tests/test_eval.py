@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jfedrl import evaluate, runner
 from jfedrl.cli import main as cli_main
-from jfedrl.config import ConfigError
+from jfedrl.experiments import evaluate
+from jfedrl.run import runner
+from jfedrl.schema.checks import ConfigError
 from tests.helpers import tiny_config, with_run_dir
 
 
@@ -68,8 +69,8 @@ def test_eval_names_a_bad_client_id(trained):
 def test_local_policy_evaluates_each_chosen_clients_own_params(trained):
     import jax
 
-    from jfedrl.federated import make_simulator
-    from jfedrl.runner import eval_key_of, sim_eval
+    from jfedrl.round.simulator import make_simulator
+    from jfedrl.run.runner import eval_key_of, sim_eval
 
     result = evaluate.evaluate_run(trained.run_dir, clients=[2, 0], policy="local")
     assert result.policy == "local" and result.returns.shape == (2, 2)
@@ -103,7 +104,8 @@ def test_video_renders_a_cartpole_gif_with_one_frame_per_step(trained, tmp_path)
 
 
 def test_mp4_without_ffmpeg_names_the_video_format(trained, monkeypatch, capsys):
-    from jfedrl import cli, video
+    from jfedrl import cli
+    from jfedrl.experiments import video
 
     monkeypatch.setattr(video.shutil, "which", lambda name: None)
     code = cli.main(["eval", str(trained.run_dir), "--video", "--video-format", "mp4"])
@@ -112,7 +114,7 @@ def test_mp4_without_ffmpeg_names_the_video_format(trained, monkeypatch, capsys)
 
 
 def test_video_refuses_environments_it_cannot_draw():
-    from jfedrl import video
+    from jfedrl.experiments import video
 
     with pytest.raises(ConfigError, match="--video: brax-ant: Brax video is not supported"):
         video.renderer_for("brax-ant")
@@ -142,7 +144,7 @@ def test_eval_out_an_existing_file_is_one_line(trained, tmp_path, capsys):
 def test_eval_views_against_numpy():
     import jax.numpy as jnp
 
-    from jfedrl.federated import eval_views
+    from jfedrl.round.simulator import eval_views
 
     returns = np.array([[10.0, 30.0], [5.0, 5.0], [100.0, 0.0], [40.0, 60.0]], np.float32)
     views = {k: float(v) for k, v in eval_views(jnp.asarray(returns)).items()}
@@ -155,8 +157,8 @@ def test_eval_views_against_numpy():
 
 
 def test_metrics_hold_the_federated_views_and_compare_reads_them(trained, tmp_path):
-    from jfedrl import compare
-    from jfedrl.outputs import read_metrics
+    from jfedrl.experiments import compare
+    from jfedrl.run.outputs import read_metrics
 
     last = read_metrics(trained.run_dir)[-1]
     per_client = evaluate.evaluate_run(trained.run_dir).returns.mean(axis=1)

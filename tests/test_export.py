@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl import cli, runner
-from jfedrl.export import export_policy
+from jfedrl import cli
+from jfedrl.experiments.export import export_policy
+from jfedrl.run import runner
 from tests.helpers import tiny_config, with_run_dir
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "experiments.md"
@@ -52,7 +53,7 @@ def observations(simulator, count: int = 64) -> np.ndarray:
 
 def assert_acts_alike(config, params, folder: Path) -> None:
     """The snippet's actions equal `config`'s algorithm's `act(params, obs)`."""
-    from jfedrl.federated import make_simulator
+    from jfedrl.round.simulator import make_simulator
 
     act, printed = snippet_act(folder)
     assert printed.strip()  # the snippet acts on a zero observation

@@ -21,9 +21,9 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl.federated import make_simulator
-from jfedrl.outputs import read_metrics
-from jfedrl.runner import train
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run.outputs import read_metrics
+from jfedrl.run.runner import train
 from offload import OffloadError
 from tests.golemnet import GolemNetwork, Price, ProviderSpec
 from tests.helpers import tiny_config, with_run_dir

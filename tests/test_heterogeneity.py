@@ -17,9 +17,11 @@ import pytest
 
 from jfedrl import strategies
 from jfedrl.algorithms import Reference
-from jfedrl.config import ConfigError, StrategyConfig, validate
-from jfedrl.federated import local_training, make_simulator
+from jfedrl.config import StrategyConfig
+from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.schema.checks import ConfigError
 from jfedrl.strategies import ClientInfo
+from jfedrl.validation import validate
 from tests.helpers import equal_trees, row, tiny_config
 
 NUM_CLIENTS = 4
@@ -268,7 +270,7 @@ def test_weighted_sampling_follows_the_clients_work():
 )
 def test_bad_heterogeneity_configs_name_the_field(path, value, message):
     config = tiny_config(federation__local_updates_dist="uniform")
-    from jfedrl.config import replace_path
+    from jfedrl.schema.convert import replace_path
 
     with pytest.raises(ConfigError, match=message):
         validate(replace_path(config, path, value))

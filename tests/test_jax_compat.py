@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from jfedrl import distributed, xla_cpu
+from jfedrl.round import xla_cpu
+from jfedrl.run import distributed
 
 
 def _jfedrl_records(caplog) -> list[logging.LogRecord]:

@@ -19,7 +19,7 @@ def test_jax_version_is_pinned_below_0_10():
 
 @pytest.mark.timeout(240)
 def test_vmapped_multi_client_program_runs_repeatedly():
-    from jfedrl.federated import make_simulator
+    from jfedrl.round.simulator import make_simulator
     from tests.helpers import tiny_config
 
     sim = make_simulator(tiny_config(federation__num_clients=4))

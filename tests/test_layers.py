@@ -67,6 +67,70 @@ def test_no_module_imports_a_layer_above_it(package, forbidden):
     assert offenders(package, forbidden) == {}
 
 
+def module_graph(package: str) -> dict[str, set[str]]:
+    """`package`'s modules, each with the modules of the same package it imports.
+
+    An imported name resolves to the longest module it names (`from a import b`
+    imports `a.b` when that is a module); a module's own parent packages, which
+    Python imports first anyway, are not edges.
+    """
+    modules = {}
+    for path in (ROOT / package).rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, path in modules.items():
+        targets = {resolve(name) for name in imported_modules(path)}
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycles_finds_a_loop_and_only_it():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", ["jfedrl", "envs"])
+def test_no_import_cycle(package):
+    """Every import inside a package points one way, function-level imports included."""
+    assert cycles(module_graph(package)) == []
+
+
 BLOCKED_RUN = textwrap.dedent(
     """
     import dataclasses, json, sys
@@ -79,8 +143,11 @@ BLOCKED_RUN = textwrap.dedent(
     sys.meta_path.insert(0, NoOffload())
 
     from jfedrl import cli, plugins
-    from jfedrl.config import ConfigError, OffloadConfig, replace_path, validate
-    from jfedrl.runner import train
+    from jfedrl.config import OffloadConfig
+    from jfedrl.schema.checks import ConfigError
+    from jfedrl.schema.convert import replace_path
+    from jfedrl.validation import validate
+    from jfedrl.run.runner import train
     from tests.helpers import tiny_config, with_run_dir
 
     config = tiny_config(federation__rounds=1, log__rounds_per_block=1)

@@ -3,9 +3,10 @@
 import jax
 import pytest
 
-from jfedrl import runner
-from jfedrl.config import Config, replace_path
-from jfedrl.federated import make_simulator
+from jfedrl.config import Config
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run import runner
+from jfedrl.schema.convert import replace_path
 from tests.helpers import with_run_dir
 
 

@@ -13,9 +13,12 @@ import pytest
 from jfedrl import algorithms
 from jfedrl.algorithms import Reference
 from jfedrl.cli import build_parser, config_from_args
-from jfedrl.config import ConfigError, replace_path, validate, with_fedprox
-from jfedrl.environment import make_client_envs
-from jfedrl.federated import make_simulator
+from jfedrl.config import with_fedprox
+from jfedrl.round.environment import make_client_envs
+from jfedrl.round.simulator import make_simulator
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path
+from jfedrl.validation import validate
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from jfedrl import __version__, plugins
-from jfedrl.checkpoint import Checkpointer
-from jfedrl.config import replace_path
-from jfedrl.federated import make_simulator
-from jfedrl.outputs import read_metrics
-from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run.checkpoint import Checkpointer
+from jfedrl.run.outputs import read_metrics
+from jfedrl.run.runner import CHECKPOINT_DIR, resume_config, train
+from jfedrl.schema.convert import replace_path
 from offload import LocalExecutor, OffloadError, OffloadRunner, quantize
 from offload import archive as fmt
 from offload.faults import Fault, parse_faults

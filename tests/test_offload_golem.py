@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from jfedrl import cli
-from jfedrl.checkpoint import Checkpointer
-from jfedrl.federated import make_simulator
-from jfedrl.outputs import read_metrics
-from jfedrl.runner import CHECKPOINT_DIR, resume_config, train
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run.checkpoint import Checkpointer
+from jfedrl.run.outputs import read_metrics
+from jfedrl.run.runner import CHECKPOINT_DIR, resume_config, train
 from offload import OffloadError, OffloadRunner, Outcome, archive, golem
 from offload.golem_config import GolemConfig
 from offload.task import TASK_FILE

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from jfedrl import plugins
-from jfedrl.checkpoint import Checkpointer
-from jfedrl.checks import ConfigError
 from jfedrl.cli import build_parser, config_from_args
-from jfedrl.config import override
-from jfedrl.federated import make_simulator
-from jfedrl.runner import CHECKPOINT_DIR, train
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run.checkpoint import Checkpointer
+from jfedrl.run.runner import CHECKPOINT_DIR, train
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override
 from offload.plugin import validate_ray
 from tests.helpers import tiny_config, with_run_dir
 from tests.test_offload import ROUNDS, assert_same_run, base_config
@@ -171,7 +171,7 @@ def test_killed_actor_is_retried_then_masked_and_checkpoints_survive(
     log = (run_dir / "train.log").read_text()
     assert "ray actor died" in log and "giving up on its clients this round" in log
 
-    from jfedrl.outputs import read_metrics
+    from jfedrl.run.outputs import read_metrics
 
     records = read_metrics(run_dir)
     assert [r["round"] for r in records] == [1, 2, 3]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from jfedrl import runner
+from jfedrl.run import runner
 from tests.helpers import Terminal, tiny_config, with_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_no_bar_frames_when_stderr_is_a_file_one_line_per_block(tmp_path):
 def test_a_sweep_draws_no_bar_frames_into_a_file(tmp_path):
     import yaml
 
-    from jfedrl import sweep
+    from jfedrl.experiments import sweep
 
     base = {"federation": {"num_clients": 2, "rounds": 2, "local_updates": 1}}
     base["algo"] = {"ppo": {"num_envs": 2, "num_steps": 16, "hidden_sizes": [8]}}
@@ -117,8 +117,8 @@ def _drive_progress(stream, blocks):
     import logging
     from types import SimpleNamespace
 
-    from jfedrl.callbacks import Block, ShowProgress
-    from jfedrl.outputs import setup_logging
+    from jfedrl.run.callbacks import Block, ShowProgress
+    from jfedrl.run.outputs import setup_logging
 
     with contextlib.redirect_stderr(stream):
         setup_logging(Path(stream.run_dir), quiet=False)  # its console handler: sys.stderr
@@ -165,7 +165,7 @@ def test_tensorboard_writer_does_not_import_an_installed_torch(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from jfedrl.outputs import MetricsWriter\n"
+        "from jfedrl.run.outputs import MetricsWriter\n"
         "writer = MetricsWriter(Path(sys.argv[1]), tensorboard=True)\n"
         "writer.write([{'round': 1, 'env_steps': 8, 'x': 0.5}])\n"
         "assert 'torch' not in sys.modules, sys.modules.get('torch')\n"

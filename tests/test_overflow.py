@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl import runner
-from jfedrl.callbacks import AggregateRejected, check_aggregates
-from jfedrl.config import ConfigError, validate
-from jfedrl.federated import make_simulator
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run import runner
+from jfedrl.run.callbacks import AggregateRejected, check_aggregates
+from jfedrl.schema.checks import ConfigError
 from jfedrl.strategies import Strategy, weighted_mean
+from jfedrl.validation import validate
 from tests.helpers import tiny_config, with_run_dir
 from tests.test_strategies import (
     MASK,

@@ -12,9 +12,10 @@ import pytest
 
 from jfedrl import algorithms
 from jfedrl.algorithms import Reference, networks, ppo
-from jfedrl.config import PPOConfig, replace_path
-from jfedrl.environment import make_client_envs
-from jfedrl.federated import make_simulator
+from jfedrl.config import PPOConfig
+from jfedrl.round.environment import make_client_envs
+from jfedrl.round.simulator import make_simulator
+from jfedrl.schema.convert import replace_path
 from tests.helpers import tiny_config
 
 B, OBS, PEERS = 8, 4, 3

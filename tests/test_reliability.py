@@ -24,11 +24,14 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
-from jfedrl.checkpoint import MANIFEST, Checkpointer, CheckpointError
 from jfedrl.cli import main as cli_main
-from jfedrl.config import Config, ConfigError, flat_fields, replace_path, validate
-from jfedrl.outputs import METRICS_FILE, RunDirError, RunLock, truncate_metrics
+from jfedrl.config import Config
+from jfedrl.run import runner
+from jfedrl.run.checkpoint import MANIFEST, Checkpointer, CheckpointError
+from jfedrl.run.outputs import METRICS_FILE, RunDirError, RunLock, truncate_metrics
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import flat_fields, replace_path
+from jfedrl.validation import validate
 from offload import task as fmt
 from tests.helpers import tiny_config, with_run_dir
 
@@ -232,7 +235,7 @@ def test_concurrent_runs_on_one_folder_second_fails_naming_the_holder(
         [
             sys.executable,
             "-c",
-            "import sys; from jfedrl.outputs import RunLock; "
+            "import sys; from jfedrl.run.outputs import RunLock; "
             "lock = RunLock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
             str(run_dir),
         ],
@@ -349,8 +352,8 @@ def test_read_only_checkpoints_fail_fast_with_one_line(uninterrupted, tmp_path, 
 KILL_DURING_SAVE = """
 import os, signal, sys
 from orbax.checkpoint._src.path import atomicity
-from jfedrl import runner
-from jfedrl.checkpoint import Checkpointer
+from jfedrl.run import runner
+from jfedrl.run.checkpoint import Checkpointer
 from tests.helpers import tiny_config, with_run_dir
 
 saving = []
@@ -640,7 +643,7 @@ def _read_or_empty(path: Path) -> str:
 
 
 def test_a_signal_inside_a_gc_callback_still_stops_the_run():
-    from jfedrl import signals
+    from jfedrl.run import signals
 
     previous = signal.getsignal(signal.SIGINT)
     fired: list[str] = []
@@ -716,7 +719,7 @@ def test_a_failed_resume_closes_the_checkpoint_manager(uninterrupted, tmp_path, 
 def test_a_run_too_big_for_memory_is_refused_before_its_state_is_built(
     tmp_path, monkeypatch, capsys
 ):
-    from jfedrl import devices
+    from jfedrl.run import devices
 
     monkeypatch.setattr(devices, "device_memory_bytes", lambda device: 2**14)  # 16 KiB
     run_dir = tmp_path / "run"
@@ -741,7 +744,7 @@ def test_a_run_too_big_for_memory_is_refused_before_its_state_is_built(
 
 @pytest.mark.parametrize("flag", ["--host-devices", "env"])
 def test_host_devices_above_the_bound_are_one_line(flag, tmp_path):
-    from jfedrl import devices
+    from jfedrl.run import devices
 
     limit = devices.max_host_devices()
     args = [sys.executable, "-m", "jfedrl.cli", "train", "--run-dir", str(tmp_path / "r")]
@@ -841,7 +844,7 @@ def test_a_worker_refuses_client_ids_outside_the_federation(tmp_path):
     ],
 )
 def test_worker_shapes_of_a_shard_equal_those_traced_over_the_federation(overrides):
-    from jfedrl.federated import make_simulator
+    from jfedrl.round.simulator import make_simulator
     from offload.shapes import shard_shapes
     from offload.worker import Worker
 
@@ -855,7 +858,7 @@ def _real_task(task_dir: Path) -> None:
     """A real train task for clients 0 and 1 of a 4-client federation (what the
     requestor writes, built here from the simulator's first round).
     """
-    from jfedrl.federated import make_simulator
+    from jfedrl.round.simulator import make_simulator
     from offload.archive import digest_tree, save_arrays
     from offload.requestor import task_config
     from offload.shapes import encode_group, strip_params
@@ -885,7 +888,7 @@ def _real_task(task_dir: Path) -> None:
 
 
 def test_a_worker_refuses_a_shard_whose_compiled_training_does_not_fit(tmp_path, monkeypatch):
-    from jfedrl import devices
+    from jfedrl.run import devices
     from offload.worker import Worker
 
     _real_task(tmp_path / "task")

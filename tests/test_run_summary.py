@@ -8,11 +8,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jfedrl import runner
-from jfedrl.callbacks import Run, curve_title
 from jfedrl.cli import main as cli_main
-from jfedrl.federated import make_simulator
-from jfedrl.outputs import drift_signal, plot_learning_curve
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run import runner
+from jfedrl.run.callbacks import Run, curve_title
+from jfedrl.run.outputs import drift_signal, plot_learning_curve
 from tests.helpers import tiny_config, with_run_dir
 
 

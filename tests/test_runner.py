@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
-from jfedrl.checkpoint import MANIFEST, CheckpointError
 from jfedrl.cli import main as cli_main
-from jfedrl.config import ConfigError, replace_path, save_yaml
+from jfedrl.run import runner
+from jfedrl.run.checkpoint import MANIFEST, CheckpointError
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path, save_yaml
 from tests.helpers import compiled_programs, tiny_config, with_run_dir
 
 DROP = ("wall_seconds", "steps_per_second", "compile_seconds")
@@ -279,7 +280,7 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
 
 
 def test_min_participation_fails_the_round_and_all_excluded_warns(caplog):
-    from jfedrl.callbacks import ParticipationError, check_participation
+    from jfedrl.run.callbacks import ParticipationError, check_participation
 
     ok = [{"round": 1, "clients_participating": 4, "clients_excluded": 1}]
     check_participation(ok, 0.75)

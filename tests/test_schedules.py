@@ -14,11 +14,14 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
 from jfedrl.algorithms import common
 from jfedrl.cli import main as cli_main
-from jfedrl.config import ConfigError, load_yaml, replace_path, validate
-from jfedrl.federated import make_simulator
+from jfedrl.config import load_yaml
+from jfedrl.round.simulator import make_simulator
+from jfedrl.run import runner
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path
+from jfedrl.validation import validate
 from tests.helpers import equal_trees, tiny_config, with_run_dir
 
 HORIZON = 2

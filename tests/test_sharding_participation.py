@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl.config import ConfigError, participants_per_round, validate
-from jfedrl.federated import local_training, make_simulator, sample_participants
+from jfedrl.config import participants_per_round
+from jfedrl.round.simulator import local_training, make_simulator, sample_participants
+from jfedrl.schema.checks import ConfigError
+from jfedrl.validation import validate
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +23,7 @@ SHARDED_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from tests.helpers import tiny_config
-from jfedrl.federated import make_simulator
+from jfedrl.round.simulator import make_simulator
 clients, participation = int(sys.argv[1]), float(sys.argv[2])
 extra = json.loads(sys.argv[3])
 sim = make_simulator(tiny_config(federation__num_clients=clients,

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from jfedrl import cli
-from jfedrl.devices import FLAG, clients_that_fit, default_host_devices
+from jfedrl.run.devices import FLAG, clients_that_fit, default_host_devices
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_clients_that_fit_is_linear_above_the_fixed_part():
 
 
 _PROBE = (
-    "import os, sys; from jfedrl.devices import configure_host_devices as c; "
+    "import os, sys; from jfedrl.run.devices import configure_host_devices as c; "
     "layout = c(int(sys.argv[1]), None if sys.argv[2] == '-' else int(sys.argv[2])); "
     "import jax; print(layout.devices, layout.source, jax.local_device_count(), "
     "os.environ['XLA_FLAGS'])"
@@ -102,7 +102,7 @@ def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch
 
 def test_start_up_imports_only_what_the_run_needs():
     probe = (
-        "import sys; import jfedrl.cli; cli = set(sys.modules); import jfedrl.runner; "
+        "import sys; import jfedrl.cli; cli = set(sys.modules); import jfedrl.run.runner; "
         "print(sorted({'jax', 'matplotlib'} & cli), 'scipy.stats' in sys.modules, "
         "type(sys.modules['seaborn']).__name__); "
         "import seaborn; assert callable(seaborn.color_palette); "
@@ -162,7 +162,7 @@ def test_full_participation_skips_the_client_gather_and_scatter_with_equal_resul
     import jax
     import jax.numpy as jnp
 
-    from jfedrl.federated import Simulator, make_simulator
+    from jfedrl.round.simulator import Simulator, make_simulator
     from tests.helpers import equal_trees, tiny_config
 
     class Gathering(Simulator):
@@ -206,7 +206,7 @@ def test_threefry_on_cpu_is_unrolled_with_bit_identical_draws():
     import jax
     import numpy as np
 
-    import jfedrl.federated  # noqa: F401  (registers the unrolled lowering)
+    import jfedrl.round.simulator  # noqa: F401  (registers the unrolled lowering)
 
     scope: dict = {}
     exec(_DRAWS, scope)  # the same program, jitted in this process

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jfedrl.cli import build_parser, config_from_args, main
-from jfedrl.config import ConfigError, load_yaml
+from jfedrl.config import load_yaml
+from jfedrl.schema.checks import ConfigError
 
 
 def _config(*argv):

@@ -12,10 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl import runner
 from jfedrl.algorithms import Reference
-from jfedrl.config import ConfigError, replace_path, validate
-from jfedrl.federated import local_training, make_simulator
+from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.run import runner
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path
+from jfedrl.validation import validate
 from tests.helpers import equal_trees, row, tiny_config, with_run_dir
 
 K = 2

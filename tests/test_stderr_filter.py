@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jfedrl import runner, stderr_filter
+from jfedrl.run import runner, stderr_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 SPURIOUS_GATHER = (
@@ -35,7 +35,7 @@ def test_only_the_tuning_feature_and_version_lines_are_spurious():
 
 def _run_filtered(body: str) -> subprocess.CompletedProcess:
     """Runs `body` in a Python that installed the filter; its stderr as bytes."""
-    code = "from jfedrl import stderr_filter\nassert stderr_filter.install()\nimport os, sys\n"
+    code = "from jfedrl.run import stderr_filter\nassert stderr_filter.install()\nimport os, sys\n"
     env = {k: v for k, v in os.environ.items() if k != "JFEDRL_RAW_STDERR"}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(

@@ -17,7 +17,8 @@ import optax
 import pytest
 
 from jfedrl import strategies
-from jfedrl.config import Config, ConfigError, FederationConfig, StrategyConfig
+from jfedrl.config import Config, FederationConfig, StrategyConfig
+from jfedrl.schema.checks import ConfigError
 from jfedrl.strategies import ClientInfo
 
 K = 7

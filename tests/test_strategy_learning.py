@@ -37,7 +37,7 @@ from jfedrl.config import (
     PPOConfig,
     StrategyConfig,
 )
-from jfedrl.federated import make_simulator
+from jfedrl.round.simulator import make_simulator
 
 ROUNDS = 16
 SETTINGS = {

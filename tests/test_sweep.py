@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from jfedrl import runner, sweep
 from jfedrl.cli import main as cli_main
-from jfedrl.config import ConfigError
-from jfedrl.outputs import read_metrics
+from jfedrl.experiments import sweep
+from jfedrl.run import runner
+from jfedrl.run.outputs import read_metrics
+from jfedrl.schema.checks import ConfigError
 from tests.helpers import Terminal, compiled_programs, tiny_config, with_run_dir
 
 TINY = {
@@ -58,8 +59,8 @@ def swept(tmp_path_factory):
 
 
 def _restored(run_dir, config):
-    from jfedrl.checkpoint import Checkpointer
-    from jfedrl.federated import make_simulator
+    from jfedrl.round.simulator import make_simulator
+    from jfedrl.run.checkpoint import Checkpointer
 
     simulator = make_simulator(config)
     checkpointer = Checkpointer(run_dir / "checkpoints")
@@ -259,7 +260,8 @@ def test_a_bad_part_fails_in_one_line_naming_it(tmp_path, capsys, part):
 
 
 def test_parts_run_their_groups_into_one_folder_that_compare_merges(tmp_path, capsys):
-    from jfedrl import cli, compare
+    from jfedrl import cli
+    from jfedrl.experiments import compare
 
     base = TINY | {"federation": TINY["federation"] | {"rounds": 2}}
     data = {"name": "parts", "base": base, "grid": {"algo.ppo.prox_mu": [0.0, 0.1]}}

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from jfedrl.algorithms import Reference
-from jfedrl.config import ConfigError, replace_path, validate
-from jfedrl.federated import local_training, make_simulator
+from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import replace_path
+from jfedrl.validation import validate
 from tests.helpers import equal_trees, row, tiny_config
 
 POLICY_DELAY = 2

@@ -1,4 +1,4 @@
-"""`jfedrl.traced`: every declared traceable field traces through every algorithm and
+"""`jfedrl.experiments.traced`: every declared traceable field traces through every algorithm and
 strategy (no Python control flow on it), and none reaches the evaluation."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import pytest
 from jax.extend.core import Literal
 
-from jfedrl import algorithms, strategies, traced
+from jfedrl import algorithms, strategies
 from jfedrl.config import Config
-from jfedrl.federated import Simulator, make_simulator
+from jfedrl.experiments import traced
+from jfedrl.round.simulator import Simulator, make_simulator
 from jfedrl.strategies import ClientInfo
 from tests.helpers import tiny_config
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from jfedrl import runner, trackers
-from jfedrl.config import ConfigError
-from jfedrl.trackers import scalars
+from jfedrl.run import runner, trackers
+from jfedrl.run.trackers import scalars
+from jfedrl.schema.checks import ConfigError
 from tests.helpers import tiny_config, with_run_dir
 
 

@@ -1,6 +1,6 @@
 """One validation pass: a bad value in any section fails `jfedrl train` at once.
 
-`jfedrl.config.validate` runs before the run folder is created and before
+`jfedrl.validation.validate` runs before the run folder is created and before
 anything compiles; each case checks the error names the field, that nothing
 was written, and that XLA compiled nothing (counted through jax.monitoring).
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 import jax
 import pytest
 
-from jfedrl import checks, cli, plugins
-from jfedrl.config import Config, ConfigError, override, validate
+from jfedrl import cli, plugins
+from jfedrl.config import Config
+from jfedrl.schema import checks
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override
+from jfedrl.validation import validate
 
 # The event jax._src.dispatch records for each XLA compile.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -121,10 +125,7 @@ def test_validate_runs_the_selected_executors_own_checks(monkeypatch):
         validate(override(Config(), {"offload.executor": "golem"}))
 
 
-def test_config_error_is_one_class():
-    from jfedrl import config
-
-    assert config.ConfigError is checks.ConfigError
+def test_config_error_is_a_value_error():
     assert issubclass(checks.ConfigError, ValueError)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import not_allowed, with_fedprox
+from jfedrl.config import with_fedprox
+from jfedrl.schema.checks import not_allowed
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}
 

@@ -34,8 +34,8 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.checks import require_choice, require_range
 from jfedrl.config import A2CConfig, Config, schedule_horizon, schedule_restarts
+from jfedrl.schema.checks import require_choice, require_range
 
 
 class A2CState(struct.PyTreeNode):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 import envs
 from jfedrl.algorithms.networks import ACTIVATIONS
-from jfedrl.checks import require, require_choice, require_positive, require_range
+from jfedrl.schema.checks import require, require_choice, require_positive, require_range
 
 
 def is_continuous(env, env_params) -> bool:
@@ -36,7 +36,7 @@ def switched_on(coefficient: Any) -> bool:
     """Whether a coefficient that switches a loss term on (when > 0) is on.
 
     A traced coefficient is on: a sweep traces such a field only across setups that
-    all have it on (`jfedrl.traced.SWITCHES`), so the term's code is traced once.
+    all have it on (`jfedrl.experiments.traced.SWITCHES`), so the term's code is traced once.
     """
     return isinstance(coefficient, jax.Array) or coefficient > 0
 

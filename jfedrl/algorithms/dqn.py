@@ -46,8 +46,8 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, offpolicy, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.checks import ConfigError, require_choice, require_positive, require_range
 from jfedrl.config import Config, DQNConfig, schedule_horizon, schedule_restarts
+from jfedrl.schema.checks import ConfigError, require_choice, require_positive, require_range
 from jfedrl.tree import tree_where
 
 

@@ -27,8 +27,8 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.checks import ConfigError, require_choice, require_range
 from jfedrl.config import Config, PPOConfig, schedule_horizon, schedule_restarts
+from jfedrl.schema.checks import ConfigError, require_choice, require_range
 
 
 class PPOState(struct.PyTreeNode):

@@ -68,8 +68,8 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, offpolicy, replay
 from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.checks import ConfigError, require_choice, require_range
 from jfedrl.config import Config, TD3Config
+from jfedrl.schema.checks import ConfigError, require_choice, require_range
 from jfedrl.tree import tree_where
 
 

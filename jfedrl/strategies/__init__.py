@@ -6,7 +6,7 @@ and its config fields.
 
 from __future__ import annotations
 
-from jfedrl.checks import ConfigError, not_allowed, require
+from jfedrl.schema.checks import ConfigError, not_allowed, require
 from jfedrl.strategies import averaging, dp, evolutionary, fednova, reward, robust, server_opt
 from jfedrl.strategies.base import (
     ClientInfo,

@@ -8,7 +8,7 @@ N(0, (z S / n)^2) is added per coordinate, z being the noise multiplier
 (`dp_noise`). One client changes the average by at most S / n, so the noise
 std is z times that sensitivity: user-level (here client-level) privacy for
 one round. The (epsilon, delta) spent over the rounds is tracked on the host
-by `jfedrl.privacy` (Renyi DP accountant of the sampled Gaussian mechanism),
+by `jfedrl.strategies.privacy` (Renyi DP accountant of the sampled Gaussian mechanism),
 which also enforces `dp_epsilon_budget`.
 
 Unlike the paper's fixed-denominator estimator (expected participants qW),
@@ -22,7 +22,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.checks import ConfigError, require, require_choice, require_positive, require_range
+from jfedrl.schema.checks import (
+    ConfigError,
+    require,
+    require_choice,
+    require_positive,
+    require_range,
+)
 from jfedrl.strategies.base import ClientInfo, Strategy, normalized_weights, stateless
 
 
@@ -78,7 +84,7 @@ def dp_fedavg(config, num_clients: int | None = None) -> Strategy:
 
 def validate(config) -> None:
     """Checks the dp_* fields; a `stop` budget must allow at least the first round."""
-    from jfedrl import privacy
+    from jfedrl.strategies import privacy
 
     strategy = config.strategy
     require_positive("strategy.dp_clip", strategy.dp_clip)

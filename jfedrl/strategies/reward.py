@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jfedrl.checks import require_choice, require_positive
+from jfedrl.schema.checks import require_choice, require_positive
 from jfedrl.strategies.base import ClientInfo, Strategy, keep_if_empty, stateless, weighted_mean
 
 WEIGHTINGS = ("min_shift", "softmax")

@@ -31,8 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jfedrl.checks import ConfigError, require, require_choice, require_positive, require_range
 from jfedrl.config import participants_per_round
+from jfedrl.schema.checks import (
+    ConfigError,
+    require,
+    require_choice,
+    require_positive,
+    require_range,
+)
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jfedrl.checks import require_positive, require_range
+from jfedrl.schema.checks import require_positive, require_range
 from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,

@@ -70,10 +70,10 @@ def run(spec: BenchSpec, start: float, cache_dir: str | None, cache_state: str) 
     memory = PeakMemory()
     import jax
 
-    from jfedrl.federated import Simulator, make_simulator
+    from jfedrl.round.simulator import Simulator, make_simulator
 
     if cache_dir:
-        from jfedrl.runner import enable_compilation_cache
+        from jfedrl.run.runner import enable_compilation_cache
 
         enable_compilation_cache(cache_dir)
     recorder = Recorder("jfedrl", spec, start)

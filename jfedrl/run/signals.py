@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM at any moment of a run, start-up included.
 
 `install` runs first in the CLI, before anything imports JAX. Until the run's
-training loop takes over (`jfedrl.callbacks.StopOnCtrlC`: the first signal
+training loop takes over (`jfedrl.run.callbacks.StopOnCtrlC`: the first signal
 finishes the block and checkpoints), a Ctrl-C raises `KeyboardInterrupt` and a
 SIGTERM (what SLURM and Kubernetes send before they kill) raises `Terminated`;
 the CLI turns them into one line and exit 130 or 143 (128 + the signal).

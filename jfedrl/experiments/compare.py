@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from jfedrl.config import Config, load_yaml
-from jfedrl.outputs import new_figure, read_metrics
-from jfedrl.schema import to_dict
+from jfedrl.run.outputs import new_figure, read_metrics
+from jfedrl.schema.convert import to_dict
 
 log = logging.getLogger("jfedrl")
 

@@ -8,7 +8,7 @@ checkpoint intact. Saves are synchronous in this thread: a save that fails (a
 full or read-only disk) raises at once, naming the checkpoint, and leaves no
 background thread behind to delay the exit.
 
-In a multi-process run (`jfedrl.distributed`) every process saves and restores
+In a multi-process run (`jfedrl.run.distributed`) every process saves and restores
 with the same arguments: each writes and reads its own shards, process 0 the
 metadata, so the folder must be shared. A restore lays the arrays out as its
 target's shardings say, whatever layout saved them.
@@ -182,7 +182,7 @@ class Checkpointer:
                 shutil.rmtree(aside, ignore_errors=True)  # an older damaged copy of that round
                 folder.rename(aside)
         if jax.process_count() > 1:
-            from jfedrl import distributed
+            from jfedrl.run import distributed
 
             distributed.barrier("checkpoints set aside")
         self._manager.reload()

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jfedrl.config import Config, DistributedConfig, to_dict
+from jfedrl.config import Config, DistributedConfig
+from jfedrl.schema.convert import to_dict
 
 log = logging.getLogger("jfedrl")
 
@@ -153,12 +154,12 @@ def require_initialized(config: Config) -> None:
     Only `jfedrl train` initializes the runtime (before JAX starts); a run built in
     Python, or by another command, would otherwise quietly train alone.
     """
-    from jfedrl.checks import ConfigError
+    from jfedrl.schema.checks import ConfigError
 
     if config.distributed.enabled and not jax.distributed.is_initialized():
         raise ConfigError(
             "distributed.enabled: this process has not joined a distributed run; launch it "
-            "with `jfedrl train --distributed` (or call jfedrl.distributed.initialize before "
+            "with `jfedrl train --distributed` (or call jfedrl.run.distributed.initialize before "
             "JAX starts)"
         )
 
@@ -176,7 +177,7 @@ def check_same_config(config: Config) -> None:
     Each process builds and compiles from its own config; a difference would run
     a program that does not match across processes (a hang or wrong results).
     """
-    from jfedrl.checks import ConfigError
+    from jfedrl.schema.checks import ConfigError
 
     if not multiprocess():
         return

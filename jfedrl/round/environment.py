@@ -18,8 +18,8 @@ import numpy as np
 
 import envs
 from envs.suggest import did_you_mean
-from jfedrl.checks import ConfigError, require, require_choice, require_positive
 from jfedrl.config import Config, EnvConfig
+from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
 
 DriftFn = Callable[[jax.Array, Any, jax.Array], Any]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from jfedrl.checks import ConfigError
+from jfedrl.schema.checks import ConfigError
 
 T = typing.TypeVar("T")
 
@@ -196,7 +196,7 @@ def replace_path(
     """Returns `config` with the field at `a.b.c` replaced.
 
     The value is coerced to the field's type, unless `coerce=False`: then it is set as
-    it is (a traced scalar inside a sweep's program, `jfedrl.traced`).
+    it is (a traced scalar inside a sweep's program, `jfedrl.experiments.traced`).
     """
     head, _, rest = dotted.partition(".")
     head = head.replace("-", "_")

@@ -1,7 +1,7 @@
 """The host loop: jitted blocks of rounds, and everything between them.
 
 After each block the host evaluates the global policy and turns the block's
-metrics into per-round records; the callbacks of `jfedrl.callbacks` then write
+metrics into per-round records; the callbacks of `jfedrl.run.callbacks` then write
 them (metrics.jsonl, TensorBoard), checkpoint (orbax), update the progress bar
 and handle Ctrl-C. A run can be resumed from its newest checkpoint and ends
 with exactly the params and metrics of an uninterrupted run.
@@ -18,34 +18,26 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import numpy as np
 
-from jfedrl import devices, distributed, plugins, trackers
-from jfedrl.callbacks import (
-    Block,
-    Callback,
-    PlotCurve,
-    Run,
-    default_callbacks,
-    params_record,
-)
-from jfedrl.checkpoint import Checkpointer, CheckpointError
+from jfedrl import plugins
 from jfedrl.config import (
     Config,
-    ConfigError,
     DistributedConfig,
     load_yaml,
     resolve_schedule,
-    save_yaml,
     schedule_end,
     schedule_horizon,
     schedule_restarts,
 )
-from jfedrl.federated import FedState, Simulator, eval_views, make_simulator
-from jfedrl.outputs import (
+from jfedrl.round.simulator import FedState, Simulator, eval_views, make_simulator
+from jfedrl.run import callbacks, devices, distributed, trackers
+from jfedrl.run.callbacks import Block, BlockRunner, Callback, PlotCurve, Run, params_record
+from jfedrl.run.checkpoint import Checkpointer, CheckpointError
+from jfedrl.run.outputs import (
     FILE_ONLY,
     RunDirError,
     RunLock,
@@ -54,7 +46,9 @@ from jfedrl.outputs import (
     to_jsonable,
     truncate_metrics,
 )
-from jfedrl.schema import override
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override, save_yaml
+from jfedrl.strategies import privacy
 
 log = logging.getLogger("jfedrl")
 
@@ -123,18 +117,29 @@ def enable_compilation_cache(directory: str | None = None) -> str:
     return directory
 
 
-class BlockRunner(Protocol):
-    """Runs `num_rounds` rounds from `state`; returns the new state and stacked metrics."""
-
-    compile_seconds: float
-
-    def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]: ...
-
-    def state_for_checkpoint(self, state: FedState) -> FedState:
-        """The complete state to save (an executor may keep client states elsewhere)."""
-        ...
-
-    def close(self) -> None: ...
+def default_callbacks(
+    config: Config,
+    checkpointer: Checkpointer,
+    show_progress: bool,
+    stop_after_round: int | None,
+) -> list[Callback]:
+    """The callbacks of `jfedrl train`, in the order they see each block."""
+    accountant = privacy.accountant(config)
+    # The trackers come first, so that they end last, after the curve is drawn.
+    chosen: list[Callback] = trackers.trackers(config)
+    if config.log.plot:
+        chosen.append(callbacks.PlotCurve())
+    chosen.append(callbacks.CheckParticipation())
+    if accountant is not None:
+        chosen.append(callbacks.PrivacyLedger(accountant))
+    chosen.append(callbacks.WriteMetrics())
+    if config.env.drift != "none":
+        chosen.append(callbacks.LogDrift())
+    chosen.append(callbacks.StopOnCtrlC())
+    if stop_after_round is not None:
+        chosen.append(callbacks.StopAfterRound(stop_after_round))
+    chosen += [callbacks.SaveCheckpoint(checkpointer), callbacks.ShowProgress(show_progress)]
+    return chosen
 
 
 class InProcessRunner:
@@ -426,7 +431,7 @@ def train(
 ) -> TrainResult:
     """Runs (or resumes) a federated training run and writes its outputs.
 
-    Under `jfedrl.distributed` every process calls this with the same config;
+    Under `jfedrl.run.distributed` every process calls this with the same config;
     process 0 locks the run folder and writes its files, all of them compute.
 
     Args:
@@ -497,7 +502,7 @@ def _train_locked(
     # in-process one starts compiling the first block while `_start` builds the state.
     executor = None
     if config.offload.executor == "inprocess":
-        executor = plugins.executor("inprocess").make_runner(simulator, run_dir)
+        executor = plugins.executor("inprocess").build_runner(simulator, run_dir)
     try:
         if resume:
             check_resume_rounds(config, checkpointer)
@@ -531,7 +536,7 @@ def _train_locked(
         show_progress = config.log.progress if progress is None else progress
         callbacks = default_callbacks(config, checkpointer, show_progress, stop_after_round)
         if executor is None:
-            executor = plugins.executor(config.offload.executor).make_runner(simulator, run_dir)
+            executor = plugins.executor(config.offload.executor).build_runner(simulator, run_dir)
         run = Run(config, simulator, run_dir, executor)
         with contextlib.ExitStack() as stack:
             for callback in callbacks:
@@ -706,7 +711,7 @@ def finish_block(
 ) -> tuple[Block, float]:
     """Evaluates a finished block, makes its records and passes it through the callbacks.
 
-    Shared by `train` and `jfedrl.sweep` (which runs many runs' blocks as one program).
+    Shared by `train` and `jfedrl.experiments.sweep` (which runs many runs' blocks as one program).
 
     Args:
         run: the run the block belongs to.

@@ -10,7 +10,7 @@ mapping of config fields), and `seeds` (a count, or a list of seeds):
     seeds: 4
     threshold: 400                            # optional: steps/seconds to this eval return
 
-Setups that differ only in traceable fields (`jfedrl.traced.TRACEABLE`: learning
+Setups that differ only in traceable fields (`jfedrl.experiments.traced.TRACEABLE`: learning
 rates, loss coefficients, server step sizes... values that change no shape and
 steer no Python code) form one group, and a group runs as ONE program:
 `Simulator.run_block` vmapped over a leading run axis (setups x seeds) of states
@@ -52,24 +52,27 @@ import jax
 import numpy as np
 import yaml
 
-from jfedrl import traced
-from jfedrl.callbacks import Callback, Run, StopOnCtrlC, default_callbacks
-from jfedrl.checkpoint import Checkpointer, CheckpointError
-from jfedrl.compare import compare, run_summary
-from jfedrl.config import Config, ConfigError, from_dict, save_yaml, validate
-from jfedrl.federated import FedState, Simulator, make_simulator
-from jfedrl.outputs import RunLock, read_metrics, setup_logging
-from jfedrl.runner import (
+from jfedrl.config import Config, from_dict
+from jfedrl.experiments import traced
+from jfedrl.experiments.compare import compare, run_summary
+from jfedrl.round.simulator import FedState, Simulator, make_simulator
+from jfedrl.run.callbacks import Callback, Run, StopOnCtrlC
+from jfedrl.run.checkpoint import Checkpointer, CheckpointError
+from jfedrl.run.outputs import RunLock, read_metrics, setup_logging
+from jfedrl.run.runner import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     InProcessRunner,
     _start,
     block_rounds,
+    default_callbacks,
     enable_compilation_cache,
     finish_block,
     timed_block,
 )
-from jfedrl.schema import override, to_dict
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override, save_yaml, to_dict
+from jfedrl.validation import validate
 
 log = logging.getLogger("jfedrl")
 
@@ -226,7 +229,7 @@ class Group:
 
 
 def plan_groups(sweep: Sweep) -> list[Group]:
-    """Groups the setups whose configs differ only in traceable fields (`jfedrl.traced`)."""
+    """Groups the setups whose configs differ only in traceable fields (see `traced`)."""
     keys: list[dict[str, Any]] = []
     members: list[list[int]] = []
     for index, setup in enumerate(sweep.setups):
@@ -320,7 +323,7 @@ def _run_block_vmapped(
     """`Simulator.run_block` over a leading run axis of `states` and traced `values`.
 
     Each run's simulator is rebuilt inside the trace with its own traced values
-    (`jfedrl.traced`), so one program serves every setup of the group.
+    (`jfedrl.experiments.traced`), so one program serves every setup of the group.
     """
 
     def one(state, run_values):

@@ -1,7 +1,7 @@
 """The config checks every section uses: one error type, a few helpers.
 
 Every error names the dotted field and what is allowed (the allowed names, or
-the bound), so that `jfedrl.config.validate` and each algorithm, strategy,
+the bound), so that `jfedrl.validation.validate` and each algorithm, strategy,
 environment and executor check read and fail the same way, before anything is
 written or compiled.
 """

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jfedrl.checks import ConfigError
+from jfedrl.schema.checks import ConfigError
 
 FORMATS = ("gif", "mp4")
 SIZE = (300, 200)

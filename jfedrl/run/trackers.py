@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jfedrl import distributed
-from jfedrl.callbacks import Block, Callback, Run
-from jfedrl.checks import ConfigError
-from jfedrl.config import Config, flat_fields, to_dict
-from jfedrl.federated import FedState
-from jfedrl.outputs import CURVE_FILE
+from jfedrl.config import Config
+from jfedrl.round.simulator import FedState
+from jfedrl.run import distributed
+from jfedrl.run.callbacks import Block, Callback, Run
+from jfedrl.run.outputs import CURVE_FILE
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import flat_fields, to_dict
 
 WANDB_ID_FILE = "wandb_run_id"
 MLFLOW_ID_FILE = "mlflow_run_id"

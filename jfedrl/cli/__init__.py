@@ -23,9 +23,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from jfedrl import plugins, signals
-from jfedrl.config import Config, ConfigError, DistributedConfig, flat_fields
-from jfedrl.schema import override
+from jfedrl import plugins
+from jfedrl.config import Config, DistributedConfig
+from jfedrl.run import signals
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import flat_fields, override
 
 #: Short flags -> config paths.
 SHORTCUTS = {
@@ -241,7 +243,7 @@ def _launch(args: argparse.Namespace, config: Config | None) -> DistributedConfi
     `config` is a new run's; a resumed run's config.yaml keeps no process layout,
     so only the flags give it.
     """
-    from jfedrl.config import validate_distributed
+    from jfedrl.validation import validate_distributed
 
     if config is None:
         launch = {k: v for k, v in config_overrides(args).items() if k.startswith("distributed.")}
@@ -254,7 +256,7 @@ def _launch(args: argparse.Namespace, config: Config | None) -> DistributedConfi
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
-    from jfedrl.devices import configure_host_devices
+    from jfedrl.run.devices import configure_host_devices
 
     if args.extend is not None and not args.resume:
         raise ConfigError(
@@ -279,7 +281,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     layout = configure_host_devices(participants, args.host_devices)
     primary = True
     if dist.enabled:
-        from jfedrl import distributed
+        from jfedrl.run import distributed
 
         distributed.initialize(dist)
         primary = distributed.is_primary()
@@ -287,7 +289,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"jfedrl: {layout.describe()}", flush=True)
         if dist.enabled:
             print(f"jfedrl: {distributed.describe()}", flush=True)
-    from jfedrl import runner
+    from jfedrl.run import runner
 
     if args.resume:
         config = runner.resume_config(args.resume, config_overrides(args), args.extend)
@@ -323,7 +325,7 @@ def _sweep_layout(path: str | Path) -> Any:
     import yaml
 
     from jfedrl.config import from_dict, participants_per_round
-    from jfedrl.devices import configure_host_devices
+    from jfedrl.run.devices import configure_host_devices
 
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -354,7 +356,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     part = _part(args.part)
     layout = _sweep_layout(Path(args.resume) / "sweep.yaml" if args.resume else args.sweep_file)
     print(f"jfedrl: {layout.describe()}", flush=True)  # stdout: stderr holds only an error
-    from jfedrl import sweep
+    from jfedrl.experiments import sweep
 
     if args.sweep_file:
         for line in sweep.describe_groups(sweep.load(args.sweep_file)):
@@ -386,7 +388,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from jfedrl.compare import compare
+    from jfedrl.experiments.compare import compare
 
     compare(
         args.dirs,
@@ -407,7 +409,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
-    from jfedrl.devices import configure_host_devices
+    from jfedrl.run.devices import configure_host_devices
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     if out.exists() and not out.is_dir():  # before anything is restored or compiled
@@ -415,14 +417,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     saved = Path(args.run_dir) / "config.yaml"  # evaluate_run names a missing one
     run_config = load_yaml(saved) if saved.is_file() else Config()
     if args.video:  # before anything is restored, compiled or evaluated
-        from jfedrl import video
+        from jfedrl.experiments import video
 
         video.check_format(args.video_format)
         if saved.is_file():
             video.renderer_for(run_config.env.name)
     # The layout train would pick; a checkpoint restores under any (its slots are re-padded).
     configure_host_devices(participants_per_round(run_config.federation), args.host_devices)
-    from jfedrl import evaluate
+    from jfedrl.experiments import evaluate
 
     result = evaluate.evaluate_run(
         args.run_dir,
@@ -451,7 +453,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from jfedrl.config import load_yaml, participants_per_round
-    from jfedrl.devices import configure_host_devices
+    from jfedrl.run.devices import configure_host_devices
 
     out = Path(args.out)
     if out.exists() and not args.force:  # before jax starts or anything is restored
@@ -463,7 +465,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--client: must be in 0..{clients - 1}, got {args.client}")
     # The run's own device layout: the checkpoint's padded shapes depend on it.
     configure_host_devices(participants_per_round(config.federation))
-    from jfedrl.export import export_policy
+    from jfedrl.experiments.export import export_policy
 
     exported = export_policy(
         args.run_dir, out, round_index=args.round, client=args.client, force=args.force
@@ -481,8 +483,8 @@ def _dry_run(config: Config) -> int:
     """`jfedrl train --dry-run`: compile one block, print its memory needs, write nothing."""
     import jax
 
-    from jfedrl import devices
-    from jfedrl.federated import Simulator, make_simulator
+    from jfedrl.round.simulator import Simulator, make_simulator
+    from jfedrl.run import devices
 
     simulator = make_simulator(config)
     state = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
@@ -579,7 +581,7 @@ def _cmd_envs() -> int:
 def _cmd_config() -> int:
     import yaml
 
-    from jfedrl.config import to_dict
+    from jfedrl.schema.convert import to_dict
 
     docs = {path: doc for path, _, doc in flat_fields(Config)}
     text = yaml.safe_dump(to_dict(Config()), sort_keys=False)
@@ -601,8 +603,8 @@ def _user_error(error: Exception) -> bool:
     The run's own error classes are imported only here, once an error exists:
     importing them at start would import jax before `configure_host_devices`.
     """
-    from jfedrl.callbacks import ParticipationError
-    from jfedrl.privacy import PrivacyBudgetExhausted
+    from jfedrl.run.callbacks import ParticipationError
+    from jfedrl.strategies.privacy import PrivacyBudgetExhausted
 
     return isinstance(error, (ValueError, ParticipationError, PrivacyBudgetExhausted))
 
@@ -648,8 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     if argv is None and args.command not in ("envs", "config", "compare"):
         # The `jfedrl` command itself (not a call from Python), before JAX is imported:
-        # XLA's spurious compilation-cache lines are kept off stderr (jfedrl.stderr_filter).
-        from jfedrl import stderr_filter
+        # XLA's spurious compilation-cache lines are kept off stderr (jfedrl.run.stderr_filter).
+        from jfedrl.run import stderr_filter
 
         stderr_filter.install()
     try:
@@ -690,7 +692,3 @@ def main(argv: list[str] | None = None) -> int:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

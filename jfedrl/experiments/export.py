@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jfedrl.config import ConfigError
+from jfedrl.schema.checks import ConfigError
 
 #: The activations the networks use (`jfedrl.algorithms.networks.ACTIVATIONS`).
 ACTIVATIONS = ("tanh", "relu", "gelu", "swish")
@@ -111,8 +111,8 @@ def export_policy(
     """
     import jax
 
-    from jfedrl import evaluate
     from jfedrl.config import load_yaml
+    from jfedrl.experiments import evaluate
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not force:

@@ -36,14 +36,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
-from jfedrl.config import Config, participants_per_round, validate
-from jfedrl.environment import ClientEnvs, make_client_envs
+from jfedrl.config import Config, participants_per_round
+from jfedrl.round.environment import ClientEnvs, make_client_envs
+from jfedrl.round.xla_cpu import unroll_threefry_on_cpu
 from jfedrl.strategies import ClientInfo, Strategy
 from jfedrl.strategies.dp import clip_factors
 from jfedrl.tree import tree_where
-from jfedrl.xla_cpu import unroll_threefry_on_cpu
+from jfedrl.validation import validate
 
-unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/xla_cpu.py
+unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/round/xla_cpu.py
 
 #: Streams folded into the round key for the draws of system heterogeneity and
 #: staleness, apart from the round key's `split`, so runs without them draw as before.
@@ -191,7 +192,7 @@ class Simulator:
     mesh: Mesh | None = None
     """A 1-D `clients` mesh over every device (of every process), or None on one device."""
     multiprocess: bool = False
-    """The mesh spans several processes (`jfedrl.distributed`): the state's placement is
+    """The mesh spans several processes (`jfedrl.run.distributed`): the state's placement is
     then explicit (`state_shardings`), so each process holds only its own shards."""
 
     @property

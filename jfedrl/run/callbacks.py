@@ -8,7 +8,7 @@ not an edit of the loop. A callback may annotate the block's records (they are
 written by the callbacks after it) or return a changed block: a stop request,
 an error to raise once the block is saved, or the state to continue from.
 
-In a multi-process run (`jfedrl.distributed`) every process runs every
+In a multi-process run (`jfedrl.run.distributed`) every process runs every
 callback, so the collectives among them (gathering arrays, agreeing to stop,
 orbax's save) happen everywhere; only process 0 writes files and shows progress.
 """
@@ -22,21 +22,34 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jax
 from flax import serialization
 
-from jfedrl import __version__, distributed, privacy, signals
-from jfedrl.checkpoint import Checkpointer
+from jfedrl import __version__
 from jfedrl.config import Config
-from jfedrl.federated import FedState, Simulator
-from jfedrl.outputs import MetricsWriter, plot_learning_curve, to_jsonable
-
-if TYPE_CHECKING:  # the runner imports this module
-    from jfedrl.runner import BlockRunner
+from jfedrl.round.simulator import FedState, Simulator
+from jfedrl.run import distributed, signals
+from jfedrl.run.checkpoint import Checkpointer
+from jfedrl.run.outputs import MetricsWriter, plot_learning_curve, to_jsonable
+from jfedrl.strategies import privacy
 
 log = logging.getLogger("jfedrl")
+
+
+class BlockRunner(Protocol):
+    """Runs `num_rounds` rounds from `state`; returns the new state and stacked metrics."""
+
+    compile_seconds: float
+
+    def run_block(self, state: FedState, num_rounds: int) -> tuple[FedState, dict]: ...
+
+    def state_for_checkpoint(self, state: FedState) -> FedState:
+        """The complete state to save (an executor may keep client states elsewhere)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -420,30 +433,3 @@ class PlotCurve(Callback):
             )
         except Exception as error:  # a full disk, a broken matplotlib backend, ...
             log.warning("learning curve not written: %s: %s", type(error).__name__, error)
-
-
-def default_callbacks(
-    config: Config,
-    checkpointer: Checkpointer,
-    show_progress: bool,
-    stop_after_round: int | None,
-) -> list[Callback]:
-    """The callbacks of `jfedrl train`, in the order they see each block."""
-    from jfedrl import trackers
-
-    accountant = privacy.accountant(config)
-    # The trackers come first, so that they end last, after the curve is drawn.
-    callbacks: list[Callback] = trackers.trackers(config)
-    if config.log.plot:
-        callbacks.append(PlotCurve())
-    callbacks.append(CheckParticipation())
-    if accountant is not None:
-        callbacks.append(PrivacyLedger(accountant))
-    callbacks.append(WriteMetrics())
-    if config.env.drift != "none":
-        callbacks.append(LogDrift())
-    callbacks.append(StopOnCtrlC())
-    if stop_after_round is not None:
-        callbacks.append(StopAfterRound(stop_after_round))
-    callbacks += [SaveCheckpoint(checkpointer), ShowProgress(show_progress)]
-    return callbacks

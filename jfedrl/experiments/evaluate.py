@@ -7,7 +7,7 @@ periodic evaluation does: with the global policy, the default episodes, all
 clients and the default key, the mean is the run's `eval_return` at that round.
 `--policy local` runs each chosen client's own params instead (its state after
 its last local training, which every checkpoint holds), with the same keys.
-`--video` renders one episode per chosen client to a GIF or MP4 (`jfedrl.video`).
+`--video` renders one episode per chosen client to a GIF or MP4 (`jfedrl.experiments.video`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jfedrl.config import ConfigError
+from jfedrl.schema.checks import ConfigError
 
 EVAL_DIR = "eval"
 POLICIES = ("global", "local")
@@ -74,9 +74,9 @@ def _load(
     """The run's config (with `episodes`), simulator, restored state and chosen clients."""
     import jax
 
-    from jfedrl.checkpoint import Checkpointer
-    from jfedrl.federated import make_simulator
-    from jfedrl.runner import CHECKPOINT_DIR, enable_compilation_cache, resume_config
+    from jfedrl.round.simulator import make_simulator
+    from jfedrl.run.checkpoint import Checkpointer
+    from jfedrl.run.runner import CHECKPOINT_DIR, enable_compilation_cache, resume_config
 
     enable_compilation_cache()
     if not (run_dir / "config.yaml").is_file():
@@ -159,7 +159,7 @@ def evaluate_run(
         CheckpointError: no checkpoint, or it does not match the run's config.
         ConfigError: a client id, the episode count or the policy is out of range (named).
     """
-    from jfedrl.runner import eval_key_of, sim_eval
+    from jfedrl.run.runner import eval_key_of, sim_eval
 
     _check_policy(policy)
     run_dir = Path(run_dir)
@@ -221,8 +221,8 @@ def record_videos(
     """
     import jax
 
-    from jfedrl import video
-    from jfedrl.runner import eval_key_of, resume_config
+    from jfedrl.experiments import video
+    from jfedrl.run.runner import eval_key_of, resume_config
 
     _check_policy(policy)
     video.check_format(video_format)

@@ -24,7 +24,7 @@ import jax
 
 from jfedrl import algorithms, strategies
 from jfedrl.config import Config
-from jfedrl.schema import replace_path
+from jfedrl.schema.convert import replace_path
 
 #: Coefficients that switch a loss term on when > 0 (`algorithms.common.switched_on`):
 #: setups with the term on share a program with the coefficient traced; setups with it
@@ -119,7 +119,9 @@ def with_traced(config: Config, values: Mapping[str, Any]) -> Config:
     """`config` with each `dotted.path -> value` of `values` set (values may be tracers)."""
     for path in values:
         if path not in TRACEABLE:
-            raise ValueError(f"{path}: not a traceable field (see jfedrl.traced.TRACEABLE)")
+            raise ValueError(
+                f"{path}: not a traceable field (see jfedrl.experiments.traced.TRACEABLE)"
+            )
     for path, value in values.items():
         config = set_path(config, path, value)
     return config

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jfedrl.config import ConfigError
+from jfedrl.schema.checks import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
@@ -273,7 +273,7 @@ def new_figure(
 def setup_logging(run_dir: Path, quiet: bool = False, process_index: int = 0) -> None:
     """Logs to run_dir/train.log and (unless quiet) to stderr.
 
-    In a multi-process run (`jfedrl.distributed`) only process 0 does; the others
+    In a multi-process run (`jfedrl.run.distributed`) only process 0 does; the others
     log only warnings and errors, to stderr, tagged with their index.
     """
     logger = logging.getLogger("jfedrl")

@@ -1,0 +1,3 @@
+"""Work built on runs: sweeps (traced hyperparameters in one program), multi-seed
+comparisons, evaluation on held-out clients, videos and policy export.
+"""

@@ -1,0 +1,5 @@
+"""The run loop and what it writes: blocks of rounds, callbacks, checkpoints, logs.
+
+Also the process plumbing a run needs: host devices, `jax.distributed`, signals,
+the XLA stderr filter and the experiment trackers.
+"""
