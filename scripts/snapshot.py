@@ -2,7 +2,7 @@
 
 Builds tiny configs (2 clients, hidden layers of 8, small replay buffers, short rollouts)
 for ppo, a2c, dqn, td3 and ddpg, one fedadam strategy case on ppo, and a two-run sweep
-group (two PPO learning rates vmapped in one program, `jfedrl.sweep.VmappedRunner`).
+group (two PPO learning rates vmapped in one program, `jfedrl.experiments.sweep.VmappedRunner`).
 Each case runs `init` and one block of 2 rounds, then one evaluation; every leaf of the
 final state, the metrics and the evaluation returns is stored under
 `<case>/<kind><jax key path>`. Metadata (`meta/jax_version`, `meta/cpu_key`) says where
@@ -24,8 +24,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jfedrl import federated, runner, sweep
-from jfedrl.config import Config, override
+from jfedrl.config import Config
+from jfedrl.experiments import sweep
+from jfedrl.round import simulator as federated
+from jfedrl.run import runner
+from jfedrl.schema.convert import override
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "snapshot-v0.npz"
 
@@ -144,7 +147,7 @@ def _sweep_case() -> dict[str, np.ndarray]:
 
 
 def metadata() -> dict[str, np.ndarray]:
-    """Where a snapshot is made: the jax version and `jfedrl.runner.cpu_key()`."""
+    """Where a snapshot is made: the jax version and `jfedrl.run.runner.cpu_key()`."""
     return {
         "meta/jax_version": np.asarray(jax.__version__),
         "meta/cpu_key": np.asarray(runner.cpu_key()),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jfedrl.config import load_yaml
-from jfedrl.outputs import read_metrics
+from jfedrl.run.outputs import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "run-v0"
