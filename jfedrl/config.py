@@ -12,11 +12,18 @@ The field declarations and their docstrings are the schema: docs/config.md and
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jfedrl import algorithms, strategies
 from jfedrl.schema import convert as schema
+from jfedrl.schema import legacy
+from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.fields import Facts, facts_of, param
+
+_SYSTEM_REASON = "switches system heterogeneity on in Python"
 
 #: `federation.on_rejected_aggregate`: what a round with a non-finite aggregate does.
 REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
@@ -26,14 +33,14 @@ REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
 class EnvConfig:
     """Which environment every client runs, and how clients differ."""
 
-    name: str = "CartPole-v1"
+    name: str = param("CartPole-v1", alias="env")
     """Registered environment name (`jfedrl envs` lists them)."""
     backend: str = ""
     """Brax physics backend: `spring`, `positional`, `generalized`, `mjx` (empty:
     `spring`, the fastest on CPU; on a GPU prefer `mjx`). Only for `brax-*` envs."""
     max_episode_steps: int = 0
     """Episode time limit in steps (0: the environment's own limit)."""
-    variant: str = "default"
+    variant: str = param("default", alias="variant")
     """Client heterogeneity: `default` (all identical), `random` (each tunable param
     uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018."""
     ranges: dict[str, Any] = field(default_factory=dict)
@@ -41,7 +48,7 @@ class EnvConfig:
     variant's ranges, e.g. `{length: [0.3, 0.9]}`."""
     values: dict[str, Any] = field(default_factory=dict)
     """Explicit per-client values: `{param: [v_client0, v_client1, ...]}` (one per client)."""
-    drift: str = "none"
+    drift: str = param("none", alias="drift")
     """Non-stationary dynamics: `none`, `switch`, `linear`, `sinusoidal`, `random_walk`."""
     drift_params: tuple[str, ...] = ()
     """Which physical parameters drift (empty: the environment's default set)."""
@@ -58,282 +65,73 @@ class EnvConfig:
     """Std of an impulse (in the env's velocity units) or of the observation noise."""
 
 
-@dataclass(frozen=True)
-class PPOConfig:
-    """Proximal policy optimisation (Schulman et al. 2017) and its variants."""
-
-    num_envs: int = 4
-    """Parallel environments per client."""
-    num_steps: int = 128
-    """Steps per environment in one rollout (one local update)."""
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    learning_rate: float = 2.5e-3
-    """Adam step size (high for PPO, but FedAvg of 16 clients averages the noise;
-    the default run solves CartPole-v1 with it; lower it for harder tasks)."""
-    anneal_lr: bool = True
-    """Linearly anneal the learning rate to zero over `federation.schedule_rounds` rounds
-    (default: the whole run as started), then hold it at zero."""
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    objective: str = "clip"
-    """Policy objective: `clip`, `none` (plain ratio), `kl` (KL penalty), `mdpo`."""
-    kl_coef: float = 0.01
-    """beta for the `kl` and `mdpo` objectives."""
-    kl_target: float = 0.0
-    """If > 0, adapt beta after each local update (Schulman et al. 2017, sec. 4): doubled if
-    the update's mean KL[pi_old || pi] exceeds 1.5 kl_target, halved if below kl_target / 1.5."""
-    comm_coef: float = 0.0
-    """Weight of the communication KL term (seed 002 `--comm-coeff`): KL between
-    the policy and `comm_reference` (KL[ref, pi], or KL[pi, ref] for `mdpo`)."""
-    comm_reference: str = "global"
-    """Communication target: `global` (the broadcast global policy) or `mixture`
-    (the weighted mixture of the peers' last-round policies)."""
-    mixture_samples: int = 8
-    """Monte-Carlo samples per state of the KL to or from a Gaussian mixture (continuous
-    actions with `comm_reference: mixture`; it has no closed form). Discrete: exact."""
-    prox_mu: float = 0.0
-    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+def _sections(cls_name: str, doc: str, head: list, specs: Any) -> type:
+    """A frozen dataclass of the `head` fields plus one field per spec with a section."""
+    fields = list(head)
+    for spec in specs:
+        if spec.section is not None:
+            fields.append((spec.name, spec.section, field(default_factory=spec.section)))
+    cls = dataclasses.make_dataclass(cls_name, fields, frozen=True)
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class A2CConfig:
-    """Synchronous advantage actor-critic (Mnih et al. 2016, the synchronous A3C)."""
-
-    num_envs: int = 8
-    """Parallel environments per client (A3C's parallel actor-learners)."""
-    num_steps: int = 16
-    """Steps per environment in one rollout: the n of the n-step return (A3C's t_max)."""
-    learning_rate: float = 2e-3
-    """Step size of `optimizer`."""
-    optimizer: str = "rmsprop"
-    """`rmsprop` (Mnih et al. 2016: decay 0.99, eps 1e-5 outside the root) or `adam`."""
-    anneal_lr: bool = False
-    """Linearly anneal the learning rate to zero over `federation.schedule_rounds` rounds
-    (default: the whole run as started), then hold it at zero."""
-    gamma: float = 0.99
-    """Discount factor in (0, 1]."""
-    gae_lambda: float = 1.0
-    """1.0: plain n-step returns (A3C); < 1: GAE(lambda) advantages (Schulman et al. 2016)."""
-    ent_coef: float = 0.01
-    """Entropy bonus weight (>= 0)."""
-    vf_coef: float = 0.5
-    """Value loss weight (>= 0)."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip (> 0)."""
-    normalize_advantages: bool = False
-    """Standardise the advantages of each rollout batch."""
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the (separate) actor and critic MLPs."""
-    activation: str = "tanh"
-    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
-    comm_coef: float = 0.0
-    """Weight (>= 0) of the communication term KL[pi_global || pi] towards the broadcast
-    global policy (seed 002 `--comm-coeff`)."""
-    prox_mu: float = 0.0
-    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+AlgoConfig = _sections(
+    "AlgoConfig",
+    "The local learning algorithm: its name, and one section per registered algorithm.",
+    [
+        (
+            "name",
+            str,
+            param(
+                "ppo",
+                alias="algo",
+                doc=f"Registered algorithm: {', '.join(algorithms.names())} (docs/algorithms.md).",
+            ),
+        )
+    ],
+    algorithms.specs(),
+)
 
 
-@dataclass(frozen=True)
-class DQNConfig:
-    """Deep Q-learning (Mnih et al. 2015) with double and dueling switches."""
-
-    num_envs: int = 4
-    """Parallel environments per client."""
-    num_steps: int = 32
-    """Steps per environment in one local update; all are stored in the replay buffer."""
-    gradient_steps: int = 32
-    """Gradient updates per local update (after its rollout)."""
-    batch_size: int = 64
-    """Transitions sampled uniformly from the replay buffer per gradient update."""
-    buffer_size: int = 10000
-    """Replay capacity per client, in transitions (>= num_envs * num_steps); memory is
-    num_clients x buffer_size x (2 x obs size + 3) floats."""
-    learning_starts: int = 1000
-    """Environment steps a client collects before its first gradient update."""
-    learning_rate: float = 1e-3
-    """Adam step size."""
-    max_grad_norm: float = 10.0
-    """Global gradient-norm clip (> 0)."""
-    gamma: float = 0.99
-    """Discount factor in (0, 1]."""
-    epsilon_start: float = 1.0
-    """Initial epsilon of the epsilon-greedy exploration, in [0, 1]."""
-    epsilon_end: float = 0.05
-    """Final epsilon, in [0, 1]."""
-    exploration_fraction: float = 0.5
-    """Fraction in (0, 1] of a client's step budget (federation.schedule_rounds x
-    local_updates x num_steps x num_envs, counted on the client's own steps) over which
-    epsilon decays linearly."""
-    target_update_interval: int = 100
-    """Gradient updates between target-network updates."""
-    tau: float = 1.0
-    """Target update: 1 copies the online network (Mnih et al. 2015); < 1 is Polyak
-    averaging target <- tau online + (1 - tau) target."""
-    target_sync: str = "global"
-    """At each broadcast the target network is `global` (reset to the new global params)
-    or `local` (kept; it only follows the client's own online network)."""
-    double: bool = False
-    """Double DQN targets (van Hasselt et al. 2016): online argmax, target evaluation."""
-    dueling: bool = False
-    """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
-    loss: str = "mse"
-    """TD loss: `mse` or `huber` (Mnih et al. 2015's error clipping)."""
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the Q-network."""
-    activation: str = "relu"
-    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
-    prox_mu: float = 0.0
-    """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
-
-
-@dataclass(frozen=True)
-class TD3Config:
-    """Twin delayed DDPG (Fujimoto et al. 2018), or DDPG (Lillicrap et al. 2016)."""
-
-    num_envs: int = 4
-    """Parallel environments per client."""
-    num_steps: int = 50
-    """Steps per environment in one local update; all are stored in the replay buffer."""
-    gradient_steps: int = 100
-    """Critic updates per local update (after its rollout); the actor is updated every
-    `policy_delay` of them."""
-    batch_size: int = 128
-    """Transitions sampled uniformly from the replay buffer per gradient update."""
-    buffer_size: int = 100000
-    """Replay capacity per client, in transitions (>= num_envs * num_steps); memory is
-    num_clients x buffer_size x (2 x obs size + action size + 2) floats."""
-    learning_starts: int = 1000
-    """Environment steps a client takes with uniformly random actions before learning."""
-    actor_learning_rate: float = 1e-3
-    """Adam step size of the actor."""
-    critic_learning_rate: float = 1e-3
-    """Adam step size of the critics."""
-    gamma: float = 0.99
-    """Discount factor in (0, 1]."""
-    tau: float = 0.005
-    """Polyak rate in (0, 1] of the target networks."""
-    exploration_noise: float = 0.1
-    """Std (>= 0) of the Gaussian exploration noise, in units of the action half-range."""
-    policy_noise: float = 0.2
-    """Std (>= 0) of the target policy smoothing noise, in units of the action half-range."""
-    noise_clip: float = 0.5
-    """Clip (>= 0) of the target policy smoothing noise, in units of the action half-range."""
-    policy_delay: int = 2
-    """Critic updates per actor (and target) update."""
-    ddpg: bool = False
-    """DDPG instead of TD3: one critic, no target smoothing, no delay (Lillicrap et al. 2016,
-    with Gaussian exploration as in Fujimoto et al.'s DDPG baseline)."""
-    target_sync: str = "local"
-    """At each broadcast the target networks are `local` (kept; they follow the client's
-    online networks by Polyak averaging, as in seed 001) or `global` (reset to the new
-    global params)."""
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the actor and of each critic (small for CPU runs; Fujimoto
-    et al. use (400, 300) on MuJoCo)."""
-    activation: str = "relu"
-    """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
-    comm_coef: float = 0.0
-    """Weight (>= 0) of seed 001's regulariser towards the global actor: mean
-    ||mu(s) - mu_global(s)||^2 over the batch (the KL between equal-variance Gaussian
-    policies around the two actions, up to a constant factor)."""
-    prox_mu: float = 0.0
-    """FedProx proximal term mu/2 ||w - w_global||^2 on the actor and the critics."""
-    critic_period: int = 1
-    """Rounds between aggregations of the critic (seed 001's N, as N / critic steps per
-    round; docs/algorithms.md). Between them each client keeps its own critic."""
-    actor_period: int = 1
-    """Rounds between aggregations of the actor (seed 001's M * L, as M * L / critic steps
-    per round, M = policy_delay). Between them each client keeps its own actor."""
-
-
-@dataclass(frozen=True)
-class AlgoConfig:
-    """The local learning algorithm."""
-
-    name: str = "ppo"
-    """Registered algorithm: ppo, a2c, dqn, td3 (docs/algorithms.md)."""
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    a2c: A2CConfig = field(default_factory=A2CConfig)
-    dqn: DQNConfig = field(default_factory=DQNConfig)
-    td3: TD3Config = field(default_factory=TD3Config)
-
-
-@dataclass(frozen=True)
-class StrategyConfig:
-    """How the server turns client models into the next global model (docs/strategies.md)."""
-
-    name: str = "fedavg"
-    """Registered strategy: fedavg, mean, reward_weighted, evolutionary, fedavgm, fedadam,
-    fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, dp_fedavg, fedprox, fednova."""
-    server_lr: float = 1.0
-    """Server learning rate (> 0) of fedavgm / fedadam / fedyogi / fedadagrad. 1.0 suits
-    fedavgm; the adaptive rules step about server_lr per coordinate, so use ~1e-3..1e-2."""
-    server_momentum: float = 0.9
-    """fedavgm: server momentum in [0, 1) (0 with server_lr 1 is exactly fedavg)."""
-    beta1: float = 0.9
-    """fedadam / fedyogi: first-moment decay in [0, 1)."""
-    beta2: float = 0.99
-    """fedadam / fedyogi: second-moment decay in [0, 1)."""
-    tau: float = 1e-3
-    """Adaptivity (epsilon, > 0) of the adaptive server optimisers (Reddi et al. 2021)."""
-    trim_beta: float = 0.1
-    """trimmed_mean: fraction in [0, 0.5) trimmed from each end, per coordinate."""
-    krum_f: int = 1
-    """krum / multi_krum: Byzantine clients tolerated; needs participants n > 2f + 2."""
-    krum_m: int = 0
-    """multi_krum: clients averaged, in [0, n - f] (0: n - f)."""
-    krum_weighting: str = "mean"
-    """multi_krum: average the selected clients with equal weights (`mean`, Blanchard et al.
-    2017) or by their environment steps n_k (`num_steps`, as Flower's Multi-Krum)."""
-    reward_weighting: str = "min_shift"
-    """reward_weighted: `min_shift` (return - min + eps) or `softmax` (exp(return / T))."""
-    temperature: float = 1.0
-    """reward_weighted: softmax temperature T (> 0), in units of return."""
-    evo_algorithm: str = "differential_evolution"
-    """evolutionary: `differential_evolution` (>= 4 participants) or `pso`."""
-    evo_mutation: float = 0.5
-    """evolutionary (DE): differential weight F in (0, 2] of the mutation best + F (x_b - x_c)."""
-    evo_crossover: float = 0.9
-    """evolutionary (DE): binomial crossover rate CR in [0, 1]."""
-    pso_inertia: float = 0.7298
-    """evolutionary (pso): inertia w (>= 0); default: Clerc & Kennedy 2002 constriction."""
-    pso_cognitive: float = 1.49618
-    """evolutionary (pso): pull c1 (>= 0) towards each particle's own best."""
-    pso_social: float = 1.49618
-    """evolutionary (pso): pull c2 (>= 0) towards the swarm's best."""
-    dp_clip: float = 1.0
-    """dp_fedavg: per-client update L2 norm bound S (> 0)."""
-    dp_noise: float = 1.0
-    """dp_fedavg: noise multiplier z (>= 0); noise std = z * S / n_valid per coordinate."""
-    dp_delta: float = 1e-5
-    """dp_fedavg: the delta, in (0, 1), of the (epsilon, delta) spent so far that each round
-    reports (`dp_epsilon`, Renyi DP accountant); choose it well below 1 / num_clients."""
-    dp_epsilon_budget: float = 0.0
-    """dp_fedavg: epsilon budget (>= 0; 0: none); at it the run does `dp_budget_action`."""
-    dp_budget_action: str = "stop"
-    """dp_fedavg: at the budget, `stop` (end after the last round within it, checkpointed, with
-    an error) or `warn` (log a warning and go on)."""
-    prox_mu: float = 0.01
-    """fedprox: the proximal coefficient mu (> 0) of FedProx (Li et al. 2020); fedprox is
-    fedavg with the algorithm's term mu/2 ||w - w_global||^2, and this sets algo.<name>.prox_mu."""
-    clip_update_norm: float = 0.0
-    """If > 0, clip every client update to this L2 norm before aggregating (any strategy)."""
+StrategyConfig = _sections(
+    "StrategyConfig",
+    "How the server turns client models into the next global model (docs/strategies.md): "
+    "the rule's name, the fields every rule reads, and one section per rule that has "
+    "hyperparameters.",
+    [
+        (
+            "name",
+            str,
+            param(
+                "fedavg",
+                alias="strategy",
+                doc=f"Registered strategy: {', '.join(strategies.names())} (docs/strategies.md).",
+            ),
+        ),
+        (
+            "clip_update_norm",
+            float,
+            param(
+                0.0,
+                static_reason="switches update clipping on in Python",
+                doc="If > 0, clip every client update to this L2 norm before aggregating "
+                "(any strategy).",
+            ),
+        ),
+    ],
+    strategies.specs(),
+)
 
 
 @dataclass(frozen=True)
 class FederationConfig:
     """The federation: clients, rounds, local work, participation."""
 
-    num_clients: int = 16
-    rounds: int = 24
-    local_updates: int = 4
+    num_clients: int = param(16, alias="clients")
+    rounds: int = param(24, alias="rounds", resumable=True)
+    local_updates: int = param(4, alias="local-updates")
     """Local updates (rollout + epochs) each client runs per round (under system
     heterogeneity, the most any client runs: the static length of the local scan)."""
     local_updates_dist: str = "fixed"
@@ -345,17 +143,17 @@ class FederationConfig:
     local_updates_redraw: bool = False
     """Redraw every client's count each round (true), or draw it once per client for the
     whole run (false: a fixed property of the client's device)."""
-    straggler_prob: float = 0.0
+    straggler_prob: float = param(0.0, static_reason=_SYSTEM_REASON)
     """Probability in [0, 1] per round that a participant straggles: it completes only an
     integer uniform in [1, its count] of its local updates (its partial work is kept and
     weighted by the environment steps it took)."""
-    dropout_prob: float = 0.0
+    dropout_prob: float = param(0.0, static_reason=_SYSTEM_REASON)
     """Probability in [0, 1) per round that a participant drops out: it returns nothing, is
     masked out of the aggregate and keeps its state from before the round."""
     staleness: int = 0
     """Asynchrony: each participant starts its round from the global params of s rounds
     ago, s drawn uniformly in [0, min(staleness, round)] (0: synchronous rounds)."""
-    staleness_decay: float = 0.0
+    staleness_decay: float = param(0.0, traceable=True)
     """FedAsync staleness weighting a >= 0 (Xie et al. 2019): an update s rounds stale is
     scaled by (1 + s)^-a before aggregation; 0: no decay."""
     schedule_rounds: int = 0
@@ -366,7 +164,9 @@ class FederationConfig:
     """Pairs `start, end` of rounds over which the schedules run again from their start
     values (`jfedrl train --resume RUN --rounds MORE --extend restart` appends one), then
     hold their end values; counted, like the horizon, in each client's own steps."""
-    participation: float = 1.0
+    participation: float = param(
+        1.0, alias="participation", static_reason="sets the number of participants (a shape)"
+    )
     """Fraction (<= 1) or count (> 1) of clients sampled each round."""
     sampling: str = "uniform"
     """Client sampling: `uniform` or `weighted` (by environment steps)."""
@@ -381,7 +181,7 @@ class FederationConfig:
 class LogConfig:
     """Outputs: where, how often, what."""
 
-    run_dir: str = ""
+    run_dir: str = param("", alias="run-dir", reserved=True)
     """Output folder (default: runs/<env>-<strategy>-<timestamp>)."""
     rounds_per_block: int = 4
     """Rounds per jitted block; the host logs, evaluates and checkpoints between blocks."""
@@ -428,9 +228,9 @@ class OffloadConfig:
     section (`offload.golem` with offload installed).
     """
 
-    executor: str = "inprocess"
+    executor: str = param("inprocess", alias="executor")
     """`inprocess` (the jitted simulator), `local` (worker processes), `golem` or `ray`."""
-    shards: int = 1
+    shards: int = param(1, alias="shards")
     """Number of tasks the clients are split into each round (local: worker processes)."""
     max_retries: int = 2
     """Retries of a failed task before its clients are left out of the round."""
@@ -456,7 +256,7 @@ class DistributedConfig:
     this section at its defaults, so a resume gives it again (with any process count).
     """
 
-    enabled: bool = False
+    enabled: bool = param(False, alias="distributed")
     """Run as one of `num_processes` processes of one run (`jfedrl train --distributed`)."""
     coordinator: str = ""
     """`HOST:PORT` of process 0's coordinator (empty: auto-detected, e.g. under SLURM)."""
@@ -472,14 +272,16 @@ class DistributedConfig:
 class Config:
     """The whole run."""
 
-    seed: int = 0
+    seed: int = param(0, alias="seed", setup=False, reserved=True)
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    offload: OffloadConfig = field(default_factory=OffloadConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    log: LogConfig = param(default_factory=LogConfig, resumable=True, setup=False)
+    offload: OffloadConfig = param(default_factory=OffloadConfig, resumable=True, setup=False)
+    distributed: DistributedConfig = param(
+        default_factory=DistributedConfig, resumable=True, setup=False
+    )
 
 
 # ---------------------------------------------------------------- conversion
@@ -487,13 +289,25 @@ class Config:
 
 
 def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
-    """Builds `cls` (default: the whole `Config`) from a nested mapping over the defaults."""
+    """Builds `cls` (default: the whole `Config`) from a nested mapping over the defaults.
+
+    A whole config's old keys (files of earlier versions) are upgraded first
+    (`jfedrl.schema.legacy`).
+    """
+    if cls is Config and not prefix:
+        data = legacy.upgrade(data, renames(), _defaults())
     return schema.from_dict(data, cls, prefix)
 
 
 def load_yaml(path: str | Path) -> Config:
-    """Loads a (possibly partial) `Config` from YAML over the defaults."""
-    return schema.load_yaml(path, Config)
+    """Loads a (possibly partial) `Config` from YAML over the defaults (old keys upgraded)."""
+    return from_dict(schema.read_yaml_mapping(path))
+
+
+def renamed_error(path: str) -> ConfigError | None:
+    """The error for a field path of an earlier version (`strategy.krum_f`), else None."""
+    message = legacy.renamed_message(path, renames())
+    return None if message is None else ConfigError(message)
 
 
 def schedule_horizon(fed: FederationConfig) -> int:
@@ -526,22 +340,102 @@ def resolve_schedule(config: Config) -> Config:
     )
 
 
-def with_fedprox(config: Config) -> Config:
-    """`config` with `strategy.prox_mu` as the algorithm's `prox_mu` under `fedprox`.
-
-    FedProx (Li et al. 2020) is FedAvg on the server plus a proximal term in each
-    client's loss, which every algorithm has as `algo.<name>.prox_mu`; the
-    `fedprox` strategy routes its `prox_mu` there. Other strategies: unchanged.
-    """
-    if config.strategy.name != "fedprox":
-        return config
-    # Set as it is, not coerced: a sweep may trace `strategy.prox_mu` (jfedrl.experiments.traced).
-    path = f"algo.{config.algo.name}.prox_mu"
-    return schema.replace_path(config, path, config.strategy.prox_mu, coerce=False)
-
-
 def participants_per_round(fed: FederationConfig) -> int:
     """How many clients train each round (a static shape)."""
     if fed.participation <= 1.0:
         return max(1, round(fed.participation * fed.num_clients))
     return int(fed.participation)
+
+
+# ---------------------------------------------------------------- facts of the fields
+# The tables the sweep, `--resume`, `compare` and the CLI use, derived from the
+# facts each field declares (`jfedrl.schema.fields.param`), in field order.
+
+FACTS: dict[str, Facts] = facts_of(Config)
+"""Every leaf field of `Config` by dotted path, with its declared facts."""
+
+
+def traceable() -> tuple[str, ...]:
+    """The fields that may hold a traced scalar inside the jitted round (switches included)."""
+    return tuple(p for p, f in FACTS.items() if f.traceable)
+
+
+def switches() -> tuple[str, ...]:
+    """The coefficients that switch a term on when > 0: traced when on, 0 compiles apart."""
+    return tuple(p for p, f in FACTS.items() if f.switch)
+
+
+def static_reason(path: str) -> str:
+    """Why the field at `path` is compiled into the program (empty if undeclared)."""
+    facts = FACTS.get(path)
+    return facts.static_reason if facts else ""
+
+
+def resumable() -> tuple[str, ...]:
+    """The fields `jfedrl train --resume` may change."""
+    return tuple(p for p, f in FACTS.items() if f.resumable)
+
+
+def setup_fields() -> tuple[str, ...]:
+    """The fields that define a setup (`jfedrl compare`); the rest (seed, outputs) do not."""
+    return tuple(p for p, f in FACTS.items() if f.setup)
+
+
+def reserved() -> tuple[str, ...]:
+    """The fields a sweep sets itself per run, which a sweep file may not set."""
+    return tuple(p for p, f in FACTS.items() if f.reserved)
+
+
+def shortcuts() -> dict[str, str]:
+    """Short flag (without dashes) -> dotted path: `rounds` -> `federation.rounds`."""
+    return {f.alias: p for p, f in FACTS.items() if f.alias}
+
+
+def section_aliases() -> dict[str, str]:
+    """Section shortcuts, one per registered section, names unique.
+
+    `ppo.` -> `algo.ppo.`, `fedadam.` -> `strategy.fedadam.`, `golem.` -> `offload.golem.`.
+    """
+    out: dict[str, str] = {}
+    for parent, cls in (
+        ("algo", AlgoConfig),
+        ("strategy", StrategyConfig),
+        ("offload", OffloadConfig),
+    ):
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or dataclasses.is_dataclass(
+                typing.get_type_hints(cls).get(f.name)
+            ):
+                alias = f"{f.name}."
+                if alias in out:
+                    raise ValueError(
+                        f"section {parent}.{f.name} and {out[alias][:-1]} share the short "
+                        f"flag prefix --{alias}; rename one of them"
+                    )
+                out[alias] = f"{parent}.{f.name}."
+    return out
+
+
+def renames() -> dict[str, tuple[str, ...]]:
+    """Old dotted path -> the fields it became (from each field's `renamed_from`)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for path, facts in FACTS.items():
+        for old in facts.renamed_from:
+            out[old] = (*out.get(old, ()), path)
+    return out
+
+
+def _defaults() -> dict[str, Any]:
+    """Every leaf field's default value by dotted path."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        for f in dataclasses.fields(value):
+            inner = getattr(value, f.name)
+            if dataclasses.is_dataclass(inner):
+                walk(inner, f"{prefix}{f.name}.")
+            else:
+                flat[prefix + f.name] = inner
+
+    walk(Config(), "")
+    return flat

@@ -57,8 +57,10 @@ def validate(config: Config) -> Config:
         )
     require_positive("offload.max_retries", offload.max_retries, strict=False)
     require_positive("offload.state_sync_rounds", offload.state_sync_rounds, strict=False)
-    algorithms.get(config.algo.name).validate(config)
-    strategies.get(config.strategy.name).validate(config)
+    clip = config.strategy.clip_update_norm
+    require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
+    algorithms.get(config.algo.name).check(config)
+    strategies.get(config.strategy.name).check(config)
     executor.validate(config)
     validate_distributed(config)
     return config

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jfedrl import strategies
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.round.simulator import local_training, make_simulator
 from scripts import benchlib

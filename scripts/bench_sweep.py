@@ -48,8 +48,8 @@ def timed(command: list[str], cache: Path, label: str) -> float:
 
 #: Runs `jfedrl sweep` with no traceable field, so every setup is its own group.
 UNTRACED = (
-    "import sys; from jfedrl import cli; from jfedrl.experiments import traced; "
-    "traced.TRACEABLE = (); "
+    "import sys; from jfedrl import cli, config; "
+    "config.traceable = lambda: (); "
     "sys.exit(cli.main(sys.argv[1:]))"
 )
 

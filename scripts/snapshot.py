@@ -89,7 +89,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "td3": TD3,
     "ddpg": {**TD3, "algo.td3.ddpg": True},
-    "ppo_fedadam": {**PPO, "strategy.name": "fedadam", "strategy.server_lr": 0.01},
+    "ppo_fedadam": {**PPO, "strategy.name": "fedadam", "strategy.fedadam.lr": 0.01},
 }
 
 #: The sweep group: two PPO learning rates, one program.

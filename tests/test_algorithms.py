@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl.algorithms import Reference, a2c, common, dqn, replay, td3
+from jfedrl.algorithms import a2c, common, dqn, replay, td3
+from jfedrl.algorithms.base import Reference
 from jfedrl.round.environment import make_client_envs
 from jfedrl.round.simulator import local_training, make_simulator, tree_all_finite
 from jfedrl.schema.checks import ConfigError

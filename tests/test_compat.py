@@ -52,7 +52,7 @@ def resumed(tmp_path_factory):
 def test_old_config_loads():
     config = load_yaml(FIXTURE / "config.yaml")
     assert config.strategy.name == "fedadam"
-    assert config.strategy.server_lr == 0.01
+    assert config.strategy.fedadam.lr == 0.01  # upgraded from the old flat strategy.server_lr
     assert config.federation.num_clients == 2
     assert config.federation.rounds == 1
 

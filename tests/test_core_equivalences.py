@@ -7,11 +7,11 @@ import optax
 import pytest
 
 from jfedrl import algorithms, strategies
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 from jfedrl.config import StrategyConfig
 from jfedrl.round.simulator import local_training, make_simulator
 from jfedrl.schema.convert import replace_path
-from jfedrl.strategies import ClientInfo
+from jfedrl.strategies.base import ClientInfo
 from tests.helpers import tiny_config
 
 NUM_CLIENTS = 3

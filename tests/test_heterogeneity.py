@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from jfedrl import strategies
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 from jfedrl.config import StrategyConfig
 from jfedrl.round.simulator import local_training, make_simulator
 from jfedrl.schema.checks import ConfigError
-from jfedrl.strategies import ClientInfo
+from jfedrl.strategies.base import ClientInfo
 from jfedrl.validation import validate
 from tests.helpers import equal_trees, row, tiny_config
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 
 
 def test_jax_version_is_pinned_below_0_10():

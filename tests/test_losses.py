@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl.algorithms import Reference, a2c, dqn, networks, offpolicy, onpolicy, td3
-from jfedrl.config import A2CConfig, DQNConfig, TD3Config
+from jfedrl.algorithms import a2c, dqn, networks, offpolicy, onpolicy, td3
+from jfedrl.algorithms.a2c_config import A2CConfig
+from jfedrl.algorithms.base import Reference
+from jfedrl.algorithms.dqn_config import DQNConfig
+from jfedrl.algorithms.td3_config import TD3Config
 
 B, OBS, ACTIONS = 6, 3, 2
 RNG = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jfedrl import algorithms
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 from jfedrl.cli import build_parser, config_from_args
 from jfedrl.config import with_fedprox
 from jfedrl.round.environment import make_client_envs

@@ -19,7 +19,7 @@ from jfedrl.round.simulator import make_simulator
 from jfedrl.run import runner
 from jfedrl.run.callbacks import AggregateRejected, check_aggregates
 from jfedrl.schema.checks import ConfigError
-from jfedrl.strategies import Strategy, weighted_mean
+from jfedrl.strategies.base import Strategy, weighted_mean
 from jfedrl.validation import validate
 from tests.helpers import tiny_config, with_run_dir
 from tests.test_strategies import (

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from jfedrl import algorithms
-from jfedrl.algorithms import Reference, networks, ppo
-from jfedrl.config import PPOConfig
+from jfedrl.algorithms import networks, ppo
+from jfedrl.algorithms.base import Reference
+from jfedrl.algorithms.ppo_config import PPOConfig
 from jfedrl.round.environment import make_client_envs
 from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.convert import replace_path

@@ -19,7 +19,7 @@ import pytest
 from jfedrl import strategies
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.schema.checks import ConfigError
-from jfedrl.strategies import ClientInfo
+from jfedrl.strategies.base import ClientInfo
 
 K = 7
 MASK = np.array([True, True, False, True, True, True, True])

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jfedrl.algorithms import Reference
+from jfedrl.algorithms.base import Reference
 from jfedrl.round.simulator import local_training, make_simulator
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import replace_path

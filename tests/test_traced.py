@@ -12,7 +12,7 @@ from jfedrl import algorithms, strategies
 from jfedrl.config import Config
 from jfedrl.experiments import traced
 from jfedrl.round.simulator import Simulator, make_simulator
-from jfedrl.strategies import ClientInfo
+from jfedrl.strategies.base import ClientInfo
 from tests.helpers import tiny_config
 
 #: A tiny valid config per algorithm (TD3 needs continuous actions).

@@ -33,8 +33,9 @@ import optax
 from flax import struct
 
 from jfedrl.algorithms import common, networks, onpolicy
-from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import A2CConfig, Config, schedule_horizon, schedule_restarts
+from jfedrl.algorithms.a2c_config import A2CConfig
+from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.config import Config, schedule_horizon, schedule_restarts
 from jfedrl.schema.checks import require_choice, require_range
 
 
@@ -178,11 +179,3 @@ def build(config: Config, env, env_params) -> Algorithm:
         act=onpolicy.make_act(agent),
         env_steps_per_update=a2c.num_envs * a2c.num_steps,
     )
-
-
-SPEC = AlgorithmSpec(
-    "a2c",
-    build,
-    "A2C (synchronous A3C): n-step / GAE advantages, entropy, RMSProp or Adam, FedProx",
-    validate,
-)

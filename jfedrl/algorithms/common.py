@@ -36,7 +36,7 @@ def switched_on(coefficient: Any) -> bool:
     """Whether a coefficient that switches a loss term on (when > 0) is on.
 
     A traced coefficient is on: a sweep traces such a field only across setups that
-    all have it on (`jfedrl.experiments.traced.SWITCHES`), so the term's code is traced once.
+    all have it on (`jfedrl.config.switches()`), so the term's code is traced once.
     """
     return isinstance(coefficient, jax.Array) or coefficient > 0
 

@@ -45,8 +45,9 @@ import optax
 from flax import struct
 
 from jfedrl.algorithms import common, networks, offpolicy, replay
-from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, DQNConfig, schedule_horizon, schedule_restarts
+from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.algorithms.dqn_config import DQNConfig
+from jfedrl.config import Config, schedule_horizon, schedule_restarts
 from jfedrl.schema.checks import ConfigError, require_choice, require_positive, require_range
 from jfedrl.tree import tree_where
 
@@ -328,11 +329,3 @@ def build(config: Config, env, env_params) -> Algorithm:
         act=act,
         env_steps_per_update=batch_size,
     )
-
-
-SPEC = AlgorithmSpec(
-    "dqn",
-    build,
-    "DQN with replay and target network; double / dueling switches; FedProx",
-    validate,
-)

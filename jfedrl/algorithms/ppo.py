@@ -26,8 +26,9 @@ import optax
 from flax import struct
 
 from jfedrl.algorithms import common, networks, onpolicy
-from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, PPOConfig, schedule_horizon, schedule_restarts
+from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.algorithms.ppo_config import PPOConfig
+from jfedrl.config import Config, schedule_horizon, schedule_restarts
 from jfedrl.schema.checks import ConfigError, require_choice, require_range
 
 
@@ -279,8 +280,3 @@ def build(config: Config, env, env_params) -> Algorithm:
         env_steps_per_update=batch_size,
         needs_peers=common.switched_on(ppo.comm_coef) and ppo.comm_reference == "mixture",
     )
-
-
-SPEC = AlgorithmSpec(
-    "ppo", build, "PPO: clip / none / kl / mdpo, communication KL, FedProx", validate
-)

@@ -67,8 +67,9 @@ import optax
 from flax import struct
 
 from jfedrl.algorithms import common, networks, offpolicy, replay
-from jfedrl.algorithms.base import Algorithm, AlgorithmSpec, Reference
-from jfedrl.config import Config, TD3Config
+from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.algorithms.td3_config import TD3Config
+from jfedrl.config import Config
 from jfedrl.schema.checks import ConfigError, require_choice, require_range
 from jfedrl.tree import tree_where
 
@@ -396,11 +397,3 @@ def build(config: Config, env, env_params) -> Algorithm:
         env_steps_per_update=batch_size,
         aggregation_periods=(("actor", td3.actor_period), ("critic", td3.critic_period)),
     )
-
-
-SPEC = AlgorithmSpec(
-    "td3",
-    build,
-    "TD3 / DDPG: twin critics, target smoothing, delayed actor; FedProx, L2 to global actor",
-    validate,
-)

@@ -23,39 +23,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from jfedrl import config as jconfig
 from jfedrl import plugins
 from jfedrl.config import Config, DistributedConfig
 from jfedrl.run import signals
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import flat_fields, override
-
-#: Short flags -> config paths.
-SHORTCUTS = {
-    "env": "env.name",
-    "variant": "env.variant",
-    "drift": "env.drift",
-    "algo": "algo.name",
-    "strategy": "strategy.name",
-    "clients": "federation.num_clients",
-    "rounds": "federation.rounds",
-    "local-updates": "federation.local_updates",
-    "participation": "federation.participation",
-    "seed": "seed",
-    "run-dir": "log.run_dir",
-    "executor": "offload.executor",
-    "shards": "offload.shards",
-    "distributed": "distributed.enabled",
-}
-#: Section shortcuts: `--golem.budget` means `--offload.golem.budget` (`--ray.X`
-#: `--offload.ray.X`), `--ppo.X` `--algo.ppo.X`.
-SECTION_ALIASES = {
-    "golem.": "offload.golem.",
-    "ray.": "offload.ray.",
-    "ppo.": "algo.ppo.",
-    "a2c.": "algo.a2c.",
-    "dqn.": "algo.dqn.",
-    "td3.": "algo.td3.",
-}
 
 
 def _flag(path: str) -> str:
@@ -64,6 +37,7 @@ def _flag(path: str) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config fields (any field of the config tree)")
+    shortcuts, section_aliases = jconfig.shortcuts(), jconfig.section_aliases()
     for path, annotation, doc in flat_fields(Config):
         kwargs: dict[str, Any] = {"dest": "cfg:" + path, "default": None, "metavar": "V"}
         if annotation is bool:
@@ -71,10 +45,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(annotation) is tuple:
             kwargs.update(nargs="+")
         names = [_flag(path)]
-        for alias, target in SECTION_ALIASES.items():
+        for alias, target in section_aliases.items():
             if path.startswith(target):
                 names.append(_flag(alias + path[len(target) :]))
-        names += [f"--{short}" for short, target in SHORTCUTS.items() if target == path]
+        names += [f"--{short}" for short, target in shortcuts.items() if target == path]
         # argparse %-formats help strings: a literal % in a docstring must be doubled.
         group.add_argument(*names, help=doc.replace("%", "%%") if doc else None, **kwargs)
 
@@ -644,9 +618,24 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _renamed_flag(argv: list[str]) -> str | None:
+    """The one-line error for the first flag of an earlier version's field, if any."""
+    for arg in argv:
+        if arg.startswith("--") and "." in arg:
+            error = jconfig.renamed_error(arg[2:].split("=", 1)[0])
+            if error is not None:
+                return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    renamed = _renamed_flag(given)
+    if renamed is not None:
+        print(f"jfedrl: error: {renamed}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(attach_negative_values(given))
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     if argv is None and args.command not in ("envs", "config", "compare"):
         # The `jfedrl` command itself (not a call from Python), before JAX is imported:

@@ -17,7 +17,6 @@ this environment, so the estimators it would provide are computed here.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,15 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from jfedrl.config import Config, load_yaml
+from jfedrl.config import FACTS, Config, load_yaml
 from jfedrl.run.outputs import new_figure, read_metrics
 from jfedrl.schema.convert import to_dict
+from jfedrl.schema.fields import NONE
 
 log = logging.getLogger("jfedrl")
 
 CONFIG_FILE = "config.yaml"
-#: Config paths that do not define a setup: runs differing only here are seeds of one setup.
-NOT_SETUP = ("seed", "log.", "offload.")
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -274,49 +272,26 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
     return runs
 
 
-class _ReadRecorder:
-    """Stands in for a config section and records the fields read from it."""
-
-    def __init__(self, section: Any):
-        self._section = section
-        self.read: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        self.read.add(name)
-        return getattr(self._section, name)
-
-
 def strategy_fields_read(config: Config) -> set[str]:
     """The `strategy.*` fields that `config`'s strategy reads (its name aside).
 
-    Derived from the strategy's own code, not a list: the registered
-    validator, the builder and the FedProx routing (`config.with_fedprox`) run
-    on a recording stand-in of `config.strategy`. What a rule reads only
-    under some setting (a DE field under `pso`) is then left out, as it is
-    for the run. A config its strategy no longer accepts (a run of an older
-    jfedrl) counts as reading every `strategy.*` field: labels then say too
-    much rather than too little.
+    A rule reads its own section `strategy.<name>` and the fields every rule
+    reads (`strategy.clip_update_norm`); another rule's section never reaches
+    its maths.
     """
-    from jfedrl import strategies
-    from jfedrl.config import participants_per_round, with_fedprox
-
-    recorder = _ReadRecorder(config.strategy)
-    try:
-        spec = strategies.get(config.strategy.name)
-        with_recorder = dataclasses.replace(config, strategy=recorder)
-        spec.validate(with_recorder)
-        with_fedprox(with_recorder)
-        spec.build(recorder, participants_per_round(config.federation))
-    except ValueError:  # ConfigError or an unknown name
-        recorder.read = {f.name for f in dataclasses.fields(config.strategy)}
-    return {f"strategy.{name}" for name in recorder.read} - {"strategy.name"}
+    own = f"strategy.{config.strategy.name}."
+    return {
+        path
+        for path in FACTS
+        if path.startswith(own) or (path.count(".") == 1 and path.startswith("strategy."))
+    } - {"strategy.name"}
 
 
 def _read_by_setup(config: Config) -> Callable[[str], bool]:
     """Whether the setup of `config` reads a (flattened) config field.
 
     The algorithm reads only its own section `algo.<algo.name>`, and under
-    `fedprox` not that section's `prox_mu` (`config.with_fedprox` overwrites
+    `fedprox` not that section's `prox_mu` (`algorithms.with_fedprox` overwrites
     it); the strategy reads what `strategy_fields_read` finds; every other
     field (env, federation, ...) is read by every setup.
     """
@@ -365,12 +340,12 @@ def group_by_setup(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
     A setup's label names only the differing fields its algorithm, strategy and
     environment read (`_read_by_setup`): FedAvg is not labelled by FedProx's
     `prox_mu`. Where that leaves two setups with one label, those two are
-    labelled by every differing field. Fields in `NOT_SETUP` (the seed,
-    logging, offload) never make a setup.
+    labelled by every differing field. Fields declared `setup=False` (the seed,
+    logging, offload, the process layout) never make a setup.
     """
 
     def setup_key(run: RunInfo) -> tuple:
-        return tuple(sorted((k, v) for k, v in run.flat.items() if not k.startswith(NOT_SETUP)))
+        return tuple(sorted((k, v) for k, v in run.flat.items() if FACTS.get(k, NONE).setup))
 
     groups: dict[tuple, list[RunInfo]] = {}
     for run in runs:

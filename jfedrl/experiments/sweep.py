@@ -10,7 +10,7 @@ mapping of config fields), and `seeds` (a count, or a list of seeds):
     seeds: 4
     threshold: 400                            # optional: steps/seconds to this eval return
 
-Setups that differ only in traceable fields (`jfedrl.experiments.traced.TRACEABLE`: learning
+Setups that differ only in traceable fields (`jfedrl.config.traceable()`: learning
 rates, loss coefficients, server step sizes... values that change no shape and
 steer no Python code) form one group, and a group runs as ONE program:
 `Simulator.run_block` vmapped over a leading run axis (setups x seeds) of states
@@ -52,6 +52,7 @@ import jax
 import numpy as np
 import yaml
 
+from jfedrl import config as jconfig
 from jfedrl.config import Config, from_dict
 from jfedrl.experiments import traced
 from jfedrl.experiments.compare import compare, run_summary
@@ -80,8 +81,6 @@ SWEEP_FILE = "sweep.yaml"
 RUNS_DIR = "runs"
 SUMMARY_FILE = "summary.csv"
 KEYS = ("name", "base", "grid", "setups", "seeds", "threshold")
-#: Set by the sweep itself, per run: a setup may not set them.
-RESERVED = ("seed", "log.run_dir")
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,11 @@ def parse(data: Any) -> Sweep:
     setups = []
     for values in _setup_values(data):
         for field in values:
-            if field in RESERVED:
+            if field in jconfig.reserved():
                 raise _error(field, "is set by the sweep itself (use `seeds` for the seed)")
+            renamed = jconfig.renamed_error(field)
+            if renamed is not None:
+                raise _error(field, str(renamed).split(": ", 1)[1])
         config = override(base, values)
         for seed in seeds:
             validate(dataclasses.replace(config, seed=seed))
@@ -251,7 +253,7 @@ def split_reasons(sweep: Sweep, groups: list[Group]) -> list[str]:
     fields = []
     for group in groups:
         for field in sweep.setups[group.indices[0]].values:
-            static = field not in traced.TRACEABLE or field in traced.SWITCHES
+            static = field not in jconfig.traceable() or field in jconfig.switches()
             if field not in fields and static:
                 fields.append(field)
     reasons = []

@@ -35,11 +35,11 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from jfedrl import algorithms, strategies
-from jfedrl.algorithms import Algorithm, Reference
+from jfedrl.algorithms.base import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round
 from jfedrl.round.environment import ClientEnvs, make_client_envs
 from jfedrl.round.xla_cpu import unroll_threefry_on_cpu
-from jfedrl.strategies import ClientInfo, Strategy
+from jfedrl.strategies.base import ClientInfo, Strategy
 from jfedrl.strategies.dp import clip_factors
 from jfedrl.tree import tree_where
 from jfedrl.validation import validate

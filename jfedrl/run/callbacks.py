@@ -177,7 +177,7 @@ class CheckParticipation(Callback):
 
 
 class PrivacyLedger(Callback):
-    """ε and δ in every record; stops at `strategy.dp_epsilon_budget` (`dp_budget_action: stop`).
+    """ε and δ in every record; stops at `strategy.dp_fedavg.epsilon_budget` (`budget_action`).
 
     A block is shortened to the rounds that fit the budget; once not even one more
     round fits, the run is checkpointed and `train` raises `PrivacyBudgetExhausted`.

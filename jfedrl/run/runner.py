@@ -25,10 +25,12 @@ import numpy as np
 
 from jfedrl import plugins
 from jfedrl.config import (
+    FACTS,
     Config,
     DistributedConfig,
     load_yaml,
     resolve_schedule,
+    resumable,
     schedule_end,
     schedule_horizon,
     schedule_restarts,
@@ -55,14 +57,6 @@ log = logging.getLogger("jfedrl")
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 #: Fields that may differ between a run and its resumption (the rest fix the maths).
-RESUMABLE_PREFIXES = (
-    "federation.rounds",
-    "log.",
-    "offload.",
-    "strategy.dp_epsilon_budget",
-    "strategy.dp_budget_action",
-    "distributed.",
-)
 
 
 def cpu_key() -> str:
@@ -287,6 +281,15 @@ def default_run_dir(config: Config) -> Path:
 EXTEND_CHOICES = ("hold", "restart")
 
 
+def _summary(paths: tuple[str, ...]) -> str:
+    """`paths`, each top-level section they cover whole written once as `section.*`."""
+    sections = dict.fromkeys(p.split(".")[0] for p in paths)
+    whole = {s for s in sections if all(p in paths for p in FACTS if p.split(".")[0] == s)}
+    shown = [p for p in paths if p.split(".")[0] not in whole]
+    shown += [f"{s}.*" for s in sections if s in whole]
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+
+
 def resume_config(
     run_dir: str | Path, overrides: dict[str, Any] | None = None, extend: str | None = None
 ) -> Config:
@@ -306,11 +309,11 @@ def resume_config(
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CONFIG_FILE}; not a run folder")
     overrides = overrides or {}
+    allowed = resumable()
     for path in overrides:
-        if not path.startswith(RESUMABLE_PREFIXES):
+        if path.replace("-", "_") not in allowed:
             raise ConfigError(
-                f"{path}: cannot be changed when resuming (only federation.rounds, log.*, "
-                "offload.*, distributed.* and the strategy.dp_ budget fields can); "
+                f"{path}: cannot be changed when resuming (only {_summary(allowed)} can); "
                 "start a new run instead"
             )
     saved = load_yaml(run_dir / CONFIG_FILE)

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.fields import facts
 
 T = typing.TypeVar("T")
 
@@ -217,7 +218,11 @@ def replace_path(
 
 
 def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """Every leaf field as `(dotted.path, type, docstring)`, for the CLI and docs."""
+    """Every leaf field as `(dotted.path, type, docstring)`, for the CLI and docs.
+
+    The docstring is the attribute docstring under the field, or its `doc` fact
+    where the class is generated (the sections assembled in `jfedrl.config`).
+    """
     out = []
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -226,7 +231,7 @@ def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
         if dataclasses.is_dataclass(annotation):
             out.extend(flat_fields(annotation, path + "."))
         else:
-            out.append((path, annotation, docs.get(f.name, "")))
+            out.append((path, annotation, docs.get(f.name) or facts(f).doc))
     return out
 
 
@@ -257,6 +262,11 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def load_yaml(path: str | Path, cls: type[T]) -> T:
     """Loads dataclass `cls` from a (possibly partial) YAML mapping over its defaults."""
+    return from_dict(read_yaml_mapping(path), cls)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping a config YAML file holds; a `ConfigError` naming the file if it cannot."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -268,7 +278,7 @@ def load_yaml(path: str | Path, cls: type[T]) -> T:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return from_dict(data, cls)
+    return data
 
 
 def _yaml_reason(error: yaml.YAMLError) -> str:

@@ -19,7 +19,7 @@ from jfedrl.strategies.base import (
 )
 
 
-def fedavg(config=None, num_clients: int | None = None) -> Strategy:
+def fedavg(section=None, num_clients: int | None = None) -> Strategy:
     """FedAvg: the n_k / n weighted mean of the valid clients' params."""
 
     def combine(global_params, client_params, info: ClientInfo, key):
@@ -29,7 +29,7 @@ def fedavg(config=None, num_clients: int | None = None) -> Strategy:
     return stateless(combine)
 
 
-def mean(config=None, num_clients: int | None = None) -> Strategy:
+def mean(section=None, num_clients: int | None = None) -> Strategy:
     """The plain mean of the valid clients' params."""
 
     def combine(global_params, client_params, info: ClientInfo, key):

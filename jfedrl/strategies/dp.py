@@ -30,6 +30,7 @@ from jfedrl.schema.checks import (
     require_range,
 )
 from jfedrl.strategies.base import ClientInfo, Strategy, normalized_weights, stateless
+from jfedrl.strategies.dp_config import BUDGET_ACTIONS
 
 
 def clip_factors(client_params, global_params, clip: float) -> tuple[jax.Array, jax.Array]:
@@ -45,9 +46,9 @@ def clip_factors(client_params, global_params, clip: float) -> tuple[jax.Array, 
     return jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-12)), norms
 
 
-def dp_fedavg(config, num_clients: int | None = None) -> Strategy:
-    """DP-FedAvg with clip norm `dp_clip` and noise multiplier `dp_noise`."""
-    clip, noise_multiplier = config.dp_clip, config.dp_noise
+def dp_fedavg(section, num_clients: int | None = None) -> Strategy:
+    """DP-FedAvg with clip norm `clip` and noise multiplier `noise` (`strategy.dp_fedavg`)."""
+    clip, noise_multiplier = section.clip, section.noise
 
     def combine(global_params, client_params, info: ClientInfo, key):
         scale, norms = clip_factors(client_params, global_params, clip)
@@ -83,24 +84,23 @@ def dp_fedavg(config, num_clients: int | None = None) -> Strategy:
 
 
 def validate(config) -> None:
-    """Checks the dp_* fields; a `stop` budget must allow at least the first round."""
+    """Checks `strategy.dp_fedavg`; a `stop` budget must allow at least the first round."""
     from jfedrl.strategies import privacy
 
-    strategy = config.strategy
-    require_positive("strategy.dp_clip", strategy.dp_clip)
-    require_positive("strategy.dp_noise", strategy.dp_noise, strict=False)
-    require_range("strategy.dp_delta", strategy.dp_delta, 0, 1, low_open=True, high_open=True)
-    budget = strategy.dp_epsilon_budget
-    require(budget >= 0, "strategy.dp_epsilon_budget", ">= 0 (0: none)", budget)
-    action = strategy.dp_budget_action
-    require_choice("strategy.dp_budget_action", action, privacy.BUDGET_ACTIONS)
+    section, path = config.strategy.dp_fedavg, "strategy.dp_fedavg"
+    require_positive(f"{path}.clip", section.clip)
+    require_positive(f"{path}.noise", section.noise, strict=False)
+    require_range(f"{path}.delta", section.delta, 0, 1, low_open=True, high_open=True)
+    budget = section.epsilon_budget
+    require(budget >= 0, f"{path}.epsilon_budget", ">= 0 (0: none)", budget)
+    require_choice(f"{path}.budget_action", section.budget_action, BUDGET_ACTIONS)
     accountant = privacy.accountant(config)
     if accountant.budget > 0 and accountant.action == "stop":
         first = accountant.epsilon(1)
         if first > accountant.budget:
             raise ConfigError(
-                f"strategy.dp_epsilon_budget: {accountant.budget:g} is below the epsilon of one "
-                f"round, {first:.4g} (dp_noise = {strategy.dp_noise:g}, sampling rate "
-                f"{accountant.sampling_rate:g}, dp_delta = {accountant.delta:g}); raise the "
-                "budget or strategy.dp_noise"
+                f"{path}.epsilon_budget: {accountant.budget:g} is below the epsilon of one "
+                f"round, {first:.4g} (noise = {section.noise:g}, sampling rate "
+                f"{accountant.sampling_rate:g}, delta = {accountant.delta:g}); raise the "
+                f"budget or {path}.noise"
             )

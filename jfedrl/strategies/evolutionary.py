@@ -57,8 +57,8 @@ from jfedrl.strategies.base import (
     tree_where,
     unflatten,
 )
+from jfedrl.strategies.evolutionary_config import ALGORITHMS
 
-ALGORITHMS = ("differential_evolution", "pso")
 MIN_POPULATION = {"differential_evolution": 4, "pso": 1}
 """DE draws a best member and two further distinct members, plus the target."""
 
@@ -76,27 +76,29 @@ def _optimizer(algorithm: str, population: int, dims: int):
             return DifferentialEvolution(population_size=population, solution=template)
         if algorithm == "pso":
             return PSO(population_size=population, solution=template)
-    raise ValueError(f"strategy.evo_algorithm: {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    raise ValueError(
+        f"strategy.evolutionary.algorithm: {algorithm!r}; allowed: {', '.join(ALGORITHMS)}"
+    )
 
 
-def _params(config):
-    """The evosax hyper-parameters from the config."""
-    if config.evo_algorithm == "differential_evolution":
+def _params(section):
+    """The evosax hyper-parameters from `strategy.evolutionary`."""
+    if section.algorithm == "differential_evolution":
         from evosax.algorithms.population_based.differential_evolution import Params
 
         return Params(
             elitism=True,
-            crossover_rate=config.evo_crossover,
-            differential_weight=config.evo_mutation,
-            differential_weight_min=config.evo_mutation,
-            differential_weight_max=config.evo_mutation,
+            crossover_rate=section.crossover,
+            differential_weight=section.mutation,
+            differential_weight_min=section.mutation,
+            differential_weight_max=section.mutation,
         )
     from evosax.algorithms.population_based.pso import Params
 
     return Params(
-        inertia_coeff=config.pso_inertia,
-        cognitive_coeff=config.pso_cognitive,
-        social_coeff=config.pso_social,
+        inertia_coeff=section.pso_inertia,
+        cognitive_coeff=section.pso_cognitive,
+        social_coeff=section.pso_social,
     )
 
 
@@ -109,12 +111,11 @@ def _num_dims(params) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(params)))
 
 
-def evolutionary(config, num_clients: int | None = None) -> Strategy:
+def evolutionary(section, num_clients: int | None = None) -> Strategy:
     """Differential evolution or particle swarm over the clients' params.
 
     Args:
-        config: the `StrategyConfig` (`evo_algorithm`, `evo_mutation`,
-            `evo_crossover`, `pso_*`).
+        section: `strategy.evolutionary` (`algorithm`, `mutation`, `crossover`, `pso_*`).
         num_clients: length of the client axis `aggregate` receives.
 
     Returns:
@@ -125,14 +126,14 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
             "strategy 'evolutionary' keeps a population with one member per client slot: "
             "build it with strategies.make(strategy_config, num_clients=...)"
         )
-    algorithm = config.evo_algorithm
-    require_choice("strategy.evo_algorithm", algorithm, ALGORITHMS)
+    algorithm = section.algorithm
+    require_choice("strategy.evolutionary.algorithm", algorithm, ALGORITHMS)
     if num_clients < MIN_POPULATION[algorithm]:
         raise ValueError(
-            f"strategy.evo_algorithm={algorithm} needs >= {MIN_POPULATION[algorithm]} clients, "
-            f"got {num_clients}"
+            f"strategy.evolutionary.algorithm={algorithm} needs >= "
+            f"{MIN_POPULATION[algorithm]} clients, got {num_clients}"
         )
-    hyper = _params(config)
+    hyper = _params(section)
 
     def init(global_params):
         optimizer = _optimizer(algorithm, num_clients, _num_dims(global_params))
@@ -181,19 +182,20 @@ def evolutionary(config, num_clients: int | None = None) -> Strategy:
 
 
 def validate(config) -> None:
-    strategy = config.strategy
-    require_choice("strategy.evo_algorithm", strategy.evo_algorithm, ALGORITHMS)
+    """Checks `strategy.evolutionary` against the participants per round."""
+    section, path = config.strategy.evolutionary, "strategy.evolutionary"
+    require_choice(f"{path}.algorithm", section.algorithm, ALGORITHMS)
     n = participants_per_round(config.federation)
-    need = MIN_POPULATION[strategy.evo_algorithm]
+    need = MIN_POPULATION[section.algorithm]
     if n < need:
         raise ConfigError(
-            f"strategy.evo_algorithm: {strategy.evo_algorithm} needs >= {need} participants "
+            f"{path}.algorithm: {section.algorithm} needs >= {need} participants "
             f"per round (federation.num_clients x federation.participation), got {n}"
         )
-    if strategy.evo_algorithm == "differential_evolution":
+    if section.algorithm == "differential_evolution":
         # DE's differential weight F and crossover rate CR.
-        require_range("strategy.evo_mutation", strategy.evo_mutation, 0, 2, low_open=True)
-        require_range("strategy.evo_crossover", strategy.evo_crossover, 0, 1)
+        require_range(f"{path}.mutation", section.mutation, 0, 2, low_open=True)
+        require_range(f"{path}.crossover", section.crossover, 0, 1)
     else:
         for name in ("pso_inertia", "pso_cognitive", "pso_social"):
-            require_positive(f"strategy.{name}", getattr(strategy, name), strict=False)
+            require_positive(f"{path}.{name}", getattr(section, name), strict=False)

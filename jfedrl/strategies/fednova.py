@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jfedrl.strategies.base import ClientInfo, Strategy, normalized_weights, stateless
 
 
-def fednova(config=None, num_clients: int | None = None) -> Strategy:
+def fednova(section=None, num_clients: int | None = None) -> Strategy:
     """FedNova over the valid clients, uniform objective weights p_i."""
 
     def combine(global_params, client_params, info: ClientInfo, key):

@@ -4,9 +4,9 @@ Each `dp_fedavg` round is a sampled Gaussian mechanism (Mironov et al. 2019,
 "Rényi Differential Privacy of the Sampled Gaussian Mechanism"): a client
 takes part with probability q = participants per round / num_clients, its
 clipped update has sensitivity S / n in the average, and the noise std is
-z S / n, z = `strategy.dp_noise`. The rounds compose, and the Rényi-DP (RDP)
+z S / n, z = `strategy.dp_fedavg.noise`. The rounds compose, and the Rényi-DP (RDP)
 accountant of Google's `dp-accounting` library turns the composition into
-the (ε, δ) spent so far, δ = `strategy.dp_delta` (Abadi et al. 2016 moments
+the (ε, δ) spent so far, δ = `strategy.dp_fedavg.delta` (Abadi et al. 2016 moments
 accountant; McMahan et al. 2018 account DP-FedAvg the same way).
 
 Two assumptions, stated because they matter:
@@ -35,12 +35,9 @@ from jfedrl.config import Config, participants_per_round
 
 log = logging.getLogger("jfedrl")
 
-BUDGET_ACTIONS = ("stop", "warn")
-"""What a run does at `strategy.dp_epsilon_budget`."""
-
 
 class PrivacyBudgetExhausted(RuntimeError):
-    """The next round would spend more than `strategy.dp_epsilon_budget`."""
+    """The next round would spend more than `strategy.dp_fedavg.epsilon_budget`."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -117,11 +114,11 @@ class Accountant:
         last = self.last_round_within_budget(first_round + num_rounds)
         if last <= first_round:
             raise PrivacyBudgetExhausted(
-                f"strategy.dp_epsilon_budget: round {first_round + 1} would spend "
+                f"strategy.dp_fedavg.epsilon_budget: round {first_round + 1} would spend "
                 f"epsilon = {self.epsilon(first_round + 1):.4g} > {self.budget:g} "
                 f"(delta = {self.delta:g}); stopped after round {first_round}, whose checkpoint "
-                "is intact. Raise strategy.dp_epsilon_budget or strategy.dp_noise, or set "
-                "strategy.dp_budget_action: warn"
+                "is intact. Raise strategy.dp_fedavg.epsilon_budget or "
+                "strategy.dp_fedavg.noise, or set strategy.dp_fedavg.budget_action: warn"
             )
         return last - first_round
 
@@ -137,8 +134,8 @@ class Accountant:
             over = self.budget > 0 and eps > self.budget
             if over and self.epsilon(record["round"] - 1) <= self.budget:
                 log.warning(
-                    "round %d: epsilon = %.4g exceeds strategy.dp_epsilon_budget = %g "
-                    "(delta = %g); continuing (strategy.dp_budget_action: warn)",
+                    "round %d: epsilon = %.4g exceeds strategy.dp_fedavg.epsilon_budget = %g "
+                    "(delta = %g); continuing (strategy.dp_fedavg.budget_action: warn)",
                     record["round"],
                     eps,
                     self.budget,
@@ -152,9 +149,9 @@ def accountant(config: Config) -> Accountant | None:
         return None
     fed = config.federation
     return Accountant(
-        noise_multiplier=float(config.strategy.dp_noise),
+        noise_multiplier=float(config.strategy.dp_fedavg.noise),
         sampling_rate=participants_per_round(fed) / fed.num_clients,
-        delta=float(config.strategy.dp_delta),
-        budget=float(config.strategy.dp_epsilon_budget),
-        action=config.strategy.dp_budget_action,
+        delta=float(config.strategy.dp_fedavg.delta),
+        budget=float(config.strategy.dp_fedavg.epsilon_budget),
+        action=config.strategy.dp_fedavg.budget_action,
     )

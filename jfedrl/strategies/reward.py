@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from jfedrl.schema.checks import require_choice, require_positive
 from jfedrl.strategies.base import ClientInfo, Strategy, keep_if_empty, stateless, weighted_mean
+from jfedrl.strategies.reward_config import WEIGHTINGS
 
-WEIGHTINGS = ("min_shift", "softmax")
 MIN_SHIFT_EPS = 1e-6
 """Added to every shifted return so all-equal returns give equal, non-zero weights."""
 
@@ -54,14 +54,16 @@ def reward_weights(
         high = jnp.max(logits)
         raw = jnp.where(valid, jnp.exp(logits - jnp.where(jnp.any(valid), high, 0.0)), 0.0)
     else:
-        raise ValueError(f"strategy.reward_weighting: {weighting!r}; allowed: {WEIGHTINGS}")
+        raise ValueError(
+            f"strategy.reward_weighted.weighting: {weighting!r}; allowed: {WEIGHTINGS}"
+        )
     total = raw.sum()
     return jnp.where(total > 0, raw / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def reward_weighted(config, num_clients: int | None = None) -> Strategy:
-    """The return-weighted mean of the valid clients' params."""
-    weighting, temperature = config.reward_weighting, config.temperature
+def reward_weighted(section, num_clients: int | None = None) -> Strategy:
+    """The return-weighted mean of the valid clients' params (`strategy.reward_weighted`)."""
+    weighting, temperature = section.weighting, section.temperature
 
     def combine(global_params, client_params, info: ClientInfo, key):
         weights = reward_weights(info.returns, info.mask, weighting, temperature)
@@ -74,6 +76,6 @@ def reward_weighted(config, num_clients: int | None = None) -> Strategy:
 
 
 def validate(config) -> None:
-    strategy = config.strategy
-    require_choice("strategy.reward_weighting", strategy.reward_weighting, WEIGHTINGS)
-    require_positive("strategy.temperature", strategy.temperature)
+    section = config.strategy.reward_weighted
+    require_choice("strategy.reward_weighted.weighting", section.weighting, WEIGHTINGS)
+    require_positive("strategy.reward_weighted.temperature", section.temperature)

@@ -48,6 +48,7 @@ from jfedrl.strategies.base import (
     unflatten,
     weighted_mean,
 )
+from jfedrl.strategies.robust_config import KRUM_WEIGHTINGS
 
 SORT_BLOCK = 256
 """Columns sorted together: keeps each block's working set in cache."""
@@ -128,7 +129,7 @@ def coordinate_trimmed_mean(client_params, mask: jax.Array, beta: float):
     return unflatten(jnp.sum(jnp.where(keep, s / kept, 0.0), axis=0), first)
 
 
-def median(config=None, num_clients: int | None = None) -> Strategy:
+def median(section=None, num_clients: int | None = None) -> Strategy:
     """Coordinate-wise median of the valid clients."""
 
     def combine(global_params, client_params, info: ClientInfo, key):
@@ -139,9 +140,9 @@ def median(config=None, num_clients: int | None = None) -> Strategy:
     return stateless(combine)
 
 
-def trimmed_mean(config, num_clients: int | None = None) -> Strategy:
+def trimmed_mean(section, num_clients: int | None = None) -> Strategy:
     """Coordinate-wise trimmed mean with trim fraction `trim_beta`."""
-    beta = config.trim_beta
+    beta = section.beta
 
     def combine(global_params, client_params, info: ClientInfo, key):
         n = info.mask.sum()
@@ -203,23 +204,22 @@ def krum_selection(flat: jax.Array, mask: jax.Array, f: int, m: int) -> tuple[ja
     return (rank < count) & mask, scores
 
 
-KRUM_WEIGHTINGS = ("mean", "num_steps")
 """How Multi-Krum averages its selection: equal weights, or by n_k (Flower)."""
 
 
-def multi_krum(config, num_clients: int | None = None) -> Strategy:
+def multi_krum(section, num_clients: int | None = None) -> Strategy:
     """Multi-Krum: the mean of the `krum_m` best-scored clients (0: n - f).
 
     `krum_weighting: mean` weights the selected clients equally (Blanchard et
     al. 2017); `num_steps` weights them by their environment steps n_k, as
     Flower's `aggregate_krum` does (it averages the selection with FedAvg).
     """
-    return _krum(config.krum_f, config.krum_m, config.krum_weighting == "num_steps")
+    return _krum(section.f, section.m, section.weighting == "num_steps")
 
 
-def krum(config, num_clients: int | None = None) -> Strategy:
+def krum(section, num_clients: int | None = None) -> Strategy:
     """Krum: the single best-scored client's params."""
-    return _krum(config.krum_f, 1)
+    return _krum(section.f, 1)
 
 
 def scaled_updates(client_params, global_params, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -275,25 +275,29 @@ def _krum(f: int, m: int, by_num_steps: bool = False) -> Strategy:
 
 
 def validate_trimmed_mean(config) -> None:
-    require_range("strategy.trim_beta", config.strategy.trim_beta, 0, 0.5, high_open=True)
+    beta = config.strategy.trimmed_mean.beta
+    require_range("strategy.trimmed_mean.beta", beta, 0, 0.5, high_open=True)
 
 
 def validate_krum(config) -> None:
-    f = config.strategy.krum_f
+    """Krum's f against the participants per round (`strategy.<krum|multi_krum>.f`)."""
+    name = config.strategy.name
+    f, path = getattr(config.strategy, name).f, f"strategy.{name}.f"
     n = participants_per_round(config.federation)
-    require_positive("strategy.krum_f", f, strict=False)
+    require_positive(path, f, strict=False)
     if n <= 2 * f + 2:
         raise ConfigError(
-            f"strategy.krum_f: Krum needs n > 2f + 2 participants per round; got n={n} "
-            f"(federation.num_clients x federation.participation) and krum_f={f}, "
-            f"so krum_f must be <= {max((n - 3) // 2, -1)}"
-            + (" (no krum_f works: raise the participants to >= 3)" if n < 3 else "")
+            f"{path}: Krum needs n > 2f + 2 participants per round; got n={n} "
+            f"(federation.num_clients x federation.participation) and f={f}, "
+            f"so f must be <= {max((n - 3) // 2, -1)}"
+            + (" (no f works: raise the participants to >= 3)" if n < 3 else "")
         )
 
 
 def validate_multi_krum(config) -> None:
     validate_krum(config)
-    require_choice("strategy.krum_weighting", config.strategy.krum_weighting, KRUM_WEIGHTINGS)
-    f, m = config.strategy.krum_f, config.strategy.krum_m
+    section = config.strategy.multi_krum
+    require_choice("strategy.multi_krum.weighting", section.weighting, KRUM_WEIGHTINGS)
+    f, m = section.f, section.m
     n = participants_per_round(config.federation)
-    require(0 <= m <= n - f, "strategy.krum_m", f"in [0, n - f] = [0, {n - f}] (0: n - f)", m)
+    require(0 <= m <= n - f, "strategy.multi_krum.m", f"in [0, n - f] = [0, {n - f}] (0: n - f)", m)

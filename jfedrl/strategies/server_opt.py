@@ -17,8 +17,6 @@ at tau^2 as in the paper's v_{-1} = tau^2.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -68,43 +66,37 @@ def server_optimizer(optimizer: optax.GradientTransformation) -> Strategy:
     return Strategy(init=init, aggregate=aggregate)
 
 
-def fedavgm(config, num_clients: int | None = None) -> Strategy:
-    """FedAvgM: SGD with momentum `server_momentum` and step `server_lr`."""
-    momentum = config.server_momentum if config.server_momentum > 0 else None
-    return server_optimizer(optax.sgd(config.server_lr, momentum=momentum))
+def fedavgm(section, num_clients: int | None = None) -> Strategy:
+    """FedAvgM: SGD with momentum `momentum` and step `lr` (`strategy.fedavgm`)."""
+    momentum = section.momentum if section.momentum > 0 else None
+    return server_optimizer(optax.sgd(section.lr, momentum=momentum))
 
 
-def fedadam(config, num_clients: int | None = None) -> Strategy:
-    """FedAdam: Adam with (beta1, beta2) and epsilon tau."""
-    return server_optimizer(optax.adam(config.server_lr, config.beta1, config.beta2, config.tau))
+def fedadam(section, num_clients: int | None = None) -> Strategy:
+    """FedAdam: Adam with (beta1, beta2) and epsilon tau (`strategy.fedadam`)."""
+    return server_optimizer(optax.adam(section.lr, section.beta1, section.beta2, section.tau))
 
 
-def fedyogi(config, num_clients: int | None = None) -> Strategy:
-    """FedYogi: Yogi's additive second-moment update, epsilon tau."""
-    return server_optimizer(optax.yogi(config.server_lr, config.beta1, config.beta2, config.tau))
+def fedyogi(section, num_clients: int | None = None) -> Strategy:
+    """FedYogi: Yogi's additive second-moment update, epsilon tau (`strategy.fedyogi`)."""
+    return server_optimizer(optax.yogi(section.lr, section.beta1, section.beta2, section.tau))
 
 
-def fedadagrad(config, num_clients: int | None = None) -> Strategy:
-    """FedAdagrad: per-coordinate step server_lr * g / sqrt(tau^2 + sum g^2)."""
+def fedadagrad(section, num_clients: int | None = None) -> Strategy:
+    """FedAdagrad: per-coordinate step lr * g / sqrt(tau^2 + sum g^2) (`strategy.fedadagrad`)."""
     return server_optimizer(
-        optax.adagrad(config.server_lr, initial_accumulator_value=config.tau**2, eps=0.0)
+        optax.adagrad(section.lr, initial_accumulator_value=section.tau**2, eps=0.0)
     )
 
 
-def validator(uses: tuple[str, ...]) -> Callable[[object], None]:
-    """A `validate(config)` for the server-optimiser fields in `uses`."""
-
-    def validate(config) -> None:
-        strategy = config.strategy
-        require_positive("strategy.server_lr", strategy.server_lr)
-        if "momentum" in uses:
-            require_range(
-                "strategy.server_momentum", strategy.server_momentum, 0.0, 1.0, high_open=True
-            )
-        if "betas" in uses:
-            require_range("strategy.beta1", strategy.beta1, 0.0, 1.0, high_open=True)
-            require_range("strategy.beta2", strategy.beta2, 0.0, 1.0, high_open=True)
-        if "tau" in uses:
-            require_positive("strategy.tau", strategy.tau)
-
-    return validate
+def validate(config) -> None:
+    """Checks the chosen server optimiser's section (`strategy.<name>`)."""
+    name = config.strategy.name
+    section, path = getattr(config.strategy, name), f"strategy.{name}"
+    require_positive(f"{path}.lr", section.lr)
+    if hasattr(section, "momentum"):
+        require_range(f"{path}.momentum", section.momentum, 0.0, 1.0, high_open=True)
+    if hasattr(section, "beta1"):
+        require_range(f"{path}.beta1", section.beta1, 0.0, 1.0, high_open=True)
+        require_range(f"{path}.beta2", section.beta2, 0.0, 1.0, high_open=True)
+    require_positive(f"{path}.tau", section.tau) if hasattr(section, "tau") else None
