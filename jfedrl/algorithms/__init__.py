@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jfedrl.algorithms import a2c_config, dqn_config, ppo_config, td3_config
+from jfedrl.algorithms import a2c_config, dqn_config, ppo_config, sac_config, td3_config
 from jfedrl.algorithms.spec import AlgorithmSpec
 from jfedrl.schema.checks import not_allowed
 from jfedrl.schema.convert import replace_path
@@ -62,7 +62,7 @@ def make(config: Any, env: Any, env_params: Any) -> Any:
     return get(config.algo.name).builder()(with_fedprox(config), env, env_params)
 
 
-for _module in (ppo_config, a2c_config, dqn_config, td3_config):
+for _module in (ppo_config, a2c_config, dqn_config, td3_config, sac_config):
     register(_module.SPEC)
 
 __all__ = ["AlgorithmSpec", "get", "make", "names", "register", "specs", "with_fedprox"]

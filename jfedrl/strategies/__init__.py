@@ -16,6 +16,7 @@ from jfedrl.strategies import (
     averaging_config,
     dp_config,
     evolutionary_config,
+    geometric_median_config,
     reward_config,
     robust_config,
     server_opt_config,
@@ -71,6 +72,7 @@ for _module in (
     evolutionary_config,
     server_opt_config,
     robust_config,
+    geometric_median_config,
     dp_config,
 ):
     for _spec in _module.SPECS:
