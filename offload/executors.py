@@ -23,9 +23,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from offload.slots import Slot, SlotPool
 
 log = logging.getLogger("jfedrl.offload")
 #: XLA's own log lines (e.g. compilation-cache notices) in a worker's stderr.
@@ -77,24 +79,14 @@ class Executor(Protocol):
 
 
 @dataclass
-class _Process:
+class _Process(Slot):
     """One `--serve` worker process and what it is doing."""
 
-    index: int
     popen: subprocess.Popen
     log_path: Path
-    ready: bool = False
-    warm: bool = False
-    """It has compiled a step already: a task's restore is held to `task_timeout`."""
-    job: Job | None = None
-    phase: str = "starting"
-    deadline: float = 0.0
-    sent_at: float = 0.0
-    compile_seconds: float = 0.0
-    pending: list[Job] = field(default_factory=list)
 
 
-class LocalExecutor:
+class LocalExecutor(SlotPool[_Process]):
     """Worker processes on this machine, alive for the whole run.
 
     Each process imports JAX once and keeps its compiled local-training step
@@ -108,6 +100,8 @@ class LocalExecutor:
     writing the result, get `task_timeout`. A timeout names the phase.
     """
 
+    _timeout_log = "offload: local worker %d %s; restarting it"
+
     def __init__(
         self,
         num_workers: int,
@@ -116,18 +110,12 @@ class LocalExecutor:
         compile_timeout: float,
         env: dict[str, str] | None = None,
     ):
-        self.num_workers = num_workers
+        super().__init__(num_workers, task_timeout, compile_timeout)
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.task_timeout = task_timeout
-        self.compile_timeout = compile_timeout
         self.env = dict(os.environ if env is None else env)
-        self.restarts = 0
         self._events: queue.Queue = queue.Queue()
-        self._done: list[Outcome] = []
-        self._processes: list[_Process | None] = [None] * num_workers
-        for index in range(num_workers):
-            self._processes[index] = self._spawn(index)
+        self._slots = [self._spawn(index) for index in range(num_workers)]
 
     # -- processes
 
@@ -146,7 +134,8 @@ class LocalExecutor:
             start_new_session=True,  # Ctrl-C in the terminal stops the requestor, not the workers
         )
         stderr.close()
-        process = _Process(index, popen, log_path, deadline=time.monotonic() + self.compile_timeout)
+        deadline = time.monotonic() + self.compile_timeout
+        process = _Process(index, popen, log_path, phase="starting", deadline=deadline)
         threading.Thread(
             target=self._read, args=(process,), name=f"offload-worker-{index}", daemon=True
         ).start()
@@ -177,14 +166,6 @@ class LocalExecutor:
             except OSError:
                 pass
 
-    def _restart(self, process: _Process) -> _Process:
-        self._kill(process)
-        self.restarts += 1
-        fresh = self._spawn(process.index)
-        fresh.pending = process.pending
-        self._processes[process.index] = fresh
-        return fresh
-
     def _stderr_tail(self, process: _Process, lines: int = 3) -> str:
         try:
             text = process.log_path.read_text(errors="replace").strip().splitlines()
@@ -193,8 +174,9 @@ class LocalExecutor:
         useful = [line for line in text if not _XLA_LOG.match(line)][-lines:]
         return " | ".join(useful)
 
-    def _limit(self, process: _Process, phase: str) -> tuple[str, float]:
-        """The timeout that applies to `phase` (config field name, seconds)."""
+    def _limit(self, process: _Process) -> tuple[str, float]:
+        """The timeout of the process's phase (config field name, seconds)."""
+        phase = process.phase
         slow = phase == "compiling" or (phase in ("starting", "restoring") and not process.warm)
         if slow:
             return "compile_timeout", self.compile_timeout
@@ -202,7 +184,7 @@ class LocalExecutor:
 
     def _enter(self, process: _Process, phase: str) -> None:
         process.phase = phase
-        process.deadline = time.monotonic() + self._limit(process, phase)[1]
+        process.deadline = time.monotonic() + self._limit(process)[1]
 
     def _send(self, process: _Process, job: Job) -> None:
         process.job = job
@@ -221,25 +203,16 @@ class LocalExecutor:
         except (BrokenPipeError, OSError):
             pass  # the reader thread reports the exit
 
-    def _finish(self, process: _Process, ok: bool, error: str = "") -> None:
-        job = process.job
-        assert job is not None
-        self._done.append(
-            Outcome(
-                job,
-                ok,
-                error,
-                worker=f"local-{process.index}/pid-{process.popen.pid}",
-                seconds=time.monotonic() - process.sent_at,
-                compile_seconds=process.compile_seconds,
-            )
-        )
-        process.job = None
+    def _worker_name(self, process: _Process) -> str:
+        return f"local-{process.index}/pid-{process.popen.pid}"
 
-    def _dispatch(self) -> None:
-        for process in self._processes:
-            if process.ready and process.job is None and process.pending:
-                self._send(process, process.pending.pop(0))
+    def _poll(self, busy: list[_Process], seconds: float) -> None:
+        try:
+            process, message = self._events.get(timeout=max(0.01, min(seconds, 1.0)))
+        except queue.Empty:
+            return
+        if process is self._slots[process.index]:
+            self._handle(process, message)
 
     def _handle(self, process: _Process, message: dict | None) -> None:
         if message is None:  # the worker exited
@@ -266,46 +239,10 @@ class LocalExecutor:
         elif event == "done":
             self._finish(process, bool(message.get("ok")), str(message.get("error", "")))
 
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        for process in list(self._processes):
-            if (process.job is not None or not process.ready) and now > process.deadline:
-                limit, seconds = self._limit(process, process.phase)
-                reason = f"timed out while {process.phase} (offload.{limit}={seconds:g}s)"
-                if process.job is not None:
-                    self._finish(process, False, reason)
-                log.warning("offload: local worker %d %s; restarting it", process.index, reason)
-                self._restart(process)
-
-    # -- the executor interface
-
-    def submit(self, job: Job) -> None:
-        self._processes[job.shard % self.num_workers].pending.append(job)
-        self._dispatch()
-
-    def wait(self, timeout: float) -> list[Outcome]:
-        end = time.monotonic() + timeout
-        while not self._done:
-            now = time.monotonic()
-            if now >= end:
-                break
-            busy = [p for p in self._processes if p.job is not None or not p.ready]
-            until = min([p.deadline for p in busy] + [end]) - now
-            try:
-                process, message = self._events.get(timeout=max(0.01, min(until, 1.0)))
-            except queue.Empty:
-                process, message = None, None
-            if process is not None and process is self._processes[process.index]:
-                self._handle(process, message)
-            self._check_deadlines()
-            self._dispatch()
-        done, self._done = self._done, []
-        return done
-
     def wait_ready(self, timeout: float) -> float:
         """Blocks until every worker has imported JAX (for benchmarks); returns the seconds."""
         start = time.monotonic()
-        while not all(p.ready for p in self._processes):
+        while not all(p.ready for p in self._slots):
             remaining = timeout - (time.monotonic() - start)
             if remaining <= 0:
                 raise TimeoutError(f"local workers not ready after {timeout:g}s")
@@ -313,15 +250,13 @@ class LocalExecutor:
                 process, message = self._events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if process is self._processes[process.index]:
+            if process is self._slots[process.index]:
                 self._handle(process, message)
         return time.monotonic() - start
 
-    def verdict(self, outcome: Outcome, error: str | None) -> None:
-        """A local worker is as trustworthy as this machine: nothing to exclude."""
-
     def close(self) -> None:
-        for process in self._processes:
+        """Lets every worker exit on EOF, then kills what is left."""
+        for process in self._slots:
             if process is None:
                 continue
             try:
@@ -329,7 +264,7 @@ class LocalExecutor:
             except OSError:
                 pass
         deadline = time.monotonic() + 5.0
-        for process in self._processes:
+        for process in self._slots:
             if process is None:
                 continue
             try:
@@ -337,4 +272,4 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 pass
             self._kill(process)
-        self._processes = [None] * self.num_workers
+        self._slots = [None] * self.num_workers

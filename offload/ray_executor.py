@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from offload.archive import OffloadError, TaskError, pack, unpack
-from offload.executors import Job, Outcome
+from offload.executors import Job
 from offload.ray_config import RayConfig
+from offload.slots import Slot, SlotPool
 
 log = logging.getLogger("jfedrl.offload")
 
@@ -93,21 +94,11 @@ class RayWorker:
 
 
 @dataclass
-class _Actor:
-    """One actor handle and what it is doing."""
+class _Actor(Slot):
+    """One actor handle and what it is doing (Ray queues calls: it is `ready` at once)."""
 
-    index: int
     handle: Any
-    generation: int = 0
-    """How many actors held this index before (a fresh one replaces a dead one)."""
-    warm: bool = False
-    """It has compiled a step already: its attempts are held to `task_timeout`."""
-    job: Job | None = None
     ref: Any = None
-    sent_at: float = 0.0
-    deadline: float = 0.0
-    bytes_sent: int = 0
-    pending: list[Job] = field(default_factory=list)
 
 
 def connect(config: RayConfig, num_workers: int) -> bool:
@@ -163,8 +154,11 @@ def check_resources(config: RayConfig, num_workers: int) -> None:
             )
 
 
-class RayExecutor:
+class RayExecutor(SlotPool[_Actor]):
     """Ray actors, alive for the whole run (the `Executor` interface of offload.executors)."""
+
+    _timeout_log = "offload: ray actor %d %s; starting a fresh one"
+    _poll_when_idle = False  # only a busy actor has a call to wait for
 
     def __init__(
         self,
@@ -174,12 +168,9 @@ class RayExecutor:
         compile_timeout: float,
         env: dict[str, str] | None = None,
     ):
+        super().__init__(num_workers, task_timeout, compile_timeout)
         self.config = config
-        self.num_workers = num_workers
-        self.task_timeout = task_timeout
-        self.compile_timeout = compile_timeout
         self.env = dict(env or {})
-        self.restarts = 0
         self._owns_ray = connect(config, num_workers)
         try:
             check_resources(config, num_workers)
@@ -192,26 +183,20 @@ class RayExecutor:
             max_restarts=0,  # a dead actor is replaced by this executor, which knows its job
             max_concurrency=1,
         )
-        self._done: list[Outcome] = []
-        self._actors = [self._spawn(index) for index in range(num_workers)]
+        self._slots = [self._spawn(index) for index in range(num_workers)]
 
     # -- actors
 
     def _spawn(self, index: int) -> _Actor:
-        return _Actor(index, self._remote.remote(self.env))
+        return _Actor(index, self._remote.remote(self.env), ready=True)
 
-    def _restart(self, actor: _Actor) -> None:
+    def _kill(self, actor: _Actor) -> None:
         try:
             ray.kill(actor.handle, no_restart=True)
         except (RayError, ValueError):
             pass  # already gone
-        self.restarts += 1
-        fresh = self._spawn(actor.index)
-        fresh.generation = actor.generation + 1
-        fresh.pending = actor.pending
-        self._actors[actor.index] = fresh
 
-    def _timeout(self, actor: _Actor) -> tuple[str, float]:
+    def _limit(self, actor: _Actor) -> tuple[str, float]:
         if actor.warm:
             return "task_timeout", self.task_timeout
         return "compile_timeout", self.compile_timeout
@@ -231,30 +216,24 @@ class RayExecutor:
             request["output"] = str(job.output_dir.absolute())
         actor.job = job
         actor.sent_at = time.monotonic()
-        actor.deadline = actor.sent_at + self._timeout(actor)[1]
-        actor.bytes_sent = len(task or b"")
+        actor.deadline = actor.sent_at + self._limit(actor)[1]
+        actor.bytes_sent, actor.compile_seconds = len(task or b""), 0.0
         actor.ref = actor.handle.run.remote(request, task)
 
-    def _finish(self, actor: _Actor, ok: bool, error: str = "", **extra: Any) -> None:
-        job = actor.job
-        assert job is not None
-        self._done.append(
-            Outcome(
-                job,
-                ok,
-                error,
-                worker=f"ray-{actor.index}/{actor.generation}",
-                seconds=time.monotonic() - actor.sent_at,
-                bytes_sent=actor.bytes_sent,
-                **extra,
-            )
-        )
-        actor.job, actor.ref = None, None
+    def _worker_name(self, actor: _Actor) -> str:
+        return f"ray-{actor.index}/{actor.generation}"
+
+    def _poll(self, busy: list[_Actor], seconds: float) -> None:
+        ready, _ = ray.wait([actor.ref for actor in busy], num_returns=1, timeout=max(0, seconds))
+        for actor in busy:
+            if actor.ref in ready:
+                self._receive(actor)
 
     def _receive(self, actor: _Actor) -> None:
         """The answer of the actor's finished attempt (or its death)."""
+        ref, actor.ref = actor.ref, None  # the attempt ends here, whatever the answer
         try:
-            answer, data = ray.get(actor.ref)
+            answer, data = ray.get(ref)
         except RayActorError as error:
             reason = f"ray actor died ({type(error).__name__}: {_first_line(error)})"
             self._finish(actor, False, reason)
@@ -265,10 +244,11 @@ class RayExecutor:
             self._finish(actor, False, f"ray: {type(error).__name__}: {_first_line(error)}")
             return
         timings = answer.get("timings") or {}
-        compile_seconds = float(timings.get("compile", 0.0)) if timings.get("compiled_fresh") else 0
+        fresh = timings.get("compiled_fresh")
+        actor.compile_seconds = float(timings.get("compile", 0.0)) if fresh else 0
         if answer.get("ok"):
             actor.warm = True
-        extra = dict(compile_seconds=compile_seconds, bytes_received=len(data))
+        extra = dict(bytes_received=len(data))
         if not answer.get("ok"):
             self._finish(actor, False, str(answer.get("error") or "failed"), **extra)
             return
@@ -287,67 +267,24 @@ class RayExecutor:
                 return
         self._finish(actor, True, **extra)
 
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        for actor in list(self._actors):
-            if actor.job is not None and now > actor.deadline:
-                limit, seconds = self._timeout(actor)
-                reason = f"timed out (offload.{limit}={seconds:g}s)"
-                self._finish(actor, False, reason)
-                log.warning("offload: ray actor %d %s; starting a fresh one", actor.index, reason)
-                self._restart(actor)
-
-    def _dispatch(self) -> None:
-        for actor in self._actors:
-            if actor.job is None and actor.pending:
-                self._send(actor, actor.pending.pop(0))
-
-    # -- the executor interface
-
-    def submit(self, job: Job) -> None:
-        self._actors[job.shard % self.num_workers].pending.append(job)
-        self._dispatch()
-
-    def wait(self, timeout: float) -> list[Outcome]:
-        end = time.monotonic() + timeout
-        while not self._done:
-            now = time.monotonic()
-            busy = [actor for actor in self._actors if actor.job is not None]
-            if now >= end or not busy:
-                break
-            until = min([actor.deadline for actor in busy] + [end]) - now
-            ready, _ = ray.wait([actor.ref for actor in busy], num_returns=1, timeout=max(0, until))
-            for actor in busy:
-                if actor.ref in ready:
-                    self._receive(actor)
-            self._check_deadlines()
-            self._dispatch()
-        done, self._done = self._done, []
-        return done
-
     def wait_ready(self, timeout: float) -> float:
         """Blocks until every actor has started and imported JAX (benchmarks); the seconds."""
         start = time.monotonic()
         try:
-            ray.get([actor.handle.ready.remote() for actor in self._actors], timeout=timeout)
+            ray.get([actor.handle.ready.remote() for actor in self._slots], timeout=timeout)
         except GetTimeoutError:
             raise TimeoutError(f"ray actors not ready after {timeout:g}s") from None
         return time.monotonic() - start
 
     def actor(self, shard: int) -> Any:
         """The actor handle running `shard` now (tests kill it)."""
-        return self._actors[shard % self.num_workers].handle
-
-    def verdict(self, outcome: Outcome, error: str | None) -> None:
-        """An actor that returned a bad result stays: it is the cluster's, like a local worker."""
+        return self._slots[shard % self.num_workers].handle
 
     def close(self) -> None:
-        for actor in self._actors:
-            try:
-                ray.kill(actor.handle, no_restart=True)
-            except (RayError, ValueError):
-                pass
-        self._actors = []
+        """Kills every actor, and stops Ray if this executor started it."""
+        for actor in self._slots:
+            self._kill(actor)
+        self._slots = []
         self._shutdown()
 
     def _shutdown(self) -> None:
