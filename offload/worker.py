@@ -439,7 +439,7 @@ def _check_compiled(step: Any, n: int) -> None:
 
 def _training_args(algorithm, shapes: ShardShapes, arrays: dict, stripped: Any) -> tuple:
     """`local_training`'s arguments from a task's arrays and the clients' stripped states."""
-    from jfedrl.algorithms import Reference
+    from jfedrl.algorithms.base import Reference
 
     stacked = shapes.stacked_reference
     global_params = decode_group("global", arrays, shapes.global_params, rows=stacked)
