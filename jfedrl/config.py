@@ -282,6 +282,11 @@ class Config:
     distributed: DistributedConfig = param(
         default_factory=DistributedConfig, resumable=True, setup=False
     )
+    plugins: tuple[str, ...] = param((), resumable=True, setup=False)
+    """Modules imported before the config is built, each registering an algorithm, a
+    strategy, an env or a variant (`--plugin my_module`, repeatable; searched in the
+    current folder first). Recorded here, so a resume, `eval` and the offload workers
+    load them too (docs/extending.md)."""
 
 
 # ---------------------------------------------------------------- conversion
@@ -350,6 +355,9 @@ def participants_per_round(fed: FederationConfig) -> int:
 # ---------------------------------------------------------------- facts of the fields
 # The tables the sweep, `--resume`, `compare` and the CLI use, derived from the
 # facts each field declares (`jfedrl.schema.fields.param`), in field order.
+
+algorithms.freeze("jfedrl.config assembled the config tree")
+strategies.freeze("jfedrl.config assembled the config tree")
 
 FACTS: dict[str, Facts] = facts_of(Config)
 """Every leaf field of `Config` by dotted path, with its declared facts."""

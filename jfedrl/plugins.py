@@ -1,4 +1,5 @@
-"""Plugins found through packaging entry points: executors and CLI commands.
+"""Plugins: executors and CLI commands found through packaging entry points, and
+the modules `--plugin` imports (algorithms, strategies, envs, variants).
 
 An executor is where a round's local training runs. `inprocess` (the jitted
 simulator) is built in; a package adds others by declaring an entry point in
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -125,3 +128,43 @@ def executor(name: str) -> ExecutorSpec:
 def commands() -> dict[str, CommandSpec]:
     """Every plugin subcommand by name."""
     return _load(COMMAND_GROUP, CommandSpec)
+
+
+#: The modules `load_modules` imported in this process, by name, with the folder each
+#: was found in (the offload workers get these folders on their `PYTHONPATH`).
+LOADED: dict[str, str] = {}
+
+
+def load_modules(names: Iterable[str]) -> None:
+    """Imports the plugin modules `names` (`--plugin`, `plugins:` in a config file).
+
+    A plugin module registers what it defines (an algorithm, a strategy, an env
+    or a variant) when imported, so it must be imported before `jfedrl.config`
+    assembles the config tree from the registries. The current folder is
+    searched first, as for `python -m`.
+
+    Raises:
+        ConfigError: naming `plugins` and the module, if one cannot be imported.
+    """
+    from jfedrl.schema.checks import ConfigError
+
+    names = [n for n in names if n not in LOADED]
+    if not names:
+        return
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name and name.split(".")[0] == error.name.split(".")[0]:
+                raise ConfigError(
+                    f"plugins: no module named {name!r} (searched the current folder and "
+                    "sys.path; give a module name, not a file path)"
+                ) from None
+            raise
+        file = getattr(module, "__file__", None)
+        folder = Path(file).resolve().parent if file else Path.cwd()
+        for _ in name.split(".")[1:]:  # a package module: the folder above the package
+            folder = folder.parent
+        LOADED[name] = str(folder)

@@ -16,12 +16,24 @@ from jfedrl.schema.checks import not_allowed
 from jfedrl.schema.convert import replace_path
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}
+_FROZEN: list[str] = []
+"""Set once `jfedrl.config` has assembled the config tree from the sections."""
+
+
+def freeze(reason: str) -> None:
+    """Refuses later registrations: the config tree holds the sections registered so far."""
+    _FROZEN.append(reason)
 
 
 def register(spec: AlgorithmSpec) -> AlgorithmSpec:
     """Adds an algorithm; names are unique. Returns `spec`."""
     if spec.name in _REGISTRY:
         raise ValueError(f"algorithm {spec.name!r} is already registered")
+    if _FROZEN and spec.section is not None:
+        raise ValueError(
+            f"algorithm {spec.name!r} registers a config section after {_FROZEN[0]}: "
+            "import plugin modules first (`--plugin`, or `jfedrl.plugins.load_modules`)"
+        )
     _REGISTRY[spec.name] = spec
     return spec
 
