@@ -90,3 +90,27 @@ def test_prepare_process_without_lowering_leaves_jax_alone():
     )
     assert changes["stand_ins"] == ["matplotlib.pyplot", "seaborn"]
     assert _needs_table(changes) == {"changed": [], "threefry_added": False}
+
+
+def test_the_test_session_compiles_with_the_unrolled_cpu_lowering():
+    # tests/conftest.py prepares the process, so the many tests that build a
+    # simulator directly compile what `jfedrl train` compiles.
+    from jfedrl.round import xla_cpu
+
+    try:
+        from jax._src.interpreters import mlir
+
+        table = mlir._platform_specific_lowerings["cpu"]
+    except (ImportError, AttributeError):
+        pytest.skip("this JAX has no jax._src.interpreters.mlir._platform_specific_lowerings")
+    import importlib
+
+    for name in xla_cpu.THREEFRY_MODULES:
+        try:
+            module = importlib.import_module(name)
+            primitive, unrolled = module.threefry2x32_p, module._threefry2x32_lowering_rule
+        except (ImportError, AttributeError):
+            continue
+        assert table[primitive].rule is unrolled
+        return
+    pytest.fail("no Threefry lowering rule found in " + ", ".join(xla_cpu.THREEFRY_MODULES))
