@@ -130,7 +130,9 @@ def serve_dir(directory: Path, idle_timeout: float = 6 * 3600.0) -> int:
 def main(args: argparse.Namespace) -> int:
     """`jfedrl offload worker` (and `python -m offload.worker`)."""
     from jfedrl.run.runner import enable_compilation_cache
+    from jfedrl.run.startup import prepare_process
 
+    prepare_process()  # a worker process compiles as `jfedrl train` does
     enable_compilation_cache(_cache_dir())
     if getattr(args, "serve_dir", None):
         return serve_dir(Path(args.serve_dir))

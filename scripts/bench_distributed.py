@@ -132,6 +132,10 @@ def run_layout(processes: int, devices: int, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="measurements per layout")
     parser.add_argument("--blocks", type=int, default=8, help="timed blocks per measurement")

@@ -213,6 +213,10 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per timed block")

@@ -334,6 +334,10 @@ def save(out: Path, report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--env", help="environment name (envs.names())")
     parser.add_argument("--clients", type=int, nargs="*", default=[], help="client counts")

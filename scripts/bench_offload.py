@@ -440,6 +440,10 @@ def run_executors(clients: list[int], shards: int, rounds: int) -> dict:
 
 
 def main() -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--rounds", type=int, default=5)

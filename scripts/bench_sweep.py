@@ -117,6 +117,10 @@ def bench_traced(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=8)

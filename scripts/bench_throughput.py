@@ -603,6 +603,10 @@ def reference_main(clients: list[int], seconds: float) -> None:
 
 
 def main() -> None:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--seconds", type=float, default=4.0)

@@ -206,6 +206,10 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", default=str(DEFAULT_PATH), help="snapshot to compare")
     parser.add_argument("--write", metavar="PATH", help="write the snapshot to PATH instead")

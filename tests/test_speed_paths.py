@@ -38,14 +38,15 @@ _PROBE = (
     "import os, sys; from jfedrl.run.devices import configure_host_devices as c; "
     "layout = c(int(sys.argv[1]), None if sys.argv[2] == '-' else int(sys.argv[2])); "
     "import jax; print(layout.devices, layout.source, jax.local_device_count(), "
-    "os.environ['XLA_FLAGS'])"
+    "os.environ.get('XLA_FLAGS', '-'))"
 )
 
 
-def _probe(participants: int, requested: str, **env: str) -> list[str]:
+def _probe(participants: int, requested: str, *, before: str = "", **env: str) -> list[str]:
+    """The layout chosen in a fresh process, after running the code `before`."""
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JFEDRL_HOST_DEVICES")}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(participants), requested],
+        [sys.executable, "-c", before + _PROBE, str(participants), requested],
         env={**base, "JAX_PLATFORMS": "cpu", **env},
         capture_output=True,
         text=True,
@@ -64,6 +65,25 @@ def test_host_devices_env_then_xla_flags_kept():
     kept = _probe(8, "-", XLA_FLAGS=f"--xla_cpu_use_thunk_runtime=true {FLAG}=3")
     assert kept[:3] == ["3", "XLA_FLAGS", "3"]
     assert "--xla_cpu_use_thunk_runtime=true" in kept[3:]
+
+
+def test_host_devices_set_after_import_jax_through_jax_num_cpu_devices():
+    # `import jax` first (as `prepare_process` does): the count still applies, and
+    # `$XLA_FLAGS` is left alone (children of the process inherit no device count).
+    out = _probe(1, "4", before="import jax; ")
+    assert out == ["4", "flag", "4", "-"]
+
+
+def test_host_devices_once_the_backend_started_are_reported_not_set():
+    out = _probe(1, "4", before="import jax; jax.devices(); ")
+    assert out[:-1] == ["1", "backend", "already", "initialised", "1"]
+
+
+def test_host_devices_bad_count_is_refused_even_after_jax_started():
+    from jfedrl.run.devices import configure_host_devices
+
+    with pytest.raises(ValueError, match="--host-devices: must be a whole number >= 1"):
+        configure_host_devices(2, 0)
 
 
 def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -102,7 +122,8 @@ def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch
 
 def test_start_up_imports_only_what_the_run_needs():
     probe = (
-        "import sys; import jfedrl.cli; cli = set(sys.modules); import jfedrl.run.runner; "
+        "import sys; import jfedrl.cli; cli = set(sys.modules); "
+        "jfedrl.cli.startup.prepare_process(); import jfedrl.run.runner; "
         "print(sorted({'jax', 'matplotlib'} & cli), 'scipy.stats' in sys.modules, "
         "type(sys.modules['seaborn']).__name__); "
         "import seaborn; assert callable(seaborn.color_palette); "
@@ -111,9 +132,9 @@ def test_start_up_imports_only_what_the_run_needs():
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
-    # The CLI parses flags without jax (so the host device count can still be set);
-    # a run loads neither seaborn nor scipy.stats (gymnax imports them to render)
-    # until something draws with them.
+    # The CLI parses flags without jax (`jfedrl config` never loads it); once the
+    # process is prepared (`jfedrl.run.startup`, what `main` does) a run loads neither
+    # seaborn nor scipy.stats (gymnax imports them to render) until something draws.
     assert out == ["[]", "False", "_Deferred", "module"]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from jfedrl import config as jconfig
 from jfedrl import plugins
 from jfedrl.config import Config, DistributedConfig
-from jfedrl.run import signals
+from jfedrl.run import signals, startup
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import flat_fields, override
 
@@ -650,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr_filter.install()
     try:
         signals.install()  # before anything imports jax: a signal at any moment stops the run
+        startup.prepare_process(lowering=args.command not in ("config", "compare"))
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "envs":

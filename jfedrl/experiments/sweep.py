@@ -71,6 +71,7 @@ from jfedrl.run.runner import (
     finish_block,
     timed_block,
 )
+from jfedrl.run.startup import prepare_process
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import override, save_yaml, to_dict
 from jfedrl.validation import validate
@@ -598,6 +599,7 @@ def run_sweep(
         ConfigError: a bad sweep file (before anything compiles), or a new sweep
             into a folder that already holds one.
     """
+    prepare_process()  # the fast CPU lowering, before anything is lowered
     from tqdm import tqdm
 
     if resume is not None:

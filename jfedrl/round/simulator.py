@@ -38,13 +38,10 @@ from jfedrl import algorithms, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round
 from jfedrl.round.environment import ClientEnvs, make_client_envs
-from jfedrl.round.xla_cpu import unroll_threefry_on_cpu
 from jfedrl.strategies.base import ClientInfo, Strategy
 from jfedrl.strategies.dp import clip_factors
 from jfedrl.tree import tree_where
 from jfedrl.validation import validate
-
-unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/round/xla_cpu.py
 
 #: Streams folded into the round key for the draws of system heterogeneity and
 #: staleness, apart from the round key's `split`, so runs without them draw as before.

@@ -16,6 +16,8 @@ and `init` and the evaluation compile in about half the time.
 
 JAX offers no switch for this, so `unroll_threefry_on_cpu` registers the
 unrolled rule for the `cpu` platform through JAX's internal lowering registry.
+That changes the whole process, so importing jfedrl does not call it:
+`jfedrl.run.startup.prepare_process` does, for the processes jfedrl runs.
 The rule lives in `jax._src.prng` up to jax 0.9 and in
 `jax._src.random.threefry2x32` from jax 0.10 on; both are tried. Where a JAX
 release has neither, it changes nothing and says so in one log line: the

@@ -1,13 +1,15 @@
-"""The host device layout, chosen before JAX starts, and what a compiled round needs.
+"""The host device layout, chosen before JAX's backend starts, and what a compiled round needs.
 
 On CPU, XLA gives a process one device however many cores it has, and a jitted
-round then keeps little more than one core busy. `--xla_force_host_platform_device_count`
-splits the host into N devices; the simulator shards its clients over a
-`clients` mesh of all local devices, so N devices run N slices of the client
-axis at once with results equal to the one-device run. The flag must be set
-before JAX initialises its backends, which is why this module imports no jax at
-its top and the CLI calls `configure_host_devices` first. On a GPU the flag only
-shapes the (unused) CPU platform, so it is harmless there.
+round then keeps little more than one core busy. JAX's `jax_num_cpu_devices`
+option (or, where a JAX lacks it, `--xla_force_host_platform_device_count` in
+`$XLA_FLAGS`) splits the host into N devices; the simulator shards its clients
+over a `clients` mesh of all local devices, so N devices run N slices of the
+client axis at once with results equal to the one-device run. The count must be
+set before JAX initialises its backends (the first array or device query), not
+before `import jax`; the CLI calls `configure_host_devices` before anything
+computes. On a GPU the count only shapes the (unused) CPU platform, so it is
+harmless there.
 
 Override order: `--host-devices N` (the CLI), then `$JFEDRL_HOST_DEVICES`, then
 the device count already in `$XLA_FLAGS` (left as it is), then the default.
@@ -29,7 +31,7 @@ class HostLayout:
     """The host device count in force and where it came from."""
 
     devices: int
-    source: str  # "flag", "env", "XLA_FLAGS", "default", or "jax already started"
+    source: str  # "flag", "env", "XLA_FLAGS", "default", or "backend already initialised"
 
     def describe(self) -> str:
         return f"{self.devices} XLA host device(s) ({self.source}; CPU backend only)"
@@ -95,29 +97,66 @@ def _parse_count(value: str, where: str) -> int:
     return count
 
 
+def _backend_initialised() -> bool:
+    """Whether JAX has started its backends, after which the CPU device count is fixed.
+
+    `jax._src.xla_bridge.backends_are_initialized` is private (jax 0.4 through
+    0.11); where it is missing, an imported jax counts as started, the rule of
+    jax versions before `jax_num_cpu_devices`.
+    """
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return True
+
+
+def _set_num_cpu_devices(count: int) -> bool:
+    """Sets JAX's `jax_num_cpu_devices`; False where this JAX has no such option."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except AttributeError:  # "Unrecognized config option"
+        return False
+    return True
+
+
 def configure_host_devices(participants: int, requested: int | None = None) -> HostLayout:
-    """Sets the XLA host device count in `$XLA_FLAGS`, unless JAX has already started.
+    """Sets the CPU device count, unless JAX's backend has already started.
+
+    Through JAX's `jax_num_cpu_devices` option (which imports jax but starts no
+    backend); a JAX without it gets `--xla_force_host_platform_device_count` in
+    `$XLA_FLAGS`. A count the user put in `$XLA_FLAGS` is left as it is.
 
     Args:
         participants: clients training each round, for the default layout.
         requested: `--host-devices`, if given (wins over everything else).
 
     Returns:
-        The layout in force. When JAX is already imported the flag cannot change
-        any more, so nothing is set and the layout says so.
-    """
-    if "jax" in sys.modules:
-        import jax
+        The layout in force. Once JAX's backend is initialised the count cannot
+        change any more, so nothing is set and the layout says so.
 
-        return HostLayout(jax.local_device_count("cpu"), "jax already started")
+    Raises:
+        ValueError: `requested` or `$JFEDRL_HOST_DEVICES` is not a count in range.
+    """
     if requested is not None:
         count, source = _parse_count(str(requested), "--host-devices"), "flag"
     elif os.environ.get(ENV_VAR):
         count, source = _parse_count(os.environ[ENV_VAR], ENV_VAR), "env"
     elif _flag_in_xla_flags() is not None:
-        return HostLayout(_flag_in_xla_flags(), "XLA_FLAGS")
+        count, source = _flag_in_xla_flags(), "XLA_FLAGS"
     else:
         count, source = default_host_devices(participants, usable_cores()), "default"
+    if _backend_initialised():
+        import jax
+
+        return HostLayout(jax.local_device_count("cpu"), "backend already initialised")
+    if source == "XLA_FLAGS" or _set_num_cpu_devices(count):
+        return HostLayout(count, source)
     others = [p for p in os.environ.get("XLA_FLAGS", "").split() if not p.startswith(FLAG + "=")]
     os.environ["XLA_FLAGS"] = " ".join([*others, f"{FLAG}={count}"])
     return HostLayout(count, source)

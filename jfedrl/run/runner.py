@@ -48,6 +48,7 @@ from jfedrl.run.outputs import (
     to_jsonable,
     truncate_metrics,
 )
+from jfedrl.run.startup import prepare_process
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import override, save_yaml
 from jfedrl.strategies import privacy
@@ -456,6 +457,7 @@ def train(
             trains in it (the folder is locked while this runs).
         CheckpointError: a checkpoint cannot be restored or saved (named).
     """
+    prepare_process()  # the fast CPU lowering, before anything is lowered
     enable_compilation_cache()
     config = fixed_schedule(config, resume)
     simulator = make_simulator(config)  # validates before anything compiles
