@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jfedrl import plugins
 from jfedrl.plugins import CommandSpec, ExecutorSpec
 from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
 from offload.golem_config import GolemConfig
@@ -31,6 +32,12 @@ def validate_local(config: Any) -> None:
 def validate_golem(config: Any) -> None:
     """`validate_local`, then the `offload.golem` section: bounds and one provider image."""
     validate_local(config)
+    if config.plugins:
+        raise ConfigError(
+            f"plugins: {', '.join(config.plugins)}: a Golem provider runs the published image, "
+            "which holds no plugin module; install it in the image (scripts/build_golem_image.sh) "
+            "and register it with an entry point, or use --executor local or ray"
+        )
     golem = config.offload.golem
     for name in (
         "budget",
@@ -71,6 +78,13 @@ def validate_ray(config: Any) -> None:
     require_choice("offload.ray.transfer", section.transfer, RAY_TRANSFERS)
 
 
+def _with_plugin_path(env: dict[str, str]) -> None:
+    """Puts the folders of the loaded `--plugin` modules on the workers' `PYTHONPATH`."""
+    folders = list(dict.fromkeys(plugins.LOADED.values()))
+    if folders:
+        env["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [env.get("PYTHONPATH")])])
+
+
 def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     """The `local` executor: one worker process per shard, sharing this run's XLA cache."""
     import jax
@@ -82,6 +96,7 @@ def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     cache = jax.config.jax_compilation_cache_dir
     if cache:
         env["JFEDRL_COMPILATION_CACHE"] = str(cache)
+    _with_plugin_path(env)
     return LocalExecutor(
         num_workers=num_shards,
         work_dir=work_dir / "workers",
@@ -112,6 +127,7 @@ def ray_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
         env["JFEDRL_WORK_DIR"] = str(work_dir)
         if cache:
             env["JFEDRL_COMPILATION_CACHE"] = str(cache)
+        _with_plugin_path(env)
     return RayExecutor(
         offload.ray,
         num_workers=num_shards,

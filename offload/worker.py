@@ -132,6 +132,23 @@ def _revert_rows(after: Any, before: Any, rows: list[int]) -> Any:
     return jax.tree.map(put, after, before)
 
 
+def load_plugins(config_dict: dict[str, Any]) -> None:
+    """Imports the plugin modules a task's config names, before its config is built.
+
+    The requestor puts the folders it loaded them from on this process's
+    `PYTHONPATH` (`offload.plugin.local_executor`).
+
+    Raises:
+        TaskError: naming `plugins`, if one cannot be imported here.
+    """
+    from jfedrl import plugins
+
+    try:
+        plugins.load_modules(config_dict.get("plugins") or ())
+    except ValueError as error:
+        raise TaskError(str(error)) from None
+
+
 class Worker:
     """Runs tasks, keeping each config's simulator and compiled step across tasks."""
 
@@ -141,6 +158,7 @@ class Worker:
         self._cache: dict[tuple[str, int], ShardCache] = {}
 
     def simulator(self, config_dict: dict[str, Any]):
+        load_plugins(config_dict)
         from jfedrl.config import from_dict
         from jfedrl.round.simulator import make_simulator
 
@@ -375,6 +393,7 @@ def _check_shard(task: TaskHeader) -> None:
     Raises:
         TaskError: naming the field.
     """
+    load_plugins(task.config)
     from jfedrl.config import from_dict
 
     num_clients = from_dict(task.config).federation.num_clients
