@@ -6,12 +6,12 @@ synchronous variant A2C, as in OpenAI Baselines, waits for all actors and takes
 one gradient step on their batch); Schulman et al. 2016 (GAE(lambda)); Li et
 al. 2020 (FedProx proximal term).
 
-Seed features covered: seed 003 (MARL) trains A3C workers whose gradients
+Features of the systems this replaces: MARL trains A3C workers whose gradients
 update one shared network and ships the weights to a parent that combines
 them. Here the `num_envs` vectorised environments of a client are A3C's
 parallel actor-learners made synchronous (the same expected gradient, without
 the stale-gradient noise), and the federation plays the parent/child part.
-The communication KL to the global policy follows seed 002; the L2 term seed 001.
+The communication KL to the global policy follows FedRL; the L2 term RLlab FRL.
 
 One `local_update` = `num_steps x num_envs` environment steps (the n-step
 rollout), then ONE gradient step on the whole batch. With `gae_lambda = 1`
@@ -106,7 +106,7 @@ def loss(
 
     total = -mean(log pi(a|s) A) + vf_coef 0.5 mean((V - R)^2) - ent_coef H
     + comm_coef mean KL[pi_global || pi] + mu/2 ||w - w_global||^2, with A
-    standardised if `normalize_advantages` (Mnih et al. 2016; seed 002's KL).
+    standardised if `normalize_advantages` (Mnih et al. 2016; FedRL's KL).
 
     Args:
         params: the client's network params.

@@ -45,7 +45,7 @@ class A2CConfig:
     """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
     comm_coef: float = param(0.0, switch=True, static_reason=COMM_REASON)
     """Weight (>= 0) of the communication term KL[pi_global || pi] towards the broadcast
-    global policy (seed 002 `--comm-coeff`)."""
+    global policy (FedRL `--comm-coeff`)."""
     prox_mu: float = param(0.0, switch=True, static_reason=PROX_REASON)
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
 

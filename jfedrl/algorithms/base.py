@@ -48,7 +48,7 @@ class Algorithm(NamedTuple):
     """True if `local_update` reads `reference.peer_params`."""
     aggregation_periods: tuple[tuple[str, int], ...] = ()
     """Rounds between aggregations of each named top-level component of the params
-    (e.g. `(("actor", 2), ("critic", 1))`, seed 001); between them each client keeps
+    (e.g. `(("actor", 2), ("critic", 1))`, RLlab FRL); between them each client keeps
     its own copy of the component. Unlisted components are aggregated every round."""
 
 

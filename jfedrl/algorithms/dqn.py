@@ -8,8 +8,8 @@ network evaluates it); Wang et al. 2016, "Dueling Network Architectures for
 Deep Reinforcement Learning" (Q = V + A - mean_a A); Li et al. 2020 (FedProx
 proximal term).
 
-Seed features covered: seed 004 (Oneagent) DQN vanilla / double / dueling;
-seed 001's federated Q-learning objective with the L2 (FedProx) regulariser
+Features of the systems this replaces: Oneagent: DQN vanilla / double / dueling;
+RLlab FRL's federated Q-learning objective with the L2 (FedProx) regulariser
 towards the global Q-network, and its argument for a per-client replay buffer.
 
 One `local_update` = `num_steps x num_envs` epsilon-greedy environment steps,
@@ -26,7 +26,7 @@ clients then regress towards the same consensus bootstrap target, which
 limits client drift, and the target is never older than one round (a round of
 local work then resembles one iteration of fitted Q-iteration with the global
 model). With `"local"` it is kept and only follows the client's own online
-network every `target_update_interval` updates (the seed 001 pseudo-code); a
+network every `target_update_interval` updates (the RLlab FRL pseudo-code); a
 client adopts the broadcast as its target once, before its first update, so
 the target never starts as an unrelated random network.
 """

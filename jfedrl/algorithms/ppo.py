@@ -5,10 +5,10 @@ surrogate, adaptive KL penalty); Schulman et al. 2016 (GAE); Tomar et al. 2020,
 "Mirror Descent Policy Optimization" (MDPO); Li et al. 2020, "Federated
 Optimization in Heterogeneous Networks" (FedProx proximal term).
 
-Seed features covered (seed 002, FedRL federated PPO): the objectives `none`
+Features of the systems this replaces (FedRL, federated PPO): the objectives `none`
 (r_t A_t), `clip`, `kl` (fixed or adaptive beta) and `mdpo`, each with or
 without the communication term towards the global policy or the weighted
-mixture of the peers' policies; seed 001's L2 (FedProx) regulariser.
+mixture of the peers' policies; RLlab FRL's L2 (FedProx) regulariser.
 
 One `local_update` = `num_steps x num_envs` environment steps, then
 `update_epochs x num_minibatches` gradient steps. It is a pure function of one
@@ -103,7 +103,7 @@ def comm_kl(
     reference: Reference,
     obs: jax.Array,
 ) -> jax.Array:
-    """Per-sample KL of the communication term (seed 002), `[B]`.
+    """Per-sample KL of the communication term (FedRL), `[B]`.
 
     KL[ref || pi] for `none` / `clip` / `kl`, KL[pi || ref] for `mdpo`, where
     ref is the broadcast global policy (`comm_reference: global`) or the
@@ -145,7 +145,7 @@ def loss(
 
     total = L_pi + vf_coef L_V - ent_coef H + comm_coef C + mu/2 ||w - w_global||^2,
     with r = pi(a|s) / pi_old(a|s) and A the per-minibatch standardised GAE
-    advantages, L_pi is by `ppo.objective` (seed 002, Schulman et al. 2017, Tomar
+    advantages, L_pi is by `ppo.objective` (FedRL, Schulman et al. 2017, Tomar
     et al. 2020):
 
     - `clip`: -mean(min(r A, clip(r, 1 - eps, 1 + eps) A));

@@ -44,7 +44,7 @@ class PPOConfig:
     """If > 0, adapt beta after each local update (Schulman et al. 2017, sec. 4): doubled if
     the update's mean KL[pi_old || pi] exceeds 1.5 kl_target, halved if below kl_target / 1.5."""
     comm_coef: float = param(0.0, switch=True, static_reason=COMM_REASON)
-    """Weight of the communication KL term (seed 002 `--comm-coeff`): KL between
+    """Weight of the communication KL term (FedRL `--comm-coeff`): KL between
     the policy and `comm_reference` (KL[ref, pi], or KL[pi, ref] for `mdpo`)."""
     comm_reference: str = "global"
     """Communication target: `global` (the broadcast global policy) or `mixture`

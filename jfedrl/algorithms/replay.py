@@ -5,7 +5,7 @@ Experience replay (Lin 1992; Mnih et al. 2015) for the off-policy learners
 `[capacity, ...]` arrays plus an insert position and a fill count, so the
 simulator can vmap, scatter, checkpoint and ship it like any other state and
 no Python object crosses a jit boundary. Seed 003 (MARL) lists a replay memory
-among its goals; seed 004's DQN and DDPG learners sample one.
+among its goals; Oneagent's DQN and DDPG learners sample one.
 
 Writes wrap around: once `capacity` transitions are stored, the oldest are
 overwritten. Sampling is uniform over the stored transitions.

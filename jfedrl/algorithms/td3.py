@@ -7,7 +7,7 @@ Lillicrap et al. 2016, "Continuous control with deep reinforcement learning"
 (DDPG: deterministic actor, one critic, Polyak-averaged targets); Li et al.
 2020 (FedProx proximal term).
 
-Seed features covered: seed 001 (RLlab FRL) federates TD3 on Pendulum and
+Features of the systems this replaces: RLlab FRL federates TD3 on Pendulum and
 BipedalWalker and adds to the local losses a penalty towards the global model,
 `Q_loss + beta dist(phi, phi_global)` and `mu_loss + beta dist(w, w_global)`:
 here `prox_mu` is that L2 distance on the parameters (FedProx) for both actor
@@ -30,16 +30,16 @@ the actor and Polyak-averages the targets. Updates are masked out during the
 warm-up. Truncation bootstraps from `info["final_observation"]`.
 
 Federation: `get_params` / `set_params` carry the online networks,
-`{"actor": ..., "critic": ...}` (seed 001 synchronises both). The targets stay
+`{"actor": ..., "critic": ...}` (RLlab FRL synchronises both). The targets stay
 on the client. With `target_sync = "local"` (the default) they keep following
 the client's online networks by Polyak averaging after each broadcast, as in
-seed 001's pseudo-code: the target's slowness is what stabilises TD3, and a
+RLlab FRL's pseudo-code: the target's slowness is what stabilises TD3, and a
 target reset each round would make it jump by a whole round's progress. A
 client adopts the broadcast as its targets once, before its first update, so
 the targets never start as unrelated random networks. With `"global"` they
 are reset to the new global params at every broadcast.
 
-Separate periods (seed 001's pseudo-code): the seed counts critic updates t and
+Separate periods (RLlab FRL's pseudo-code): RLlab FRL counts critic updates t and
 sends the critic every N of them, updates the actor every M (the policy delay)
 and sends it every L actor updates, i.e. every M * L critic updates. Here
 clients talk to the server only at round ends, and a round is
@@ -204,7 +204,7 @@ def actor_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """-mean Q_1(s, mu(s)) + comm_coef mean ||mu(s) - mu_global(s)||^2 + mu/2 ||w - w_global||^2.
 
-    The communication term is seed 001's policy-space distance to the global actor
+    The communication term is RLlab FRL's policy-space distance to the global actor
     (no gradient into the global actor).
 
     Returns:

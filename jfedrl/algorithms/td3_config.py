@@ -51,7 +51,7 @@ class TD3Config:
     with Gaussian exploration as in Fujimoto et al.'s DDPG baseline)."""
     target_sync: str = "local"
     """At each broadcast the target networks are `local` (kept; they follow the client's
-    online networks by Polyak averaging, as in seed 001) or `global` (reset to the new
+    online networks by Polyak averaging, as in RLlab FRL) or `global` (reset to the new
     global params)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the actor and of each critic (small for CPU runs; Fujimoto
@@ -59,16 +59,16 @@ class TD3Config:
     activation: str = "relu"
     """Hidden activation: `tanh`, `relu`, `gelu`, `swish`."""
     comm_coef: float = param(0.0, switch=True, static_reason=COMM_REASON)
-    """Weight (>= 0) of seed 001's regulariser towards the global actor: mean
+    """Weight (>= 0) of RLlab FRL's regulariser towards the global actor: mean
     ||mu(s) - mu_global(s)||^2 over the batch (the KL between equal-variance Gaussian
     policies around the two actions, up to a constant factor)."""
     prox_mu: float = param(0.0, switch=True, static_reason=PROX_REASON)
     """FedProx proximal term mu/2 ||w - w_global||^2 on the actor and the critics."""
     critic_period: int = 1
-    """Rounds between aggregations of the critic (seed 001's N, as N / critic steps per
+    """Rounds between aggregations of the critic (RLlab FRL's N, as N / critic steps per
     round; docs/algorithms.md). Between them each client keeps its own critic."""
     actor_period: int = 1
-    """Rounds between aggregations of the actor (seed 001's M * L, as M * L / critic steps
+    """Rounds between aggregations of the actor (RLlab FRL's M * L, as M * L / critic steps
     per round, M = policy_delay). Between them each client keeps its own actor."""
 
 

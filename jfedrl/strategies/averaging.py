@@ -2,7 +2,7 @@
 
 - `fedavg`: weighted by environment steps, p_k = n_k / n (McMahan et al. 2017,
   "Communication-Efficient Learning of Deep Networks from Decentralized Data").
-- `mean`: the unweighted mean (seed 000 "Average", done once over all clients
+- `mean`: the unweighted mean (DeRL "Average", done once over all clients
   rather than the seed's iterative halving that over-weighted later models).
 """
 

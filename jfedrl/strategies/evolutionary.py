@@ -1,6 +1,6 @@
 """Evolutionary aggregation: the clients are a population, their returns its fitness.
 
-Covers seed 000 "Evolutionary" (DeRL on Golem): the federated agent's "DNA" is
+Covers DeRL "Evolutionary" (DeRL on Golem): the federated agent's "DNA" is
 obtained by combining the trained agents' DNA with a swarm / evolutionary
 optimiser (e.g. differential evolution), so that mutations keep the federation
 from converging to a sub-optimal policy. The seed's implementation returned

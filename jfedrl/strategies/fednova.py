@@ -19,7 +19,7 @@ same for every client and cancel in tau_eff / tau_i), or `num_steps` where
 `local_steps` is not given. With equal tau_i FedNova is FedAvg. The clients'
 Adam / RMSProp optimisers are treated as the plain local solver, the paper's
 basic form. Not in the seeds: it is the standard remedy for the unequal local
-work that seed 003's asynchronous A3C workers and real devices produce.
+work that MARL's asynchronous A3C workers and real devices produce.
 """
 
 from __future__ import annotations

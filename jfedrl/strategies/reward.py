@@ -1,6 +1,6 @@
 """Reward-weighted averaging: better-performing clients count more.
 
-Covers seed 000 "Weighted Average" (DeRL on Golem): the global model is the
+Covers DeRL "Weighted Average" (DeRL on Golem): the global model is the
 average of the clients' models weighted by their performance (mean reward).
 The seed used the raw rewards as weights, which breaks for negative returns
 (Pendulum: every return is negative, so weights are negative and the "average"
