@@ -10,9 +10,8 @@ evaluation's 8.
 
 The unrolled lowering, which JAX already uses on every other platform, is the
 same arithmetic, so draws are bit-identical; XLA fuses it into the
-surrounding kernels instead. Measured on 2 cores (bench/throughput_reference.md,
-bench/startup.md): the round compiles about a quarter faster and runs faster,
-and `init` and the evaluation compile in about half the time.
+surrounding kernels instead, so the round, `init` and the evaluation compile
+and run faster (bench/throughput_reference.md, bench/startup.md).
 
 JAX offers no switch for this, so `unroll_threefry_on_cpu` registers the
 unrolled rule for the `cpu` platform through JAX's internal lowering registry.

@@ -59,8 +59,8 @@ def bitonic_sort(x: jax.Array) -> jax.Array:
 
     The network is static: log2(K) (log2(K) + 1) / 2 elementwise min/max stages,
     each vectorised over all other axes. XLA's CPU sort compares element by
-    element and is 15-40x slower on `[K, D]` parameter matrices (measured with
-    `scripts/bench_aggregation.py`).
+    element and is much slower on `[K, D]` parameter matrices (bench/aggregation.md,
+    from `scripts/bench_aggregation.py`).
     """
     n0 = x.shape[0]
     n = 1 << max(0, (n0 - 1).bit_length())
