@@ -130,6 +130,16 @@ def commands() -> dict[str, CommandSpec]:
     return _load(COMMAND_GROUP, CommandSpec)
 
 
+#: Comma-separated plugin modules every `jfedrl` process and offload worker loads
+#: (the offload executors pass their run's plugins to their workers this way).
+ENV_VAR = "JFEDRL_PLUGINS"
+
+
+def from_environment() -> list[str]:
+    """The plugin modules `$JFEDRL_PLUGINS` names."""
+    return [name for name in os.environ.get(ENV_VAR, "").split(",") if name]
+
+
 #: The modules `load_modules` imported in this process, by name, with the folder each
 #: was found in (the offload workers get these folders on their `PYTHONPATH`).
 LOADED: dict[str, str] = {}

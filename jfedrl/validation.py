@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from jfedrl.config import REJECTED_AGGREGATE_ACTIONS, Config, DistributedConfig, FederationConfig
+import envs
+from envs.suggest import did_you_mean
+from jfedrl import algorithms, plugins, strategies
+from jfedrl.config import (
+    REJECTED_AGGREGATE_ACTIONS,
+    Config,
+    DistributedConfig,
+    EnvConfig,
+    FederationConfig,
+)
 from jfedrl.schema.checks import (
     ConfigError,
     require,
@@ -26,18 +35,15 @@ def validate(config: Config) -> Config:
 
     Registry names are checked against the live registries, so a plugin that
     registers a new environment, algorithm, strategy or executor is accepted;
-    the environment and executor checks are their modules' own.
+    then each registered component runs its own checks.
     """
-    from jfedrl import algorithms, plugins, strategies
-    from jfedrl.round import environment
-
     require_finite("", config)
     rule = "in [0, 2**32) (a JAX key holds 32 bits: other seeds repeat one of these)"
     require(0 <= config.seed < 2**32, "seed", rule, config.seed)
     for section in dataclasses.fields(config):  # the seed's bound is its own
         if section.name != "seed":
             require_int32(section.name, getattr(config, section.name))
-    environment.validate(config)
+    validate_env(config.env, config.federation.num_clients)
     require_choice("algo.name", config.algo.name, algorithms.names())
     require_choice("strategy.name", config.strategy.name, strategies.names())
     executor = plugins.executor(config.offload.executor)
@@ -132,3 +138,30 @@ def _validate_federation(fed: FederationConfig) -> None:
         ok = previous_end <= start < end
         require(ok, "federation.schedule_restarts", rule, list(restarts))
         previous_end = end
+
+
+def validate_env(config: EnvConfig, num_clients: int) -> None:
+    """Every check of the `env` section for `num_clients` clients; builds no environment.
+
+    Raises:
+        ConfigError: naming the field (`env.name`, `env.variant`, `env.ranges`,
+            `env.values`, `env.drift_params`, ...) and the allowed values.
+    """
+    require_choice("env.name", config.name, envs.names())
+    entry = envs.spec(config.name)
+    if config.backend and config.backend not in entry.backends:
+        allowed = ", ".join(entry.backends) if entry.backends else "'' (not a Brax env)"
+        raise ConfigError(
+            f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}."
+            + did_you_mean(config.backend, entry.backends)
+        )
+    require_positive("env.max_episode_steps", config.max_episode_steps, strict=False)
+    require(config.drift_period >= 1, "env.drift_period", ">= 1", config.drift_period)
+    try:
+        envs.check_overrides(config.name, config.variant, config.ranges, config.values, num_clients)
+        envs.drift.resolve_drift_params(config.name, config.drift, config.drift_params)
+        envs.check_disturbance(
+            config.name, config.disturbance, config.disturbance_prob, config.disturbance_scale
+        )
+    except envs.ParamError as error:
+        raise ConfigError(f"env.{error.field}: {error.message}") from None

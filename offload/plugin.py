@@ -79,10 +79,15 @@ def validate_ray(config: Any) -> None:
 
 
 def _with_plugin_path(env: dict[str, str]) -> None:
-    """Puts the folders of the loaded `--plugin` modules on the workers' `PYTHONPATH`."""
+    """Has the workers load this process's `--plugin` modules from the folders they came from.
+
+    A worker's `jfedrl` process imports them before its config tree is assembled
+    (`$JFEDRL_PLUGINS`, read by `jfedrl.cli`), from its `PYTHONPATH`.
+    """
     folders = list(dict.fromkeys(plugins.LOADED.values()))
     if folders:
         env["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [env.get("PYTHONPATH")])])
+        env[plugins.ENV_VAR] = ",".join(plugins.LOADED)
 
 
 def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:

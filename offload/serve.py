@@ -129,6 +129,10 @@ def serve_dir(directory: Path, idle_timeout: float = 6 * 3600.0) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`jfedrl offload worker` (and `python -m offload.worker`)."""
+    from jfedrl import plugins
+
+    # The run's plugin modules, before anything assembles the config tree.
+    plugins.load_modules(plugins.from_environment())
     from jfedrl.run.runner import enable_compilation_cache
     from jfedrl.run.startup import prepare_process
 

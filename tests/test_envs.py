@@ -15,6 +15,7 @@ from envs.classic import CLASSIC_CONTROL
 from jfedrl.config import EnvConfig
 from jfedrl.round.environment import make_client_envs
 from jfedrl.schema.checks import ConfigError
+from jfedrl.validation import validate_env
 
 STEPS = 30
 SHORT_EPISODE = 12
@@ -381,7 +382,7 @@ def test_client_envs_sample_the_configured_variant():
 )
 def test_bad_env_config_raises_config_error(config, clients, field, mentions):
     with pytest.raises(ConfigError) as error:
-        make_client_envs(config, clients)
+        validate_env(config, clients)
     message = str(error.value)
     assert message.startswith(field + ":"), message
     assert mentions in message

@@ -142,7 +142,8 @@ BLOCKED_RUN = textwrap.dedent(
 
     sys.meta_path.insert(0, NoOffload())
 
-    from jfedrl import cli, plugins
+    from jfedrl import plugins
+    from jfedrl.cli import app
     from jfedrl.config import OffloadConfig
     from jfedrl.schema.checks import ConfigError
     from jfedrl.schema.convert import replace_path
@@ -152,7 +153,7 @@ BLOCKED_RUN = textwrap.dedent(
 
     config = tiny_config(federation__rounds=1, log__rounds_per_block=1)
     result = train(with_run_dir(config, sys.argv[1]), quiet=True)
-    cli.build_parser()  # the CLI builds without offload's subcommand
+    app.build_parser()  # the CLI builds without offload's subcommand
     try:
         validate(replace_path(config, "offload.executor", "local"))
         local = "accepted"

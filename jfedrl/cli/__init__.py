@@ -48,8 +48,10 @@ def _files(argv: list[str]) -> Iterator[Path]:
 
 
 def plugin_names(argv: list[str]) -> list[str]:
-    """Every plugin module `argv` asks for, flags first, in order, without repeats."""
-    names = []
+    """Every plugin module `argv` (and `$JFEDRL_PLUGINS`) asks for, in order, once each."""
+    from jfedrl import plugins
+
+    names = plugins.from_environment()
     for i, arg in enumerate(argv):
         if arg == PLUGIN_FLAG and i + 1 < len(argv):
             names.append(argv[i + 1])

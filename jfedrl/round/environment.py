@@ -17,9 +17,8 @@ import jax
 import numpy as np
 
 import envs
-from envs.suggest import did_you_mean
-from jfedrl.config import Config, EnvConfig
-from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
+from jfedrl.config import EnvConfig
+from jfedrl.schema.checks import ConfigError
 
 DriftFn = Callable[[jax.Array, Any, jax.Array], Any]
 
@@ -47,41 +46,8 @@ class ClientEnvs:
         return {name: np.asarray(getattr(params, name)) for name in self.param_names}
 
 
-def _check(config: EnvConfig, num_clients: int) -> None:
-    """Every check of the `env` section; builds no environment."""
-    require_choice("env.name", config.name, envs.names())
-    entry = envs.spec(config.name)
-    if config.backend and config.backend not in entry.backends:
-        allowed = ", ".join(entry.backends) if entry.backends else "'' (not a Brax env)"
-        raise ConfigError(
-            f"env.backend: {config.backend!r} is not allowed for {config.name}; allowed: {allowed}."
-            + did_you_mean(config.backend, entry.backends)
-        )
-    require_positive("env.max_episode_steps", config.max_episode_steps, strict=False)
-    require(config.drift_period >= 1, "env.drift_period", ">= 1", config.drift_period)
-    try:
-        envs.check_overrides(config.name, config.variant, config.ranges, config.values, num_clients)
-        envs.drift.resolve_drift_params(config.name, config.drift, config.drift_params)
-        envs.check_disturbance(
-            config.name, config.disturbance, config.disturbance_prob, config.disturbance_scale
-        )
-    except envs.ParamError as error:
-        raise ConfigError(f"env.{error.field}: {error.message}") from None
-
-
-def validate(config: Config) -> None:
-    """Validates the `env` section for `federation.num_clients` clients, building nothing.
-
-    Raises:
-        ConfigError: naming the field (`env.name`, `env.variant`, `env.ranges`,
-            `env.values`, `env.drift_params`, ...) and the allowed values.
-    """
-    _check(config.env, config.federation.num_clients)
-
-
 def make_client_envs(config: EnvConfig, num_clients: int) -> ClientEnvs:
-    """Builds the clients' environments from the `env` config section."""
-    _check(config, num_clients)
+    """Builds the clients' environments from a valid `env` section (`validation.validate_env`)."""
     options = {"backend": config.backend} if config.backend else {}
     try:
         env, default_params = envs.make(config.name, **options)
