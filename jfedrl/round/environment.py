@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import envs
-from envs.suggest import did_you_mean
+from envs.registry import did_you_mean
 from jfedrl.config import Config, EnvConfig
 from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
 
