@@ -21,6 +21,9 @@ after which derived params are recomputed. With `m = magnitude`, `T = period`:
     sinusoidal   s = m * sin(2 pi round / T)
     random_walk  s = m * sum_{r=1..round} eps_r / sqrt(T),   eps_r ~ N(0, 1)
                  (independent per client and parameter; std m after T rounds)
+
+Each schedule is a `Drift` in the `DRIFTS` registry: a new one is one
+`register_drift` call.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ naming a `CommandSpec`. This module imports nothing heavy: a spec's target
 module must stay light too (build the executor lazily in `make_runner`), so
 that listing the executors costs milliseconds.
 
+Both are `envs.registry.Registry` instances (`EXECUTORS`, `COMMANDS`).
 Specs are read once per process; a package installed after that is seen by the
 next process. An entry point whose package is absent is skipped, so jfedrl runs
 without `offload`.
