@@ -19,25 +19,29 @@ entry declares the environment's tunable physical parameters (with the ranges
 of the `random` / `extreme` variants), how derived parameters follow them, the
 parameters that drift by default, and how an impulse disturbance kicks its
 state; `variants`, `drift` and `disturbance` build on that.
+
+Importing `envs` loads no JAX (the CLI and `jfedrl.plugins` import
+`envs.registry` before JAX may be configured): the built-in suites register
+themselves on the registry's first use, and the re-exported building blocks
+below are imported when first read.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from envs.registry import Registry, UnknownName, did_you_mean
 
-from envs.suggest import did_you_mean
-from envs.variants import VARIANTS, ParamError, Tunable
+if TYPE_CHECKING:
+    from envs.variants import Tunable
 
 EnvFactory = Callable[..., tuple[Any, Any]]
 DeriveFn = Callable[[Any], Any]
 """`params -> params` for ONE client: recomputes derived fields from their sources."""
-ImpulseFn = Callable[[Any, jax.Array, Any, float, Any], Any]
+ImpulseFn = Callable[[Any, Any, Any, float, Any], Any]
 """`(env, key, state, scale, params) -> state`: a random kick to the state's velocities."""
 
 
@@ -64,7 +68,6 @@ class EnvSpec:
     """What `impulse` kicks and in which units (for the docs and `describe`)."""
     backends: tuple[str, ...] = ()
     """Physics backends the factory accepts as `backend=` (Brax envs), first is default."""
-    family: str = ""
     listing: Callable[[], dict[str, Any]] | None = None
     """`describe`'s `observation_shape`, `observation_dtype`, `action_space` and `params`
     without building the env, for envs whose build is slow (a Brax system compiles
@@ -82,11 +85,18 @@ class EnvSpec:
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """`default` only if nothing is tunable, else all of `VARIANTS`."""
-        return VARIANTS if self.tunables else ("default",)
+        """`default` only if nothing is tunable, else every registered variant."""
+        from envs.variants import VARIANTS
+
+        return VARIANTS.names() if self.tunables else ("default",)
 
 
-_REGISTRY: dict[str, EnvSpec] = {}
+ENVS: Registry[EnvSpec] = Registry(
+    "environment",
+    "env.name",
+    modules=("envs.brax_envs", "envs.classic", "envs.gridworld", "envs.minatar"),
+)
+"""Every environment by name; the built-in suites register themselves on first use."""
 
 
 def register(
@@ -102,31 +112,23 @@ def register(
         factory: builds the environment and its default (unbatched) params.
         description: one line for `jfedrl envs`.
         **metadata: further `EnvSpec` fields (`tunables`, `derive`, `drift_params`,
-            `impulse`, `impulse_doc`, `backends`, `family`).
+            `impulse`, `impulse_doc`, `backends`, `listing`).
     """
-    if name in _REGISTRY:
-        raise ValueError(f"environment {name!r} is already registered")
     entry = EnvSpec(name, factory, description, **metadata)
     unknown = set(entry.drift_params) - set(entry.tunable_names)
     if unknown:
         raise ValueError(f"{name}: drift_params {sorted(unknown)} are not tunable params")
-    _REGISTRY[name] = entry
+    ENVS.register(name, entry)
 
 
 def names() -> tuple[str, ...]:
     """All registered environment names, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return ENVS.names()
 
 
 def spec(name: str) -> EnvSpec:
-    """The registry entry for `name`; a clear `ValueError` if unknown."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"env.name: {name!r} is not allowed; allowed: {', '.join(names())}."
-            + did_you_mean(name, names())
-        ) from None
+    """The registry entry for `name`; `UnknownName` (a `ValueError`) naming `env.name`."""
+    return ENVS.get(name)
 
 
 def make(name: str, **options: Any) -> tuple[Any, Any]:
@@ -148,17 +150,22 @@ def make(name: str, **options: Any) -> tuple[Any, Any]:
 
 def batch_params(params: Any, num_clients: int) -> Any:
     """Stacks `num_clients` copies of `params` on a new leading client axis."""
+    import jax
+    import jax.numpy as jnp
+
     return jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * num_clients), params)
 
 
 def space_string(space: Any) -> str:
     """A short description of a gymnax space: `Discrete(2)` or `Box(1,) [-2, 2]`."""
+    import numpy as np
+
     if hasattr(space, "n"):
         return f"Discrete({int(space.n)})"
     shape = tuple(int(s) for s in space.shape)
     low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
 
-    def bound(x: np.ndarray) -> str:
+    def bound(x: Any) -> str:
         if x.size and np.all(x == x.flat[0]):
             return f"{float(x.flat[0]):g}"
         return "[" + ", ".join(f"{float(v):g}" for v in x.ravel()) + "]"
@@ -168,6 +175,9 @@ def space_string(space: Any) -> str:
 
 def _built_listing(entry: EnvSpec) -> dict[str, Any]:
     """`EnvSpec.listing`'s fields, from the built env."""
+    import jax
+    import numpy as np
+
     env, params = make(entry.name)
     obs = jax.eval_shape(env.reset, jax.random.PRNGKey(0), params)[0]
     defaults = {}
@@ -207,19 +217,38 @@ def describe(name: str, build: bool = False) -> dict[str, Any]:
     }
 
 
-# Re-exported building blocks (imported late: they use the registry above).
-# The built-in suites register themselves on import.
-from envs import brax_envs as _brax_envs  # noqa: E402,F401
-from envs import classic as _classic  # noqa: E402,F401
-from envs import gridworld as _gridworld  # noqa: E402,F401
-from envs import minatar as _minatar  # noqa: E402,F401
-from envs.disturbance import DISTURBANCES, check_disturbance, disturb  # noqa: E402
-from envs.drift import DRIFTS, make_drift  # noqa: E402
-from envs.variants import check_overrides, client_params, param_table  # noqa: E402
+#: Re-exported building blocks: attribute -> module, imported when first read (JAX).
+_LAZY = {
+    "DISTURBANCES": "envs.disturbance",
+    "check_disturbance": "envs.disturbance",
+    "disturb": "envs.disturbance",
+    "DRIFTS": "envs.drift",
+    "make_drift": "envs.drift",
+    "VARIANTS": "envs.variants",
+    "ParamError": "envs.variants",
+    "Tunable": "envs.variants",
+    "check_overrides": "envs.variants",
+    "client_params": "envs.variants",
+    "param_table": "envs.variants",
+}
+
+
+#: Submodules read as attributes (`envs.drift.resolve_drift_params`), imported when first read.
+_SUBMODULES = ("brax_envs", "classic", "disturbance", "drift", "gridworld", "minatar", "variants")
+
+
+def __getattr__(attribute: str) -> Any:
+    if attribute in _SUBMODULES:
+        return importlib.import_module(f"envs.{attribute}")
+    if attribute not in _LAZY:
+        raise AttributeError(f"module 'envs' has no attribute {attribute!r}")
+    return getattr(importlib.import_module(_LAZY[attribute]), attribute)
+
 
 __all__ = [
     "DISTURBANCES",
     "DRIFTS",
+    "ENVS",
     "VARIANTS",
     "EnvSpec",
     "ParamError",
@@ -236,4 +265,5 @@ __all__ = [
     "param_table",
     "register",
     "space_string",
+    "UnknownName",
 ]

@@ -267,6 +267,5 @@ for _task, _doc in _TASKS.items():
         impulse=_impulse,
         impulse_doc="adds scale * N(0, 1) to every generalized velocity [m/s, rad/s]",
         backends=BACKENDS,
-        family="brax",
         listing=partial(_listing, _task),
     )

@@ -109,7 +109,6 @@ envs.register(
     impulse=_kick({"x_dot": 1.0, "theta_dot": 1.0}),
     impulse_doc="adds scale * N(0, 1) to the cart velocity [m/s] and the pole's angular "
     "velocity [rad/s]",
-    family="classic",
 )
 
 envs.register(
@@ -127,7 +126,6 @@ envs.register(
     drift_params=("link_length_1", "link_mass_1", "link_mass_2"),
     impulse=_kick({"velocity_1": 1.0, "velocity_2": 1.0}),
     impulse_doc="adds scale * N(0, 1) to both joint velocities [rad/s]",
-    family="classic",
 )
 
 envs.register(
@@ -151,7 +149,6 @@ envs.register(
     drift_params=("force", "gravity"),
     impulse=_kick({"velocity": 0.01}),
     impulse_doc="adds scale * 0.01 * N(0, 1) to the velocity (max speed 0.07)",
-    family="classic",
 )
 
 envs.register(
@@ -175,7 +172,6 @@ envs.register(
     drift_params=("power", "gravity"),
     impulse=_kick({"velocity": 0.01}),
     impulse_doc="adds scale * 0.01 * N(0, 1) to the velocity (max speed 0.07)",
-    family="classic",
 )
 
 envs.register(
@@ -190,5 +186,4 @@ envs.register(
     drift_params=("m", "l"),
     impulse=_kick({"theta_dot": 1.0}),
     impulse_doc="adds scale * N(0, 1) to the angular velocity [rad/s] (max speed 8)",
-    family="classic",
 )

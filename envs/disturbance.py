@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from envs.suggest import did_you_mean
+from envs.registry import did_you_mean
 from envs.variants import ParamError
 
 DISTURBANCES = ("none", "impulse", "obs_noise")

@@ -21,49 +21,86 @@ after which derived params are recomputed. With `m = magnitude`, `T = period`:
     sinusoidal   s = m * sin(2 pi round / T)
     random_walk  s = m * sum_{r=1..round} eps_r / sqrt(T),   eps_r ~ N(0, 1)
                  (independent per client and parameter; std m after T rounds)
+
+Each schedule is a `Drift` in the `DRIFTS` registry: a new one is one
+`register_drift` call.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from envs.suggest import did_you_mean
+from envs.registry import Registry, did_you_mean
 from envs.variants import ParamError
 
-DRIFTS = ("none", "switch", "linear", "sinusoidal", "random_walk")
 MIN_FACTOR = 0.05
 """Relative drift never shrinks a parameter below 5% of its base (keeps signs)."""
 
 DriftFn = Callable[[jax.Array, Any, jax.Array], Any]
+SignalFn = Callable[[jax.Array, jax.Array, int, float, int], jax.Array]
+"""`(key, round, period, magnitude, num_clients) -> s(round)` per client, traced round."""
+
+
+class Drift(NamedTuple):
+    """A named drift schedule: its signal `s(round)` (None: nothing drifts)."""
+
+    name: str
+    signal: SignalFn | None
+    description: str = ""
+
+
+DRIFTS: Registry[Drift] = Registry("drift", "env.drift", "jfedrl.drifts")
+"""Every drift schedule by name; a new one is one `register_drift` call."""
+
+
+def register_drift(name: str, signal: SignalFn | None, description: str) -> Drift:
+    """Registers drift `name` (see `Drift`); a `ValueError` if it exists."""
+    return DRIFTS.register(name, Drift(name, signal, description))
+
+
+def _switch(key, t, period, magnitude, num):
+    on = (t // period) % 2 == 1
+    return jnp.full((num,), jnp.where(on, magnitude, 0.0), jnp.float32)
+
+
+def _linear(key, t, period, magnitude, num):
+    frac = jnp.minimum(t.astype(jnp.float32) / period, 1.0)
+    return jnp.full((num,), magnitude * frac, jnp.float32)
+
+
+def _sinusoidal(key, t, period, magnitude, num):
+    phase = 2.0 * jnp.pi * (t % period).astype(jnp.float32) / period
+    return jnp.full((num,), magnitude * jnp.sin(phase), jnp.float32)
+
+
+def _random_walk(key, t, period, magnitude, num):
+    def add(r, total):
+        return total + jax.random.normal(jax.random.fold_in(key, r), (num,))
+
+    walk = jax.lax.fori_loop(1, t + 1, add, jnp.zeros((num,), jnp.float32))
+    return magnitude * walk / jnp.sqrt(float(period))
+
+
+register_drift("none", None, "stationary dynamics")
+register_drift("switch", _switch, "m in odd periods, 0 in even ones")
+register_drift("linear", _linear, "ramp to m over T rounds, then hold")
+register_drift("sinusoidal", _sinusoidal, "m sin(2 pi round / T)")
+register_drift("random_walk", _random_walk, "Gaussian walk, std m after T rounds")
 
 
 def signal(
     kind: str, key: jax.Array, round_index: jax.Array, period: int, magnitude: float, num: int
 ) -> jax.Array:
     """The schedule `s(round)` for `num` clients (see the module docstring)."""
-    t = jnp.asarray(round_index, jnp.int32)
-    if kind == "switch":
-        on = (t // period) % 2 == 1
-        return jnp.full((num,), jnp.where(on, magnitude, 0.0), jnp.float32)
-    if kind == "linear":
-        frac = jnp.minimum(t.astype(jnp.float32) / period, 1.0)
-        return jnp.full((num,), magnitude * frac, jnp.float32)
-    if kind == "sinusoidal":
-        phase = 2.0 * jnp.pi * (t % period).astype(jnp.float32) / period
-        return jnp.full((num,), magnitude * jnp.sin(phase), jnp.float32)
-    if kind == "random_walk":
-
-        def add(r, total):
-            return total + jax.random.normal(jax.random.fold_in(key, r), (num,))
-
-        walk = jax.lax.fori_loop(1, t + 1, add, jnp.zeros((num,), jnp.float32))
-        return magnitude * walk / jnp.sqrt(float(period))
-    raise ValueError(f"unknown drift {kind!r}; allowed: {', '.join(DRIFTS)}")
+    fn = DRIFTS.get(kind).signal
+    if fn is None:
+        return jnp.zeros((num,), jnp.float32)
+    return fn(key, jnp.asarray(round_index, jnp.int32), period, magnitude, num)
 
 
 def resolve_drift_params(name: str, kind: str, params: Sequence[str] = ()) -> tuple[str, ...]:
@@ -77,10 +114,13 @@ def resolve_drift_params(name: str, kind: str, params: Sequence[str] = ()) -> tu
 
     entry = envs.spec(name)
     if kind not in DRIFTS:
+        allowed = DRIFTS.names()
         raise ParamError(
             "drift",
-            f"{kind!r} is not allowed; allowed: {', '.join(DRIFTS)}." + did_you_mean(kind, DRIFTS),
+            f"{kind!r} is not allowed; allowed: {', '.join(allowed)}."
+            + did_you_mean(kind, allowed),
         )
+    drifts = DRIFTS.get(kind).signal is not None
     driftable = [t.name for t in entry.tunables if t.driftable]
     listing = ", ".join(driftable) if driftable else "none"
     for p in params:
@@ -91,12 +131,12 @@ def resolve_drift_params(name: str, kind: str, params: Sequence[str] = ()) -> tu
                 + did_you_mean(p, driftable),
             )
     chosen = tuple(params) or entry.drift_params
-    if kind != "none" and not chosen:
+    if drifts and not chosen:
         raise ParamError(
             "drift_params",
             f"{name} has no default drifting params; choose some of: {listing}",
         )
-    return chosen if kind != "none" else ()
+    return chosen if drifts else ()
 
 
 def make_drift(
@@ -110,7 +150,7 @@ def make_drift(
 
     Args:
         name: registered environment.
-        kind: one of `DRIFTS`.
+        kind: a registered drift (`DRIFTS`).
         period: rounds per switch / sinusoid period / ramp length / unit of the
             random walk's variance (>= 1).
         magnitude: size of the drift relative to each client's base value (or
@@ -128,7 +168,7 @@ def make_drift(
     entry = envs.spec(name)
     tunables = [entry.tunable(p) for p in chosen]
 
-    if kind == "none":
+    if not chosen:  # `none`, or a drift without a signal
 
         def no_drift(key, base_params, round_index):
             del key, round_index

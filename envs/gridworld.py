@@ -239,5 +239,4 @@ for _size in (5, 8):
         drift_params=("wall_density",),
         impulse=_impulse,
         impulse_doc="pushes the agent max(1, round(scale)) cells in a random direction",
-        family="gridworld",
     )

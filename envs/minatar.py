@@ -184,5 +184,4 @@ for _name, (_game, _params, _doc, _timers, _drift) in _GAMES.items():
         _doc,
         tunables=(*_timers, _STICKY),
         drift_params=_drift,
-        family="minatar",
     )

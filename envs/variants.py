@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.suggest import did_you_mean
-
-VARIANTS = ("default", "random", "extreme")
+from envs.registry import Registry, did_you_mean
 
 Interval = tuple[float, float]
 
@@ -96,6 +94,44 @@ def sample_intervals(
     value = jnp.asarray(lows, jnp.float32)[index] + offset
     value = jnp.clip(value, jnp.asarray(lows, jnp.float32)[index], jnp.asarray(highs)[index])
     return jnp.round(value) if integer else value
+
+
+class Variant(NamedTuple):
+    """A named way to draw every client's value of each tunable parameter.
+
+    `sample(key, tunable, num_clients)` returns the clients' values of one
+    parameter (floats; rounded and cast by `client_params`), or None to keep
+    the default. `key` is the parameter's own key (see the module doc).
+    """
+
+    name: str
+    sample: Callable[[jax.Array, Tunable, int], jax.Array | None]
+    description: str = ""
+
+
+VARIANTS: Registry[Variant] = Registry("variant", "env.variant", "jfedrl.variants")
+"""Every variant by name. A new one is one `register_variant` call (a plugin
+module may make it, or name a `Variant` in the entry-point group `jfedrl.variants`)."""
+
+
+def register_variant(
+    name: str, sample: Callable[[jax.Array, Tunable, int], jax.Array | None], description: str
+) -> Variant:
+    """Registers variant `name` (see `Variant`); a `ValueError` if it exists."""
+    return VARIANTS.register(name, Variant(name, sample, description))
+
+
+register_variant("default", lambda key, t, num: None, "every client the default params")
+register_variant(
+    "random",
+    lambda key, t, num: sample_intervals(key, [t.random], num, t.integer),
+    "each tunable param uniform in a range around its default",
+)
+register_variant(
+    "extreme",
+    lambda key, t, num: sample_intervals(key, t.extreme or [t.random], num, t.integer),
+    "each tunable param uniform outside the `random` range",
+)
 
 
 def _as_intervals(name: str, raw: Any) -> tuple[Interval, ...]:
@@ -203,7 +239,7 @@ def client_params(
         name: registered environment.
         key: the heterogeneity key; the same key gives the same clients.
         num_clients: leading axis size.
-        variant: `default`, `random` or `extreme`.
+        variant: a registered variant (`default`, `random`, `extreme`, ...).
         ranges: `{param: [low, high]}` (or a list of such intervals): overrides
             the variant's ranges for those params (uniform for every variant).
         values: `{param: [v_client0, ...]}`: exact per-client values (win over
@@ -222,6 +258,7 @@ def client_params(
         default_params = envs.make(name)[1]
     batch = envs.batch_params(_arrays(default_params), num_clients)
     ranges, values = ranges or {}, values or {}
+    sample = VARIANTS.get(variant).sample
     updates = {}
     for t in entry.tunables:
         dtype = getattr(batch, t.name).dtype
@@ -230,12 +267,10 @@ def client_params(
         elif t.name in ranges:
             intervals = _as_intervals(t.name, ranges[t.name])
             value = sample_intervals(_param_key(key, t.name), intervals, num_clients, t.integer)
-        elif variant == "random" or (variant == "extreme" and not t.extreme):
-            value = sample_intervals(_param_key(key, t.name), [t.random], num_clients, t.integer)
-        elif variant == "extreme":
-            value = sample_intervals(_param_key(key, t.name), t.extreme, num_clients, t.integer)
         else:
-            continue
+            value = sample(_param_key(key, t.name), t, num_clients)
+            if value is None:
+                continue
         updates[t.name] = (jnp.round(value) if t.integer else value).astype(dtype)
     batch = batch.replace(**updates) if updates else batch
     return jax.vmap(entry.derive)(batch)

@@ -14,6 +14,7 @@ naming a `CommandSpec`. This module imports nothing heavy: a spec's target
 module must stay light too (build the executor lazily in `make_runner`), so
 that listing the executors costs milliseconds.
 
+Both are `envs.registry.Registry` instances (`EXECUTORS`, `COMMANDS`).
 Specs are read once per process; a package installed after that is seen by the
 next process. An entry point whose package is absent is skipped, so jfedrl runs
 without `offload`.
@@ -28,9 +29,10 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from envs.registry import Registry
 
 EXECUTOR_GROUP = "jfedrl.executors"
 COMMAND_GROUP = "jfedrl.commands"
@@ -88,30 +90,22 @@ INPROCESS = ExecutorSpec(
 )
 
 
-def _load(group: str, kind: type) -> dict[str, Any]:
-    specs = {}
-    for entry in metadata.entry_points(group=group):
-        try:
-            spec = entry.load()
-        except ModuleNotFoundError as error:
-            # Declared but not installed (e.g. `offload` left out): not an executor here.
-            # A plugin whose own imports are broken still raises.
-            if error.name and entry.module.split(".")[0] == error.name.split(".")[0]:
-                continue
-            raise
-        if not isinstance(spec, kind) or spec.name != entry.name:
-            raise TypeError(
-                f"entry point {group}:{entry.name} ({entry.value}) must name a "
-                f"{kind.__name__} called {entry.name!r}"
-            )
-        specs[entry.name] = spec
-    return specs
+EXECUTORS: Registry[ExecutorSpec] = Registry(
+    "executor", "offload.executor", EXECUTOR_GROUP, entry_type=ExecutorSpec
+)
+"""Every executor: `inprocess`, then the installed plugins' (loaded on first use)."""
+EXECUTORS.register(INPROCESS.name, INPROCESS)
+
+COMMANDS: Registry[CommandSpec] = Registry(
+    "command", "command", COMMAND_GROUP, entry_type=CommandSpec
+)
+"""Every plugin subcommand (loaded on first use)."""
 
 
 @functools.cache
 def executors() -> dict[str, ExecutorSpec]:
-    """Every available executor by name: `inprocess`, then the installed plugins'."""
-    return {"inprocess": INPROCESS, **_load(EXECUTOR_GROUP, ExecutorSpec)}
+    """Every available executor by name (`EXECUTORS`, read once per process)."""
+    return dict(EXECUTORS.items())
 
 
 def executor(name: str) -> ExecutorSpec:
@@ -126,8 +120,8 @@ def executor(name: str) -> ExecutorSpec:
 
 @functools.cache
 def commands() -> dict[str, CommandSpec]:
-    """Every plugin subcommand by name."""
-    return _load(COMMAND_GROUP, CommandSpec)
+    """Every plugin subcommand by name (`COMMANDS`, read once per process)."""
+    return dict(COMMANDS.items())
 
 
 #: Comma-separated plugin modules every `jfedrl` process and offload worker loads

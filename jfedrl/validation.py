@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import envs
-from envs.suggest import did_you_mean
+from envs.registry import did_you_mean
 from jfedrl import algorithms, plugins, strategies
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,

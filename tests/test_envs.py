@@ -359,7 +359,7 @@ def test_client_envs_sample_the_configured_variant():
         (EnvConfig(values={"length": [0.5, 0.6, 0.7]}), 2, "env.values", "one value per client"),
         (EnvConfig(ranges={"length": [0.9, 0.1]}), 2, "env.ranges", "low <= high"),
         (EnvConfig(ranges={"length": [-1.0, 0.1]}), 2, "env.ranges", "must lie in"),
-        (EnvConfig(variant="wild"), 2, "env.variant", "default, random, extreme"),
+        (EnvConfig(variant="wild"), 2, "env.variant", "default, extreme, random"),
         (EnvConfig(drift="zigzag"), 2, "env.drift", "sinusoidal"),
         (EnvConfig(drift="linear", drift_params=("tau",)), 2, "env.drift_params", "masspole"),
         (EnvConfig(drift="linear", drift_period=0), 2, "env.drift_period", ">= 1"),
@@ -396,5 +396,5 @@ def test_docs_cover_every_env_and_param():
         assert f"`{name}`" in text or name in text, name
         for param in envs.spec(name).tunable_names:
             assert f"`{param}`" in text, (name, param)
-    for kind in envs.DRIFTS + envs.DISTURBANCES + envs.VARIANTS:
+    for kind in (*envs.DRIFTS, *envs.DISTURBANCES, *envs.VARIANTS):
         assert f"`{kind}`" in text, kind

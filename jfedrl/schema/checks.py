@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from envs.registry import not_allowed as _not_allowed
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, malformed or out of range."""
@@ -48,18 +50,8 @@ ELSEWHERE: dict[str, dict[str, str]] = {
 
 
 def not_allowed(path: str, value: Any, allowed: Iterable[str]) -> str:
-    """The error message for a name `path` does not know.
-
-    It lists the allowed names, then either where a feature that is not a `path`
-    value lives instead (`ELSEWHERE`) or the nearest allowed names (difflib).
-    """
-    # Imported here: `envs/__init__` imports JAX, and this module must stay light.
-    from envs.suggest import did_you_mean
-
-    allowed = tuple(allowed)
-    message = f"{path}: {value!r} is not allowed; allowed: {', '.join(allowed)}."
-    hint = ELSEWHERE.get(path, {}).get(str(value).lower().replace("-", "_"))
-    return message + (f" {hint}." if hint else did_you_mean(value, allowed))
+    """`envs.registry.not_allowed`'s message, with `ELSEWHERE`'s hints for `path`."""
+    return _not_allowed(path, value, allowed, ELSEWHERE.get(path))
 
 
 def require(ok: bool, path: str, rule: str, value: Any) -> None:

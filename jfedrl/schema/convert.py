@@ -116,7 +116,7 @@ def _short(value: Any) -> str:
 
 def _unknown_field(path: str, name: str, allowed: list[str]) -> ConfigError:
     # Imported here: `envs/__init__` imports JAX, and this module must stay light.
-    from envs.suggest import did_you_mean
+    from envs.registry import did_you_mean
 
     return ConfigError(
         f"{path}: unknown config field; allowed: {', '.join(allowed)}."
