@@ -172,6 +172,11 @@ class Registry(Generic[T]):
         """`(name, entry)` pairs, sorted by name."""
         return tuple((name, self._entries[name]) for name in self.names())
 
+    def in_order(self) -> tuple[T, ...]:
+        """Every entry, in the order it was registered (a config tree's field order)."""
+        self._load()
+        return tuple(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._entries

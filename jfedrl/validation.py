@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import envs
-from envs.registry import did_you_mean
+from envs.registry import UnknownName, did_you_mean
 from jfedrl import algorithms, plugins, strategies
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,
@@ -44,8 +44,11 @@ def validate(config: Config) -> Config:
         if section.name != "seed":
             require_int32(section.name, getattr(config, section.name))
     validate_env(config.env, config.federation.num_clients)
-    require_choice("algo.name", config.algo.name, algorithms.names())
-    require_choice("strategy.name", config.strategy.name, strategies.names())
+    try:
+        algorithm = algorithms.get(config.algo.name)
+        strategy = strategies.get(config.strategy.name)
+    except UnknownName as error:
+        raise ConfigError(str(error)) from None
     executor = plugins.executor(config.offload.executor)
     require_choice("offload.quantize", config.offload.quantize, ("none", "float16", "int8"))
     _validate_federation(config.federation)
@@ -65,8 +68,8 @@ def validate(config: Config) -> Config:
     require_positive("offload.state_sync_rounds", offload.state_sync_rounds, strict=False)
     clip = config.strategy.clip_update_norm
     require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
-    algorithms.get(config.algo.name).check(config)
-    strategies.get(config.strategy.name).check(config)
+    algorithm.check(config)
+    strategy.check(config)
     executor.validate(config)
     validate_distributed(config)
     return config

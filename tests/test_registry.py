@@ -41,6 +41,18 @@ def _commands():
     return COMMANDS
 
 
+def _algorithms():
+    from jfedrl.algorithms import ALGORITHMS
+
+    return ALGORITHMS
+
+
+def _strategies():
+    from jfedrl.strategies import STRATEGIES
+
+    return STRATEGIES
+
+
 def _fresh():
     fresh = Registry("widget", "widgets.name")
     fresh.register("alpha", object())
@@ -53,6 +65,8 @@ INSTANCES = {
     "drifts": (_drifts, "drift", "env.drift"),
     "executors": (_executors, "executor", "offload.executor"),
     "commands": (_commands, "command", "command"),
+    "algorithms": (_algorithms, "algorithm", "algo.name"),
+    "strategies": (_strategies, "strategy", "strategy.name"),
     "fresh": (_fresh, "widget", "widgets.name"),
 }
 
@@ -157,13 +171,18 @@ def test_an_entry_point_of_the_wrong_type_is_refused(monkeypatch):
         reg.names()
 
 
-def test_checks_not_allowed_keeps_the_elsewhere_hints():
+def test_the_builtin_hints_live_with_their_entries():
+    from jfedrl import algorithms, strategies
     from jfedrl.schema.checks import not_allowed
 
-    assert not_allowed("algo.name", "DDPG", ["ppo", "td3"]) == (
-        "algo.name: 'DDPG' is not allowed; allowed: ppo, td3. "
+    with pytest.raises(UnknownName) as error:
+        algorithms.get("DDPG")
+    assert str(error.value) == (
+        f"algo.name: 'DDPG' is not allowed; allowed: {', '.join(algorithms.names())}. "
         "DDPG is a TD3 switch: --algo td3 --td3.ddpg true."
     )
+    with pytest.raises(UnknownName, match="--evolutionary.algorithm pso"):
+        strategies.get("pso")
     assert not_allowed("a.b", "mena", ["mean", "krum"]).endswith(" Did you mean 'mean'?")
 
 

@@ -8,52 +8,56 @@ and calls `register(AlgorithmSpec(...))` (docs/writing-an-algorithm.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from envs.registry import Registry
 from jfedrl.algorithms import a2c_config, dqn_config, ppo_config, sac_config, td3_config
 from jfedrl.algorithms.spec import AlgorithmSpec
-from jfedrl.schema.checks import not_allowed
 from jfedrl.schema.convert import replace_path
 
-_REGISTRY: dict[str, AlgorithmSpec] = {}
+ALGORITHMS = Registry("algorithm", "algo.name", "jfedrl.algorithms", entry_type=AlgorithmSpec)
+"""Every algorithm: the built-ins, `register` calls (plugins) and the `jfedrl.algorithms`
+entry points of installed packages."""
+
 _FROZEN: list[str] = []
 """Set once `jfedrl.config` has assembled the config tree from the sections."""
 
 
 def freeze(reason: str) -> None:
-    """Refuses later registrations: the config tree holds the sections registered so far."""
+    """Refuses later sections: the config tree holds the ones registered so far."""
     _FROZEN.append(reason)
 
 
-def register(spec: AlgorithmSpec) -> AlgorithmSpec:
-    """Adds an algorithm; names are unique. Returns `spec`."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"algorithm {spec.name!r} is already registered")
+def register(spec: AlgorithmSpec, hints: Mapping[str, str] | None = None) -> AlgorithmSpec:
+    """Adds an algorithm; names are unique. Returns `spec`.
+
+    Args:
+        spec: what to register.
+        hints: names users may type for it, or for a feature of it, that are not
+            algorithms -> where they live (`ddpg` -> "a TD3 switch: ...").
+    """
     if _FROZEN and spec.section is not None:
         raise ValueError(
             f"algorithm {spec.name!r} registers a config section after {_FROZEN[0]}: "
             "import plugin modules first (`--plugin`, or `jfedrl.plugins.load_modules`)"
         )
-    _REGISTRY[spec.name] = spec
-    return spec
+    return ALGORITHMS.register(spec.name, spec, hints=hints)
 
 
 def names() -> tuple[str, ...]:
     """Every registered algorithm, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return ALGORITHMS.names()
 
 
 def specs() -> tuple[AlgorithmSpec, ...]:
     """Every registered algorithm's spec, in registration order."""
-    return tuple(_REGISTRY.values())
+    return ALGORITHMS.in_order()
 
 
 def get(name: str) -> AlgorithmSpec:
-    """The spec of `name`; a `ValueError` listing the registered names if none."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(not_allowed("algo.name", name, names())) from None
+    """The spec of `name`; `envs.registry.UnknownName` (a `ValueError`) if none."""
+    return ALGORITHMS.get(name)
 
 
 def with_fedprox(config: Any) -> Any:
@@ -75,6 +79,6 @@ def make(config: Any, env: Any, env_params: Any) -> Any:
 
 
 for _module in (ppo_config, a2c_config, dqn_config, td3_config, sac_config):
-    register(_module.SPEC)
+    register(_module.SPEC, getattr(_module, "HINTS", None))
 
 __all__ = ["AlgorithmSpec", "get", "make", "names", "register", "specs", "with_fedprox"]

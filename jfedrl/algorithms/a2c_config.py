@@ -50,6 +50,10 @@ class A2CConfig:
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
 
 
+#: Names users type that are not algorithms of their own -> where they live.
+HINTS = {"a3c": "A3C runs synchronously as --algo a2c (--federation.staleness adds asynchrony)"}
+
+
 SPEC = AlgorithmSpec(
     "a2c",
     build="jfedrl.algorithms.a2c:build",

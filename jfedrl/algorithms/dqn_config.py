@@ -65,6 +65,14 @@ class DQNConfig:
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
 
 
+#: Names users type that are not algorithms of their own -> where they live.
+HINTS = {
+    "ddqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+    "double_dqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
+    "dueling_dqn": "Dueling DQN is a DQN switch: --algo dqn --dqn.dueling true",
+}
+
+
 SPEC = AlgorithmSpec(
     "dqn",
     build="jfedrl.algorithms.dqn:build",

@@ -27,7 +27,7 @@ from flax import struct
 
 from jfedrl.algorithms import common, networks, onpolicy
 from jfedrl.algorithms.base import Algorithm, Reference
-from jfedrl.algorithms.ppo_config import PPOConfig
+from jfedrl.algorithms.ppo_config import OBJECTIVE_HINTS, PPOConfig
 from jfedrl.config import Config, schedule_horizon, schedule_restarts
 from jfedrl.schema.checks import ConfigError, require_choice, require_range
 
@@ -73,7 +73,8 @@ def validate(config: Config) -> None:
         strict=False,
     )
     common.require_network(path, ppo)
-    require_choice(f"{path}.objective", ppo.objective, ("clip", "none", "kl", "mdpo"))
+    objectives = ("clip", "none", "kl", "mdpo")
+    require_choice(f"{path}.objective", ppo.objective, objectives, OBJECTIVE_HINTS)
     require_choice(f"{path}.comm_reference", ppo.comm_reference, ("global", "mixture"))
 
 

@@ -56,6 +56,17 @@ class PPOConfig:
     """FedProx proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
 
 
+#: `algo.ppo.objective` values users type for objectives spelled otherwise.
+OBJECTIVE_HINTS = {
+    "adaptive_kl": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+    "kl_adaptive": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
+    "ppo": "PPO's clipped surrogate is 'clip'",
+}
+
+#: Names users type that are not algorithms of their own -> where they live.
+HINTS = {"mdpo": "MDPO is a PPO objective: --algo ppo --ppo.objective mdpo"}
+
+
 SPEC = AlgorithmSpec(
     "ppo",
     build="jfedrl.algorithms.ppo:build",

@@ -72,6 +72,10 @@ class TD3Config:
     per round, M = policy_delay). Between them each client keeps its own actor."""
 
 
+#: Names users type that are not algorithms of their own -> where they live.
+HINTS = {"ddpg": "DDPG is a TD3 switch: --algo td3 --td3.ddpg true"}
+
+
 SPEC = AlgorithmSpec(
     "td3",
     build="jfedrl.algorithms.td3:build",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envs.registry import not_allowed as _not_allowed
@@ -20,38 +20,11 @@ class ConfigError(ValueError):
     """A configuration value is unknown, malformed or out of range."""
 
 
-#: Names users type for features that live elsewhere: field -> typed name -> where it is.
-ELSEWHERE: dict[str, dict[str, str]] = {
-    "algo.name": {
-        "ddpg": "DDPG is a TD3 switch: --algo td3 --td3.ddpg true",
-        "a3c": "A3C runs synchronously as --algo a2c (--federation.staleness adds asynchrony)",
-        "ddqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
-        "double_dqn": "Double DQN is a DQN switch: --algo dqn --dqn.double true",
-        "dueling_dqn": "Dueling DQN is a DQN switch: --algo dqn --dqn.dueling true",
-        "mdpo": "MDPO is a PPO objective: --algo ppo --ppo.objective mdpo",
-    },
-    "strategy.name": {
-        "fedasync": "Asynchrony is not an aggregation rule: --federation.staleness K "
-        "(--federation.staleness-decay A for FedAsync's weighting)",
-        "pso": "--strategy evolutionary --strategy.evo-algorithm pso",
-        "de": "--strategy evolutionary --strategy.evo-algorithm differential_evolution",
-        "differential_evolution": "--strategy evolutionary "
-        "--strategy.evo-algorithm differential_evolution",
-        "clip": "Update clipping works with every strategy: --strategy.clip-update-norm S",
-        "weighted": "Weighted by env steps is fedavg; by return, reward_weighted",
-        "average": "The unweighted average is mean; weighted by env steps, fedavg",
-    },
-    "algo.ppo.objective": {
-        "adaptive_kl": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
-        "kl_adaptive": "The adaptive KL penalty is --ppo.objective kl --ppo.kl-target 0.01",
-        "ppo": "PPO's clipped surrogate is 'clip'",
-    },
-}
-
-
-def not_allowed(path: str, value: Any, allowed: Iterable[str]) -> str:
-    """`envs.registry.not_allowed`'s message, with `ELSEWHERE`'s hints for `path`."""
-    return _not_allowed(path, value, allowed, ELSEWHERE.get(path))
+def not_allowed(
+    path: str, value: Any, allowed: Iterable[str], hints: Mapping[str, str] | None = None
+) -> str:
+    """`envs.registry.not_allowed`'s message: the allowed names, then a hint or the nearest."""
+    return _not_allowed(path, value, allowed, hints)
 
 
 def require(ok: bool, path: str, rule: str, value: Any) -> None:
@@ -60,11 +33,17 @@ def require(ok: bool, path: str, rule: str, value: Any) -> None:
         raise ConfigError(f"{path}: must be {rule}, got {value!r}")
 
 
-def require_choice(path: str, value: Any, allowed: Iterable[str]) -> None:
-    """Raises `ConfigError` naming `path` and the allowed values unless `value` is one."""
+def require_choice(
+    path: str, value: Any, allowed: Iterable[str], hints: Mapping[str, str] | None = None
+) -> None:
+    """Raises `ConfigError` naming `path` and the allowed values unless `value` is one.
+
+    `hints`: values users may type that live elsewhere -> where (shown instead of
+    the nearest allowed names).
+    """
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ConfigError(not_allowed(path, value, allowed))
+        raise ConfigError(not_allowed(path, value, allowed, hints))
 
 
 def require_positive(path: str, value: float, strict: bool = True) -> None:

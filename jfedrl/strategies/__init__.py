@@ -9,9 +9,10 @@ and calls `register(StrategySpec(...))` (docs/writing-a-strategy.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from jfedrl.schema.checks import not_allowed
+from envs.registry import Registry
 from jfedrl.strategies import (
     averaging_config,
     dp_config,
@@ -23,45 +24,48 @@ from jfedrl.strategies import (
 )
 from jfedrl.strategies.spec import StrategySpec
 
-_REGISTRY: dict[str, StrategySpec] = {}
+STRATEGIES = Registry("strategy", "strategy.name", "jfedrl.strategies", entry_type=StrategySpec)
+"""Every strategy: the built-ins, `register` calls (plugins) and the `jfedrl.strategies`
+entry points of installed packages."""
+
 _FROZEN: list[str] = []
 """Set once `jfedrl.config` has assembled the config tree from the sections."""
 
 
 def freeze(reason: str) -> None:
-    """Refuses later registrations: the config tree holds the sections registered so far."""
+    """Refuses later sections: the config tree holds the ones registered so far."""
     _FROZEN.append(reason)
 
 
-def register(spec: StrategySpec) -> StrategySpec:
-    """Adds a strategy; names are unique. Returns `spec`."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"strategy {spec.name!r} is already registered")
+def register(spec: StrategySpec, hints: Mapping[str, str] | None = None) -> StrategySpec:
+    """Adds a strategy; names are unique. Returns `spec`.
+
+    Args:
+        spec: what to register.
+        hints: names users may type for it, or for a feature of it, that are not
+            strategys -> where they live (`ddpg` -> "a TD3 switch: ...").
+    """
     if _FROZEN and spec.section is not None:
         raise ValueError(
             f"strategy {spec.name!r} registers a config section after {_FROZEN[0]}: "
             "import plugin modules first (`--plugin`, or `jfedrl.plugins.load_modules`)"
         )
-    _REGISTRY[spec.name] = spec
-    return spec
+    return STRATEGIES.register(spec.name, spec, hints=hints)
 
 
 def names() -> tuple[str, ...]:
     """Every registered strategy, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return STRATEGIES.names()
 
 
 def specs() -> tuple[StrategySpec, ...]:
     """Every registered strategy's spec, in registration order."""
-    return tuple(_REGISTRY.values())
+    return STRATEGIES.in_order()
 
 
 def get(name: str) -> StrategySpec:
-    """The spec of `name`; a `ValueError` listing the registered names if none."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(not_allowed("strategy.name", name, names())) from None
+    """The spec of `name`; `envs.registry.UnknownName` (a `ValueError`) if none."""
+    return STRATEGIES.get(name)
 
 
 def make(strategy_config: Any, num_clients: int | None = None) -> Any:
@@ -87,7 +91,7 @@ for _module in (
     geometric_median_config,
     dp_config,
 ):
-    for _spec in _module.SPECS:
-        register(_spec)
+    for _index, _spec in enumerate(_module.SPECS):
+        register(_spec, getattr(_module, "HINTS", None) if _index == 0 else None)
 
 __all__ = ["StrategySpec", "get", "make", "names", "register", "specs"]

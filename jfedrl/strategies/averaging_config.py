@@ -43,6 +43,16 @@ def validate_fedprox(config: Any) -> None:
         )
 
 
+#: Names users type that are not strategies of their own -> where they live.
+HINTS = {
+    "fedasync": "Asynchrony is not an aggregation rule: --federation.staleness K "
+    "(--federation.staleness-decay A for FedAsync's weighting)",
+    "clip": "Update clipping works with every strategy: --strategy.clip-update-norm S",
+    "weighted": "Weighted by env steps is fedavg; by return, reward_weighted",
+    "average": "The unweighted average is mean; weighted by env steps, fedavg",
+}
+
+
 SPECS = (
     StrategySpec(
         "fedavg",

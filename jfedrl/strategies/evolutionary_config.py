@@ -34,6 +34,15 @@ class EvolutionaryConfig:
     """PSO: pull c2 (>= 0) towards the swarm's best."""
 
 
+#: Names users type that are not strategies of their own -> where they live.
+HINTS = {
+    "pso": "--strategy evolutionary --evolutionary.algorithm pso",
+    "de": "--strategy evolutionary --evolutionary.algorithm differential_evolution",
+    "differential_evolution": "--strategy evolutionary "
+    "--evolutionary.algorithm differential_evolution",
+}
+
+
 SPECS = (
     StrategySpec(
         "evolutionary",
