@@ -37,6 +37,7 @@ from jfedrl.algorithms.base import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.round.simulator import local_training, make_simulator
 from jfedrl.schema.convert import override
+from jfedrl.strategies.base import ClientInfo
 from scripts import benchlib
 
 MEAN_TYPE = ("fedavg", "mean", "reward_weighted", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -75,7 +76,7 @@ def bench_clients(num_clients: int, reps: int, agg_reps: int, names: list[str]) 
         lambda g: g[None] + jnp.asarray(0.01 * rng.normal(size=(num_clients,) + g.shape), g.dtype),
         state.global_params,
     )
-    info = strategies.ClientInfo(
+    info = ClientInfo(
         num_steps=jnp.full((num_clients,), float(sim.algorithm.env_steps_per_update)),
         returns=jnp.asarray(rng.normal(100.0, 30.0, size=num_clients), jnp.float32),
         mask=jnp.ones((num_clients,), bool),
