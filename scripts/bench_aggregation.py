@@ -36,16 +36,18 @@ from jfedrl import strategies
 from jfedrl.algorithms.base import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.schema.convert import override
+from jfedrl.strategies.base import ClientInfo
 from scripts import benchlib
 
 MEAN_TYPE = ("fedavg", "mean", "reward_weighted", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # Settings that make each rule do its full work (e.g. noise on, trimming on).
 SETTINGS = {
-    "fedadam": {"server_lr": 0.01},
-    "fedyogi": {"server_lr": 0.01},
-    "fedadagrad": {"server_lr": 0.01},
-    "trimmed_mean": {"trim_beta": 0.1},
-    "multi_krum": {"krum_m": 0},
+    "fedadam": {"lr": 0.01},
+    "fedyogi": {"lr": 0.01},
+    "fedadagrad": {"lr": 0.01},
+    "trimmed_mean": {"beta": 0.1},
+    "multi_krum": {"m": 0},
 }
 
 
@@ -74,14 +76,15 @@ def bench_clients(num_clients: int, reps: int, agg_reps: int, names: list[str]) 
         lambda g: g[None] + jnp.asarray(0.01 * rng.normal(size=(num_clients,) + g.shape), g.dtype),
         state.global_params,
     )
-    info = strategies.ClientInfo(
+    info = ClientInfo(
         num_steps=jnp.full((num_clients,), float(sim.algorithm.env_steps_per_update)),
         returns=jnp.asarray(rng.normal(100.0, 30.0, size=num_clients), jnp.float32),
         mask=jnp.ones((num_clients,), bool),
     )
     rows = {}
     for name in names:
-        strategy_config = StrategyConfig(name=name, **SETTINGS.get(name, {}))
+        own = {f"{name}.{k}": v for k, v in SETTINGS.get(name, {}).items()}
+        strategy_config = override(StrategyConfig(name=name), own)
         strategy = strategies.make(strategy_config, num_clients)
         server_state = strategy.init(state.global_params)
         aggregate = jax.jit(strategy.aggregate)

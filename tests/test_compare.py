@@ -119,16 +119,16 @@ def test_setups_are_labelled_only_by_fields_they_read(tmp_path):
         tmp_path,
         {
             "fedavg": {**seven, "strategy.name": "fedavg"},
-            "fedprox": {**seven, "strategy.name": "fedprox", "strategy.prox_mu": 0.1},
+            "fedprox": {**seven, "strategy.name": "fedprox", "strategy.fedprox.mu": 0.1},
             "median": {**seven, "strategy.name": "median"},
-            "krum": {**seven, "strategy.name": "krum", "strategy.krum_f": 2},
+            "krum": {**seven, "strategy.name": "krum", "strategy.krum.f": 2},
         },
     )
     assert set(groups) == {
         "strategy.name=fedavg",
-        "strategy.name=fedprox, strategy.prox_mu=0.1",
+        "strategy.fedprox.mu=0.1, strategy.name=fedprox",
         "strategy.name=median",
-        "strategy.krum_f=2, strategy.name=krum",
+        "strategy.krum.f=2, strategy.name=krum",
     }
 
 
@@ -145,22 +145,29 @@ def test_algorithm_sections_label_only_their_algorithm(tmp_path):
 
 def test_setups_equal_in_what_they_read_keep_every_differing_field(tmp_path):
     groups = make_setup_runs(
-        tmp_path, {"a": {"strategy.prox_mu": 0.1}, "b": {"strategy.prox_mu": 0.2}}
+        tmp_path, {"a": {"strategy.fedprox.mu": 0.1}, "b": {"strategy.fedprox.mu": 0.2}}
     )
-    assert set(groups) == {"strategy.prox_mu=0.1", "strategy.prox_mu=0.2"}
+    assert set(groups) == {"strategy.fedprox.mu=0.1", "strategy.fedprox.mu=0.2"}
 
 
 def test_strategy_fields_read_come_from_the_strategy_code():
     reads = compare.strategy_fields_read
     assert reads(tiny_config()) == {"strategy.clip_update_norm"}
-    assert "strategy.prox_mu" in reads(tiny_config(strategy__name="fedprox"))
-    assert reads(tiny_config(strategy__name="fedadam")) >= {
-        "strategy.server_lr",
-        "strategy.beta1",
-        "strategy.beta2",
-        "strategy.tau",
+    assert reads(tiny_config(strategy__name="fedprox")) == {
+        "strategy.fedprox.mu",
+        "strategy.clip_update_norm",
     }
-    assert "strategy.server_momentum" not in reads(tiny_config(strategy__name="fedadam"))
+    assert reads(tiny_config(strategy__name="fedadam")) == {
+        "strategy.fedadam.lr",
+        "strategy.fedadam.beta1",
+        "strategy.fedadam.beta2",
+        "strategy.fedadam.tau",
+        "strategy.clip_update_norm",
+    }
+    assert "strategy.fedavgm.momentum" not in reads(tiny_config(strategy__name="fedadam"))
+    # The rule reads its whole section, whichever of its variants runs: pso "reads" DE's fields.
+    pso = tiny_config(strategy__name="evolutionary", strategy__evolutionary__algorithm="pso")
+    assert "strategy.evolutionary.mutation" in reads(pso)
 
 
 def direct_probability(x, y):
@@ -314,11 +321,7 @@ def test_compare_with_no_run_left_is_one_line(runs_root, tmp_path, capsys):
     assert "has eval returns to compare" in _one_error_line(capsys)
 
 
-def test_a_strategy_config_it_rejects_counts_as_reading_every_field():
-    import dataclasses
-
-    config = tiny_config(strategy__name="krum")  # 3 clients: too few for krum_f=1
+def test_a_strategy_config_it_rejects_still_reads_only_its_own_section():
+    config = tiny_config(strategy__name="krum")  # 3 clients: too few for strategy.krum.f=1
     reads = compare.strategy_fields_read(config)
-    assert {f"strategy.{f.name}" for f in dataclasses.fields(config.strategy)} - reads == {
-        "strategy.name"
-    }
+    assert reads == {"strategy.krum.f", "strategy.clip_update_norm"}

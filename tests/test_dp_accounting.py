@@ -30,8 +30,8 @@ def direct_epsilon(z, q, rounds, delta=DELTA):
 def dp_config(**overrides):
     fields = {
         "strategy__name": "dp_fedavg",
-        "strategy__dp_noise": NOISE,
-        "strategy__dp_delta": DELTA,
+        "strategy__dp_fedavg__noise": NOISE,
+        "strategy__dp_fedavg__delta": DELTA,
         "federation__participation": 2,  # 2 of 3 clients: q = 2/3
     }
     fields.update(overrides)
@@ -55,7 +55,7 @@ def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
 
 
 def test_accountant_reads_the_config():
-    accountant = privacy.accountant(dp_config(strategy__dp_epsilon_budget=7.0))
+    accountant = privacy.accountant(dp_config(strategy__dp_fedavg__epsilon_budget=7.0))
     assert accountant == privacy.Accountant(NOISE, 2 / 3, DELTA, 7.0, "stop")
     assert privacy.accountant(tiny_config()) is None  # fedavg: no guarantee, no ledger
 
@@ -94,18 +94,26 @@ def test_annotate_reports_epsilon_and_warns_once_past_the_budget():
         logging.getLogger("jfedrl").removeHandler(handler)
     assert [r["dp_epsilon"] for r in records] == pytest.approx(eps, rel=1e-12)
     assert all(r["dp_delta"] == DELTA for r in records)
-    warnings = [m for m in handler.messages if "exceeds strategy.dp_epsilon_budget" in m]
+    warnings = [m for m in handler.messages if "exceeds strategy.dp_fedavg.epsilon_budget" in m]
     assert len(warnings) == 1 and warnings[0].startswith("round 2:")
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("strategy.dp_delta", 0.0, "strategy.dp_delta: must be in \\(0, 1\\)"),
-        ("strategy.dp_delta", 1.0, "strategy.dp_delta: must be in \\(0, 1\\)"),
-        ("strategy.dp_epsilon_budget", -1.0, "strategy.dp_epsilon_budget: must be >= 0"),
-        ("strategy.dp_budget_action", "halt", "strategy.dp_budget_action: 'halt' is not allowed"),
-        ("strategy.dp_epsilon_budget", 0.01, "below the epsilon of one round"),
+        ("strategy.dp_fedavg.delta", 0.0, "strategy.dp_fedavg.delta: must be in \\(0, 1\\)"),
+        ("strategy.dp_fedavg.delta", 1.0, "strategy.dp_fedavg.delta: must be in \\(0, 1\\)"),
+        (
+            "strategy.dp_fedavg.epsilon_budget",
+            -1.0,
+            "strategy.dp_fedavg.epsilon_budget: must be >= 0",
+        ),
+        (
+            "strategy.dp_fedavg.budget_action",
+            "halt",
+            "strategy.dp_fedavg.budget_action: 'halt' is not allowed",
+        ),
+        ("strategy.dp_fedavg.epsilon_budget", 0.01, "below the epsilon of one round"),
     ],
 )
 def test_bad_dp_fields_fail_at_validation(field, value, message):
@@ -121,7 +129,7 @@ def budget():
 
 @pytest.mark.slow
 def test_run_reports_epsilon_each_round_and_stops_at_the_budget(tmp_path, budget):
-    config = with_run_dir(dp_config(strategy__dp_epsilon_budget=budget), tmp_path / "dp")
+    config = with_run_dir(dp_config(strategy__dp_fedavg__epsilon_budget=budget), tmp_path / "dp")
     with pytest.raises(privacy.PrivacyBudgetExhausted, match="round 3 would spend"):
         runner.train(config, quiet=True)
     records = [json.loads(x) for x in (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()]
@@ -135,7 +143,7 @@ def test_run_reports_epsilon_each_round_and_stops_at_the_budget(tmp_path, budget
     # Resuming under the same budget stops at once; a raised budget continues.
     with pytest.raises(privacy.PrivacyBudgetExhausted, match="stopped after round 2"):
         runner.train(runner.resume_config(tmp_path / "dp"), resume=True, quiet=True)
-    raised = runner.resume_config(tmp_path / "dp", {"strategy.dp_epsilon_budget": 100.0})
+    raised = runner.resume_config(tmp_path / "dp", {"strategy.dp_fedavg.epsilon_budget": 100.0})
     result = runner.train(raised, resume=True, quiet=True)
     assert [r["round"] for r in result.records] == [1, 2, 3, 4]
     assert result.records[-1]["dp_epsilon"] == pytest.approx(

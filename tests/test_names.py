@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from jfedrl import algorithms
+from jfedrl.algorithms import with_fedprox
 from jfedrl.algorithms.base import Reference
 from jfedrl.cli import build_parser, config_from_args
-from jfedrl.config import with_fedprox
 from jfedrl.round.environment import make_client_envs
 from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.checks import ConfigError
@@ -29,7 +29,7 @@ def _cli_config(*flags):
 
 
 def test_fedprox_strategy_routes_prox_mu_to_the_algorithm():
-    config = _cli_config("--strategy", "fedprox", "--strategy.prox-mu", "0.25", "--algo", "a2c")
+    config = _cli_config("--strategy", "fedprox", "--strategy.fedprox.mu", "0.25", "--algo", "a2c")
     validate(config)
     assert config.strategy.name == "fedprox" and config.algo.a2c.prox_mu == 0.0
     routed = with_fedprox(config)
@@ -55,7 +55,7 @@ def _one_update(config):
 def test_fedprox_is_fedavg_plus_the_algorithms_proximal_term():
     base = tiny_config(federation__num_clients=1)
     fedprox, fedprox_metrics = _one_update(
-        replace_path(replace_path(base, "strategy.name", "fedprox"), "strategy.prox_mu", 0.5)
+        replace_path(replace_path(base, "strategy.name", "fedprox"), "strategy.fedprox.mu", 0.5)
     )
     by_hand, _ = _one_update(replace_path(base, "algo.ppo.prox_mu", 0.5))
     plain, _ = _one_update(base)
@@ -78,8 +78,8 @@ def test_fedprox_is_fedavg_plus_the_algorithms_proximal_term():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"strategy.prox_mu": 0.0}, "strategy.prox_mu: must be > 0 for fedprox"),
-        ({"algo.ppo.prox_mu": 0.1}, "algo.ppo.prox_mu: 0.1 contradicts strategy.prox_mu=0.01"),
+        ({"strategy.fedprox.mu": 0.0}, "strategy.fedprox.mu: must be > 0"),
+        ({"algo.ppo.prox_mu": 0.1}, "algo.ppo.prox_mu: 0.1 contradicts strategy.fedprox.mu=0.01"),
     ],
 )
 def test_fedprox_rejects_a_missing_or_contradicting_mu(fields, message):
@@ -95,7 +95,7 @@ def test_fedprox_rejects_a_missing_or_contradicting_mu(fields, message):
     [
         ("strategy.name", "fedprx", "Did you mean 'fedprox'?"),
         ("strategy.name", "trimmed", "Did you mean 'trimmed_mean'?"),
-        ("strategy.name", "pso", "--strategy evolutionary --strategy.evo-algorithm pso"),
+        ("strategy.name", "pso", "evolutionary.algorithm pso"),
         ("strategy.name", "fedasync", "--federation.staleness K"),
         ("strategy.name", "clip", "--strategy.clip-update-norm S"),
         ("algo.name", "ddpg", "--algo td3 --td3.ddpg true"),
@@ -112,15 +112,15 @@ def test_fedprox_rejects_a_missing_or_contradicting_mu(fields, message):
         ("federation.sampling", "weight", "Did you mean 'weighted'?"),
         ("algo.ppo.objective", "adaptive_kl", "--ppo.objective kl --ppo.kl-target"),
         ("algo.ppo.objective", "clipped", "Did you mean 'clip'?"),
-        ("strategy.reward_weighting", "softmx", "Did you mean 'softmax'?"),
-        ("strategy.krum_weighting", "steps", "Did you mean 'num_steps'?"),
+        ("strategy.reward_weighted.weighting", "softmx", "Did you mean 'softmax'?"),
+        ("strategy.multi_krum.weighting", "steps", "Did you mean 'num_steps'?"),
     ],
 )
 def test_unknown_names_suggest_the_nearest_or_say_where(path, value, expected):
     config = replace_path(tiny_config(federation__num_clients=8), path, value)
     owner = {
-        "strategy.reward_weighting": "reward_weighted",
-        "strategy.krum_weighting": "multi_krum",
+        "strategy.reward_weighted.weighting": "reward_weighted",
+        "strategy.multi_krum.weighting": "multi_krum",
     }
     if path in owner:  # a strategy's own field is checked when that strategy runs
         config = replace_path(config, "strategy.name", owner[path])
@@ -142,8 +142,8 @@ def test_unknown_config_fields_suggest_the_nearest():
         replace_path(tiny_config(), "federation.num_client", 3)
     from jfedrl.config import from_dict
 
-    with pytest.raises(ConfigError, match="strategy.krum_ff: .*Did you mean 'krum_f'"):
-        from_dict({"strategy": {"krum_ff": 1}})
+    with pytest.raises(ConfigError, match="strategy.krum.ff: .*Did you mean 'f'"):
+        from_dict({"strategy": {"krum": {"ff": 1}}})
 
 
 def test_registry_lookups_suggest_too():

@@ -60,7 +60,7 @@ def _assert_close(actual, expected):
 @pytest.mark.parametrize("beta", [0.0, 0.2, 0.34])
 def test_trimmed_mean_of_huge_params_is_finite_and_exact(huge, beta):
     g, c = huge
-    new, _, _ = run(config("trimmed_mean", trim_beta=beta), g, c, info())
+    new, _, _ = run(config("trimmed_mean", beta=beta), g, c, info())
     _assert_close(new, ref_over_valid(c, MASK, lambda x: ref_trimmed(x, beta)))
 
 
@@ -85,7 +85,8 @@ def test_krum_on_huge_params_selects_as_float64_does(huge, f, m):
     # One client far from the rest (in float64), which Krum must not select.
     c = {"w": c["w"].at[3].set(jnp.where(c["w"][3] > 0, -BIG, BIG))}
     name = "krum" if m == 1 else "multi_krum"
-    new, _, metrics = run(config(name, krum_f=f, krum_m=m), g, c, info())
+    fields = {"f": f} if name == "krum" else {"f": f, "m": m}
+    new, _, metrics = run(config(name, **fields), g, c, info())
     selected = ref_krum_selection(c, MASK, f, m)
     expected = np.zeros(K)
     expected[selected] = 1.0 / len(selected)
@@ -99,7 +100,7 @@ def test_krum_scores_are_in_the_params_units():
     g = {"w": jnp.zeros((1,), jnp.float32)}
     c = {"w": jnp.asarray([[0.0], [1.0], [2.0], [10.0], [11.0]], jnp.float32)}
     mask = np.ones(5, bool)
-    _, _, metrics = run(config("krum", krum_f=1), g, c, info(mask, np.ones(5), np.zeros(5)))
+    _, _, metrics = run(config("krum", f=1), g, c, info(mask, np.ones(5), np.zeros(5)))
     np.testing.assert_array_equal(metrics["scores"], [5.0, 2.0, 5.0, 65.0, 82.0])
 
 

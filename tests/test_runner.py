@@ -81,6 +81,22 @@ def test_resume_refuses_to_change_the_maths(full_run):
             runner.resume_config(full_run.run_dir, {path: value})
 
 
+def test_resume_names_the_exact_fields_it_may_change(full_run):
+    """The budget fields are resumable by their new paths; the old flat key is not a field."""
+    with pytest.raises(ConfigError) as error:
+        runner.resume_config(full_run.run_dir, {"strategy.dp_epsilon_budget": 9.0})
+    message = str(error.value)
+    assert message.startswith("strategy.dp_epsilon_budget: cannot be changed"), message
+    assert "strategy.dp_fedavg.epsilon_budget" in message
+    assert "strategy.dp_fedavg.budget_action" in message
+    resumed = runner.resume_config(
+        full_run.run_dir,
+        {"strategy.dp_fedavg.epsilon_budget": 9.0, "strategy.dp_fedavg.budget_action": "warn"},
+    )
+    assert resumed.strategy.dp_fedavg.epsilon_budget == 9.0
+    assert resumed.strategy.dp_fedavg.budget_action == "warn"
+
+
 def test_new_run_refuses_a_folder_with_checkpoints(full_run):
     with pytest.raises(ConfigError, match="already holds a run"):
         runner.train(with_run_dir(tiny_config(), full_run.run_dir), quiet=True)

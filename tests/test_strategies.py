@@ -16,9 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from jfedrl import strategies
+from jfedrl import strategies, validation
 from jfedrl.config import Config, FederationConfig, StrategyConfig
 from jfedrl.schema.checks import ConfigError
+from jfedrl.schema.convert import override
 from jfedrl.strategies.base import ClientInfo
 
 K = 7
@@ -38,7 +39,7 @@ DETERMINISTIC = (
     "trimmed_mean",
     "krum",
     "multi_krum",
-    "dp_fedavg",  # with dp_noise = 0
+    "dp_fedavg",  # with strategy.dp_fedavg.noise = 0
 )
 
 
@@ -74,7 +75,8 @@ def info(mask=MASK, steps=STEPS, returns=RETURNS) -> ClientInfo:
 
 
 def config(name: str, **fields) -> StrategyConfig:
-    return StrategyConfig(name=name, **fields)
+    """The strategy `name` with `fields` of its own section (`strategy.<name>.<field>`)."""
+    return override(StrategyConfig(name=name), {f"{name}.{k}": v for k, v in fields.items()})
 
 
 def run(strategy_config: StrategyConfig, global_params, clients, client_info, key=0, state=None):
@@ -160,7 +162,7 @@ def test_reward_weighted_min_shift_handles_negative_returns(data):
 def test_reward_weighted_softmax_and_equal_returns(data):
     g, c = data
     new, _, metrics = run(
-        config("reward_weighted", reward_weighting="softmax", temperature=5.0), g, c, info()
+        config("reward_weighted", weighting="softmax", temperature=5.0), g, c, info()
     )
     logits = np.where(MASK, RETURNS / 5.0, -np.inf)
     weights = np.exp(logits - logits.max())
@@ -168,7 +170,7 @@ def test_reward_weighted_softmax_and_equal_returns(data):
     assert_tree_close(new, ref_weighted_mean(c, weights))
     for weighting in ("min_shift", "softmax"):
         _, _, metrics = run(
-            config("reward_weighted", reward_weighting=weighting),
+            config("reward_weighted", weighting=weighting),
             g,
             c,
             info(returns=np.full(K, -42.0)),
@@ -189,7 +191,7 @@ def test_median_matches_numpy(data):
 @pytest.mark.parametrize("beta", [0.0, 0.2, 0.34, 0.49])
 def test_trimmed_mean_matches_numpy(data, beta):
     g, c = data
-    new, _, metrics = run(config("trimmed_mean", trim_beta=beta), g, c, info())
+    new, _, metrics = run(config("trimmed_mean", beta=beta), g, c, info())
     assert metrics["trimmed_per_side"] == int(beta * MASK.sum())
     assert_tree_close(new, ref_over_valid(c, MASK, lambda x: ref_trimmed(x, beta)))
 
@@ -198,7 +200,8 @@ def test_trimmed_mean_matches_numpy(data, beta):
 def test_krum_and_multi_krum_match_numpy(data, f, m):
     g, c = data
     name = "krum" if m == 1 else "multi_krum"
-    new, _, metrics = run(config(name, krum_f=f, krum_m=m), g, c, info())
+    fields = {"f": f} if name == "krum" else {"f": f, "m": m}
+    new, _, metrics = run(config(name, **fields), g, c, info())
     selected = ref_krum_selection(c, MASK, f, m)
     expected = np.zeros(K)
     expected[selected] = 1.0 / len(selected)
@@ -212,10 +215,10 @@ def test_krum_hand_computed():
     g = {"w": jnp.zeros((1,), jnp.float32)}
     c = {"w": jnp.array([[0.0], [1.0], [2.0], [10.0], [11.0]])}
     five = info(np.ones(5, bool), np.ones(5), np.zeros(5))
-    new, _, metrics = run(config("krum", krum_f=1), g, c, five)
+    new, _, metrics = run(config("krum", f=1), g, c, five)
     np.testing.assert_allclose(metrics["scores"], [5.0, 2.0, 5.0, 65.0, 82.0])
     assert float(new["w"][0]) == 1.0
-    new, _, metrics = run(config("multi_krum", krum_f=1, krum_m=3), g, c, five)
+    new, _, metrics = run(config("multi_krum", f=1, m=3), g, c, five)
     np.testing.assert_allclose(metrics["weights"], [1 / 3, 1 / 3, 1 / 3, 0.0, 0.0], rtol=1e-6)
     assert float(new["w"][0]) == pytest.approx(1.0)
 
@@ -224,7 +227,7 @@ def test_krum_hand_computed():
 def test_multi_krum_weighted_by_num_steps_matches_numpy(data, f, m):
     """Flower's Multi-Krum: the same selection, averaged with FedAvg's n_k weights."""
     g, c = data
-    fields = {"krum_f": f, "krum_m": m, "krum_weighting": "num_steps"}
+    fields = {"f": f, "m": m, "weighting": "num_steps"}
     new, _, metrics = run(config("multi_krum", **fields), g, c, info())
     selected = ref_krum_selection(c, MASK, f, m)
     expected = np.zeros(K)
@@ -236,17 +239,17 @@ def test_multi_krum_weighted_by_num_steps_matches_numpy(data, f, m):
 
 def test_multi_krum_weighting_is_checked():
     bad = Config(
-        strategy=StrategyConfig(name="multi_krum", krum_weighting="steps"),
+        strategy=config("multi_krum", weighting="steps"),
         federation=FederationConfig(num_clients=8),
     )
-    with pytest.raises(ConfigError, match="strategy.krum_weighting: 'steps' is not allowed"):
-        strategies.get("multi_krum").validate(bad)
+    with pytest.raises(ConfigError, match="strategy.multi_krum.weighting: 'steps' is not allowed"):
+        strategies.get("multi_krum").check(bad)
 
 
 def test_dp_fedavg_clips_each_update_without_noise(data):
     g, c = data
     clip = 0.8
-    new, _, metrics = run(config("dp_fedavg", dp_clip=clip, dp_noise=0.0), g, c, info())
+    new, _, metrics = run(config("dp_fedavg", clip=clip, noise=0.0), g, c, info())
     deltas = jax.tree.map(lambda x, y: x - y[None], as64(c), as64(g))
     norms = np.sqrt(sum(np.sum(d.reshape(K, -1) ** 2, axis=1) for d in jax.tree.leaves(deltas)))
     assert np.all(norms[MASK] > clip)  # every valid update is clipped: the test can tell
@@ -260,15 +263,15 @@ def test_dp_fedavg_clips_each_update_without_noise(data):
 def test_dp_fedavg_noise_has_the_stated_std():
     g = {"w": jnp.zeros((64, 64), jnp.float32)}
     c = jax.tree.map(lambda x: jnp.stack([x] * K), g)  # zero updates: the result is the noise
-    new, _, metrics = run(config("dp_fedavg", dp_clip=2.0, dp_noise=1.5), g, c, info())
+    new, _, metrics = run(config("dp_fedavg", clip=2.0, noise=1.5), g, c, info())
     expected_std = 1.5 * 2.0 / MASK.sum()
     assert float(metrics["noise_std"]) == pytest.approx(expected_std)
     assert float(metrics["noise_multiplier"]) == pytest.approx(1.5)
     sample = np.asarray(new["w"]).ravel()
     assert abs(sample.mean()) < 4 * expected_std / np.sqrt(sample.size)
     assert sample.std() == pytest.approx(expected_std, rel=0.05)  # 4096 draws: ~1.1% s.e.
-    again, _, _ = run(config("dp_fedavg", dp_clip=2.0, dp_noise=1.5), g, c, info(), key=0)
-    other, _, _ = run(config("dp_fedavg", dp_clip=2.0, dp_noise=1.5), g, c, info(), key=1)
+    again, _, _ = run(config("dp_fedavg", clip=2.0, noise=1.5), g, c, info(), key=0)
+    other, _, _ = run(config("dp_fedavg", clip=2.0, noise=1.5), g, c, info(), key=1)
     np.testing.assert_array_equal(again["w"], new["w"])
     assert not np.allclose(other["w"], new["w"])
 
@@ -279,27 +282,33 @@ def test_dp_fedavg_noise_has_the_stated_std():
 def test_fedavgm_without_momentum_equals_fedavg(data):
     g, c = data
     fedavg, _, _ = run(config("fedavg"), g, c, info())
-    fedavgm, _, _ = run(config("fedavgm", server_lr=1.0, server_momentum=0.0), g, c, info())
+    fedavgm, _, _ = run(config("fedavgm", lr=1.0, momentum=0.0), g, c, info())
     assert_tree_close(fedavgm, as64(fedavg))
 
 
 @pytest.mark.parametrize(
     "name, optimizer",
     [
-        ("fedavgm", lambda s: optax.sgd(s.server_lr, momentum=s.server_momentum)),
-        ("fedadam", lambda s: optax.adam(s.server_lr, s.beta1, s.beta2, eps=s.tau)),
-        ("fedyogi", lambda s: optax.yogi(s.server_lr, s.beta1, s.beta2, eps=s.tau)),
+        ("fedavgm", lambda s: optax.sgd(s.lr, momentum=s.momentum)),
+        ("fedadam", lambda s: optax.adam(s.lr, s.beta1, s.beta2, eps=s.tau)),
+        ("fedyogi", lambda s: optax.yogi(s.lr, s.beta1, s.beta2, eps=s.tau)),
         (
             "fedadagrad",
-            lambda s: optax.adagrad(s.server_lr, initial_accumulator_value=s.tau**2, eps=0.0),
+            lambda s: optax.adagrad(s.lr, initial_accumulator_value=s.tau**2, eps=0.0),
         ),
     ],
 )
 def test_server_optimizers_match_optax_on_the_pseudo_gradient(name, optimizer):
     """Two rounds: the optax reference applied to global - fedavg(clients), in float32."""
     g = jax.tree.map(lambda x: x.astype(jnp.float32), make_global())
-    cfg = config(name, server_lr=0.05, server_momentum=0.8, beta1=0.8, beta2=0.95, tau=1e-2)
-    opt = optimizer(cfg)
+    own = {
+        "fedavgm": {"lr": 0.05, "momentum": 0.8},
+        "fedadam": {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 1e-2},
+        "fedyogi": {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 1e-2},
+        "fedadagrad": {"lr": 0.05, "tau": 1e-2},
+    }[name]
+    cfg = config(name, **own)
+    opt = optimizer(getattr(cfg, name))
     ref_params, ref_state = g, opt.init(g)
     params, state = g, None
     for round_index in range(2):
@@ -331,7 +340,7 @@ def toy_runner(algorithm: str, rounds: int, k: int):
     """The jitted toy loop, compiled once per (algorithm, rounds, k)."""
     target = jax.tree.map(jnp.asarray, TARGET, is_leaf=lambda x: isinstance(x, list))
     start = jax.tree.map(jnp.zeros_like, target)
-    strategy = strategies.make(config("evolutionary", evo_algorithm=algorithm), k)
+    strategy = strategies.make(config("evolutionary", algorithm=algorithm), k)
 
     def distance(p):
         return sum(
@@ -382,7 +391,7 @@ def test_differential_evolution_mutates_the_best_valid_client(data):
     """DE/best/1/bin with CR = 0: the best client, one coordinate mutated by F (x_b - x_c)."""
     g, c = data
     g, c = jax.tree.map(lambda x: x.astype(jnp.float32), (g, c))
-    cfg = config("evolutionary", evo_mutation=0.5, evo_crossover=0.0)
+    cfg = config("evolutionary", mutation=0.5, crossover=0.0)
     new, state, metrics = run(cfg, g, c, info(), key=5)
     best = int(np.argmax(np.where(MASK, RETURNS, -np.inf)))  # client 2 is better but masked
     assert int(metrics["member"]) == best == 1
@@ -407,7 +416,7 @@ def test_pso_first_round_moves_the_best_valid_client_on(data):
     """Round 1: own best = swarm best = the best particle, so only inertia acts:
     global = x_best + w (x_best - global), the move the best client made continued."""
     g, c = data
-    cfg = config("evolutionary", evo_algorithm="pso", pso_inertia=0.6)
+    cfg = config("evolutionary", algorithm="pso", pso_inertia=0.6)
     new, _, metrics = run(cfg, g, c, info())
     assert int(metrics["member"]) == 1
     expected = jax.tree.map(lambda x, y: x[1] + 0.6 * (x[1] - y), as64(c), as64(g))
@@ -423,8 +432,12 @@ def test_evolutionary_needs_the_client_count():
 
 
 def deterministic_config(name: str) -> StrategyConfig:
-    extra = {"dp_fedavg": {"dp_noise": 0.0, "dp_clip": 1e6}, "trimmed_mean": {"trim_beta": 0.2}}
-    return config(name, server_lr=0.1, **extra.get(name, {}))
+    extra = {
+        "dp_fedavg": {"noise": 0.0, "clip": 1e6},
+        "trimmed_mean": {"beta": 0.2},
+        **{opt: {"lr": 0.1} for opt in ("fedavgm", "fedadam", "fedyogi", "fedadagrad")},
+    }
+    return config(name, **extra.get(name, {}))
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -465,7 +478,7 @@ def test_identical_clients_give_their_params(data, name):
     same = jax.tree.map(lambda x: jnp.stack([x] * K), consensus)
     cfg = deterministic_config(name)
     if name == "fedavgm":
-        cfg = dataclasses.replace(cfg, server_lr=1.0)  # first step: x - 1 * (x - consensus)
+        cfg = override(cfg, {"fedavgm.lr": 1.0})  # first step: x - 1 * (x - consensus)
     new, _, _ = run(cfg, g, same, info())
     assert_tree_close(new, as64(consensus))
 
@@ -535,9 +548,9 @@ def attacked(kind: str, bad: np.ndarray):
     "name, fields",
     [
         ("median", {}),
-        ("trimmed_mean", {"trim_beta": 0.3}),
-        ("krum", {"krum_f": 2}),
-        ("multi_krum", {"krum_f": 2}),
+        ("trimmed_mean", {"beta": 0.3}),
+        ("krum", {"f": 2}),
+        ("multi_krum", {"f": 2}),
     ],
 )
 def test_robust_rules_stay_within_the_honest_range(name, fields, kind):
@@ -566,9 +579,10 @@ def test_fedavg_is_not_robust_to_huge_clients():
 # ---------------------------------------------------------------- validation
 
 
-def full_config(num_clients: int = 8, **strategy_fields) -> Config:
+def full_config(num_clients: int = 8, name: str = "fedavg", **fields) -> Config:
+    """A whole config with strategy `name` and `fields` of its own section."""
     return Config(
-        strategy=StrategyConfig(**strategy_fields),
+        strategy=config(name, **fields),
         federation=FederationConfig(num_clients=num_clients),
     )
 
@@ -576,41 +590,55 @@ def full_config(num_clients: int = 8, **strategy_fields) -> Config:
 @pytest.mark.parametrize(
     "fields, num_clients, field",
     [
-        ({"name": "trimmed_mean", "trim_beta": 0.5}, 8, "strategy.trim_beta"),
-        ({"name": "trimmed_mean", "trim_beta": -0.1}, 8, "strategy.trim_beta"),
-        ({"name": "krum", "krum_f": 3}, 8, "strategy.krum_f"),
-        ({"name": "krum", "krum_f": -1}, 8, "strategy.krum_f"),
-        ({"name": "multi_krum", "krum_f": 1, "krum_m": 8}, 8, "strategy.krum_m"),
-        ({"name": "fedadam", "server_lr": 0.0}, 8, "strategy.server_lr"),
-        ({"name": "fedavgm", "server_lr": -1.0}, 8, "strategy.server_lr"),
-        ({"name": "fedavgm", "server_momentum": 1.0}, 8, "strategy.server_momentum"),
-        ({"name": "fedyogi", "beta2": 1.5}, 8, "strategy.beta2"),
-        ({"name": "fedadagrad", "tau": 0.0}, 8, "strategy.tau"),
-        ({"name": "reward_weighted", "reward_weighting": "raw"}, 8, "strategy.reward_weighting"),
-        ({"name": "reward_weighted", "temperature": 0.0}, 8, "strategy.temperature"),
-        ({"name": "evolutionary", "evo_algorithm": "cma"}, 8, "strategy.evo_algorithm"),
-        ({"name": "evolutionary"}, 3, "strategy.evo_algorithm"),
-        ({"name": "evolutionary", "evo_mutation": 0.0}, 8, "strategy.evo_mutation"),
-        ({"name": "evolutionary", "evo_crossover": 1.5}, 8, "strategy.evo_crossover"),
+        ({"name": "trimmed_mean", "beta": 0.5}, 8, "strategy.trimmed_mean.beta"),
+        ({"name": "trimmed_mean", "beta": -0.1}, 8, "strategy.trimmed_mean.beta"),
+        ({"name": "krum", "f": 3}, 8, "strategy.krum.f"),
+        ({"name": "krum", "f": -1}, 8, "strategy.krum.f"),
+        ({"name": "multi_krum", "f": 3}, 8, "strategy.multi_krum.f"),
+        ({"name": "multi_krum", "f": 1, "m": 8}, 8, "strategy.multi_krum.m"),
+        ({"name": "fedadam", "lr": 0.0}, 8, "strategy.fedadam.lr"),
+        ({"name": "fedavgm", "lr": -1.0}, 8, "strategy.fedavgm.lr"),
+        ({"name": "fedavgm", "momentum": 1.0}, 8, "strategy.fedavgm.momentum"),
+        ({"name": "fedyogi", "beta2": 1.5}, 8, "strategy.fedyogi.beta2"),
+        ({"name": "fedadam", "beta1": 1.0}, 8, "strategy.fedadam.beta1"),
+        ({"name": "fedadagrad", "tau": 0.0}, 8, "strategy.fedadagrad.tau"),
+        ({"name": "reward_weighted", "weighting": "raw"}, 8, "strategy.reward_weighted.weighting"),
         (
-            {"name": "evolutionary", "evo_algorithm": "pso", "pso_social": -1.0},
+            {"name": "reward_weighted", "temperature": 0.0},
             8,
-            "strategy.pso_social",
+            "strategy.reward_weighted.temperature",
         ),
-        ({"name": "dp_fedavg", "dp_clip": 0.0}, 8, "strategy.dp_clip"),
-        ({"name": "dp_fedavg", "dp_noise": -1.0}, 8, "strategy.dp_noise"),
-        ({"name": "fedavg", "clip_update_norm": -1.0}, 8, "strategy.clip_update_norm"),
+        ({"name": "evolutionary", "algorithm": "cma"}, 8, "strategy.evolutionary.algorithm"),
+        ({"name": "evolutionary"}, 3, "strategy.evolutionary.algorithm"),
+        ({"name": "evolutionary", "mutation": 0.0}, 8, "strategy.evolutionary.mutation"),
+        ({"name": "evolutionary", "crossover": 1.5}, 8, "strategy.evolutionary.crossover"),
+        (
+            {"name": "evolutionary", "algorithm": "pso", "pso_social": -1.0},
+            8,
+            "strategy.evolutionary.pso_social",
+        ),
+        ({"name": "dp_fedavg", "clip": 0.0}, 8, "strategy.dp_fedavg.clip"),
+        ({"name": "dp_fedavg", "noise": -1.0}, 8, "strategy.dp_fedavg.noise"),
     ],
 )
 def test_bad_values_raise_config_errors_naming_the_field(fields, num_clients, field):
     cfg = full_config(num_clients, **fields)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        strategies.get(cfg.strategy.name).validate(cfg)
+        strategies.get(cfg.strategy.name).check(cfg)
+
+
+def test_a_negative_update_clip_is_a_config_error():
+    """`strategy.clip_update_norm` is shared by every rule, so the whole config checks it."""
+    cfg = dataclasses.replace(
+        full_config(8), strategy=override(StrategyConfig(), {"clip_update_norm": -1.0})
+    )
+    with pytest.raises(ConfigError, match=r"strategy\.clip_update_norm"):
+        validation.validate(cfg)
 
 
 def test_good_values_validate():
     for name in strategies.names():
         cfg = full_config(8, name=name)
-        strategies.get(name).validate(cfg)
-    cfg = full_config(4, name="krum", krum_f=0)  # n = 4 > 2 * 0 + 2
-    strategies.get("krum").validate(cfg)
+        strategies.get(name).check(cfg)
+    cfg = full_config(4, name="krum", f=0)  # n = 4 > 2 * 0 + 2
+    strategies.get("krum").check(cfg)

@@ -9,13 +9,13 @@ random policy scores about 20. The thresholds below (eval > 50, best round
 >= 2x the first) leave a wide margin. Settings per strategy, where the
 defaults do not suit this budget:
 
-- fedadam / fedyogi / fedadagrad: server_lr 0.01. Adaptive server optimisers
-  step about server_lr per coordinate; the default 1.0 suits fedavgm only.
+- fedadam / fedyogi / fedadagrad: strategy.<rule>.lr 0.01. Adaptive server
+  optimisers step about lr per coordinate; the default 1.0 suits fedavgm only.
 - dp_fedavg: clip S = 1 (it binds: updates have norm ~1-2) and a small noise
   multiplier 0.02. Meaningful privacy (z ~ 1) with 5 clients adds noise far
   larger than the update; DP-FedAvg needs hundreds of clients per round.
-- trimmed_mean: trim_beta 0.2 (one client trimmed per side of 5), multi_krum:
-  krum_m 2, so neither reduces to the plain mean.
+- trimmed_mean: beta 0.2 (one client trimmed per side of 5), multi_krum:
+  m 2, so neither reduces to the plain mean.
 
 Each strategy compiles its own round, which dominates: about 4 CPU-minutes for
 the module (measured: 3.9 CPU-min, 8.7 min wall on the 2 cores here while
@@ -29,24 +29,25 @@ import numpy as np
 import pytest
 
 from jfedrl import strategies
+from jfedrl.algorithms.ppo_config import PPOConfig
 from jfedrl.config import (
     AlgoConfig,
     Config,
     FederationConfig,
     LogConfig,
-    PPOConfig,
     StrategyConfig,
 )
 from jfedrl.round.simulator import make_simulator
+from jfedrl.schema.convert import override
 
 ROUNDS = 16
 SETTINGS = {
-    "fedadam": {"server_lr": 0.01},
-    "fedyogi": {"server_lr": 0.01},
-    "fedadagrad": {"server_lr": 0.01},
-    "dp_fedavg": {"dp_clip": 1.0, "dp_noise": 0.02},
-    "trimmed_mean": {"trim_beta": 0.2},
-    "multi_krum": {"krum_m": 2},
+    "fedadam": {"lr": 0.01},
+    "fedyogi": {"lr": 0.01},
+    "fedadagrad": {"lr": 0.01},
+    "dp_fedavg": {"clip": 1.0, "noise": 0.02},
+    "trimmed_mean": {"beta": 0.2},
+    "multi_krum": {"m": 2},
 }
 
 
@@ -57,7 +58,10 @@ def learning_config(name: str) -> Config:
         algo=AlgoConfig(
             ppo=PPOConfig(num_envs=4, num_steps=64, learning_rate=2.5e-3, anneal_lr=False)
         ),
-        strategy=StrategyConfig(name=name, **SETTINGS.get(name, {})),
+        strategy=override(
+            StrategyConfig(name=name),
+            {f"{name}.{k}": v for k, v in SETTINGS.get(name, {}).items()},
+        ),
         log=LogConfig(eval_episodes=2, tensorboard=False, plot=False, progress=False),
     )
 

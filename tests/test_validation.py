@@ -44,7 +44,10 @@ BAD = {
         "algo.td3.batch_size",
     ),
     "strategy.name": (["--strategy", "fedsgd"], "strategy.name"),
-    "strategy.beta1": (["--strategy", "fedadam", "--strategy.beta1", "1"], "strategy.beta1"),
+    "strategy.fedadam": (
+        ["--strategy", "fedadam", "--fedadam.beta1", "1"],
+        "strategy.fedadam.beta1",
+    ),
     "strategy.clip_update_norm": (
         ["--strategy.clip-update-norm", "-1"],
         "strategy.clip_update_norm",

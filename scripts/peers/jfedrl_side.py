@@ -16,13 +16,13 @@ PACKAGES = ("jfedrl", "jax", "jaxlib", "flax", "optax", "gymnax", "numpy")
 
 def make_config(spec: BenchSpec):
     """The jfedrl `Config` for the shared task (every PPO field set explicitly)."""
+    from jfedrl.algorithms.ppo_config import PPOConfig
     from jfedrl.config import (
         AlgoConfig,
         Config,
         EnvConfig,
         FederationConfig,
         LogConfig,
-        PPOConfig,
         StrategyConfig,
     )
 
