@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from jfedrl import plugins
-from jfedrl.cli import build_parser, main
+from jfedrl.cli import main
+from jfedrl.cli.app import build_parser
 
 
 def _parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

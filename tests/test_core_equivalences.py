@@ -71,6 +71,7 @@ ALGORITHM_FIELDS = {
         },
     ),
 }
+ALGORITHM_FIELDS["sac"] = ("Pendulum-v1", ALGORITHM_FIELDS["td3"][1])
 VARIANTS = [(name, {}) for name in ALGORITHM_FIELDS] + [("td3", {"ddpg": True})]
 
 

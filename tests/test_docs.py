@@ -77,7 +77,7 @@ def test_readme_test_command_is_what_ci_runs_and_is_valid():
 
 
 def test_readme_train_command_is_a_valid_default_run():
-    from jfedrl.cli import build_parser, config_from_args
+    from jfedrl.cli.app import build_parser, config_from_args
     from jfedrl.config import Config
     from jfedrl.validation import validate
 

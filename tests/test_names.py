@@ -13,7 +13,7 @@ import pytest
 from jfedrl import algorithms
 from jfedrl.algorithms import with_fedprox
 from jfedrl.algorithms.base import Reference
-from jfedrl.cli import build_parser, config_from_args
+from jfedrl.cli.app import build_parser, config_from_args
 from jfedrl.round.environment import make_client_envs
 from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.checks import ConfigError
@@ -171,7 +171,7 @@ def test_envs_listing_has_no_third_party_warnings():
 
 
 def test_third_party_quiet_restores_stderr(capfd):
-    from jfedrl.cli import third_party_quiet
+    from jfedrl.cli.app import third_party_quiet
 
     with third_party_quiet():
         os.write(2, b"from C\n")

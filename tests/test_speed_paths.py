@@ -122,8 +122,8 @@ def test_dry_run_compiles_prints_memory_and_writes_nothing(tmp_path, monkeypatch
 
 def test_start_up_imports_only_what_the_run_needs():
     probe = (
-        "import sys; import jfedrl.cli; cli = set(sys.modules); "
-        "jfedrl.cli.startup.prepare_process(); import jfedrl.run.runner; "
+        "import sys; import jfedrl.cli.app; cli = set(sys.modules); "
+        "jfedrl.cli.app.startup.prepare_process(); import jfedrl.run.runner; "
         "print(sorted({'jax', 'matplotlib'} & cli), 'scipy.stats' in sys.modules, "
         "type(sys.modules['seaborn']).__name__); "
         "import seaborn; assert callable(seaborn.color_palette); "

@@ -40,6 +40,7 @@ DETERMINISTIC = (
     "krum",
     "multi_krum",
     "dp_fedavg",  # with strategy.dp_fedavg.noise = 0
+    "geometric_median",
 )
 
 

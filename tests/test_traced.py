@@ -15,7 +15,7 @@ from jfedrl.round.simulator import Simulator, make_simulator
 from jfedrl.strategies.base import ClientInfo
 from tests.helpers import tiny_config
 
-#: A tiny valid config per algorithm (TD3 needs continuous actions).
+#: A tiny valid config per algorithm (TD3 and SAC need continuous actions).
 ALGORITHM_CONFIGS = {
     "ppo": {},
     "a2c": {"algo__a2c__num_envs": 2, "algo__a2c__hidden_sizes": [8]},
@@ -29,6 +29,12 @@ ALGORITHM_CONFIGS = {
         "algo__td3__hidden_sizes": [8],
         "algo__td3__buffer_size": 256,
         "algo__td3__gradient_steps": 2,
+    },
+    "sac": {
+        "env__name": "Pendulum-v1",
+        "algo__sac__hidden_sizes": [8],
+        "algo__sac__buffer_size": 256,
+        "algo__sac__gradient_steps": 2,
     },
 }
 
@@ -60,7 +66,7 @@ def test_every_algorithm_and_strategy_has_a_case():
 
 @pytest.mark.parametrize(
     "algo",
-    ["ppo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("a2c", "dqn", "td3"))],
+    ["ppo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("a2c", "dqn", "td3", "sac"))],
 )
 def test_algorithm_fields_trace_through_the_round_but_not_the_evaluation(algo):
     config = tiny_config(algo__name=algo, **ALGORITHM_CONFIGS[algo])

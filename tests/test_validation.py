@@ -43,6 +43,10 @@ BAD = {
         ["--algo", "td3", "--env", "Pendulum-v1", "--td3.batch-size", "0"],
         "algo.td3.batch_size",
     ),
+    "algo.sac": (
+        ["--algo", "sac", "--env", "Pendulum-v1", "--sac.tau", "0"],
+        "algo.sac.tau",
+    ),
     "strategy.name": (["--strategy", "fedsgd"], "strategy.name"),
     "strategy.fedadam": (
         ["--strategy", "fedadam", "--fedadam.beta1", "1"],

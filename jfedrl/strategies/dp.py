@@ -5,7 +5,7 @@ Models" (ICLR), DP-FedAvg with flat clipping: each client update
 Delta_k = w_k - w_global is scaled to L2 norm at most S (`dp_clip`), the
 clipped updates are averaged with equal weights, and Gaussian noise
 N(0, (z S / n)^2) is added per coordinate, z being the noise multiplier
-(`dp_noise`). One client changes the average by at most S / n, so the noise
+(`strategy.dp_fedavg.noise`). One client changes the average by at most S / n, so the noise
 std is z times that sensitivity: user-level (here client-level) privacy for
 one round. The (epsilon, delta) spent over the rounds is tracked on the host
 by `jfedrl.strategies.privacy` (Renyi DP accountant of the sampled Gaussian mechanism),

@@ -3,7 +3,7 @@
 - `median`, `trimmed_mean`: Yin et al. 2018, "Byzantine-Robust Distributed
   Learning: Towards Optimal Statistical Rates" (ICML). Per coordinate, the
   median, or the mean after dropping the floor(beta * n) largest and smallest
-  values (beta = `trim_beta`).
+  values (beta = `strategy.trimmed_mean.beta`).
 - `krum`, `multi_krum`: Blanchard et al. 2017, "Machine Learning with
   Adversaries: Byzantine Tolerant Gradient Descent" (NeurIPS). Each client's
   score is the sum of squared distances to its n - f - 2 nearest neighbours;
@@ -141,7 +141,7 @@ def median(section=None, num_clients: int | None = None) -> Strategy:
 
 
 def trimmed_mean(section, num_clients: int | None = None) -> Strategy:
-    """Coordinate-wise trimmed mean with trim fraction `trim_beta`."""
+    """Coordinate-wise trimmed mean with trim fraction `beta`."""
     beta = section.beta
 
     def combine(global_params, client_params, info: ClientInfo, key):
