@@ -1,6 +1,6 @@
 """Random disturbance events: a jittable wrapper around any registered env.
 
-The jittable analogue of seed 001's "obstacles appearing at a chosen
+The jittable analogue of RLlab FRL's "obstacles appearing at a chosen
 frequency": at every step, independently with probability `prob`,
 
 - `impulse`: the state receives a random kick before the dynamics step

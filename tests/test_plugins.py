@@ -23,12 +23,13 @@ from jfedrl.strategies.spec import StrategySpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "extending.md"
-PLUGINS = ("--plugin", "my_strategy", "--plugin", "my_algorithm")
+PLUGINS = ("--plugin", "my_strategy", "--plugin", "my_algorithm", "--plugin", "my_variant")
 TINY = (
     "--algo", "reinforce",
     "--strategy", "fedavg_step",
     "--fedavg-step.step-size", "0.5",
-    "--clients", "2",
+    "--clients", "3",
+    "--variant", "spread",
     "--rounds", "2",
     "--reinforce.num-steps", "16",
     "--log.rounds-per-block", "1",
@@ -79,15 +80,18 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_docs_hold_a_strategy_and_an_algorithm_example():
-    assert {"my_strategy.py", "my_algorithm.py"} <= set(examples())
+def test_the_docs_hold_a_strategy_an_algorithm_and_a_variant_example():
+    assert {"my_strategy.py", "my_algorithm.py", "my_variant.py"} <= set(examples())
 
 
 def test_train_records_the_plugins_and_uses_their_fields(run):
     saved = (run / "config.yaml").read_text()
-    assert "plugins:\n- my_strategy\n- my_algorithm\n" in saved
+    assert "plugins:\n- my_strategy\n- my_algorithm\n- my_variant\n" in saved
     assert "fedavg_step:\n    step_size: 0.5\n" in saved
     assert "reinforce:\n" in saved
+    length = json.loads((run / "env_params.json").read_text())["length"]
+    assert length[0] < length[1] < length[2]  # the variant's even spread, low to high
+    assert length[1] - length[0] == pytest.approx(length[2] - length[1], rel=1e-5)
     rounds = records(run)
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["eval_return"] > 0 for r in rounds)
@@ -106,7 +110,7 @@ def test_a_sweep_traces_the_plugins_field_in_one_program(folder):
     (folder / "sweep.yaml").write_text(
         "name: steps\n"
         "base:\n"
-        "  plugins: [my_strategy, my_algorithm]\n"
+        "  plugins: [my_strategy, my_algorithm, my_variant]\n"
         "  algo: {name: reinforce, reinforce: {num_steps: 16}}\n"
         "  strategy: {name: fedavg_step}\n"
         "  federation: {num_clients: 2, rounds: 1}\n"

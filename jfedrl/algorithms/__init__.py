@@ -3,7 +3,7 @@
 Importing this package imports no jax: it holds the specs, whose sections the
 config tree is assembled from (`jfedrl.config`); `make` imports an algorithm's
 maths when it is built. A new algorithm is one module that defines its section
-and calls `register(AlgorithmSpec(...))` (docs/writing-an-algorithm.md).
+and calls `register(AlgorithmSpec(...))` (docs/extending.md).
 """
 
 from __future__ import annotations

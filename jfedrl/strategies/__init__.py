@@ -4,7 +4,7 @@ Importing this package imports no jax: it holds the specs, whose sections the
 config tree is assembled from (`jfedrl.config`); `make` imports a rule's maths
 when it is built. Each rule module cites its paper; docs/strategies.md describes
 every rule and its fields. A new rule is one module that defines its section
-and calls `register(StrategySpec(...))` (docs/writing-a-strategy.md).
+and calls `register(StrategySpec(...))` (docs/extending.md).
 """
 
 from __future__ import annotations
