@@ -190,7 +190,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_cli_flags_and_yaml(tmp_path):
-    from jfedrl.cli import build_parser, config_from_args
+    from jfedrl.cli.app import build_parser, config_from_args
 
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text(

@@ -159,9 +159,8 @@ def test_config_error_is_a_value_error():
             "a.b: 'mena' is not allowed; allowed: mean, krum. Did you mean 'mean'?",
         ),
         (
-            lambda: checks.require_choice("algo.name", "ddpg", ("ppo", "td3")),
-            "algo.name: 'ddpg' is not allowed; allowed: ppo, td3. "
-            "DDPG is a TD3 switch: --algo td3 --td3.ddpg true.",
+            lambda: checks.require_choice("a.b", "DDPG", ("ppo", "td3"), {"ddpg": "use td3"}),
+            "a.b: 'DDPG' is not allowed; allowed: ppo, td3. use td3.",
         ),
         (
             lambda: checks.require_finite("", {"x": (1.0, float("inf"))}),
