@@ -35,7 +35,8 @@ import numpy as np
 from jfedrl import strategies
 from jfedrl.algorithms import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
-from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
 from scripts import benchlib
 
 MEAN_TYPE = ("fedavg", "mean", "reward_weighted", "fedavgm", "fedadam", "fedyogi", "fedadagrad")

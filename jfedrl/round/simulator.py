@@ -16,28 +16,45 @@ buffer in the state; per-component aggregation periods (seed 001's TD3) select
 components with `jnp.where` on the round counter. None of them recompiles per
 round, and with all three off the round is exactly the synchronous one.
 
-The module is longer than most because `Simulator` is one object: its jitted
-`init`, `begin_round`, `aggregate` and `evaluate` share the static config and
-the mesh, and the offload runner calls `begin_round` and `aggregate` around its
-own local training; split apart, each half would need the other's internals.
+The pieces live beside this module: `state` (the state and a round's inputs),
+`local` (participants and local training), `layout` (mesh and padding),
+`screening`, `aggregation` and `metrics` (the three steps of `aggregate`).
+`Simulator` binds them to one config and jits the round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, NamedTuple
+from functools import cached_property, partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round
 from jfedrl.round.environment import ClientEnvs, make_client_envs
+from jfedrl.round.layout import ClientLayout
+from jfedrl.round.local import (
+    STALENESS_STREAM,
+    SYSTEM_STREAM,
+    client_local_updates,
+    local_training,
+    sample_participants,
+    stragglers_and_dropouts,
+)
+from jfedrl.round.state import (
+    FedState,
+    RoundInputs,
+    inexact_finite,
+    initial_history,
+    take_rows,
+    tree_all_finite,
+    where_clients,
+)
 from jfedrl.round.xla_cpu import unroll_threefry_on_cpu
 from jfedrl.strategies import ClientInfo, Strategy
 from jfedrl.strategies.dp import clip_factors
@@ -45,135 +62,6 @@ from jfedrl.tree import tree_where
 from jfedrl.validation import validate
 
 unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/round/xla_cpu.py
-
-#: Streams folded into the round key for the draws of system heterogeneity and
-#: staleness, apart from the round key's `split`, so runs without them draw as before.
-_SYSTEM_STREAM = 1
-_STALENESS_STREAM = 2
-
-
-class RoundInputs(NamedTuple):
-    """What one round's local training needs; also what an offload task carries."""
-
-    ids: jax.Array
-    """The participating client ids, `[P]`: K sampled ids (sorted), then padding."""
-    valid: jax.Array
-    """`[P]` True for the K real participants, False for padding (P is a multiple of
-    the device count, so the client axis shards evenly; padding is masked out)."""
-    before: Any
-    """The participants' states before the round (restored if an update is rejected)."""
-    clients: Any
-    """The participants' states with the global params broadcast in."""
-    env_params: Any
-    client_keys: jax.Array
-    reference: Reference
-    """The broadcast: global params (stacked per client, `[P, ...]`, with staleness:
-    each client's own stale global), peers and their weights."""
-    key_aggregate: jax.Array
-    num_updates: jax.Array
-    """`[P]` int32 local updates each participant really runs this round (0: dropped out)."""
-    staleness: jax.Array
-    """`[P]` int32 rounds by which each participant's start params are stale (0: fresh)."""
-    start_params: Any = None
-    """With staleness, the global params each participant started from, stacked; else None."""
-
-
-class FedState(struct.PyTreeNode):
-    """The whole simulator state; a checkpoint is exactly this tree."""
-
-    global_params: Any
-    server_state: Any
-    clients: Any
-    """Every client's algorithm state, stacked on a leading client axis."""
-    env_params: Any
-    """Every client's base environment params, stacked (drift is applied on top)."""
-    peer_params: Any
-    """Last round's client params (for mixture-KL communication), or ()."""
-    peer_weights: jax.Array
-    round: jax.Array
-    key: jax.Array
-    global_history: Any = ()
-    """With `federation.staleness` k > 0, a ring buffer of the last k + 1 global params,
-    stacked: slot `r % (k + 1)` holds the global params after r rounds; else ()."""
-
-
-def tree_all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _inexact_finite(tree: Any) -> jax.Array:
-    """True if every float leaf of `tree` is finite (integer leaves always are)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return tree_all_finite(leaves)
-
-
-def _take(tree: Any, index: jax.Array) -> Any:
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def _put(tree: Any, index: jax.Array, values: Any) -> Any:
-    return jax.tree.map(lambda x, v: x.at[index].set(v, mode="drop"), tree, values)
-
-
-def _where_clients(condition: jax.Array, new: Any, old: Any) -> Any:
-    """Per client (leading axis): `new` where `condition[k]`, else `old`."""
-    return jax.tree.map(
-        lambda n, o: jnp.where(condition.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
-    )
-
-
-def sample_participants(key: jax.Array, num_clients: int, count: int, weights=None):
-    """`count` distinct client ids (sorted), uniformly or proportionally to `weights`."""
-    if count == num_clients:
-        return jnp.arange(num_clients)
-    chosen = jax.random.choice(key, num_clients, (count,), replace=False, p=weights)
-    return jnp.sort(chosen)
-
-
-def local_training(
-    algorithm: Algorithm,
-    local_updates: int,
-    keys: jax.Array,
-    clients: Any,
-    env_params: Any,
-    reference: Reference,
-    num_updates: jax.Array | None = None,
-    stacked_reference: bool = False,
-) -> tuple[Any, dict[str, jax.Array]]:
-    """The clients' local work for one round: `local_updates` vmapped updates.
-
-    This is the one training step of the codebase: the simulator calls it
-    inside its jitted round and the offload worker calls it on a shard.
-
-    Args:
-        algorithm: the local learner.
-        local_updates: local updates per client this round (the scan's static length).
-        keys: one key per client, `[K, 2]`.
-        clients: stacked client states (leading axis K).
-        env_params: stacked environment params (leading axis K).
-        reference: the broadcast global params (and peers), shared by all.
-        num_updates: optional `[K]` updates each client really runs (<= local_updates).
-            Client k's steps from `num_updates[k]` on are computed and discarded, so its
-            state is exactly the state after its last real step. None: all run all.
-        stacked_reference: `reference.global_params` has a leading client axis (each
-            client regularises towards the params it started from; staleness).
-
-    Returns:
-        The new client states and metrics of shape `[local_updates, K]` (a client's
-        metrics after its last real step belong to discarded steps).
-    """
-    reference_axes = Reference(0, None, None) if stacked_reference else None
-    update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, reference_axes))
-
-    def one_update(clients, index):
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
-        new, metrics = update(step_keys, clients, env_params, reference)
-        if num_updates is not None:
-            new = _where_clients(index < num_updates, new, clients)
-        return new, metrics
-
-    return jax.lax.scan(one_update, clients, jnp.arange(local_updates))
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,11 +81,26 @@ class Simulator:
     """A 1-D `clients` mesh over every device (of every process), or None on one device."""
     multiprocess: bool = False
     """The mesh spans several processes (`jfedrl.run.distributed`): the state's placement is
-    then explicit (`state_shardings`), so each process holds only its own shards."""
+    then explicit (`ClientLayout.state_shardings`), so each process holds only its own shards."""
+
+    @cached_property
+    def layout(self) -> ClientLayout:
+        """The clients' static layout over the devices, from the fields above."""
+        return ClientLayout(self.num_clients, self.num_participants, self.mesh, self.multiprocess)
 
     @property
     def num_clients(self) -> int:
         return self.config.federation.num_clients
+
+    @property
+    def padded_participants(self) -> int:
+        """Participants per round rounded up to a multiple of the device count."""
+        return self.layout.padded_participants
+
+    @property
+    def everyone(self) -> bool:
+        """True if every client trains every round, unpadded (`ClientLayout.everyone`)."""
+        return self.layout.everyone
 
     @property
     def env_steps_per_round(self) -> int:
@@ -230,25 +133,15 @@ class Simulator:
         `local_updates_redraw`, from the round key.
         """
         fed = self.config.federation
-        if fed.local_updates_dist == "fixed":
-            return jnp.full((self.num_clients,), fed.local_updates, jnp.int32)
-        if fed.local_updates_redraw:
-            key = jax.random.fold_in(jax.random.fold_in(run_key, round_index), _SYSTEM_STREAM)
-        else:
-            key = jax.random.split(run_key, 3)[2]  # apart from the round and drift keys
-        key = jax.random.fold_in(key, 0)
-        shape = (self.num_clients,)
-        return jax.random.randint(key, shape, fed.local_updates_min, fed.local_updates + 1)
-
-    def _stragglers_and_dropouts(self, key: jax.Array, counts: jax.Array) -> jax.Array:
-        """The participants' counts after stragglers (partial work) and drop-outs (0)."""
-        fed = self.config.federation
-        key_straggle, key_partial, key_drop = jax.random.split(jax.random.fold_in(key, 1), 3)
-        straggling = jax.random.uniform(key_straggle, counts.shape) < fed.straggler_prob
-        partial_work = jax.random.randint(key_partial, counts.shape, 1, counts + 1)
-        counts = jnp.where(straggling, partial_work, counts)
-        dropped = jax.random.uniform(key_drop, counts.shape) < fed.dropout_prob
-        return jnp.where(dropped, 0, counts).astype(jnp.int32)
+        return client_local_updates(
+            run_key,
+            round_index,
+            num_clients=self.num_clients,
+            dist=fed.local_updates_dist,
+            local_updates=fed.local_updates,
+            local_updates_min=fed.local_updates_min,
+            redraw=fed.local_updates_redraw,
+        )
 
     def component_where(self, round_index: jax.Array, new: Any, old: Any) -> Any:
         """Params whose periodic components come from `new` where due, else from `old`.
@@ -268,7 +161,7 @@ class Simulator:
         env_params = self.envs.client_params(key_env)
         # Every client starts from the same global params (one init key), with its own env.
         client_keys = jax.random.split(key_clients, self.num_clients)
-        template = self.algorithm.init(key_params, _take(env_params, 0))
+        template = self.algorithm.init(key_params, take_rows(env_params, 0))
         global_params = self.algorithm.get_params(template)
         clients = jax.vmap(self.algorithm.init)(client_keys, env_params)
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(clients, global_params)
@@ -289,48 +182,9 @@ class Simulator:
             ),
             round=jnp.asarray(0, jnp.int32),
             key=key_run,
-            global_history=self._initial_history(global_params),
+            global_history=initial_history(global_params, self.config.federation.staleness),
         )
-        return self.place_state(state)
-
-    def state_shardings(self, state: Any) -> Any:
-        """Where each leaf of `state` (arrays or shape structs) lives on the mesh.
-
-        The clients' states and env params are split over the `clients` axis when the
-        client count is a multiple of the device count (else replicated, as is the
-        rest: global params, server state, round, key), so a process holds and
-        builds only its own devices' clients. None on one device.
-        """
-        if self.mesh is None:
-            return None
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        split = NamedSharding(self.mesh, PartitionSpec("clients"))
-        even = self.num_clients % self.mesh.size == 0
-
-        def by_client(x):
-            return split if even and x.ndim >= 1 and x.shape[0] == self.num_clients else replicated
-
-        shardings = jax.tree.map(lambda _: replicated, state)
-        return shardings.replace(
-            clients=jax.tree.map(by_client, state.clients),
-            env_params=jax.tree.map(by_client, state.env_params),
-        )
-
-    def place_state(self, state: FedState) -> FedState:
-        """Constrains `state` to `state_shardings` on a mesh (one device: nothing to do).
-
-        A fixed layout lets a block and the evaluation be compiled from the state's
-        shapes before the state exists (`InProcessRunner.compile_ahead`).
-        """
-        if self.mesh is None:
-            return state
-        return jax.lax.with_sharding_constraint(state, self.state_shardings(state))
-
-    def replicate(self, tree: Any) -> Any:
-        """Constrains `tree` to every device across processes, so any host can read it."""
-        if not self.multiprocess:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, PartitionSpec()))
+        return self.layout.place_state(state)
 
     def abstract_state(self, key: jax.Array) -> FedState:
         """The shapes, dtypes and shardings of `init(key)`: a checkpoint's restore target.
@@ -338,53 +192,12 @@ class Simulator:
         The shardings are this process layout's, so a checkpoint written by another
         layout (two processes, restored by one) is laid out afresh.
         """
-        shapes = jax.eval_shape(self.init, key)
-        if self.mesh is None:
-            shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), shapes)
-        else:
-            shardings = self.state_shardings(shapes)
-        return jax.tree.map(
-            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-            shapes,
-            shardings,
-        )
-
-    def _initial_history(self, global_params: Any) -> Any:
-        slots = self.config.federation.staleness + 1
-        if slots == 1:
-            return ()
-        return jax.tree.map(lambda x: jnp.stack([x] * slots), global_params)
+        return self.layout.with_shardings(jax.eval_shape(self.init, key))
 
     def current_env_params(self, state: FedState, round_index: jax.Array) -> Any:
         """The clients' env params in round `round_index`: drift applied to the base."""
         drift_key = jax.random.split(state.key)[1]  # a stream apart from the round keys
         return self.envs.drift(drift_key, state.env_params, round_index)
-
-    @property
-    def everyone(self) -> bool:
-        """True if every client trains every round, unpadded.
-
-        The participants' ids are then `arange(C)`: the gather of their states and the
-        scatter back are identities, and the round skips them (at trace time; same results).
-        """
-        return self.num_participants == self.num_clients == self.padded_participants
-
-    def take_participants(self, tree: Any, ids: jax.Array) -> Any:
-        """The participants' rows of a stacked tree (the tree itself when `everyone`)."""
-        return tree if self.everyone else _take(tree, ids)
-
-    @property
-    def padded_participants(self) -> int:
-        """Participants per round rounded up to a multiple of the device count."""
-        devices = 1 if self.mesh is None else self.mesh.size
-        return -(-self.num_participants // devices) * devices
-
-    def shard_clients(self, tree: Any) -> Any:
-        """Constrains the leading (client) axis of every leaf to the `clients` mesh axis."""
-        if self.mesh is None:
-            return tree
-        sharding = NamedSharding(self.mesh, PartitionSpec("clients"))
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
     def begin_round(self, state: FedState) -> RoundInputs:
         """Samples the participants and broadcasts the global params to them.
@@ -407,25 +220,25 @@ class Simulator:
         ids = sample_participants(
             key_sample, self.num_clients, self.num_participants, sampling_weights
         )
-        padding = self.padded_participants - self.num_participants
-        valid = jnp.arange(self.padded_participants) < self.num_participants
-        # Padding slots repeat a real client's work; their results are masked and dropped.
-        ids = jnp.concatenate([ids, jnp.full((padding,), ids[0], ids.dtype)])
+        layout = self.layout
+        ids, valid = layout.pad(ids)
         if counts is None:
             num_updates = jnp.full(ids.shape, fed.local_updates, jnp.int32)
         else:
-            system_key = jax.random.fold_in(key, _SYSTEM_STREAM)
-            num_updates = self._stragglers_and_dropouts(system_key, counts[ids])
-        before = self.shard_clients(self.take_participants(state.clients, ids))
+            system_key = jax.random.fold_in(key, SYSTEM_STREAM)
+            num_updates = stragglers_and_dropouts(
+                system_key, counts[ids], fed.straggler_prob, fed.dropout_prob
+            )
+        before = layout.shard_clients(layout.take_participants(state.clients, ids))
         staleness = jnp.zeros(ids.shape, jnp.int32)
         start_params = None
         broadcast, broadcast_axis = state.global_params, None
         if fed.staleness > 0:
             oldest = jnp.minimum(fed.staleness, state.round)
-            stale_key = jax.random.fold_in(key, _STALENESS_STREAM)
+            stale_key = jax.random.fold_in(key, STALENESS_STREAM)
             staleness = jax.random.randint(stale_key, ids.shape, 0, oldest + 1, jnp.int32)
             slots = (state.round - staleness) % (fed.staleness + 1)
-            start_params = self.shard_clients(_take(state.global_history, slots))
+            start_params = layout.shard_clients(take_rows(state.global_history, slots))
             broadcast, broadcast_axis = start_params, 0
         if self.periodic:
             local = jax.vmap(self.algorithm.get_params)(before)
@@ -440,9 +253,9 @@ class Simulator:
             valid=valid,
             before=before,
             clients=clients,
-            env_params=self.shard_clients(self.take_participants(env_params, ids)),
-            client_keys=self.shard_clients(
-                self.take_participants(jax.random.split(key_clients, self.num_clients), ids)
+            env_params=layout.shard_clients(layout.take_participants(env_params, ids)),
+            client_keys=layout.shard_clients(
+                layout.take_participants(jax.random.split(key_clients, self.num_clients), ids)
             ),
             reference=Reference(reference_params, state.peer_params, state.peer_weights),
             key_aggregate=key_aggregate,
@@ -468,17 +281,7 @@ class Simulator:
                 stacked_reference=stacked_reference,
             )
 
-        if self.mesh is not None:
-            split, whole = PartitionSpec("clients"), PartitionSpec()
-            reference_specs = Reference(split if stacked_reference else whole, whole, whole)
-            train = jax.shard_map(
-                train,
-                mesh=self.mesh,
-                in_specs=(split, split, split, reference_specs, split),
-                out_specs=(split, PartitionSpec(None, "clients")),
-                check_vma=False,
-            )
-        clients, local_metrics = train(
+        clients, local_metrics = self.layout.shard_training(train, stacked_reference)(
             inputs.client_keys,
             inputs.clients,
             inputs.env_params,
@@ -545,9 +348,9 @@ class Simulator:
                 state.global_params,
                 deltas,
             )
-            client_params = _where_clients(inputs.staleness > 0, rebased, client_params)
+            client_params = where_clients(inputs.staleness > 0, rebased, client_params)
         # Rejected clients keep the state they had before the round.
-        clients = _where_clients(finite, clients, before)
+        clients = where_clients(finite, clients, before)
         if self.heterogeneous:
             last_step = jnp.maximum(inputs.num_updates - 1, 0)[None]
 
@@ -576,7 +379,7 @@ class Simulator:
         )
         # A non-finite aggregate (an overflowing rule or server optimiser) is rejected: the
         # round keeps the previous global params and server state, and says so in its metrics.
-        aggregate_ok = _inexact_finite(global_params)
+        aggregate_ok = inexact_finite(global_params)
         global_params = tree_where(aggregate_ok, global_params, state.global_params)
         server_state = tree_where(aggregate_ok, server_state, state.server_state)
         if self.periodic:
@@ -595,7 +398,7 @@ class Simulator:
         new_state = state.replace(
             global_params=global_params,
             server_state=server_state,
-            clients=self._scatter_clients(state.clients, inputs, clients),
+            clients=self.layout.scatter_clients(state.clients, inputs.ids, inputs.valid, clients),
             peer_params=peers,
             peer_weights=peer_weights,
             round=state.round + 1,
@@ -634,20 +437,13 @@ class Simulator:
             metrics["strategy/" + name] = value
         return new_state, metrics
 
-    def _scatter_clients(self, all_clients: Any, inputs: RoundInputs, clients: Any) -> Any:
-        """Every client's state after the round: the participants' rows replaced."""
-        if self.everyone:
-            return clients
-        # Padding slots point past the last client and are dropped by the scatter.
-        return _put(all_clients, jnp.where(inputs.valid, inputs.ids, self.num_clients), clients)
-
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
     def run_block(self, state: FedState, num_rounds: int):
         """`num_rounds` rounds in one `lax.scan`; metrics stacked on axis 0."""
         state, metrics = jax.lax.scan(
             lambda s, _: self.round_step(s), state, None, length=num_rounds
         )
-        return self.place_state(state), self.replicate(metrics)
+        return self.layout.place_state(state), self.layout.replicate(metrics)
 
     @partial(jax.jit, static_argnums=(0, 3))
     def evaluate(self, state: FedState, key: jax.Array, local: bool = False) -> jax.Array:
@@ -691,7 +487,7 @@ class Simulator:
         else:
             params, params_axis = state.global_params, None
         returns = jax.vmap(client, in_axes=(0, 0, params_axis))(keys, env_params, params)
-        return self.replicate(returns)
+        return self.layout.replicate(returns)
 
 
 @jax.jit
