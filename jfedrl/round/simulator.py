@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round
+from jfedrl.round.aggregation import component_where, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
 from jfedrl.round.layout import ClientLayout
 from jfedrl.round.local import (
@@ -46,19 +47,11 @@ from jfedrl.round.local import (
     sample_participants,
     stragglers_and_dropouts,
 )
-from jfedrl.round.state import (
-    FedState,
-    RoundInputs,
-    inexact_finite,
-    initial_history,
-    take_rows,
-    tree_all_finite,
-    where_clients,
-)
+from jfedrl.round.metrics import evaluate_clients, round_metrics
+from jfedrl.round.screening import screen_updates
+from jfedrl.round.state import FedState, RoundInputs, initial_history, take_rows
 from jfedrl.round.xla_cpu import unroll_threefry_on_cpu
-from jfedrl.strategies import ClientInfo, Strategy
-from jfedrl.strategies.dp import clip_factors
-from jfedrl.tree import tree_where
+from jfedrl.strategies import Strategy
 from jfedrl.validation import validate
 
 unroll_threefry_on_cpu()  # bit-identical draws; see jfedrl/round/xla_cpu.py
@@ -128,9 +121,8 @@ class Simulator:
     def client_local_updates(self, run_key: jax.Array, round_index: jax.Array) -> jax.Array:
         """Every client's local updates in round `round_index`, `[C]` int32.
 
-        Drawn from `federation.local_updates_dist`, before stragglers and drop-outs:
-        once per client for the run (from `run_key`, the state's key) or, with
-        `local_updates_redraw`, from the round key.
+        Drawn from `federation.local_updates_dist` before stragglers and drop-outs
+        (`jfedrl.round.local.client_local_updates`).
         """
         fed = self.config.federation
         return client_local_updates(
@@ -142,17 +134,6 @@ class Simulator:
             local_updates_min=fed.local_updates_min,
             redraw=fed.local_updates_redraw,
         )
-
-    def component_where(self, round_index: jax.Array, new: Any, old: Any) -> Any:
-        """Params whose periodic components come from `new` where due, else from `old`.
-
-        A component with period p is due when `round_index % p == 0`; components
-        without a period always come from `new`.
-        """
-        out = dict(new)
-        for name, period in self.algorithm.aggregation_periods:
-            out[name] = tree_where(round_index % period == 0, new[name], old[name])
-        return out
 
     @partial(jax.jit, static_argnums=(0,))
     def init(self, key: jax.Array) -> FedState:
@@ -242,7 +223,8 @@ class Simulator:
             broadcast, broadcast_axis = start_params, 0
         if self.periodic:
             local = jax.vmap(self.algorithm.get_params)(before)
-            broadcast = self.component_where(state.round, broadcast, local)
+            periods = self.algorithm.aggregation_periods
+            broadcast = component_where(periods, state.round, broadcast, local)
             broadcast_axis = 0
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, broadcast_axis))(
             before, broadcast
@@ -269,18 +251,13 @@ class Simulator:
         inputs = self.begin_round(state)
         stacked_reference = inputs.start_params is not None
 
-        def train(keys, clients, env_params, reference, num_updates):
-            return local_training(
-                self.algorithm,
-                self.config.federation.local_updates,
-                keys,
-                clients,
-                env_params,
-                reference,
-                num_updates=num_updates,
-                stacked_reference=stacked_reference,
-            )
-
+        # train(keys, clients, env_params, reference, num_updates), split over the mesh.
+        train = partial(
+            local_training,
+            self.algorithm,
+            self.config.federation.local_updates,
+            stacked_reference=stacked_reference,
+        )
         clients, local_metrics = self.layout.shard_training(train, stacked_reference)(
             inputs.client_keys,
             inputs.clients,
@@ -299,14 +276,9 @@ class Simulator:
     ) -> tuple[FedState, dict[str, jax.Array]]:
         """Validates the participants' updates, aggregates, scatters states back.
 
-        A client that dropped out or returned non-finite params is masked out and
-        keeps its state from before the round. A non-finite aggregate is rejected:
-        the global params and server state stay those from before the round
-        (metric `aggregate_rejected`; `federation.on_rejected_aggregate` decides
-        whether the run goes on). With staleness, an update is measured
-        from the client's stale start params and applied to the current global params
-        (as A3C applies stale gradients), scaled by (1 + s)^-a with
-        `federation.staleness_decay` a (FedAsync, Xie et al. 2019).
+        `screen_updates` masks, clips and rebases the updates, `strategy_step`
+        aggregates them (rejecting a non-finite aggregate) and `round_metrics`
+        reports the round; the offload runner calls this after its own training.
 
         Args:
             state: the state the round started from.
@@ -319,122 +291,44 @@ class Simulator:
             The state after the round and the round's metrics.
         """
         fed = self.config.federation
-        ids, before, key = inputs.ids, inputs.before, inputs.key_aggregate
-        client_params = jax.vmap(self.algorithm.get_params)(clients)
-        finite = jnp.logical_and(jax.vmap(tree_all_finite)(client_params), inputs.valid)
-        returned = inputs.valid
-        if self.heterogeneous:
-            returned = jnp.logical_and(inputs.valid, inputs.num_updates > 0)
-            finite = jnp.logical_and(finite, returned)
-        start = state.global_params if inputs.start_params is None else inputs.start_params
-        deltas = jax.tree.map(lambda c, g: c - g, client_params, start)
-        max_norm = self.config.strategy.clip_update_norm
-        clip_scale, update_norms = clip_factors(client_params, start, max_norm)
-        scale = None
-        if max_norm > 0:
-            scale = clip_scale
-            client_params = jax.tree.map(
-                lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
-                state.global_params,
-                deltas,
-            )
-        if inputs.start_params is not None:
-            # A stale update moves the current global params, scaled by the FedAsync decay;
-            # a fresh one (s = 0) is kept exactly as the synchronous round keeps it.
-            factor = (1.0 + inputs.staleness.astype(jnp.float32)) ** -fed.staleness_decay
-            factor = factor if scale is None else factor * scale
-            rebased = jax.tree.map(
-                lambda g, d: g + d * factor.reshape((-1,) + (1,) * (d.ndim - 1)),
-                state.global_params,
-                deltas,
-            )
-            client_params = where_clients(inputs.staleness > 0, rebased, client_params)
-        # Rejected clients keep the state they had before the round.
-        clients = where_clients(finite, clients, before)
-        if self.heterogeneous:
-            last_step = jnp.maximum(inputs.num_updates - 1, 0)[None]
-
-            def final(value):
-                return jnp.take_along_axis(value, last_step, axis=0)[0]
-        else:
-
-            def final(value):
-                return value[-1]
-
-        returns = final(local_metrics["train_return"])
-        local_steps = inputs.num_updates.astype(jnp.float32)
-        info = ClientInfo(
-            num_steps=local_steps * float(self.algorithm.env_steps_per_update),
-            returns=jnp.where(finite, returns, 0.0),
-            mask=finite,
-            local_steps=local_steps,
-        )
-        safe_params = jax.tree.map(
-            lambda p, g: jnp.where(finite.reshape((-1,) + (1,) * (p.ndim - 1)), p, g),
-            client_params,
+        screened = screen_updates(
             state.global_params,
+            inputs,
+            clients,
+            local_metrics,
+            get_params=self.algorithm.get_params,
+            env_steps_per_update=self.algorithm.env_steps_per_update,
+            heterogeneous=self.heterogeneous,
+            clip_update_norm=self.config.strategy.clip_update_norm,
+            staleness_decay=fed.staleness_decay,
         )
-        global_params, server_state, strategy_metrics = self.strategy.aggregate(
-            state.server_state, state.global_params, safe_params, info, key
+        new_state, aggregate_ok, strategy_metrics = strategy_step(
+            self.strategy,
+            state,
+            screened.safe_params,
+            screened.info,
+            inputs.key_aggregate,
+            periods=self.algorithm.aggregation_periods,
+            staleness=fed.staleness,
+            needs_peers=self.algorithm.needs_peers,
         )
-        # A non-finite aggregate (an overflowing rule or server optimiser) is rejected: the
-        # round keeps the previous global params and server state, and says so in its metrics.
-        aggregate_ok = inexact_finite(global_params)
-        global_params = tree_where(aggregate_ok, global_params, state.global_params)
-        server_state = tree_where(aggregate_ok, server_state, state.server_state)
-        if self.periodic:
-            # A component not due after this round keeps its global params.
-            global_params = self.component_where(
-                state.round + 1, global_params, state.global_params
-            )
-        history = state.global_history
-        if fed.staleness > 0:
-            slot = (state.round + 1) % (fed.staleness + 1)
-            history = jax.tree.map(lambda h, g: h.at[slot].set(g), history, global_params)
-        peers, peer_weights = state.peer_params, state.peer_weights
-        if self.algorithm.needs_peers:
-            peers = safe_params
-            peer_weights = strategies.normalized_weights(info.num_steps, info.mask)
-        new_state = state.replace(
-            global_params=global_params,
-            server_state=server_state,
-            clients=self.layout.scatter_clients(state.clients, inputs.ids, inputs.valid, clients),
-            peer_params=peers,
-            peer_weights=peer_weights,
-            round=state.round + 1,
-            global_history=history,
-        )
-        valid = jnp.maximum(finite.sum(), 1)
-        masked_returns = jnp.where(finite, returns, jnp.nan)
-        participants = jnp.maximum(inputs.valid.sum(), 1)
-        metrics = {
-            "train_return_mean": jnp.nanmean(masked_returns),
-            "train_return_min": jnp.nanmin(masked_returns),
-            "train_return_max": jnp.nanmax(masked_returns),
-            "clients_participating": jnp.sum(inputs.valid).astype(jnp.int32),
-            "clients_excluded": jnp.sum(returned & ~finite).astype(jnp.int32),
-            "clients_dropped": jnp.sum(inputs.valid & ~returned).astype(jnp.int32),
-            "aggregate_rejected": jnp.logical_not(aggregate_ok).astype(jnp.int32),
-            "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
-            "participants": ids[: self.num_participants],
-            "local_steps_mean": jnp.sum(jnp.where(inputs.valid, local_steps, 0.0)) / participants,
-            "local_steps_min": jnp.min(
-                jnp.where(inputs.valid, inputs.num_updates, fed.local_updates)
+        new_state = new_state.replace(
+            clients=self.layout.scatter_clients(
+                state.clients, inputs.ids, inputs.valid, screened.clients
             ),
-            "local_steps_max": jnp.max(jnp.where(inputs.valid, inputs.num_updates, 0)),
-            "env_steps_taken": jnp.sum(jnp.where(inputs.valid, info.num_steps, 0.0)),
-        }
-        if fed.staleness > 0:
-            stale = jnp.where(inputs.valid, inputs.staleness, 0)
-            metrics["staleness_mean"] = jnp.sum(stale) / participants
-            metrics["staleness_max"] = jnp.max(stale)
-        for name, value in local_metrics.items():
-            if name not in ("train_return",):
-                metrics[name] = jnp.nanmean(jnp.where(finite, final(value), jnp.nan))
-        for name, value in strategy_metrics.items():
-            if value.ndim >= 1 and value.shape[0] == self.padded_participants:
-                value = value[: self.num_participants]  # per participant, as on one device
-            metrics["strategy/" + name] = value
+            round=state.round + 1,
+        )
+        metrics = round_metrics(
+            inputs,
+            screened,
+            aggregate_ok,
+            local_metrics,
+            strategy_metrics,
+            num_participants=self.num_participants,
+            padded_participants=self.padded_participants,
+            local_updates=fed.local_updates,
+            staleness=fed.staleness,
+        )
         return new_state, metrics
 
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
@@ -452,33 +346,6 @@ class Simulator:
         The global params on every client or, with `local`, each client's own params
         (its state after its last local training); the keys are the same either way.
         """
-        episodes = self.config.log.eval_episodes
-        env = self.envs.env
-        max_steps = self.envs.max_episode_steps
-        act = self.algorithm.act
-
-        def episode(key, env_params, params):
-            key_reset, key_steps = jax.random.split(key)
-            obs, env_state = env.reset(key_reset, env_params)
-
-            def step(carry, step_key):
-                obs, env_state, total, done = carry
-                action = act(params, obs)
-                obs, env_state, reward, terminated, truncated, _ = env.step(
-                    step_key, env_state, action, env_params
-                )
-                total = total + jnp.where(done, 0.0, reward)
-                done = jnp.logical_or(done, jnp.logical_or(terminated, truncated))
-                return (obs, env_state, total, done), None
-
-            init = (obs, env_state, jnp.zeros(()), jnp.asarray(False))
-            (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key_steps, max_steps))
-            return total
-
-        def client(key, env_params, params):
-            keys = jax.random.split(key, episodes)
-            return jax.vmap(episode, in_axes=(0, None, None))(keys, env_params, params)
-
         keys = jax.random.split(key, self.num_clients)
         last_round = jnp.maximum(state.round - 1, 0)
         env_params = self.current_env_params(state, last_round)
@@ -486,29 +353,17 @@ class Simulator:
             params, params_axis = jax.vmap(self.algorithm.get_params)(state.clients), 0
         else:
             params, params_axis = state.global_params, None
-        returns = jax.vmap(client, in_axes=(0, 0, params_axis))(keys, env_params, params)
+        returns = evaluate_clients(
+            self.envs.env,
+            self.algorithm.act,
+            keys,
+            env_params,
+            params,
+            params_axis=params_axis,
+            episodes=self.config.log.eval_episodes,
+            max_steps=self.envs.max_episode_steps,
+        )
         return self.layout.replicate(returns)
-
-
-@jax.jit
-def eval_views(returns: jax.Array) -> dict[str, jax.Array]:
-    """The federated views of an evaluation `returns [clients, episodes]`, on the device.
-
-    Each client's score is its mean return over its episodes. Besides the mean over
-    every episode (`eval_return`), the fairness views FL papers report (Li et al.
-    2020, "Fair Resource Allocation in Federated Learning"): the worst and the best
-    client, the 10th percentile over clients (linear interpolation, NumPy's
-    default) and the spread (population std over clients). Computed in one small
-    program, so the host fetches five scalars, not a value per client.
-    """
-    per_client = returns.mean(axis=1)
-    return {
-        "eval_return": returns.mean(),
-        "eval_return_min_client": per_client.min(),
-        "eval_return_max_client": per_client.max(),
-        "eval_return_p10": jnp.percentile(per_client, 10.0),
-        "eval_return_std": per_client.std(),
-    }
 
 
 def make_simulator(config: Config) -> Simulator:

@@ -33,7 +33,8 @@ from jfedrl.config import (
     schedule_horizon,
     schedule_restarts,
 )
-from jfedrl.round.simulator import Simulator, eval_views, make_simulator
+from jfedrl.round.metrics import eval_views
+from jfedrl.round.simulator import Simulator, make_simulator
 from jfedrl.round.state import FedState
 from jfedrl.run import callbacks, devices, distributed, trackers
 from jfedrl.run.callbacks import Block, BlockRunner, Callback, PlotCurve, Run, params_record
