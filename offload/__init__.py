@@ -6,7 +6,7 @@ Two executors, found by `jfedrl.plugins` through this package's entry points
 - `local`: long-lived worker processes on this machine (one per shard);
 - `golem`: Golem Network providers through yapapi 0.13.1 (imported lazily).
 
-Both run the same `jfedrl.round.simulator.local_training` on a shard of clients and
+Both run the same `jfedrl.round.local.local_training` on a shard of clients and
 hand the results to the same `Simulator.aggregate` (docs/offload.md). A round,
 module by module: `requestor` (the round's steps) -> `shapes` (what a shard
 holds) -> `task` (header, report) and `archive` (caps, digests, files) ->

@@ -42,7 +42,8 @@ import numpy as np
 
 from jfedrl import __version__
 from jfedrl.config import Config
-from jfedrl.round.simulator import FedState, Simulator
+from jfedrl.round.simulator import Simulator
+from jfedrl.round.state import FedState
 from jfedrl.schema.convert import to_dict
 from offload import quantize
 from offload.archive import OffloadError, digest_tree, save_arrays

@@ -69,7 +69,7 @@ with_params_jit = jax.jit(with_params, static_argnums=(0, 3))
 @lru_cache(maxsize=64)
 def shard_shapes(simulator, n: int) -> ShardShapes:
     """What a task and a result of `n` clients hold, for this simulator's config."""
-    from jfedrl.round.simulator import local_training
+    from jfedrl.round.local import local_training
 
     algorithm = simulator.algorithm
     state = jax.eval_shape(simulator.init, jax.ShapeDtypeStruct((2,), np.uint32))

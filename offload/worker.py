@@ -4,7 +4,7 @@
 
 A worker restores the task, builds the simulator from the task's config
 (`make_simulator`, cached per config) and runs the very same
-`jfedrl.round.simulator.local_training` the in-process simulator runs, jitted and
+`jfedrl.round.local.local_training` the in-process simulator runs, jitted and
 compiled once per shard shape. `offload.serve` holds the entry points (one
 task, or a loop over JSON requests, keeping one `Worker` alive).
 
@@ -187,7 +187,7 @@ class Worker:
         """The compiled local training for `n` clients (compiled on first use)."""
         import jax
 
-        from jfedrl.round.simulator import local_training
+        from jfedrl.round.local import local_training
 
         key = (id(simulator), n)
         fresh = key not in self._compiled

@@ -35,7 +35,8 @@ import numpy as np
 from jfedrl import strategies
 from jfedrl.algorithms.base import Reference
 from jfedrl.config import Config, FederationConfig, StrategyConfig
-from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.convert import override
 from jfedrl.strategies.base import ClientInfo
 from scripts import benchlib

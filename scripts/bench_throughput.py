@@ -94,7 +94,8 @@ def local_only_block(sim, rounds_per_block: int):
     """
     import jax
 
-    from jfedrl.round.simulator import FedState, local_training
+    from jfedrl.round.local import local_training
+    from jfedrl.round.state import FedState
 
     config = sim.config
 

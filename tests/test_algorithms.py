@@ -17,7 +17,9 @@ import pytest
 from jfedrl.algorithms import a2c, common, dqn, replay, td3
 from jfedrl.algorithms.base import Reference
 from jfedrl.round.environment import make_client_envs
-from jfedrl.round.simulator import local_training, make_simulator, tree_all_finite
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
+from jfedrl.round.state import tree_all_finite
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import replace_path
 from jfedrl.validation import validate

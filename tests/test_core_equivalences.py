@@ -9,7 +9,8 @@ import pytest
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms.base import Reference
 from jfedrl.config import StrategyConfig
-from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.convert import replace_path
 from jfedrl.strategies.base import ClientInfo
 from tests.helpers import tiny_config

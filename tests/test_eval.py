@@ -144,7 +144,7 @@ def test_eval_out_an_existing_file_is_one_line(trained, tmp_path, capsys):
 def test_eval_views_against_numpy():
     import jax.numpy as jnp
 
-    from jfedrl.round.simulator import eval_views
+    from jfedrl.round.metrics import eval_views
 
     returns = np.array([[10.0, 30.0], [5.0, 5.0], [100.0, 0.0], [40.0, 60.0]], np.float32)
     views = {k: float(v) for k, v in eval_views(jnp.asarray(returns)).items()}

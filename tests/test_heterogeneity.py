@@ -18,7 +18,8 @@ import pytest
 from jfedrl import strategies
 from jfedrl.algorithms.base import Reference
 from jfedrl.config import StrategyConfig
-from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.checks import ConfigError
 from jfedrl.strategies.base import ClientInfo
 from jfedrl.validation import validate

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jfedrl.config import participants_per_round
-from jfedrl.round.simulator import local_training, make_simulator, sample_participants
+from jfedrl.round.local import local_training, sample_participants
+from jfedrl.round.simulator import make_simulator
 from jfedrl.schema.checks import ConfigError
 from jfedrl.validation import validate
 from tests.helpers import tiny_config

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jfedrl.algorithms.base import Reference
-from jfedrl.round.simulator import local_training, make_simulator
+from jfedrl.round.local import local_training
+from jfedrl.round.simulator import make_simulator
 from jfedrl.run import runner
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import replace_path

@@ -56,7 +56,8 @@ from jfedrl import config as jconfig
 from jfedrl.config import Config, from_dict
 from jfedrl.experiments import traced
 from jfedrl.experiments.compare import compare, run_summary
-from jfedrl.round.simulator import FedState, Simulator, make_simulator
+from jfedrl.round.simulator import Simulator, make_simulator
+from jfedrl.round.state import FedState
 from jfedrl.run.callbacks import Callback, Run, StopOnCtrlC
 from jfedrl.run.checkpoint import Checkpointer, CheckpointError
 from jfedrl.run.outputs import RunLock, read_metrics, setup_logging

@@ -12,165 +12,46 @@ round k draws exactly what the uninterrupted run draws.
 System heterogeneity (per-client local updates, stragglers, drop-outs) keeps
 the static scan of `local_updates` steps and masks each client's surplus steps;
 asynchrony (`federation.staleness`) keeps the last k + 1 global params in a ring
-buffer in the state; per-component aggregation periods (seed 001's TD3) select
+buffer in the state; per-component aggregation periods (RLlab FRL's TD3) select
 components with `jnp.where` on the round counter. None of them recompiles per
 round, and with all three off the round is exactly the synchronous one.
 
-The module is longer than most because `Simulator` is one object: its jitted
-`init`, `begin_round`, `aggregate` and `evaluate` share the static config and
-the mesh, and the offload runner calls `begin_round` and `aggregate` around its
-own local training; split apart, each half would need the other's internals.
+The pieces live beside this module: `state` (the state and a round's inputs),
+`local` (participants and local training), `layout` (mesh and padding),
+`screening`, `aggregation` and `metrics` (the three steps of `aggregate`).
+`Simulator` binds them to one config and jits the round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, NamedTuple
+from functools import cached_property, partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
 from jfedrl.config import Config, participants_per_round
+from jfedrl.round.aggregation import component_where, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
-from jfedrl.strategies.base import ClientInfo, Strategy
-from jfedrl.strategies.dp import clip_factors
-from jfedrl.tree import tree_where
+from jfedrl.round.layout import ClientLayout
+from jfedrl.round.local import (
+    STALENESS_STREAM,
+    SYSTEM_STREAM,
+    client_local_updates,
+    local_training,
+    sample_participants,
+    stragglers_and_dropouts,
+)
+from jfedrl.round.metrics import evaluate_clients, round_metrics
+from jfedrl.round.screening import screen_updates
+from jfedrl.round.state import FedState, RoundInputs, initial_history, take_rows
+from jfedrl.strategies.base import Strategy
 from jfedrl.validation import validate
-
-#: Streams folded into the round key for the draws of system heterogeneity and
-#: staleness, apart from the round key's `split`, so runs without them draw as before.
-_SYSTEM_STREAM = 1
-_STALENESS_STREAM = 2
-
-
-class RoundInputs(NamedTuple):
-    """What one round's local training needs; also what an offload task carries."""
-
-    ids: jax.Array
-    """The participating client ids, `[P]`: K sampled ids (sorted), then padding."""
-    valid: jax.Array
-    """`[P]` True for the K real participants, False for padding (P is a multiple of
-    the device count, so the client axis shards evenly; padding is masked out)."""
-    before: Any
-    """The participants' states before the round (restored if an update is rejected)."""
-    clients: Any
-    """The participants' states with the global params broadcast in."""
-    env_params: Any
-    client_keys: jax.Array
-    reference: Reference
-    """The broadcast: global params (stacked per client, `[P, ...]`, with staleness:
-    each client's own stale global), peers and their weights."""
-    key_aggregate: jax.Array
-    num_updates: jax.Array
-    """`[P]` int32 local updates each participant really runs this round (0: dropped out)."""
-    staleness: jax.Array
-    """`[P]` int32 rounds by which each participant's start params are stale (0: fresh)."""
-    start_params: Any = None
-    """With staleness, the global params each participant started from, stacked; else None."""
-
-
-class FedState(struct.PyTreeNode):
-    """The whole simulator state; a checkpoint is exactly this tree."""
-
-    global_params: Any
-    server_state: Any
-    clients: Any
-    """Every client's algorithm state, stacked on a leading client axis."""
-    env_params: Any
-    """Every client's base environment params, stacked (drift is applied on top)."""
-    peer_params: Any
-    """Last round's client params (for mixture-KL communication), or ()."""
-    peer_weights: jax.Array
-    round: jax.Array
-    key: jax.Array
-    global_history: Any = ()
-    """With `federation.staleness` k > 0, a ring buffer of the last k + 1 global params,
-    stacked: slot `r % (k + 1)` holds the global params after r rounds; else ()."""
-
-
-def tree_all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _inexact_finite(tree: Any) -> jax.Array:
-    """True if every float leaf of `tree` is finite (integer leaves always are)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return tree_all_finite(leaves)
-
-
-def _take(tree: Any, index: jax.Array) -> Any:
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def _put(tree: Any, index: jax.Array, values: Any) -> Any:
-    return jax.tree.map(lambda x, v: x.at[index].set(v, mode="drop"), tree, values)
-
-
-def _where_clients(condition: jax.Array, new: Any, old: Any) -> Any:
-    """Per client (leading axis): `new` where `condition[k]`, else `old`."""
-    return jax.tree.map(
-        lambda n, o: jnp.where(condition.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
-    )
-
-
-def sample_participants(key: jax.Array, num_clients: int, count: int, weights=None):
-    """`count` distinct client ids (sorted), uniformly or proportionally to `weights`."""
-    if count == num_clients:
-        return jnp.arange(num_clients)
-    chosen = jax.random.choice(key, num_clients, (count,), replace=False, p=weights)
-    return jnp.sort(chosen)
-
-
-def local_training(
-    algorithm: Algorithm,
-    local_updates: int,
-    keys: jax.Array,
-    clients: Any,
-    env_params: Any,
-    reference: Reference,
-    num_updates: jax.Array | None = None,
-    stacked_reference: bool = False,
-) -> tuple[Any, dict[str, jax.Array]]:
-    """The clients' local work for one round: `local_updates` vmapped updates.
-
-    This is the one training step of the codebase: the simulator calls it
-    inside its jitted round and the offload worker calls it on a shard.
-
-    Args:
-        algorithm: the local learner.
-        local_updates: local updates per client this round (the scan's static length).
-        keys: one key per client, `[K, 2]`.
-        clients: stacked client states (leading axis K).
-        env_params: stacked environment params (leading axis K).
-        reference: the broadcast global params (and peers), shared by all.
-        num_updates: optional `[K]` updates each client really runs (<= local_updates).
-            Client k's steps from `num_updates[k]` on are computed and discarded, so its
-            state is exactly the state after its last real step. None: all run all.
-        stacked_reference: `reference.global_params` has a leading client axis (each
-            client regularises towards the params it started from; staleness).
-
-    Returns:
-        The new client states and metrics of shape `[local_updates, K]` (a client's
-        metrics after its last real step belong to discarded steps).
-    """
-    reference_axes = Reference(0, None, None) if stacked_reference else None
-    update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, reference_axes))
-
-    def one_update(clients, index):
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
-        new, metrics = update(step_keys, clients, env_params, reference)
-        if num_updates is not None:
-            new = _where_clients(index < num_updates, new, clients)
-        return new, metrics
-
-    return jax.lax.scan(one_update, clients, jnp.arange(local_updates))
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,11 +71,26 @@ class Simulator:
     """A 1-D `clients` mesh over every device (of every process), or None on one device."""
     multiprocess: bool = False
     """The mesh spans several processes (`jfedrl.run.distributed`): the state's placement is
-    then explicit (`state_shardings`), so each process holds only its own shards."""
+    then explicit (`ClientLayout.state_shardings`), so each process holds only its own shards."""
+
+    @cached_property
+    def layout(self) -> ClientLayout:
+        """The clients' static layout over the devices, from the fields above."""
+        return ClientLayout(self.num_clients, self.num_participants, self.mesh, self.multiprocess)
 
     @property
     def num_clients(self) -> int:
         return self.config.federation.num_clients
+
+    @property
+    def padded_participants(self) -> int:
+        """Participants per round rounded up to a multiple of the device count."""
+        return self.layout.padded_participants
+
+    @property
+    def everyone(self) -> bool:
+        """True if every client trains every round, unpadded (`ClientLayout.everyone`)."""
+        return self.layout.everyone
 
     @property
     def env_steps_per_round(self) -> int:
@@ -222,41 +118,19 @@ class Simulator:
     def client_local_updates(self, run_key: jax.Array, round_index: jax.Array) -> jax.Array:
         """Every client's local updates in round `round_index`, `[C]` int32.
 
-        Drawn from `federation.local_updates_dist`, before stragglers and drop-outs:
-        once per client for the run (from `run_key`, the state's key) or, with
-        `local_updates_redraw`, from the round key.
+        Drawn from `federation.local_updates_dist` before stragglers and drop-outs
+        (`jfedrl.round.local.client_local_updates`).
         """
         fed = self.config.federation
-        if fed.local_updates_dist == "fixed":
-            return jnp.full((self.num_clients,), fed.local_updates, jnp.int32)
-        if fed.local_updates_redraw:
-            key = jax.random.fold_in(jax.random.fold_in(run_key, round_index), _SYSTEM_STREAM)
-        else:
-            key = jax.random.split(run_key, 3)[2]  # apart from the round and drift keys
-        key = jax.random.fold_in(key, 0)
-        shape = (self.num_clients,)
-        return jax.random.randint(key, shape, fed.local_updates_min, fed.local_updates + 1)
-
-    def _stragglers_and_dropouts(self, key: jax.Array, counts: jax.Array) -> jax.Array:
-        """The participants' counts after stragglers (partial work) and drop-outs (0)."""
-        fed = self.config.federation
-        key_straggle, key_partial, key_drop = jax.random.split(jax.random.fold_in(key, 1), 3)
-        straggling = jax.random.uniform(key_straggle, counts.shape) < fed.straggler_prob
-        partial_work = jax.random.randint(key_partial, counts.shape, 1, counts + 1)
-        counts = jnp.where(straggling, partial_work, counts)
-        dropped = jax.random.uniform(key_drop, counts.shape) < fed.dropout_prob
-        return jnp.where(dropped, 0, counts).astype(jnp.int32)
-
-    def component_where(self, round_index: jax.Array, new: Any, old: Any) -> Any:
-        """Params whose periodic components come from `new` where due, else from `old`.
-
-        A component with period p is due when `round_index % p == 0`; components
-        without a period always come from `new`.
-        """
-        out = dict(new)
-        for name, period in self.algorithm.aggregation_periods:
-            out[name] = tree_where(round_index % period == 0, new[name], old[name])
-        return out
+        return client_local_updates(
+            run_key,
+            round_index,
+            num_clients=self.num_clients,
+            dist=fed.local_updates_dist,
+            local_updates=fed.local_updates,
+            local_updates_min=fed.local_updates_min,
+            redraw=fed.local_updates_redraw,
+        )
 
     @partial(jax.jit, static_argnums=(0,))
     def init(self, key: jax.Array) -> FedState:
@@ -265,7 +139,7 @@ class Simulator:
         env_params = self.envs.client_params(key_env)
         # Every client starts from the same global params (one init key), with its own env.
         client_keys = jax.random.split(key_clients, self.num_clients)
-        template = self.algorithm.init(key_params, _take(env_params, 0))
+        template = self.algorithm.init(key_params, take_rows(env_params, 0))
         global_params = self.algorithm.get_params(template)
         clients = jax.vmap(self.algorithm.init)(client_keys, env_params)
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, None))(clients, global_params)
@@ -286,48 +160,9 @@ class Simulator:
             ),
             round=jnp.asarray(0, jnp.int32),
             key=key_run,
-            global_history=self._initial_history(global_params),
+            global_history=initial_history(global_params, self.config.federation.staleness),
         )
-        return self.place_state(state)
-
-    def state_shardings(self, state: Any) -> Any:
-        """Where each leaf of `state` (arrays or shape structs) lives on the mesh.
-
-        The clients' states and env params are split over the `clients` axis when the
-        client count is a multiple of the device count (else replicated, as is the
-        rest: global params, server state, round, key), so a process holds and
-        builds only its own devices' clients. None on one device.
-        """
-        if self.mesh is None:
-            return None
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        split = NamedSharding(self.mesh, PartitionSpec("clients"))
-        even = self.num_clients % self.mesh.size == 0
-
-        def by_client(x):
-            return split if even and x.ndim >= 1 and x.shape[0] == self.num_clients else replicated
-
-        shardings = jax.tree.map(lambda _: replicated, state)
-        return shardings.replace(
-            clients=jax.tree.map(by_client, state.clients),
-            env_params=jax.tree.map(by_client, state.env_params),
-        )
-
-    def place_state(self, state: FedState) -> FedState:
-        """Constrains `state` to `state_shardings` on a mesh (one device: nothing to do).
-
-        A fixed layout lets a block and the evaluation be compiled from the state's
-        shapes before the state exists (`InProcessRunner.compile_ahead`).
-        """
-        if self.mesh is None:
-            return state
-        return jax.lax.with_sharding_constraint(state, self.state_shardings(state))
-
-    def replicate(self, tree: Any) -> Any:
-        """Constrains `tree` to every device across processes, so any host can read it."""
-        if not self.multiprocess:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, PartitionSpec()))
+        return self.layout.place_state(state)
 
     def abstract_state(self, key: jax.Array) -> FedState:
         """The shapes, dtypes and shardings of `init(key)`: a checkpoint's restore target.
@@ -335,53 +170,12 @@ class Simulator:
         The shardings are this process layout's, so a checkpoint written by another
         layout (two processes, restored by one) is laid out afresh.
         """
-        shapes = jax.eval_shape(self.init, key)
-        if self.mesh is None:
-            shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), shapes)
-        else:
-            shardings = self.state_shardings(shapes)
-        return jax.tree.map(
-            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-            shapes,
-            shardings,
-        )
-
-    def _initial_history(self, global_params: Any) -> Any:
-        slots = self.config.federation.staleness + 1
-        if slots == 1:
-            return ()
-        return jax.tree.map(lambda x: jnp.stack([x] * slots), global_params)
+        return self.layout.with_shardings(jax.eval_shape(self.init, key))
 
     def current_env_params(self, state: FedState, round_index: jax.Array) -> Any:
         """The clients' env params in round `round_index`: drift applied to the base."""
         drift_key = jax.random.split(state.key)[1]  # a stream apart from the round keys
         return self.envs.drift(drift_key, state.env_params, round_index)
-
-    @property
-    def everyone(self) -> bool:
-        """True if every client trains every round, unpadded.
-
-        The participants' ids are then `arange(C)`: the gather of their states and the
-        scatter back are identities, and the round skips them (at trace time; same results).
-        """
-        return self.num_participants == self.num_clients == self.padded_participants
-
-    def take_participants(self, tree: Any, ids: jax.Array) -> Any:
-        """The participants' rows of a stacked tree (the tree itself when `everyone`)."""
-        return tree if self.everyone else _take(tree, ids)
-
-    @property
-    def padded_participants(self) -> int:
-        """Participants per round rounded up to a multiple of the device count."""
-        devices = 1 if self.mesh is None else self.mesh.size
-        return -(-self.num_participants // devices) * devices
-
-    def shard_clients(self, tree: Any) -> Any:
-        """Constrains the leading (client) axis of every leaf to the `clients` mesh axis."""
-        if self.mesh is None:
-            return tree
-        sharding = NamedSharding(self.mesh, PartitionSpec("clients"))
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
     def begin_round(self, state: FedState) -> RoundInputs:
         """Samples the participants and broadcasts the global params to them.
@@ -404,29 +198,30 @@ class Simulator:
         ids = sample_participants(
             key_sample, self.num_clients, self.num_participants, sampling_weights
         )
-        padding = self.padded_participants - self.num_participants
-        valid = jnp.arange(self.padded_participants) < self.num_participants
-        # Padding slots repeat a real client's work; their results are masked and dropped.
-        ids = jnp.concatenate([ids, jnp.full((padding,), ids[0], ids.dtype)])
+        layout = self.layout
+        ids, valid = layout.pad(ids)
         if counts is None:
             num_updates = jnp.full(ids.shape, fed.local_updates, jnp.int32)
         else:
-            system_key = jax.random.fold_in(key, _SYSTEM_STREAM)
-            num_updates = self._stragglers_and_dropouts(system_key, counts[ids])
-        before = self.shard_clients(self.take_participants(state.clients, ids))
+            system_key = jax.random.fold_in(key, SYSTEM_STREAM)
+            num_updates = stragglers_and_dropouts(
+                system_key, counts[ids], fed.straggler_prob, fed.dropout_prob
+            )
+        before = layout.shard_clients(layout.take_participants(state.clients, ids))
         staleness = jnp.zeros(ids.shape, jnp.int32)
         start_params = None
         broadcast, broadcast_axis = state.global_params, None
         if fed.staleness > 0:
             oldest = jnp.minimum(fed.staleness, state.round)
-            stale_key = jax.random.fold_in(key, _STALENESS_STREAM)
+            stale_key = jax.random.fold_in(key, STALENESS_STREAM)
             staleness = jax.random.randint(stale_key, ids.shape, 0, oldest + 1, jnp.int32)
             slots = (state.round - staleness) % (fed.staleness + 1)
-            start_params = self.shard_clients(_take(state.global_history, slots))
+            start_params = layout.shard_clients(take_rows(state.global_history, slots))
             broadcast, broadcast_axis = start_params, 0
         if self.periodic:
             local = jax.vmap(self.algorithm.get_params)(before)
-            broadcast = self.component_where(state.round, broadcast, local)
+            periods = self.algorithm.aggregation_periods
+            broadcast = component_where(periods, state.round, broadcast, local)
             broadcast_axis = 0
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, broadcast_axis))(
             before, broadcast
@@ -437,9 +232,9 @@ class Simulator:
             valid=valid,
             before=before,
             clients=clients,
-            env_params=self.shard_clients(self.take_participants(env_params, ids)),
-            client_keys=self.shard_clients(
-                self.take_participants(jax.random.split(key_clients, self.num_clients), ids)
+            env_params=layout.shard_clients(layout.take_participants(env_params, ids)),
+            client_keys=layout.shard_clients(
+                layout.take_participants(jax.random.split(key_clients, self.num_clients), ids)
             ),
             reference=Reference(reference_params, state.peer_params, state.peer_weights),
             key_aggregate=key_aggregate,
@@ -453,29 +248,14 @@ class Simulator:
         inputs = self.begin_round(state)
         stacked_reference = inputs.start_params is not None
 
-        def train(keys, clients, env_params, reference, num_updates):
-            return local_training(
-                self.algorithm,
-                self.config.federation.local_updates,
-                keys,
-                clients,
-                env_params,
-                reference,
-                num_updates=num_updates,
-                stacked_reference=stacked_reference,
-            )
-
-        if self.mesh is not None:
-            split, whole = PartitionSpec("clients"), PartitionSpec()
-            reference_specs = Reference(split if stacked_reference else whole, whole, whole)
-            train = jax.shard_map(
-                train,
-                mesh=self.mesh,
-                in_specs=(split, split, split, reference_specs, split),
-                out_specs=(split, PartitionSpec(None, "clients")),
-                check_vma=False,
-            )
-        clients, local_metrics = train(
+        # train(keys, clients, env_params, reference, num_updates), split over the mesh.
+        train = partial(
+            local_training,
+            self.algorithm,
+            self.config.federation.local_updates,
+            stacked_reference=stacked_reference,
+        )
+        clients, local_metrics = self.layout.shard_training(train, stacked_reference)(
             inputs.client_keys,
             inputs.clients,
             inputs.env_params,
@@ -493,14 +273,9 @@ class Simulator:
     ) -> tuple[FedState, dict[str, jax.Array]]:
         """Validates the participants' updates, aggregates, scatters states back.
 
-        A client that dropped out or returned non-finite params is masked out and
-        keeps its state from before the round. A non-finite aggregate is rejected:
-        the global params and server state stay those from before the round
-        (metric `aggregate_rejected`; `federation.on_rejected_aggregate` decides
-        whether the run goes on). With staleness, an update is measured
-        from the client's stale start params and applied to the current global params
-        (as A3C applies stale gradients), scaled by (1 + s)^-a with
-        `federation.staleness_decay` a (FedAsync, Xie et al. 2019).
+        `screen_updates` masks, clips and rebases the updates, `strategy_step`
+        aggregates them (rejecting a non-finite aggregate) and `round_metrics`
+        reports the round; the offload runner calls this after its own training.
 
         Args:
             state: the state the round started from.
@@ -513,130 +288,45 @@ class Simulator:
             The state after the round and the round's metrics.
         """
         fed = self.config.federation
-        ids, before, key = inputs.ids, inputs.before, inputs.key_aggregate
-        client_params = jax.vmap(self.algorithm.get_params)(clients)
-        finite = jnp.logical_and(jax.vmap(tree_all_finite)(client_params), inputs.valid)
-        returned = inputs.valid
-        if self.heterogeneous:
-            returned = jnp.logical_and(inputs.valid, inputs.num_updates > 0)
-            finite = jnp.logical_and(finite, returned)
-        start = state.global_params if inputs.start_params is None else inputs.start_params
-        deltas = jax.tree.map(lambda c, g: c - g, client_params, start)
-        max_norm = self.config.strategy.clip_update_norm
-        clip_scale, update_norms = clip_factors(client_params, start, max_norm)
-        scale = None
-        if max_norm > 0:
-            scale = clip_scale
-            client_params = jax.tree.map(
-                lambda g, d: g + d * scale.reshape((-1,) + (1,) * (d.ndim - 1)),
-                state.global_params,
-                deltas,
-            )
-        if inputs.start_params is not None:
-            # A stale update moves the current global params, scaled by the FedAsync decay;
-            # a fresh one (s = 0) is kept exactly as the synchronous round keeps it.
-            factor = (1.0 + inputs.staleness.astype(jnp.float32)) ** -fed.staleness_decay
-            factor = factor if scale is None else factor * scale
-            rebased = jax.tree.map(
-                lambda g, d: g + d * factor.reshape((-1,) + (1,) * (d.ndim - 1)),
-                state.global_params,
-                deltas,
-            )
-            client_params = _where_clients(inputs.staleness > 0, rebased, client_params)
-        # Rejected clients keep the state they had before the round.
-        clients = _where_clients(finite, clients, before)
-        if self.heterogeneous:
-            last_step = jnp.maximum(inputs.num_updates - 1, 0)[None]
-
-            def final(value):
-                return jnp.take_along_axis(value, last_step, axis=0)[0]
-        else:
-
-            def final(value):
-                return value[-1]
-
-        returns = final(local_metrics["train_return"])
-        local_steps = inputs.num_updates.astype(jnp.float32)
-        info = ClientInfo(
-            num_steps=local_steps * float(self.algorithm.env_steps_per_update),
-            returns=jnp.where(finite, returns, 0.0),
-            mask=finite,
-            local_steps=local_steps,
-        )
-        safe_params = jax.tree.map(
-            lambda p, g: jnp.where(finite.reshape((-1,) + (1,) * (p.ndim - 1)), p, g),
-            client_params,
+        screened = screen_updates(
             state.global_params,
+            inputs,
+            clients,
+            local_metrics,
+            get_params=self.algorithm.get_params,
+            env_steps_per_update=self.algorithm.env_steps_per_update,
+            heterogeneous=self.heterogeneous,
+            clip_update_norm=self.config.strategy.clip_update_norm,
+            staleness_decay=fed.staleness_decay,
         )
-        global_params, server_state, strategy_metrics = self.strategy.aggregate(
-            state.server_state, state.global_params, safe_params, info, key
+        new_state, aggregate_ok, strategy_metrics = strategy_step(
+            self.strategy,
+            state,
+            screened.safe_params,
+            screened.info,
+            inputs.key_aggregate,
+            periods=self.algorithm.aggregation_periods,
+            staleness=fed.staleness,
+            needs_peers=self.algorithm.needs_peers,
         )
-        # A non-finite aggregate (an overflowing rule or server optimiser) is rejected: the
-        # round keeps the previous global params and server state, and says so in its metrics.
-        aggregate_ok = _inexact_finite(global_params)
-        global_params = tree_where(aggregate_ok, global_params, state.global_params)
-        server_state = tree_where(aggregate_ok, server_state, state.server_state)
-        if self.periodic:
-            # A component not due after this round keeps its global params.
-            global_params = self.component_where(
-                state.round + 1, global_params, state.global_params
-            )
-        history = state.global_history
-        if fed.staleness > 0:
-            slot = (state.round + 1) % (fed.staleness + 1)
-            history = jax.tree.map(lambda h, g: h.at[slot].set(g), history, global_params)
-        peers, peer_weights = state.peer_params, state.peer_weights
-        if self.algorithm.needs_peers:
-            peers = safe_params
-            peer_weights = strategies.normalized_weights(info.num_steps, info.mask)
-        new_state = state.replace(
-            global_params=global_params,
-            server_state=server_state,
-            clients=self._scatter_clients(state.clients, inputs, clients),
-            peer_params=peers,
-            peer_weights=peer_weights,
-            round=state.round + 1,
-            global_history=history,
-        )
-        valid = jnp.maximum(finite.sum(), 1)
-        masked_returns = jnp.where(finite, returns, jnp.nan)
-        participants = jnp.maximum(inputs.valid.sum(), 1)
-        metrics = {
-            "train_return_mean": jnp.nanmean(masked_returns),
-            "train_return_min": jnp.nanmin(masked_returns),
-            "train_return_max": jnp.nanmax(masked_returns),
-            "clients_participating": jnp.sum(inputs.valid).astype(jnp.int32),
-            "clients_excluded": jnp.sum(returned & ~finite).astype(jnp.int32),
-            "clients_dropped": jnp.sum(inputs.valid & ~returned).astype(jnp.int32),
-            "aggregate_rejected": jnp.logical_not(aggregate_ok).astype(jnp.int32),
-            "update_norm_mean": jnp.sum(jnp.where(finite, update_norms, 0.0)) / valid,
-            "participants": ids[: self.num_participants],
-            "local_steps_mean": jnp.sum(jnp.where(inputs.valid, local_steps, 0.0)) / participants,
-            "local_steps_min": jnp.min(
-                jnp.where(inputs.valid, inputs.num_updates, fed.local_updates)
+        new_state = new_state.replace(
+            clients=self.layout.scatter_clients(
+                state.clients, inputs.ids, inputs.valid, screened.clients
             ),
-            "local_steps_max": jnp.max(jnp.where(inputs.valid, inputs.num_updates, 0)),
-            "env_steps_taken": jnp.sum(jnp.where(inputs.valid, info.num_steps, 0.0)),
-        }
-        if fed.staleness > 0:
-            stale = jnp.where(inputs.valid, inputs.staleness, 0)
-            metrics["staleness_mean"] = jnp.sum(stale) / participants
-            metrics["staleness_max"] = jnp.max(stale)
-        for name, value in local_metrics.items():
-            if name not in ("train_return",):
-                metrics[name] = jnp.nanmean(jnp.where(finite, final(value), jnp.nan))
-        for name, value in strategy_metrics.items():
-            if value.ndim >= 1 and value.shape[0] == self.padded_participants:
-                value = value[: self.num_participants]  # per participant, as on one device
-            metrics["strategy/" + name] = value
+            round=state.round + 1,
+        )
+        metrics = round_metrics(
+            inputs,
+            screened,
+            aggregate_ok,
+            local_metrics,
+            strategy_metrics,
+            num_participants=self.num_participants,
+            padded_participants=self.padded_participants,
+            local_updates=fed.local_updates,
+            staleness=fed.staleness,
+        )
         return new_state, metrics
-
-    def _scatter_clients(self, all_clients: Any, inputs: RoundInputs, clients: Any) -> Any:
-        """Every client's state after the round: the participants' rows replaced."""
-        if self.everyone:
-            return clients
-        # Padding slots point past the last client and are dropped by the scatter.
-        return _put(all_clients, jnp.where(inputs.valid, inputs.ids, self.num_clients), clients)
 
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
     def run_block(self, state: FedState, num_rounds: int):
@@ -644,7 +334,7 @@ class Simulator:
         state, metrics = jax.lax.scan(
             lambda s, _: self.round_step(s), state, None, length=num_rounds
         )
-        return self.place_state(state), self.replicate(metrics)
+        return self.layout.place_state(state), self.layout.replicate(metrics)
 
     @partial(jax.jit, static_argnums=(0, 3))
     def evaluate(self, state: FedState, key: jax.Array, local: bool = False) -> jax.Array:
@@ -653,33 +343,6 @@ class Simulator:
         The global params on every client or, with `local`, each client's own params
         (its state after its last local training); the keys are the same either way.
         """
-        episodes = self.config.log.eval_episodes
-        env = self.envs.env
-        max_steps = self.envs.max_episode_steps
-        act = self.algorithm.act
-
-        def episode(key, env_params, params):
-            key_reset, key_steps = jax.random.split(key)
-            obs, env_state = env.reset(key_reset, env_params)
-
-            def step(carry, step_key):
-                obs, env_state, total, done = carry
-                action = act(params, obs)
-                obs, env_state, reward, terminated, truncated, _ = env.step(
-                    step_key, env_state, action, env_params
-                )
-                total = total + jnp.where(done, 0.0, reward)
-                done = jnp.logical_or(done, jnp.logical_or(terminated, truncated))
-                return (obs, env_state, total, done), None
-
-            init = (obs, env_state, jnp.zeros(()), jnp.asarray(False))
-            (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key_steps, max_steps))
-            return total
-
-        def client(key, env_params, params):
-            keys = jax.random.split(key, episodes)
-            return jax.vmap(episode, in_axes=(0, None, None))(keys, env_params, params)
-
         keys = jax.random.split(key, self.num_clients)
         last_round = jnp.maximum(state.round - 1, 0)
         env_params = self.current_env_params(state, last_round)
@@ -687,29 +350,17 @@ class Simulator:
             params, params_axis = jax.vmap(self.algorithm.get_params)(state.clients), 0
         else:
             params, params_axis = state.global_params, None
-        returns = jax.vmap(client, in_axes=(0, 0, params_axis))(keys, env_params, params)
-        return self.replicate(returns)
-
-
-@jax.jit
-def eval_views(returns: jax.Array) -> dict[str, jax.Array]:
-    """The federated views of an evaluation `returns [clients, episodes]`, on the device.
-
-    Each client's score is its mean return over its episodes. Besides the mean over
-    every episode (`eval_return`), the fairness views FL papers report (Li et al.
-    2020, "Fair Resource Allocation in Federated Learning"): the worst and the best
-    client, the 10th percentile over clients (linear interpolation, NumPy's
-    default) and the spread (population std over clients). Computed in one small
-    program, so the host fetches five scalars, not a value per client.
-    """
-    per_client = returns.mean(axis=1)
-    return {
-        "eval_return": returns.mean(),
-        "eval_return_min_client": per_client.min(),
-        "eval_return_max_client": per_client.max(),
-        "eval_return_p10": jnp.percentile(per_client, 10.0),
-        "eval_return_std": per_client.std(),
-    }
+        returns = evaluate_clients(
+            self.envs.env,
+            self.algorithm.act,
+            keys,
+            env_params,
+            params,
+            params_axis=params_axis,
+            episodes=self.config.log.eval_episodes,
+            max_steps=self.envs.max_episode_steps,
+        )
+        return self.layout.replicate(returns)
 
 
 def make_simulator(config: Config) -> Simulator:

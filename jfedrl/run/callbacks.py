@@ -29,7 +29,8 @@ from flax import serialization
 
 from jfedrl import __version__
 from jfedrl.config import Config
-from jfedrl.round.simulator import FedState, Simulator
+from jfedrl.round.simulator import Simulator
+from jfedrl.round.state import FedState
 from jfedrl.run import distributed, signals
 from jfedrl.run.checkpoint import Checkpointer
 from jfedrl.run.outputs import MetricsWriter, plot_learning_curve, to_jsonable

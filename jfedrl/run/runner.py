@@ -35,7 +35,9 @@ from jfedrl.config import (
     schedule_horizon,
     schedule_restarts,
 )
-from jfedrl.round.simulator import FedState, Simulator, eval_views, make_simulator
+from jfedrl.round.metrics import eval_views
+from jfedrl.round.simulator import Simulator, make_simulator
+from jfedrl.round.state import FedState
 from jfedrl.run import callbacks, devices, distributed, trackers
 from jfedrl.run.callbacks import Block, BlockRunner, Callback, PlotCurve, Run, params_record
 from jfedrl.run.checkpoint import Checkpointer, CheckpointError

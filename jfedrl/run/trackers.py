@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jfedrl.config import Config
-from jfedrl.round.simulator import FedState
+from jfedrl.round.state import FedState
 from jfedrl.run import distributed
 from jfedrl.run.callbacks import Block, Callback, Run
 from jfedrl.run.outputs import CURVE_FILE
