@@ -44,15 +44,13 @@ from typing import Any
 import numpy as np
 
 from offload import quantize
-from offload.archive import (  # noqa: F401 (OffloadError, unpack: moved to offload.archive)
+from offload.archive import (
     DIGESTS_FILE,
-    OffloadError,
     Spec,
     TaskError,
     list_files,
     read_json,
     restore_arrays,
-    unpack,
     verify_digests,
 )
 from offload.shapes import max_result_bytes

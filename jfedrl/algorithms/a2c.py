@@ -88,10 +88,6 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(a2c.max_grad_norm), step)
 
 
-#: A2C's advantages are GAE(lambda); lambda = 1 gives the n-step returns (moved to onpolicy).
-nstep_advantages = onpolicy.compute_gae
-
-
 def loss(
     params: Any,
     batch: onpolicy.Transition,

@@ -135,9 +135,6 @@ def linear_epsilon(steps: jax.Array, start: float, end: float, duration: float) 
     return start + fraction * (end - start)
 
 
-Transition = offpolicy.Transition  # moved to offpolicy
-
-
 class DQNState(struct.PyTreeNode):
     """Everything one client carries between local updates."""
 
@@ -188,7 +185,7 @@ def validate(config: Config) -> None:
 def loss(
     params: Any,
     target_params: Any,
-    batch: Transition,
+    batch: offpolicy.Transition,
     reference: Reference,
     *,
     network: QNetwork,
@@ -258,7 +255,7 @@ def build(config: Config, env, env_params) -> Algorithm:
         key_net, key_env = jax.random.split(key)
         obs0 = jnp.zeros(obs_shape, jnp.float32)
         params = network.init(key_net, obs0)
-        example = Transition(obs0, jnp.zeros((), jnp.int32), 0.0, obs0, 0.0)
+        example = offpolicy.Transition(obs0, jnp.zeros((), jnp.int32), 0.0, obs0, 0.0)
         fields = offpolicy.init_fields(
             key_env,
             env,

@@ -138,9 +138,6 @@ def clipped_double_q_target(
     return reward + gamma * (1.0 - terminal) * jnp.min(target_qs, axis=0)
 
 
-Transition = offpolicy.Transition  # moved to offpolicy
-
-
 class Networks(NamedTuple):
     """The actor and critic modules and the shapes that map actions to their inputs."""
 
@@ -165,7 +162,7 @@ class Networks(NamedTuple):
 def critic_loss(
     critic_params: Any,
     target_params: Any,
-    batch: Transition,
+    batch: offpolicy.Transition,
     noise: jax.Array,
     reference: Reference,
     *,
@@ -196,7 +193,7 @@ def critic_loss(
 def actor_loss(
     actor_params: Any,
     critic_params: Any,
-    batch: Transition,
+    batch: offpolicy.Transition,
     reference: Reference,
     *,
     nets: Networks,
@@ -301,7 +298,7 @@ def build(config: Config, env, env_params) -> Algorithm:
             "actor": actor.init(key_actor, obs0),
             "critic": critic.init(key_critic, obs0, action0.reshape(-1)),
         }
-        example = Transition(obs0, action0, jnp.zeros(()), obs0, jnp.zeros(()))
+        example = offpolicy.Transition(obs0, action0, jnp.zeros(()), obs0, jnp.zeros(()))
         fields = offpolicy.init_fields(
             key_env, env, client_env_params, td3.num_envs, example, td3.buffer_size
         )

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jfedrl.tree import tree_where  # moved to jfedrl.tree; strategies import it from here
+from jfedrl.tree import tree_where
 
 Params = Any
 ServerState = Any

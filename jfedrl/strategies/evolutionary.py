@@ -54,10 +54,10 @@ from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
     flatten_clients,
-    tree_where,
     unflatten,
 )
 from jfedrl.strategies.evolutionary_config import ALGORITHMS
+from jfedrl.tree import tree_where
 
 MIN_POPULATION = {"differential_evolution": 4, "pso": 1}
 """DE draws a best member and two further distinct members, plus the target."""

@@ -26,9 +26,9 @@ from jfedrl.strategies.base import (
     ClientInfo,
     Strategy,
     normalized_weights,
-    tree_where,
     weighted_mean,
 )
+from jfedrl.tree import tree_where
 
 
 def server_optimizer(optimizer: optax.GradientTransformation) -> Strategy:
