@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jfedrl.algorithms import a2c, common, dqn, replay, td3
+from jfedrl.algorithms import a2c, common, dqn, onpolicy, replay, td3
 from jfedrl.algorithms.base import Reference
 from jfedrl.round.environment import make_client_envs
 from jfedrl.round.local import local_training
@@ -144,13 +144,13 @@ def test_nstep_advantages_by_hand():
     values = jnp.array([0.5, 1.0, 1.5])
     dones = jnp.array([False, True, False])
     gamma = 0.5
-    adv, ret = a2c.nstep_advantages(rewards, values, dones, jnp.asarray(4.0), gamma, 1.0)
+    adv, ret = onpolicy.compute_gae(rewards, values, dones, jnp.asarray(4.0), gamma, 1.0)
     # n-step returns, cut at the episode end after step 1, bootstrapped with V(s_3) = 4.
     expected_returns = [1.0 + 0.5 * 2.0, 2.0, 3.0 + 0.5 * 4.0]
     np.testing.assert_allclose(ret, expected_returns, rtol=1e-6)
     np.testing.assert_allclose(adv, np.array(expected_returns) - values, rtol=1e-6)
     # lambda = 0: one-step TD errors.
-    adv0, _ = a2c.nstep_advantages(rewards, values, dones, jnp.asarray(4.0), gamma, 0.0)
+    adv0, _ = onpolicy.compute_gae(rewards, values, dones, jnp.asarray(4.0), gamma, 0.0)
     np.testing.assert_allclose(adv0, [1.0 + 0.5 * 1.0 - 0.5, 2.0 - 1.0, 3.0 + 2.0 - 1.5])
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jfedrl import plugins
-from jfedrl.cli import build_parser, config_from_args
+from jfedrl.cli.app import build_parser, config_from_args
 from jfedrl.round.simulator import make_simulator
 from jfedrl.run.checkpoint import Checkpointer
 from jfedrl.run.runner import CHECKPOINT_DIR, train

@@ -19,7 +19,8 @@ from jfedrl.algorithms import sac
 from jfedrl.algorithms.base import Reference
 from jfedrl.algorithms.sac_config import SACConfig
 from jfedrl.algorithms.sac_config import validate as validate_section
-from jfedrl.round.simulator import make_simulator, tree_all_finite
+from jfedrl.round.simulator import make_simulator
+from jfedrl.round.state import tree_all_finite
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import replace_path
 from tests.helpers import tiny_config

@@ -183,11 +183,19 @@ def test_full_participation_skips_the_client_gather_and_scatter_with_equal_resul
     import jax
     import jax.numpy as jnp
 
+    from jfedrl.round.layout import ClientLayout
     from jfedrl.round.simulator import Simulator, make_simulator
     from tests.helpers import equal_trees, tiny_config
 
-    class Gathering(Simulator):
+    class GatheringLayout(ClientLayout):
         everyone = property(lambda self: False)  # the general path (partial participation)
+
+    class Gathering(Simulator):
+        @property
+        def layout(self) -> ClientLayout:
+            return GatheringLayout(
+                self.num_clients, self.num_participants, self.mesh, self.multiprocess
+            )
 
     # A client count the devices divide (an earlier test may have split the host).
     fast = make_simulator(tiny_config(federation__num_clients=2 * jax.device_count()))

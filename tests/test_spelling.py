@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jfedrl.cli import build_parser, config_from_args, main
+from jfedrl.cli import main
+from jfedrl.cli.app import build_parser, config_from_args
 from jfedrl.config import load_yaml
 from jfedrl.schema.checks import ConfigError
 
