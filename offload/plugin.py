@@ -18,6 +18,7 @@ from typing import Any
 
 from jfedrl import plugins
 from jfedrl.plugins import CommandSpec, ExecutorSpec
+from jfedrl.run import devices
 from jfedrl.schema.checks import ConfigError, require, require_choice, require_positive
 from offload.golem_config import GolemConfig
 from offload.ray_config import RAY_TRANSFERS, RayConfig
@@ -78,6 +79,21 @@ def validate_ray(config: Any) -> None:
     require_choice("offload.ray.transfer", section.transfer, RAY_TRANSFERS)
 
 
+def _with_host_devices(env: dict[str, str]) -> None:
+    """Gives CPU workers this process's host device count in their `XLA_FLAGS`.
+
+    A worker pads the participants to a multiple of its devices as the requestor
+    does, so both must see the same count; the requestor may have set it through
+    `jax_num_cpu_devices`, which a child process does not inherit.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return
+    flags = [p for p in env.get("XLA_FLAGS", "").split() if not p.startswith(devices.FLAG + "=")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"{devices.FLAG}={jax.local_device_count()}"])
+
+
 def _with_plugin_path(env: dict[str, str]) -> None:
     """Has the workers load this process's `--plugin` modules from the folders they came from.
 
@@ -102,6 +118,7 @@ def local_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     if cache:
         env["JFEDRL_COMPILATION_CACHE"] = str(cache)
     _with_plugin_path(env)
+    _with_host_devices(env)
     return LocalExecutor(
         num_workers=num_shards,
         work_dir=work_dir / "workers",
@@ -133,6 +150,7 @@ def ray_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
         if cache:
             env["JFEDRL_COMPILATION_CACHE"] = str(cache)
         _with_plugin_path(env)
+        _with_host_devices(env)
     return RayExecutor(
         offload.ray,
         num_workers=num_shards,

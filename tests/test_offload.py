@@ -477,3 +477,22 @@ def test_keep_tasks_keeps_the_state_fetch_folders(tmp_path, monkeypatch, pooled)
     train(local_config(run_dir, offload__keep_tasks=True), quiet=True)
     fetches = sorted(p.name for p in (run_dir / "offload").glob("fetch-*"))
     assert fetches == ["fetch-000001", "fetch-000002"]
+
+
+def test_local_workers_get_the_requestors_host_device_count():
+    """A worker pads participants as the requestor does: it must see as many CPU devices.
+
+    The requestor may have set its count through `jax_num_cpu_devices`, which a child
+    process does not inherit, so the executor writes it into the workers' `XLA_FLAGS`.
+    """
+    import jax
+
+    from offload import plugin
+
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=99"}
+    plugin._with_host_devices(env)
+    flags = env["XLA_FLAGS"].split()
+    assert flags == [
+        "--xla_dump_to=/tmp/x",
+        f"--xla_force_host_platform_device_count={jax.local_device_count()}",
+    ]
