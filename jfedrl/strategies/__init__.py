@@ -9,10 +9,9 @@ and calls `register(StrategySpec(...))` (docs/extending.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from envs.registry import Registry
+from jfedrl.schema.sections import SectionRegistry
 from jfedrl.strategies import (
     averaging_config,
     dp_config,
@@ -24,48 +23,17 @@ from jfedrl.strategies import (
 )
 from jfedrl.strategies.spec import StrategySpec
 
-STRATEGIES = Registry("strategy", "strategy.name", "jfedrl.strategies", entry_type=StrategySpec)
+STRATEGIES: SectionRegistry[StrategySpec] = SectionRegistry(
+    "strategy", "strategy.name", "jfedrl.strategies", entry_type=StrategySpec
+)
 """Every strategy: the built-ins, `register` calls (plugins) and the `jfedrl.strategies`
 entry points of installed packages."""
 
-_FROZEN: list[str] = []
-"""Set once `jfedrl.config` has assembled the config tree from the sections."""
-
-
-def freeze(reason: str) -> None:
-    """Refuses later sections: the config tree holds the ones registered so far."""
-    _FROZEN.append(reason)
-
-
-def register(spec: StrategySpec, hints: Mapping[str, str] | None = None) -> StrategySpec:
-    """Adds a strategy; names are unique. Returns `spec`.
-
-    Args:
-        spec: what to register.
-        hints: names users may type for it, or for a feature of it, that are not
-            strategys -> where they live (`ddpg` -> "a TD3 switch: ...").
-    """
-    if _FROZEN and spec.section is not None:
-        raise ValueError(
-            f"strategy {spec.name!r} registers a config section after {_FROZEN[0]}: "
-            "import plugin modules first (`--plugin`, or `jfedrl.plugins.load_modules`)"
-        )
-    return STRATEGIES.register(spec.name, spec, hints=hints)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered strategy, sorted."""
-    return STRATEGIES.names()
-
-
-def specs() -> tuple[StrategySpec, ...]:
-    """Every registered strategy's spec, in registration order."""
-    return STRATEGIES.in_order()
-
-
-def get(name: str) -> StrategySpec:
-    """The spec of `name`; `envs.registry.UnknownName` (a `ValueError`) if none."""
-    return STRATEGIES.get(name)
+register = STRATEGIES.add
+names = STRATEGIES.names
+specs = STRATEGIES.in_order
+get = STRATEGIES.get
+freeze = STRATEGIES.freeze
 
 
 def make(strategy_config: Any, num_clients: int | None = None) -> Any:
