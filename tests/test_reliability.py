@@ -32,6 +32,7 @@ from jfedrl.run.outputs import METRICS_FILE, RunDirError, RunLock, truncate_metr
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.convert import flat_fields, replace_path
 from jfedrl.validation import validate
+from offload import archive
 from offload import task as fmt
 from tests.helpers import tiny_config, with_run_dir
 
@@ -141,7 +142,7 @@ def _archive(*entries: tuple[str, bytes]) -> bytes:
 def test_malicious_archive_is_a_bad_result_not_a_crash(entries, message, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(fmt.TaskError, match=message):
-        fmt.unpack(_archive(*entries), out, max_bytes=10_000)
+        archive.unpack(_archive(*entries), out, max_bytes=10_000)
     assert not out.exists() or not any(out.rglob("*")), "nothing is written before the checks"
 
 
@@ -149,13 +150,13 @@ def test_archive_clashing_with_the_destination_is_a_bad_result(tmp_path):
     out = tmp_path / "out"
     (out / "state").mkdir(parents=True)
     with pytest.raises(fmt.TaskError, match="'state' cannot be written"):
-        fmt.unpack(_archive(("state", b"x")), out, max_bytes=10_000)
+        archive.unpack(_archive(("state", b"x")), out, max_bytes=10_000)
 
 
 def test_archive_on_a_full_local_disk_stops_offloading(tmpfs):
     disk = tmpfs("64k")
-    with pytest.raises(fmt.OffloadError, match="cannot unpack a result into .*No space left"):
-        fmt.unpack(_archive(("big", os.urandom(100_000))), disk / "out", max_bytes=200_000)
+    with pytest.raises(archive.OffloadError, match="cannot unpack a result into .*No space left"):
+        archive.unpack(_archive(("big", os.urandom(100_000))), disk / "out", max_bytes=200_000)
 
 
 # ---------------------------------------------------------------- 3: all updates excluded
