@@ -12,6 +12,7 @@ The field declarations and their docstrings are the schema: docs/config.md and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,11 +364,13 @@ FACTS: dict[str, Facts] = facts_of(Config)
 """Every leaf field of `Config` by dotted path, with its declared facts."""
 
 
+@functools.cache
 def traceable() -> tuple[str, ...]:
     """The fields that may hold a traced scalar inside the jitted round (switches included)."""
     return tuple(p for p, f in FACTS.items() if f.traceable)
 
 
+@functools.cache
 def switches() -> tuple[str, ...]:
     """The coefficients that switch a term on when > 0: traced when on, 0 compiles apart."""
     return tuple(p for p, f in FACTS.items() if f.switch)
@@ -410,10 +413,9 @@ def section_aliases() -> dict[str, str]:
         ("strategy", StrategyConfig),
         ("offload", OffloadConfig),
     ):
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or dataclasses.is_dataclass(
-                typing.get_type_hints(cls).get(f.name)
-            ):
+            if dataclasses.is_dataclass(hints[f.name]):
                 alias = f"{f.name}."
                 if alias in out:
                     raise ValueError(

@@ -90,8 +90,9 @@ def _with_host_devices(env: dict[str, str]) -> None:
 
     if jax.default_backend() != "cpu":
         return
-    flags = [p for p in env.get("XLA_FLAGS", "").split() if not p.startswith(devices.FLAG + "=")]
-    env["XLA_FLAGS"] = " ".join([*flags, f"{devices.FLAG}={jax.local_device_count()}"])
+    env["XLA_FLAGS"] = devices.with_host_device_count(
+        env.get("XLA_FLAGS", ""), jax.local_device_count()
+    )
 
 
 def _with_plugin_path(env: dict[str, str]) -> None:

@@ -157,9 +157,14 @@ def configure_host_devices(participants: int, requested: int | None = None) -> H
         return HostLayout(jax.local_device_count("cpu"), "backend already initialised")
     if source == "XLA_FLAGS" or _set_num_cpu_devices(count):
         return HostLayout(count, source)
-    others = [p for p in os.environ.get("XLA_FLAGS", "").split() if not p.startswith(FLAG + "=")]
-    os.environ["XLA_FLAGS"] = " ".join([*others, f"{FLAG}={count}"])
+    os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), count)
     return HostLayout(count, source)
+
+
+def with_host_device_count(xla_flags: str, count: int) -> str:
+    """`xla_flags` (an `XLA_FLAGS` value) with its host device count set to `count`."""
+    others = [p for p in xla_flags.split() if not p.startswith(FLAG + "=")]
+    return " ".join([*others, f"{FLAG}={count}"])
 
 
 @dataclass(frozen=True)
