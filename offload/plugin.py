@@ -49,6 +49,17 @@ def validate_golem(config: Any) -> None:
         "min_storage_gib",
     ):
         require_positive(f"offload.golem.{name}", getattr(golem, name))
+    require(golem.spare_wait >= 0, "offload.golem.spare_wait", ">= 0", golem.spare_wait)
+    fraction = golem.verify_fraction
+    require(0 <= fraction <= 1, "offload.golem.verify_fraction", "in [0, 1]", fraction)
+    tolerance = golem.verify_tolerance
+    require(tolerance >= 0, "offload.golem.verify_tolerance", ">= 0", tolerance)
+    if fraction > 0 and config.offload.state_sync_rounds != 0:
+        raise ConfigError(
+            f"offload.golem.verify_fraction: {fraction:g} needs offload.state_sync_rounds 0 "
+            f"(not {config.offload.state_sync_rounds}): a second provider can only rerun a "
+            "task that carries its clients' states"
+        )
     for name in ("min_cpu_threads", "max_workers"):
         value = getattr(golem, name)
         require(value >= 1, f"offload.golem.{name}", ">= 1", value)

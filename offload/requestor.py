@@ -240,6 +240,16 @@ class OffloadRunner:
         new_state, round_metrics = self._aggregate(state, broadcast, done, clients, metrics)
         self._remember(round_index, broadcast.ids, done, bad, sync)
         round_metrics.update(self._round_metrics(done, bad, sync))
+        if done.verify_runs:
+            log.info(
+                "offload: round %d verification: %d extra run(s), %.1f worker-seconds, "
+                "%d disagreement(s), %d unverified",
+                round_index + 1,
+                done.verify_runs,
+                done.verify_seconds,
+                done.disagreements,
+                done.unverified,
+            )
         round_metrics.update(
             {
                 "offload/quantize_error_sent": np.float32(broadcast.sent_error.relative_error),
@@ -343,6 +353,13 @@ class OffloadRunner:
         tasks = len(self.slices)
         since = {name: np.int32(count) for name, count in self._since_record.items()}
         self._since_record = dict.fromkeys(self._since_record, 0)
+        if self._verify_fraction() > 0:
+            since |= {
+                "offload/verify_runs": np.int32(done.verify_runs),
+                "offload/verify_seconds": np.float32(done.verify_seconds),
+                "offload/verify_disagreements": np.int32(done.disagreements),
+                "offload/verify_unverified": np.int32(done.unverified),
+            }
         return since | {
             "offload/tasks": np.int32(tasks),
             "offload/attempts": np.int32(done.attempts),
@@ -392,7 +409,17 @@ class OffloadRunner:
             if not fetch:
                 self._log_stale(shard, "a new worker took its shard")
 
+        fraction = self._verify_fraction() if not fetch else 0.0
+        drawn = set()
+        if fraction > 0:  # reproducible: the run's seed and the round
+            draws = np.random.default_rng([self.config.seed, request.round_index, 25]).random(
+                len(self.slices)
+            )
+            drawn = {int(shard) for shard in np.flatnonzero(draws < fraction)}
+        golem = getattr(self.config.offload, "golem", None)
         return Dispatch(
+            verify=drawn.__contains__,
+            tolerance=getattr(golem, "verify_tolerance", 0.0),
             executor=self.executor,
             write=functools.partial(self._write_task, request),
             shapes=lambda shard: shard_shapes(self.simulator, self._size(shard)),
@@ -404,6 +431,12 @@ class OffloadRunner:
         ).run(plan, self._threads)
 
     # -- helpers
+
+    def _verify_fraction(self) -> float:
+        """`offload.golem.verify_fraction` for a golem run, else 0 (trusted workers)."""
+        if self.config.offload.executor != "golem":
+            return 0.0
+        return float(getattr(self.config.offload.golem, "verify_fraction", 0.0))
 
     def _size(self, shard: int) -> int:
         return self.slices[shard].stop - self.slices[shard].start

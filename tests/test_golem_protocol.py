@@ -14,6 +14,7 @@ that it is offered work first, and a healthy one to take over.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -48,6 +49,10 @@ def net(tmp_path_factory):
     for fault in FAULTS:
         specs.append(ProviderSpec(fault, behaviour=fault, subnet=f"jf-{fault}", price=CHEAP))
         specs.append(ProviderSpec(f"{fault}-spare", subnet=f"jf-{fault}", price=DEAR))
+    # A provider whose worker returns well-formed, plausible, wrong params, and two honest ones.
+    lie = (("JFEDRL_FAULT", "wrong_params:attempt=*"),)
+    specs.append(ProviderSpec("liar", subnet="jf-verify", price=CHEAP, env=lie))
+    specs += [ProviderSpec(f"honest-{i}", subnet="jf-verify", price=DEAR) for i in "ab"]
     with GolemNetwork(tmp_path_factory.mktemp("golemnet"), providers=specs) as network:
         yield network
 
@@ -183,3 +188,86 @@ def test_the_run_stops_at_the_budget(net, tmp_path, monkeypatch):
     assert all(r["golem/spent"] <= budget for r in records)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "golem: paid" in log  # the graceful end ran on the way out
+
+
+def shards_served(provider) -> set[int]:
+    """The shards whose tasks a provider ran (from the task names of its worker requests)."""
+    names = [run[-1] for run in provider.stats["runs"] if "--serve-dir" in " ".join(run)]
+    return {int(m) for text in names for m in re.findall(r"requests/\.(\d{3})-", text)}
+
+
+def test_four_shards_on_two_providers_equal_inprocess(net, tmp_path, monkeypatch):
+    """Fewer providers than shards: after `spare_wait`, the two serve two shards each."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run",
+        "jf-ok",
+        shards=4,
+        rounds=2,
+        **{"federation.num_clients": 8, "offload.golem.spare_wait": 3, "log.rounds_per_block": 2},
+    )
+    result = train(config, quiet=True)
+
+    assert_bit_identical(result.state, inprocess(config))
+    assert [r["offload/tasks_failed"] for r in result.records] == [0, 0]
+    assert [r["offload/clients_lost"] for r in result.records] == [0, 0]
+    providers = [net.provider("ok-a"), net.provider("ok-b")]
+    served = [shards_served(p) for p in providers]
+    assert served[0] | served[1] == {0, 1, 2, 3}, served
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("offload.golem.spare_wait=3s") == 2, "two shards were hosted"
+    assert "no provider took" not in log
+
+
+@pytest.mark.slow
+def test_two_providers_one_fails_the_other_serves_both(net, tmp_path, monkeypatch):
+    """The failing provider is excluded; its shard goes to the other within `spare_wait`."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run", "jf-fail", shards=2, rounds=2, **{"offload.golem.spare_wait": 3}
+    )
+    start = time.monotonic()
+    result = train(config, quiet=True)
+    elapsed = time.monotonic() - start
+
+    assert_bit_identical(result.state, inprocess(config))
+    assert [r["offload/tasks_failed"] for r in result.records] == [0, 0]
+    assert result.records[-1]["golem/providers_excluded"] == 1
+    assert shards_served(net.provider("fail-spare")) == {0, 1}
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "no provider took" not in log
+    print(f"2 providers, one failing: 2 rounds in {elapsed:.1f} s")
+    assert elapsed < config.offload.golem.offer_timeout
+
+
+def test_a_provider_returning_wrong_params_is_outvoted(net, tmp_path, monkeypatch):
+    """verify_fraction 1: every task runs twice; the liar's result differs, a third decides."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run",
+        "jf-verify",
+        rounds=2,
+        **{
+            "offload.state_sync_rounds": 0,
+            "offload.golem.verify_fraction": 1.0,
+            "offload.golem.spare_wait": 3,
+            "offload.golem.max_workers": 3,
+            "log.rounds_per_block": 2,
+        },
+    )
+    result = train(config, quiet=True)
+
+    assert_bit_identical(result.state, inprocess(config))
+    first, second = result.records
+    assert first["offload/verify_disagreements"] == 1 and first["offload/verify_runs"] == 2
+    assert second["offload/verify_disagreements"] == 0 and second["offload/verify_runs"] == 1
+    assert first["offload/verify_seconds"] > 0
+    assert second["golem/providers_excluded"] == 1
+    liar = net.provider("liar")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"{liar.node_id} outvoted and its result discarded" in log
+    assert f"golem: excluding provider {liar.node_id}" in log
+    assert worker_runs(liar) == 1
