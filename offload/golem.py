@@ -177,6 +177,9 @@ class GolemExecutor:
         """Excluded provider id -> why."""
         self.stats = {"proposals": 0, "agreements": 0, "subscriptions": 0}
         self.first_agreement: float | None = None
+        self.last_agreement = 0.0
+        """When the latest agreement was signed: `spare_wait` runs from it too."""
+        self._stopping = False
         self.invoices: dict[str, Decimal] = {}
         """Agreement id -> accepted invoice amount (GLM)."""
         self.debit_notes: dict[str, Decimal] = {}
@@ -243,8 +246,9 @@ class GolemExecutor:
             self.stats["proposals"] += 1
         elif name == "AgreementConfirmed":
             self.stats["agreements"] += 1
+            self.last_agreement = time.monotonic()
             if self.first_agreement is None:
-                self.first_agreement = time.monotonic()
+                self.first_agreement = self.last_agreement
             log.info("golem: agreement with provider %s", _provider(event))
         elif name == "AgreementTerminated":
             provider = _provider_id(event)
@@ -410,7 +414,7 @@ class GolemExecutor:
             slot = golem_job.slot
             if golem_job.finished or golem_job.started is not None or slot is None:
                 continue
-            if slot.live or now - golem_job.waiting_since < wait:
+            if slot.live or now - max(golem_job.waiting_since, self.last_agreement) < wait:
                 continue
             job = golem_job.job
             if job.avoid:  # a verification run: another provider may free up later
@@ -435,6 +439,22 @@ class GolemExecutor:
         for golem_job in list(self._unplaced):
             if golem_job.finished:
                 self._unplaced.remove(golem_job)
+
+    def _reclaim(self, slot: _Slot) -> None:
+        """A fresh provider took a hosted shard's own slot: the shard's queued tasks that carry
+        their states move to it (the host keeps the others, whose states it holds).
+        """
+        host = self._hosts.get(slot.shard)
+        if host is None or host is slot:
+            return
+        moved = self._take_queued(host, slot.shard)
+        for item in [m for m in moved if not m.carries_state]:
+            host.jobs.put_nowait(item)
+        moved = [m for m in moved if m.carries_state]
+        if moved:
+            del self._hosts[slot.shard]
+            for item in moved:
+                self._place(item, slot)
 
     @staticmethod
     def _take_queued(slot: _Slot, shard: int) -> list[_GolemJob]:
@@ -560,8 +580,11 @@ class GolemExecutor:
                 task.reject_result("provider excluded", retry=True)
                 raise ProviderFailed(f"provider {provider} is excluded")
             slot.provider, slot.task = provider, task
-            if slot.shard >= 0:
+            if self._stopping:
+                pass  # handed over only to find the end of the run
+            elif slot.shard >= 0:
                 log.info("golem: provider %s serves shard %d", _name(ctx), slot.shard)
+                self._reclaim(slot)
             else:
                 log.info("golem: provider %s serves as a spare", _name(ctx))
             while True:
@@ -646,7 +669,8 @@ class GolemExecutor:
             carries_state = header["state"] != "cache"
         except (archive.TaskError, KeyError, TypeError):
             carries_state = False
-        golem_job = _GolemJob(job, task_tar, time.monotonic(), carries_state)
+        now = time.monotonic()
+        golem_job = _GolemJob(job, task_tar, now, carries_state, waiting_since=now)
         with self._lock:
             self._jobs = [g for g in self._jobs if not g.finished] + [golem_job]
         self._loop.call_soon_threadsafe(self._route, golem_job)
@@ -743,6 +767,7 @@ class GolemExecutor:
 
     async def _stop(self) -> None:
         """Lets the job end by itself: slots released, activities destroyed, invoices paid."""
+        self._stopping = True
         if self._ticker is not None:
             self._ticker.cancel()
         for slot in [*self._slots.values(), *self._spares]:
