@@ -190,6 +190,14 @@ def test_the_run_stops_at_the_budget(net, tmp_path, monkeypatch):
     assert "golem: paid" in log  # the graceful end ran on the way out
 
 
+def assert_no_key(net, run_dir) -> None:
+    """The app key is in no file the run wrote (its train.log holds every new log line)."""
+    key = net.app_key.encode()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+
+
 def shards_served(provider) -> set[int]:
     """The shards whose tasks a provider ran (from the task names of its worker requests)."""
     names = [run[-1] for run in provider.stats["runs"] if "--serve-dir" in " ".join(run)]
@@ -218,6 +226,7 @@ def test_four_shards_on_two_providers_equal_inprocess(net, tmp_path, monkeypatch
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("offload.golem.spare_wait=3s") == 2, "two shards were hosted"
     assert "no provider took" not in log
+    assert_no_key(net, tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -271,3 +280,4 @@ def test_a_provider_returning_wrong_params_is_outvoted(net, tmp_path, monkeypatc
     assert f"{liar.node_id} outvoted and its result discarded" in log
     assert f"golem: excluding provider {liar.node_id}" in log
     assert worker_runs(liar) == 1
+    assert_no_key(net, tmp_path / "run")
