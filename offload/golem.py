@@ -57,6 +57,7 @@ from offload import archive
 from offload.dispatch import NO_OTHER_WORKER
 from offload.executors import Job, Outcome
 from offload.golem_config import GolemConfig
+from offload.source import STALE_IMAGE
 from offload.task import CACHE_MISS, TASK_FILE
 from offload.yagna import (
     REMOTE_RESULT,
@@ -187,6 +188,8 @@ class GolemExecutor:
         self.owed: dict[str, Decimal] = {}
         """Agreement id -> the most a provider has asked for (debit notes or invoice, GLM)."""
         self._error: BaseException | None = None
+        self._fatal = ""
+        """Why the run must stop at once (a stale image), in one line."""
         self._lock = threading.Lock()
         self._finished: queue.Queue = queue.Queue()
         self._jobs: list[_GolemJob] = []
@@ -639,6 +642,10 @@ class GolemExecutor:
             return failure
         if not answer.get("ok"):
             error = str(answer.get("error") or "failed")
+            if STALE_IMAGE in error:  # every provider runs the same image: end the run
+                self._fatal = "golem: " + error[error.index(STALE_IMAGE) :]
+                self._finish(golem_job, False, error)
+                return None
             self._finish(golem_job, False, error)
             return None if error.startswith(CACHE_MISS) else error
         if data is None:
@@ -679,6 +686,8 @@ class GolemExecutor:
         end = time.monotonic() + timeout
         done: list[Outcome] = []
         while True:
+            if self._fatal:
+                raise archive.OffloadError(self._fatal)
             if self._error is not None:
                 raise archive.OffloadError(
                     f"golem: the requestor stopped: {type(self._error).__name__}: {self._error}"

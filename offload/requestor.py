@@ -51,6 +51,7 @@ from offload.assemble import assemble, rows_of, set_rows
 from offload.dispatch import Dispatch, Execution
 from offload.executors import Executor
 from offload.shapes import decode_group, encode_group, shard_shapes, strip_params, with_params_jit
+from offload.source import source_hash
 from offload.task import INPUTS_DIR, TASK_FILE, TaskHeader
 
 log = logging.getLogger("jfedrl.offload")
@@ -396,7 +397,7 @@ class OffloadRunner:
             revert=tuple(self._revert.get(shard, [])) if source == "cache" else (),
             return_state=request.return_state,
             config=self._task_config,
-            versions={"jfedrl": __version__, "jax": jax.__version__},
+            versions={"jfedrl": __version__, "jax": jax.__version__, "source": source_hash()},
             inputs=digest_tree(task_dir, exclude=(TASK_FILE,)),
         )
         return header, task_dir

@@ -26,6 +26,7 @@ from jfedrl.round.simulator import make_simulator
 from jfedrl.run.outputs import read_metrics
 from jfedrl.run.runner import train
 from offload import OffloadError
+from offload.source import source_hash
 from tests.golemnet import GolemNetwork, Price, ProviderSpec
 from tests.helpers import tiny_config, with_run_dir
 
@@ -53,6 +54,9 @@ def net(tmp_path_factory):
     lie = (("JFEDRL_FAULT", "wrong_params:attempt=*"),)
     specs.append(ProviderSpec("liar", subnet="jf-verify", price=CHEAP, env=lie))
     specs += [ProviderSpec(f"honest-{i}", subnet="jf-verify", price=DEAR) for i in "ab"]
+    # A provider whose image was built from other source.
+    stale = (("JFEDRL_SOURCE_HASH", "0" * 16),)
+    specs.append(ProviderSpec("stale", subnet="jf-stale", env=stale))
     with GolemNetwork(tmp_path_factory.mktemp("golemnet"), providers=specs) as network:
         yield network
 
@@ -280,4 +284,19 @@ def test_a_provider_returning_wrong_params_is_outvoted(net, tmp_path, monkeypatc
     assert f"{liar.node_id} outvoted and its result discarded" in log
     assert f"golem: excluding provider {liar.node_id}" in log
     assert worker_runs(liar) == 1
+    assert_no_key(net, tmp_path / "run")
+
+
+def test_a_stale_image_fails_the_first_task_in_one_line(net, tmp_path, monkeypatch):
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(tmp_path / "run", "jf-stale", rounds=2)
+    with pytest.raises(OffloadError) as caught:
+        train(config, quiet=True)
+    message = str(caught.value)
+    assert message.startswith("golem: stale image: the worker runs jfedrl source 0000000000000000")
+    assert source_hash() in message and "scripts/build_golem_image.sh" in message
+    assert "\n" not in message
+    assert worker_runs(net.provider("stale")) == 1, "the first task ends the run"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run")
     assert_no_key(net, tmp_path / "run")

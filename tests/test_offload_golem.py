@@ -382,3 +382,28 @@ def test_wrong_params_fault_is_plausible():
     assert wrong["w"].dtype == np.float32 and np.all(np.isfinite(wrong["w"]))
     assert not np.array_equal(wrong["w"], params["w"])
     np.testing.assert_allclose(wrong["w"], params["w"], rtol=2e-3)
+
+
+def test_the_worker_refuses_a_task_of_other_source(monkeypatch):
+    from offload.source import ENV_VAR, source_hash, stale_image_error, worker_source_hash
+
+    assert worker_source_hash() == source_hash()
+    assert stale_image_error(source_hash()) is None and stale_image_error("") is None
+    monkeypatch.setenv(ENV_VAR, "f" * 16)  # what an image built from other source holds
+    error = stale_image_error(source_hash())
+    assert error.startswith(f"stale image: the worker runs jfedrl source {'f' * 16}")
+    assert source_hash() in error and "offload.golem.image_hash" in error
+
+
+def test_the_source_hash_covers_every_package_file(tmp_path):
+    from offload.source import PACKAGES, source_hash
+
+    for package in PACKAGES:
+        (tmp_path / package / "sub").mkdir(parents=True)
+        (tmp_path / package / "sub" / "m.py").write_text("x = 1\n")
+    before = source_hash(tmp_path)
+    (tmp_path / "envs" / "sub" / "m.py").write_text("x = 2\n")
+    assert source_hash(tmp_path) != before
+    (tmp_path / "envs" / "sub" / "m.py").write_text("x = 1\n")
+    (tmp_path / "envs" / "notes.txt").write_text("not source")
+    assert source_hash(tmp_path) == before
