@@ -300,3 +300,44 @@ def test_a_stale_image_fails_the_first_task_in_one_line(net, tmp_path, monkeypat
     assert worker_runs(net.provider("stale")) == 1, "the first task ends the run"
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run")
     assert_no_key(net, tmp_path / "run")
+
+
+def test_golem_offers_lists_the_matching_providers_and_dry_run_estimates(
+    net, tmp_path, monkeypatch, capsys
+):
+    """What a user sees before paying: the offers for the run's demand, and GLM per round."""
+    from jfedrl import cli
+
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    base = ["--golem.subnet", "jf-ok", "--golem.min-cpu-threads", "1"]
+    assert cli.main(["offload", "golem-offers", *base, "--wait", "6"]) == 0
+    out = capsys.readouterr().out
+    providers = [net.provider("ok-a"), net.provider("ok-b")]
+    assert out.startswith("golem: 2 provider(s) offer")
+    spec = providers[0].spec
+    for provider in providers:
+        (row,) = [line for line in out.splitlines() if provider.node_id in line]
+        cells = row.split()
+        assert cells[1] == provider.name and int(cells[2]) == spec.cpu_threads
+        assert float(cells[5]) == pytest.approx(spec.price.start)
+        assert float(cells[6]) == pytest.approx(spec.price.per_hour)
+    # The demand is the run's: more memory than they offer, or a GPU, matches none.
+    assert cli.main(["offload", "golem-offers", *base, "--golem.min-mem-gib", "64"]) == 0
+    assert capsys.readouterr().out.startswith("golem: no offer matches")
+    assert cli.main(["offload", "golem-offers", *base, "--golem.gpu", "--wait", "3"]) == 0
+    assert capsys.readouterr().out.startswith("golem: no offer matches")
+
+    flags = ["--executor", "golem", "--golem.image-hash", "0" * 56, "--clients", "4"]
+    flags += ["--shards", "2", "--rounds", "50", "--golem.offer-timeout", "6", *base]
+    assert cli.main(["train", "--no-progress", "--dry-run", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "offload: 2 shard task(s) per round (golem)" in out
+    assert "a shard of 2 clients: task" in out
+    task = 600.0 / 3600  # offload.golem.task_timeout, hours
+    per_task = spec.price.per_hour * task + spec.price.per_cpu_sec * 3600 * task * 4
+    rounds = int((1.0 - 2 * spec.price.start) // (2 * per_task))
+    assert f"estimate at most {2 * per_task:.4g} GLM per round" in out
+    assert f"covers {rounds} round(s), the run has 50" in out
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
