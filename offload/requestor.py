@@ -263,6 +263,16 @@ class OffloadRunner:
         extra = getattr(self.executor, "metrics", None)
         if extra is not None:
             round_metrics.update(extra())
+        spent = round_metrics.get("golem/spent")
+        log.info(
+            "offload: round %d in %.1f s (waiting %.1f s for %d attempt(s), %d retried)%s",
+            round_index + 1,
+            time.perf_counter() - start,
+            done.wait_seconds,
+            done.attempts,
+            done.attempts - len(self.slices),
+            "" if spent is None else f"; {float(spent):.6g} GLM spent so far",
+        )
         return new_state, round_metrics
 
     def _broadcast(self, state: FedState) -> _Broadcast:
