@@ -541,6 +541,8 @@ class GolemExecutor:
             except archive.TaskError as bad:
                 outcome.ok, outcome.error = False, f"bad archive: {bad}"
         golem_job.task_tar.unlink(missing_ok=True)
+        if not outcome.ok and not golem_job.verdict.done():
+            golem_job.verdict.set_result(outcome.error)  # nothing to check: it failed
         self._finished.put(outcome)
         return True
 
@@ -678,8 +680,9 @@ class GolemExecutor:
             carries_state = False
         now = time.monotonic()
         golem_job = _GolemJob(job, task_tar, now, carries_state, waiting_since=now)
-        with self._lock:
-            self._jobs = [g for g in self._jobs if not g.finished] + [golem_job]
+        with self._lock:  # a finished job stays until its verdict: its provider awaits it
+            self._jobs = [g for g in self._jobs if not (g.finished and g.verdict.done())]
+            self._jobs.append(golem_job)
         self._loop.call_soon_threadsafe(self._route, golem_job)
 
     def wait(self, timeout: float) -> list[Outcome]:
