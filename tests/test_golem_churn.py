@@ -25,7 +25,7 @@ ROUNDS, EVERY = 30, 4
 
 
 def test_churn_kill_one_provider_every_few_rounds_and_new_ones_join(tmp_path, monkeypatch):
-    specs = [ProviderSpec(f"p{i}", subnet="churn") for i in range(3)]
+    specs = [ProviderSpec(f"p{i}", subnet="churn", debit_note_interval=1.0) for i in range(3)]
     with GolemNetwork(tmp_path / "net", providers=specs, subnet="churn") as net:
         for key, value in net.requestor_env.items():
             monkeypatch.setenv(key, value)
@@ -59,7 +59,9 @@ def test_churn_kill_one_provider_every_few_rounds_and_new_ones_join(tmp_path, mo
                     killed_at[done] = victim.name
                     victim.kill()
                     joined += 1
-                    net.add_provider(ProviderSpec(f"new{joined}", subnet="churn"))
+                    net.add_provider(
+                        ProviderSpec(f"new{joined}", subnet="churn", debit_note_interval=1.0)
+                    )
 
         watcher = threading.Thread(target=churn, daemon=True)
         watcher.start()
