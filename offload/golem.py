@@ -17,15 +17,25 @@ slot / exclusion / payment bookkeeping share one state, which reads best whole.
   long-lived worker process (`jfedrl offload worker --serve-dir`, started by
   the first task; `remote_command` is the shell client each task runs) that
   compiles once and keeps the shard's client states (sticky clients).
+- Fewer providers than shards: a job that no fresh provider takes within
+  `golem.spare_wait` (counted from its submission and the latest agreement)
+  goes to the working provider serving the fewest shards, which serves that
+  shard too from then on (`_hosts`; its worker keeps each shard's states). A
+  fresh provider that later takes the shard's own slot gets it back with its
+  next task that carries the clients' states. A verification run
+  (`Job.avoid`, see `offload.dispatch`) goes to a working provider outside its
+  `avoid` set, else to a spare slot for a fresh one.
 - Faults: a provider whose command fails, whose result the requestor rejects
   (digest, structure, report), which exceeds `golem.task_timeout`, or whose
   activity stops answering (`golem.health_interval`; three missed checks) is
   excluded from that moment: its buffered offers are dropped, later offers
   are scored as rejected, its activity is destroyed and its agreement
   terminated, and its shard gets a new slot that another provider takes.
-  Its job fails at once, so the requestor retries it right away. A job no
-  provider starts within `golem.offer_timeout` fails, naming how many
-  providers were excluded.
+  Its job fails at once, so the requestor retries it right away. A job that
+  waits within `golem.offer_timeout` for a provider (no working provider to
+  host it either) fails, naming how many providers were excluded. A worker
+  whose image holds other source ("stale image", `offload.source`) stops the
+  run at its first task, in one line.
 - Shutdown lets the job finish (no cancellation): slots are released, yapapi
   destroys the activities and terminates the agreements as finished, and
   `Golem.stop` accepts the invoices and debit notes that arrive (a bounded
