@@ -56,6 +56,8 @@ class ExecutorSpec:
             written or compiled.
         section: the dataclass of its own config section, `offload.<name>`, or None.
         summary: one line for `--help` and docs.
+        plan: `simulator -> lines` that `jfedrl train --dry-run` prints for a run on
+            this executor (what it would ask of its workers and cost), or None.
     """
 
     name: str
@@ -63,6 +65,7 @@ class ExecutorSpec:
     validate: Callable[[Any], None] = _no_checks
     section: type | None = None
     summary: str = ""
+    plan: Callable[[Any], list[str]] | None = None
 
     def build_runner(self, simulator: Any, run_dir: Path) -> Any:
         """The executor's block runner for `simulator`, writing under `run_dir`."""

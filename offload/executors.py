@@ -43,6 +43,9 @@ class Job:
     task_dir: Path
     output_dir: Path
     max_result_bytes: int
+    avoid: frozenset[str] = frozenset()
+    """Workers this attempt must not run on (a verification run: those that ran it already);
+    only the `golem` executor, whose workers are untrusted providers, uses it."""
 
 
 @dataclass

@@ -10,9 +10,11 @@ it)::
 
 with kinds `crash`, `hang` (after compiling), `stall` (before restoring),
 `corrupt`, `truncate`, `missing`, `nan` (one client), `shape`, `dtype`,
-`wrong_round`, `wrong_clients`; `shard` and `round` default to any, `attempt`
-to 0 (so a retry succeeds); `*` means any. Faults hit training tasks, unless
-`op=fetch` (the state fetches before a checkpoint) or `op=*`.
+`wrong_round`, `wrong_clients`, `wrong_params` (plausible but wrong: every
+param off by 0.1 %, finite, well-formed: what only replication catches);
+`shard` and `round` default to any, `attempt` to 0 (so a retry succeeds);
+`*` means any. Faults hit training tasks, unless `op=fetch` (the state
+fetches before a checkpoint) or `op=*`.
 
 Stages and their values: `start` (None, before restoring), `compiled` (None),
 `params` (the new params tree), `result` (the flat result arrays), `saved`
@@ -45,6 +47,7 @@ FAULT_KINDS = (
     "dtype",
     "wrong_round",
     "wrong_clients",
+    "wrong_params",
 )
 
 #: `(stage, task header, value) -> value`: what the worker calls at each stage.
@@ -129,6 +132,10 @@ def _inject(kind: str, stage: str, value: Any) -> Any:
         import jax
 
         return jax.tree.map(lambda x: np.concatenate([np.full_like(x[:1], np.nan), x[1:]]), value)
+    if (kind, stage) == ("wrong_params", "params"):  # a lazy or malicious provider
+        import jax
+
+        return jax.tree.map(lambda x: (np.asarray(x) * (1 + 1e-3)).astype(x.dtype), value)
     if stage == "result" and kind in ("shape", "dtype"):
         name = sorted(k for k in value if k.startswith("params/"))[0]
         array = value[name]

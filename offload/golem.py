@@ -17,15 +17,25 @@ slot / exclusion / payment bookkeeping share one state, which reads best whole.
   long-lived worker process (`jfedrl offload worker --serve-dir`, started by
   the first task; `remote_command` is the shell client each task runs) that
   compiles once and keeps the shard's client states (sticky clients).
+- Fewer providers than shards: a job that no fresh provider takes within
+  `golem.spare_wait` (counted from its submission and the latest agreement)
+  goes to the working provider serving the fewest shards, which serves that
+  shard too from then on (`_hosts`; its worker keeps each shard's states). A
+  fresh provider that later takes the shard's own slot gets it back with its
+  next task that carries the clients' states. A verification run
+  (`Job.avoid`, see `offload.dispatch`) goes to a working provider outside its
+  `avoid` set, else to a spare slot for a fresh one.
 - Faults: a provider whose command fails, whose result the requestor rejects
   (digest, structure, report), which exceeds `golem.task_timeout`, or whose
   activity stops answering (`golem.health_interval`; three missed checks) is
   excluded from that moment: its buffered offers are dropped, later offers
   are scored as rejected, its activity is destroyed and its agreement
   terminated, and its shard gets a new slot that another provider takes.
-  Its job fails at once, so the requestor retries it right away. A job no
-  provider starts within `golem.offer_timeout` fails, naming how many
-  providers were excluded.
+  Its job fails at once, so the requestor retries it right away. A job that
+  waits within `golem.offer_timeout` for a provider (no working provider to
+  host it either) fails, naming how many providers were excluded. A worker
+  whose image holds other source ("stale image", `offload.source`) stops the
+  run at its first task, in one line.
 - Shutdown lets the job finish (no cancellation): slots are released, yapapi
   destroys the activities and terminates the agreements as finished, and
   `Golem.stop` accepts the invoices and debit notes that arrive (a bounded
@@ -54,9 +64,11 @@ from pathlib import Path
 from typing import Any
 
 from offload import archive
+from offload.dispatch import NO_OTHER_WORKER
 from offload.executors import Job, Outcome
 from offload.golem_config import GolemConfig
-from offload.task import CACHE_MISS
+from offload.source import STALE_IMAGE
+from offload.task import CACHE_MISS, TASK_FILE
 from offload.yagna import (
     REMOTE_RESULT,
     REMOTE_TASK,
@@ -84,7 +96,13 @@ HEALTH_CHECKS = 3
 
 @dataclass
 class _Slot:
-    """One shard's place on a provider: the activity that takes it serves the shard's jobs."""
+    """A place on a provider: the activity that takes it serves the jobs queued on it.
+
+    A shard's own slot (`shard` >= 0) is what a fresh provider takes for that
+    shard; a spare slot (`shard` -1) is opened for a verification run that must
+    go to a provider not yet working. A slot, once taken, can also serve other
+    shards' jobs (`GolemExecutor._hosts`) and verification runs.
+    """
 
     shard: int
     number: int
@@ -94,6 +112,10 @@ class _Slot:
     task: Any = None
     """The yapapi task of this slot, while an activity holds it."""
 
+    @property
+    def live(self) -> bool:
+        return bool(self.provider) and not self.retired
+
 
 @dataclass
 class _GolemJob:
@@ -102,6 +124,12 @@ class _GolemJob:
     job: Job
     task_tar: Path
     submitted: float
+    carries_state: bool = True
+    """The task holds its clients' states (any provider can run it, not only their keeper)."""
+    slot: _Slot | None = None
+    """Where it is queued (None: waiting for a provider outside `avoid`)."""
+    waiting_since: float = 0.0
+    """When it was last queued on a slot no provider holds (or left unplaced)."""
     started: float | None = None
     provider: str = ""
     finished: bool = False
@@ -160,6 +188,9 @@ class GolemExecutor:
         """Excluded provider id -> why."""
         self.stats = {"proposals": 0, "agreements": 0, "subscriptions": 0}
         self.first_agreement: float | None = None
+        self.last_agreement = 0.0
+        """When the latest agreement was signed: `spare_wait` runs from it too."""
+        self._stopping = False
         self.invoices: dict[str, Decimal] = {}
         """Agreement id -> accepted invoice amount (GLM)."""
         self.debit_notes: dict[str, Decimal] = {}
@@ -167,10 +198,19 @@ class GolemExecutor:
         self.owed: dict[str, Decimal] = {}
         """Agreement id -> the most a provider has asked for (debit notes or invoice, GLM)."""
         self._error: BaseException | None = None
+        self._fatal = ""
+        """Why the run must stop at once (a stale image), in one line."""
         self._lock = threading.Lock()
         self._finished: queue.Queue = queue.Queue()
         self._jobs: list[_GolemJob] = []
         self._slots: dict[int, _Slot] = {}
+        """Shard -> its own slot (the yapapi task a fresh provider takes for it)."""
+        self._hosts: dict[int, _Slot] = {}
+        """Shard -> the slot of another provider that serves it too (`golem.spare_wait`)."""
+        self._spares: list[_Slot] = []
+        """Spare slots (verification runs for providers not yet working)."""
+        self._unplaced: list[_GolemJob] = []
+        """Verification runs waiting for a provider outside their `avoid` set."""
         self._slot_count = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="golem", daemon=True)
@@ -178,6 +218,7 @@ class GolemExecutor:
         self._source: asyncio.Queue | None = None
         self._golem = None
         self._consumer: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
         job_seconds = max(1800.0, rounds * config.task_timeout + config.offer_timeout)
         self._job_timeout = timedelta(seconds=min(job_seconds, 7 * 24 * 3600.0))
         try:
@@ -218,8 +259,9 @@ class GolemExecutor:
             self.stats["proposals"] += 1
         elif name == "AgreementConfirmed":
             self.stats["agreements"] += 1
+            self.last_agreement = time.monotonic()
             if self.first_agreement is None:
-                self.first_agreement = time.monotonic()
+                self.first_agreement = self.last_agreement
             log.info("golem: agreement with provider %s", _provider(event))
         elif name == "AgreementTerminated":
             provider = _provider_id(event)
@@ -306,20 +348,140 @@ class GolemExecutor:
                 self._error = error
 
         self._consumer = asyncio.get_running_loop().create_task(consume())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     # -- slots (event loop thread)
 
     def _slot(self, shard: int) -> _Slot:
         slot = self._slots.get(shard)
         if slot is None or slot.retired:
-            self._slot_count += 1
-            slot = _Slot(shard, self._slot_count, asyncio.Queue())
+            slot = self._open(shard)
             self._slots[shard] = slot
-            self._source.put_nowait(slot)
         return slot
 
+    def _open(self, shard: int) -> _Slot:
+        """A new slot for yapapi to hand to the next provider it signs."""
+        self._slot_count += 1
+        slot = _Slot(shard, self._slot_count, asyncio.Queue())
+        self._source.put_nowait(slot)
+        return slot
+
+    def _live_slots(self, avoid: frozenset[str] = frozenset()) -> list[_Slot]:
+        """Slots a healthy provider holds now (one per provider), outside `avoid`."""
+        seen, live = set(), []
+        for slot in [*self._slots.values(), *self._spares]:
+            gone = slot.provider in self.blocked or slot.provider in avoid
+            if slot.live and not gone and slot.provider not in seen:
+                seen.add(slot.provider)
+                live.append(slot)
+        return live
+
+    def _load(self, slot: _Slot) -> int:
+        """How many shards a slot serves (its own and those it hosts) plus its queue."""
+        own = 1 if self._slots.get(slot.shard) is slot else 0
+        return own + sum(host is slot for host in self._hosts.values()) + slot.jobs.qsize()
+
+    def _place(self, golem_job: _GolemJob, slot: _Slot | None) -> None:
+        golem_job.slot, golem_job.waiting_since = slot, time.monotonic()
+        if slot is None:
+            self._unplaced.append(golem_job)
+        else:
+            slot.jobs.put_nowait(golem_job)
+
+    def _route(self, golem_job: _GolemJob) -> None:
+        """Queues a job where it runs (loop thread).
+
+        A shard's job goes to the provider hosting the shard, if one does, else
+        to the shard's own slot. A hosted shard goes back to its own slot (taken
+        meanwhile by a fresh provider) with its next task that carries its
+        clients' states, so no kept state is lost. A verification run goes to a
+        working provider outside its `avoid` set, else to a spare slot.
+        """
+        job = golem_job.job
+        if job.avoid:
+            live = self._live_slots(job.avoid)
+            if live:
+                self._place(golem_job, min(live, key=lambda s: (self._load(s), s.number)))
+                return
+            spare = next((s for s in self._spares if not s.provider and not s.retired), None)
+            if spare is None:
+                spare = self._open(-1)
+                self._spares.append(spare)
+            self._place(golem_job, spare)
+            return
+        own = self._slot(job.shard)
+        host = self._hosts.get(job.shard)
+        if host is not None and (not host.live or host.provider in self.blocked):
+            del self._hosts[job.shard]
+            host = None
+        if host is not None and own.live and golem_job.carries_state:
+            del self._hosts[job.shard]
+            log.info("golem: shard %d goes back to its own provider %s", job.shard, own.provider)
+            host = None
+        self._place(golem_job, host or own)
+
+    def _adopt_waiting(self) -> None:
+        """Hands jobs no fresh provider took within `golem.spare_wait` to working ones."""
+        now, wait = time.monotonic(), self.config.spare_wait
+        for golem_job in list(self._jobs):
+            slot = golem_job.slot
+            if golem_job.finished or golem_job.started is not None or slot is None:
+                continue
+            if slot.live or now - max(golem_job.waiting_since, self.last_agreement) < wait:
+                continue
+            job = golem_job.job
+            if job.avoid:  # a verification run: another provider may free up later
+                continue
+            live = self._live_slots()
+            if not live:
+                continue
+            host = min(live, key=lambda s: (self._load(s), s.number))
+            self._hosts[job.shard] = host
+            moved = self._take_queued(slot, job.shard)
+            for item in moved:
+                self._place(item, host)
+            log.warning(
+                "golem: no fresh provider took shard %d within offload.golem.spare_wait=%gs; "
+                "provider %s serves it too (%d shard(s) on %d provider(s))",
+                job.shard,
+                wait,
+                host.provider,
+                self._load(host) - host.jobs.qsize(),
+                len(live),
+            )
+        for golem_job in list(self._unplaced):
+            if golem_job.finished:
+                self._unplaced.remove(golem_job)
+
+    def _reclaim(self, slot: _Slot) -> None:
+        """A fresh provider took a hosted shard's own slot: the shard's queued tasks that carry
+        their states move to it (the host keeps the others, whose states it holds).
+        """
+        host = self._hosts.get(slot.shard)
+        if host is None or host is slot:
+            return
+        moved = self._take_queued(host, slot.shard)
+        for item in [m for m in moved if not m.carries_state]:
+            host.jobs.put_nowait(item)
+        moved = [m for m in moved if m.carries_state]
+        if moved:
+            del self._hosts[slot.shard]
+            for item in moved:
+                self._place(item, slot)
+
+    @staticmethod
+    def _take_queued(slot: _Slot, shard: int) -> list[_GolemJob]:
+        """Removes and returns the jobs of `shard` queued on `slot` (the rest stay)."""
+        items, keep = [], []
+        while not slot.jobs.empty():
+            item = slot.jobs.get_nowait()
+            (items if item is not None and item.job.shard == shard else keep).append(item)
+        for item in keep:
+            slot.jobs.put_nowait(item)
+        return items
+
     def _retire(self, slot: _Slot) -> None:
-        """Takes a slot from its provider; its shard's queued jobs go to a fresh slot."""
+        """Takes a slot from its provider; the jobs queued on it are routed again."""
         if slot.retired:
             return
         slot.retired = True
@@ -331,9 +493,20 @@ class GolemExecutor:
             item = slot.jobs.get_nowait()
             if item is not None:
                 waiting.append(item)
-        fresh = self._slot(slot.shard)
+        self._hosts = {shard: host for shard, host in self._hosts.items() if host is not slot}
+        if slot.shard >= 0:
+            self._slot(slot.shard)
         for item in waiting:
-            fresh.jobs.put_nowait(item)
+            self._route(item)
+
+    async def _tick(self) -> None:
+        """Every half second: jobs waiting past `golem.spare_wait` go to working providers."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self._adopt_waiting()
+            except Exception:  # never let the bookkeeping loop die
+                log.exception("golem: spare bookkeeping")
 
     def _exclude(self, provider: str, reason: str) -> None:
         """From now on `provider` gets nothing in this run (loop thread)."""
@@ -344,7 +517,7 @@ class GolemExecutor:
         for job in getattr(getattr(self._golem, "_engine", None), "_jobs", ()):
             # yapapi keeps one scored offer per provider and would sign it again.
             getattr(job.agreements_pool, "_offer_buffer", {}).pop(provider, None)
-        for slot in list(self._slots.values()):
+        for slot in [*self._slots.values(), *self._spares]:
             if slot.provider == provider:
                 self._retire(slot)
 
@@ -378,6 +551,8 @@ class GolemExecutor:
             except archive.TaskError as bad:
                 outcome.ok, outcome.error = False, f"bad archive: {bad}"
         golem_job.task_tar.unlink(missing_ok=True)
+        if not outcome.ok and not golem_job.verdict.done():
+            golem_job.verdict.set_result(outcome.error)  # nothing to check: it failed
         self._finished.put(outcome)
         return True
 
@@ -420,7 +595,13 @@ class GolemExecutor:
                 task.reject_result("provider excluded", retry=True)
                 raise ProviderFailed(f"provider {provider} is excluded")
             slot.provider, slot.task = provider, task
-            log.info("golem: provider %s serves shard %d", _name(ctx), slot.shard)
+            if self._stopping:
+                pass  # handed over only to find the end of the run
+            elif slot.shard >= 0:
+                log.info("golem: provider %s serves shard %d", _name(ctx), slot.shard)
+                self._reclaim(slot)
+            else:
+                log.info("golem: provider %s serves as a spare", _name(ctx))
             while True:
                 golem_job = await slot.jobs.get()
                 if golem_job is None:  # the end of the run
@@ -473,6 +654,10 @@ class GolemExecutor:
             return failure
         if not answer.get("ok"):
             error = str(answer.get("error") or "failed")
+            if STALE_IMAGE in error:  # every provider runs the same image: end the run
+                self._fatal = "golem: " + error[error.index(STALE_IMAGE) :]
+                self._finish(golem_job, False, error)
+                return None
             self._finish(golem_job, False, error)
             return None if error.startswith(CACHE_MISS) else error
         if data is None:
@@ -498,19 +683,24 @@ class GolemExecutor:
             )
         task_tar = job.task_dir.parent / f"task-{job.attempt}.tar"
         task_tar.write_bytes(archive.pack(job.task_dir))
-        golem_job = _GolemJob(job, task_tar, time.monotonic())
-        with self._lock:
-            self._jobs = [g for g in self._jobs if not g.finished] + [golem_job]
-
-        def enqueue() -> None:
-            self._slot(job.shard).jobs.put_nowait(golem_job)
-
-        self._loop.call_soon_threadsafe(enqueue)
+        try:
+            header = archive.read_json(job.task_dir / TASK_FILE, TASK_FILE)
+            carries_state = header["state"] != "cache"
+        except (archive.TaskError, KeyError, TypeError):
+            carries_state = False
+        now = time.monotonic()
+        golem_job = _GolemJob(job, task_tar, now, carries_state, waiting_since=now)
+        with self._lock:  # a finished job stays until its verdict: its provider awaits it
+            self._jobs = [g for g in self._jobs if not (g.finished and g.verdict.done())]
+            self._jobs.append(golem_job)
+        self._loop.call_soon_threadsafe(self._route, golem_job)
 
     def wait(self, timeout: float) -> list[Outcome]:
         end = time.monotonic() + timeout
         done: list[Outcome] = []
         while True:
+            if self._fatal:
+                raise archive.OffloadError(self._fatal)
             if self._error is not None:
                 raise archive.OffloadError(
                     f"golem: the requestor stopped: {type(self._error).__name__}: {self._error}"
@@ -530,7 +720,21 @@ class GolemExecutor:
         for golem_job in list(self._jobs):
             if golem_job.finished:
                 continue
-            if golem_job.started is None and now - golem_job.submitted > config.offer_timeout:
+            slot = golem_job.slot
+            waiting = golem_job.started is None and (slot is None or not slot.live)
+            if (
+                golem_job.job.avoid
+                and waiting
+                and now - golem_job.waiting_since > max(config.spare_wait, 1.0)
+            ):
+                self._finish(
+                    golem_job,
+                    False,
+                    f"{NO_OTHER_WORKER}: no provider but {', '.join(sorted(golem_job.job.avoid))} "
+                    "took the "
+                    f"verification run within offload.golem.spare_wait={config.spare_wait:g}s",
+                )
+            elif waiting and now - golem_job.waiting_since > config.offer_timeout:
                 if self.first_agreement is None:
                     raise archive.OffloadError(self._no_provider_message())
                 excluded = f"; {len(self.blocked)} provider(s) excluded" if self.blocked else ""
@@ -557,13 +761,14 @@ class GolemExecutor:
         )
 
     def verdict(self, outcome: Outcome, error: str | None) -> None:
+        """A rejected result excludes its provider, also after a first `None` (verification)."""
         for golem_job in list(self._jobs):
             if golem_job.job is outcome.job and not golem_job.verdict.done():
                 golem_job.verdict.set_result(error)
-                if error is not None and golem_job.provider:
-                    self._loop.call_soon_threadsafe(
-                        self._exclude, golem_job.provider, f"result rejected: {error}"
-                    )
+        if error is not None and outcome.worker:
+            self._loop.call_soon_threadsafe(
+                self._exclude, outcome.worker, f"result rejected: {error}"
+            )
 
     def spent(self) -> Decimal:
         """GLM accepted so far: invoices, plus debit notes of agreements not yet invoiced."""
@@ -584,13 +789,17 @@ class GolemExecutor:
 
     async def _stop(self) -> None:
         """Lets the job end by itself: slots released, activities destroyed, invoices paid."""
-        for slot in self._slots.values():
+        self._stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for slot in [*self._slots.values(), *self._spares]:
             slot.jobs.put_nowait(None)
         if self._source is not None:
             self._source.put_nowait(None)
         if self._consumer is not None:
-            # A slot no provider ever took keeps yapapi's job open: nothing to wait for then.
-            untaken = any(not s.provider and not s.retired for s in self._slots.values())
+            # A slot no provider took is handed, once the others end, to a working provider,
+            # which finds the end of the run in it; with none working, nothing can end it.
+            untaken = not self._live_slots()
             grace = 5 if untaken or self.first_agreement is None else 60
             try:
                 await asyncio.wait_for(asyncio.shield(self._consumer), timeout=grace)

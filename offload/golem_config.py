@@ -48,6 +48,17 @@ class GolemConfig:
     offer_timeout: float = 300.0
     """Seconds a task may wait for a provider to take it (with no agreement at all yet, the run
     fails; later, the attempt fails and is retried)."""
+    spare_wait: float = 30.0
+    """Seconds a shard's task waits for a fresh provider; then a healthy provider that serves
+    another shard takes it too (its worker keeps several shards' client states), so a run
+    needs no more providers than it finds."""
+    verify_fraction: float = 0.0
+    """Fraction of shard tasks per round (drawn from the run's seed) that also run on a second
+    provider; results that differ bring a third run, and the provider outvoted is excluded
+    (needs offload.state_sync_rounds 0: the second provider gets the clients' states)."""
+    verify_tolerance: float = 0.0
+    """Largest |a - b| / (1 + |b|) between two providers' results that still agree (0: they
+    must be bit-identical, right where the providers' CPUs match)."""
     health_interval: float = 20.0
     """Seconds between checks that a working provider's activity still answers; after 3 missed
     checks in a row it counts as lost: its task fails at once and it is excluded."""

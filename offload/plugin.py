@@ -49,6 +49,17 @@ def validate_golem(config: Any) -> None:
         "min_storage_gib",
     ):
         require_positive(f"offload.golem.{name}", getattr(golem, name))
+    require(golem.spare_wait >= 0, "offload.golem.spare_wait", ">= 0", golem.spare_wait)
+    fraction = golem.verify_fraction
+    require(0 <= fraction <= 1, "offload.golem.verify_fraction", "in [0, 1]", fraction)
+    tolerance = golem.verify_tolerance
+    require(tolerance >= 0, "offload.golem.verify_tolerance", ">= 0", tolerance)
+    if fraction > 0 and config.offload.state_sync_rounds != 0:
+        raise ConfigError(
+            f"offload.golem.verify_fraction: {fraction:g} needs offload.state_sync_rounds 0 "
+            f"(not {config.offload.state_sync_rounds}): a second provider can only rerun a "
+            "task that carries its clients' states"
+        )
     for name in ("min_cpu_threads", "max_workers"):
         value = getattr(golem, name)
         require(value >= 1, f"offload.golem.{name}", ">= 1", value)
@@ -161,6 +172,65 @@ def ray_executor(simulator: Any, work_dir: Path, num_shards: int) -> Any:
     )
 
 
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.2f} MiB"
+
+
+def task_sizes(simulator: Any) -> list[str]:
+    """What one round moves per shard: the task up (with and without states) and the result."""
+    from offload.requestor import shard_slices
+    from offload.shapes import result_spec, shard_shapes, spec_bytes, task_spec
+
+    config = simulator.config
+    offload = config.offload
+    slices = shard_slices(simulator.num_participants, offload.shards)
+    sticky = offload.state_sync_rounds > 0 and simulator.num_participants == simulator.num_clients
+    lines = [f"offload: {len(slices)} shard task(s) per round ({offload.executor})"]
+    for n in sorted({s.stop - s.start for s in slices}):
+        shapes = shard_shapes(simulator, n)
+        up = spec_bytes(task_spec(shapes, offload.quantize, "train", "task"))
+        down = spec_bytes(result_spec(shapes, offload.quantize, "train", True))
+        text = f"  a shard of {n} clients: task {_mib(up)} up, result {_mib(down)} down"
+        if sticky:
+            kept = spec_bytes(task_spec(shapes, offload.quantize, "train", "cache"))
+            light = spec_bytes(result_spec(shapes, offload.quantize, "train", False))
+            text += (
+                f"; between state syncs (every {offload.state_sync_rounds} rounds) "
+                f"{_mib(kept)} up, {_mib(light)} down"
+            )
+        lines.append(text)
+    return lines
+
+
+def golem_plan(simulator: Any) -> list[str]:
+    """`jfedrl train --executor golem --dry-run`: task sizes, the market, GLM per round."""
+    from offload.archive import OffloadError
+    from offload.offers import describe_offers, estimate, market_offers
+    from offload.requestor import shard_slices
+
+    config = simulator.config
+    golem = config.offload.golem
+    lines = task_sizes(simulator)
+    try:
+        offers = market_offers(golem, wait=min(10.0, golem.offer_timeout))
+    except OffloadError as error:
+        return [*lines, f"{error} (no offers, no estimate)"]
+    lines += describe_offers(golem, offers)
+    shards = len(shard_slices(simulator.num_participants, config.offload.shards))
+    guess = estimate(offers, shards, golem.task_timeout, golem.budget, golem.max_workers)
+    if guess is None:
+        return [*lines, "golem: no estimate: no provider would take the tasks now"]
+    rounds = "unbounded" if guess.rounds_in_budget < 0 else str(guess.rounds_in_budget)
+    lines.append(
+        f"golem: estimate at most {guess.per_round:.4g} GLM per round ({shards} task(s) of up "
+        f"to offload.golem.task_timeout={golem.task_timeout:g}s on the {guess.providers} "
+        f"cheapest provider(s)) plus {guess.start_fees:.4g} GLM of start fees; "
+        f"offload.golem.budget={golem.budget:g} GLM covers {rounds} round(s), the run has "
+        f"{config.federation.rounds}"
+    )
+    return lines
+
+
 def _make_local(simulator: Any, run_dir: Path) -> Any:
     from offload.requestor import OffloadRunner
 
@@ -191,6 +261,7 @@ GOLEM = ExecutorSpec(
     validate=validate_golem,
     section=GolemConfig,
     summary="Golem Network providers through yapapi (needs a running yagna and YAGNA_APPKEY)",
+    plan=golem_plan,
 )
 
 RAY = ExecutorSpec(
@@ -211,12 +282,43 @@ def add_worker_arguments(parser: argparse.ArgumentParser, serve_help: str) -> No
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jfedrl.cli.app import _add_config_flags
+
     tools = parser.add_subparsers(dest="offload_command", required=True)
     worker = tools.add_parser("worker", help="run one offload task folder")
     add_worker_arguments(worker, "keep running: read task folders from stdin")
+    offers = tools.add_parser(
+        "golem-offers",
+        help="list the Golem offers on the market now that match the run's config "
+        "(image runtime, GPU, memory, subnet, network); spends nothing",
+    )
+    offers.add_argument("--config", help="YAML file with any part of the config tree")
+    offers.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to collect offers (default 10)"
+    )
+    _add_config_flags(offers)
+
+
+def _golem_offers(args: argparse.Namespace) -> int:
+    from jfedrl.cli.app import config_from_args
+    from offload.archive import OffloadError
+    from offload.offers import describe_offers, market_offers
+
+    config = config_from_args(args)
+    if args.wait <= 0:
+        raise ConfigError(f"--wait: must be > 0, got {args.wait:g}")
+    try:
+        offers = market_offers(config.offload.golem, wait=args.wait)
+    except OffloadError as error:
+        print(f"jfedrl: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(describe_offers(config.offload.golem, offers)))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.offload_command == "golem-offers":
+        return _golem_offers(args)
     if not (args.serve or args.serve_dir or (args.input and args.output)):
         print("jfedrl offload worker: error: --input and --output are required", file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ from offload.assemble import assemble, rows_of, set_rows
 from offload.dispatch import Dispatch, Execution
 from offload.executors import Executor
 from offload.shapes import decode_group, encode_group, shard_shapes, strip_params, with_params_jit
+from offload.source import source_hash
 from offload.task import INPUTS_DIR, TASK_FILE, TaskHeader
 
 log = logging.getLogger("jfedrl.offload")
@@ -240,6 +241,16 @@ class OffloadRunner:
         new_state, round_metrics = self._aggregate(state, broadcast, done, clients, metrics)
         self._remember(round_index, broadcast.ids, done, bad, sync)
         round_metrics.update(self._round_metrics(done, bad, sync))
+        if done.verify_runs:
+            log.info(
+                "offload: round %d verification: %d extra run(s), %.1f worker-seconds, "
+                "%d disagreement(s), %d unverified",
+                round_index + 1,
+                done.verify_runs,
+                done.verify_seconds,
+                done.disagreements,
+                done.unverified,
+            )
         round_metrics.update(
             {
                 "offload/quantize_error_sent": np.float32(broadcast.sent_error.relative_error),
@@ -252,6 +263,16 @@ class OffloadRunner:
         extra = getattr(self.executor, "metrics", None)
         if extra is not None:
             round_metrics.update(extra())
+        spent = round_metrics.get("golem/spent")
+        log.info(
+            "offload: round %d in %.1f s (waiting %.1f s for %d attempt(s), %d retried)%s",
+            round_index + 1,
+            time.perf_counter() - start,
+            done.wait_seconds,
+            done.attempts,
+            done.attempts - len(self.slices),
+            "" if spent is None else f"; {float(spent):.6g} GLM spent so far",
+        )
         return new_state, round_metrics
 
     def _broadcast(self, state: FedState) -> _Broadcast:
@@ -343,6 +364,13 @@ class OffloadRunner:
         tasks = len(self.slices)
         since = {name: np.int32(count) for name, count in self._since_record.items()}
         self._since_record = dict.fromkeys(self._since_record, 0)
+        if self._verify_fraction() > 0:
+            since |= {
+                "offload/verify_runs": np.int32(done.verify_runs),
+                "offload/verify_seconds": np.float32(done.verify_seconds),
+                "offload/verify_disagreements": np.int32(done.disagreements),
+                "offload/verify_unverified": np.int32(done.unverified),
+            }
         return since | {
             "offload/tasks": np.int32(tasks),
             "offload/attempts": np.int32(done.attempts),
@@ -379,7 +407,7 @@ class OffloadRunner:
             revert=tuple(self._revert.get(shard, [])) if source == "cache" else (),
             return_state=request.return_state,
             config=self._task_config,
-            versions={"jfedrl": __version__, "jax": jax.__version__},
+            versions={"jfedrl": __version__, "jax": jax.__version__, "source": source_hash()},
             inputs=digest_tree(task_dir, exclude=(TASK_FILE,)),
         )
         return header, task_dir
@@ -392,7 +420,17 @@ class OffloadRunner:
             if not fetch:
                 self._log_stale(shard, "a new worker took its shard")
 
+        fraction = self._verify_fraction() if not fetch else 0.0
+        drawn = set()
+        if fraction > 0:  # reproducible: the run's seed and the round
+            draws = np.random.default_rng([self.config.seed, request.round_index, 25]).random(
+                len(self.slices)
+            )
+            drawn = {int(shard) for shard in np.flatnonzero(draws < fraction)}
+        golem = getattr(self.config.offload, "golem", None)
         return Dispatch(
+            verify=drawn.__contains__,
+            tolerance=getattr(golem, "verify_tolerance", 0.0),
             executor=self.executor,
             write=functools.partial(self._write_task, request),
             shapes=lambda shard: shard_shapes(self.simulator, self._size(shard)),
@@ -404,6 +442,12 @@ class OffloadRunner:
         ).run(plan, self._threads)
 
     # -- helpers
+
+    def _verify_fraction(self) -> float:
+        """`offload.golem.verify_fraction` for a golem run, else 0 (trusted workers)."""
+        if self.config.offload.executor != "golem":
+            return 0.0
+        return float(getattr(self.config.offload.golem, "verify_fraction", 0.0))
 
     def _size(self, shard: int) -> int:
         return self.slices[shard].stop - self.slices[shard].start

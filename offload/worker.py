@@ -67,6 +67,7 @@ from offload.shapes import (
     with_params_jit,
     with_participants,
 )
+from offload.source import stale_image_error, worker_source_hash
 from offload.task import (
     INPUTS_DIR,
     REPORT_FILE,
@@ -96,6 +97,7 @@ def versions() -> dict[str, str]:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
+        "source": worker_source_hash(),
     }
 
 
@@ -251,6 +253,9 @@ class Worker:
     def _run(self, task_dir: Path, out: Path, progress: Progress, hook: FaultHook) -> Report:
         start = time.perf_counter()
         task = TaskHeader.from_json(read_json(task_dir / TASK_FILE, TASK_FILE))
+        stale = stale_image_error(str(task.versions.get("source", "")))
+        if stale is not None:
+            raise TaskError(stale)
         verify_digests(task_dir, task.inputs, exclude=(TASK_FILE,))
         hook("start", task, None)
         _check_shard(task)

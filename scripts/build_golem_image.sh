@@ -9,6 +9,10 @@
 #    with --push-to (needs a registry.golem.network account and token)
 # 4. print the image hash (SHA3-224 of the .gvmi) for --golem.image-hash
 #
+# The image holds the hash of the source it was built from (offload/source.py,
+# checked against the installed files during the build); a requestor whose
+# source differs has its first task refused with "stale image": rebuild then.
+#
 # Needs a running Docker engine and `pip install gvmkit-build`. Not run in CI.
 set -euo pipefail
 
@@ -36,8 +40,9 @@ docker info > /dev/null 2>&1 || { echo "build_golem_image.sh: the Docker engine 
 version=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 image="jfedrl-golem:${version}-${flavour}"
 
-echo "== docker build -f $dockerfile -t $image ."
-docker build -f "$dockerfile" -t "$image" .
+source_hash=$(python3 offload/source.py)
+echo "== docker build -f $dockerfile -t $image . (source hash $source_hash)"
+docker build -f "$dockerfile" --build-arg "JFEDRL_SOURCE_HASH=$source_hash" -t "$image" .
 
 out=$(mktemp -d)
 echo "== gvmkit-build $image (output in $out)"
@@ -52,6 +57,7 @@ hash=$(python3 -c "import hashlib,sys; h=hashlib.sha3_224(); f=open(sys.argv[1],
 echo
 echo "image file: $gvmi"
 echo "image hash: $hash"
+echo "source hash: $source_hash"
 gpu=""
 [ "$flavour" = cuda ] && gpu=" --golem.gpu"
 if [ "$push" = tag ]; then

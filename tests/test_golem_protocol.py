@@ -14,6 +14,7 @@ that it is offered work first, and a healthy one to take over.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -25,6 +26,7 @@ from jfedrl.round.simulator import make_simulator
 from jfedrl.run.outputs import read_metrics
 from jfedrl.run.runner import train
 from offload import OffloadError
+from offload.source import source_hash
 from tests.golemnet import GolemNetwork, Price, ProviderSpec
 from tests.helpers import tiny_config, with_run_dir
 
@@ -48,6 +50,13 @@ def net(tmp_path_factory):
     for fault in FAULTS:
         specs.append(ProviderSpec(fault, behaviour=fault, subnet=f"jf-{fault}", price=CHEAP))
         specs.append(ProviderSpec(f"{fault}-spare", subnet=f"jf-{fault}", price=DEAR))
+    # A provider whose worker returns well-formed, plausible, wrong params, and two honest ones.
+    lie = (("JFEDRL_FAULT", "wrong_params:attempt=*"),)
+    specs.append(ProviderSpec("liar", subnet="jf-verify", price=CHEAP, env=lie))
+    specs += [ProviderSpec(f"honest-{i}", subnet="jf-verify", price=DEAR) for i in "ab"]
+    # A provider whose image was built from other source.
+    stale = (("JFEDRL_SOURCE_HASH", "0" * 16),)
+    specs.append(ProviderSpec("stale", subnet="jf-stale", env=stale))
     with GolemNetwork(tmp_path_factory.mktemp("golemnet"), providers=specs) as network:
         yield network
 
@@ -183,3 +192,152 @@ def test_the_run_stops_at_the_budget(net, tmp_path, monkeypatch):
     assert all(r["golem/spent"] <= budget for r in records)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "golem: paid" in log  # the graceful end ran on the way out
+
+
+def assert_no_key(net, run_dir) -> None:
+    """The app key is in no file the run wrote (its train.log holds every new log line)."""
+    key = net.app_key.encode()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+
+
+def shards_served(provider) -> set[int]:
+    """The shards whose tasks a provider ran (from the task names of its worker requests)."""
+    names = [run[-1] for run in provider.stats["runs"] if "--serve-dir" in " ".join(run)]
+    return {int(m) for text in names for m in re.findall(r"requests/\.(\d{3})-", text)}
+
+
+def test_four_shards_on_two_providers_equal_inprocess(net, tmp_path, monkeypatch):
+    """Fewer providers than shards: after `spare_wait`, the two serve two shards each."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run",
+        "jf-ok",
+        shards=4,
+        rounds=2,
+        **{"federation.num_clients": 8, "offload.golem.spare_wait": 3, "log.rounds_per_block": 2},
+    )
+    result = train(config, quiet=True)
+
+    assert_bit_identical(result.state, inprocess(config))
+    assert [r["offload/tasks_failed"] for r in result.records] == [0, 0]
+    assert [r["offload/clients_lost"] for r in result.records] == [0, 0]
+    providers = [net.provider("ok-a"), net.provider("ok-b")]
+    served = [shards_served(p) for p in providers]
+    assert served[0] | served[1] == {0, 1, 2, 3}, served
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("offload.golem.spare_wait=3s") == 2, "two shards were hosted"
+    assert "no provider took" not in log
+    assert_no_key(net, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_two_providers_one_fails_the_other_serves_both(net, tmp_path, monkeypatch):
+    """The failing provider is excluded; its shard goes to the other within `spare_wait`."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run", "jf-fail", shards=2, rounds=2, **{"offload.golem.spare_wait": 3}
+    )
+    start = time.monotonic()
+    result = train(config, quiet=True)
+    elapsed = time.monotonic() - start
+
+    assert_bit_identical(result.state, inprocess(config))
+    assert [r["offload/tasks_failed"] for r in result.records] == [0, 0]
+    assert result.records[-1]["golem/providers_excluded"] == 1
+    assert shards_served(net.provider("fail-spare")) == {0, 1}
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "no provider took" not in log
+    print(f"2 providers, one failing: 2 rounds in {elapsed:.1f} s")
+    assert elapsed < config.offload.golem.offer_timeout
+
+
+def test_a_provider_returning_wrong_params_is_outvoted(net, tmp_path, monkeypatch):
+    """verify_fraction 1: every task runs twice; the liar's result differs, a third decides."""
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(
+        tmp_path / "run",
+        "jf-verify",
+        rounds=2,
+        **{
+            "offload.state_sync_rounds": 0,
+            "offload.golem.verify_fraction": 1.0,
+            "offload.golem.spare_wait": 3,
+            "offload.golem.max_workers": 3,
+            "log.rounds_per_block": 2,
+        },
+    )
+    result = train(config, quiet=True)
+
+    assert_bit_identical(result.state, inprocess(config))
+    first, second = result.records
+    assert first["offload/verify_disagreements"] == 1 and first["offload/verify_runs"] == 2
+    assert second["offload/verify_disagreements"] == 0 and second["offload/verify_runs"] == 1
+    assert first["offload/verify_seconds"] > 0
+    assert second["golem/providers_excluded"] == 1
+    liar = net.provider("liar")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"{liar.node_id} outvoted and its result discarded" in log
+    assert f"golem: excluding provider {liar.node_id}" in log
+    assert worker_runs(liar) == 1
+    assert_no_key(net, tmp_path / "run")
+
+
+def test_a_stale_image_fails_the_first_task_in_one_line(net, tmp_path, monkeypatch):
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    config = golem_config(tmp_path / "run", "jf-stale", rounds=2)
+    with pytest.raises(OffloadError) as caught:
+        train(config, quiet=True)
+    message = str(caught.value)
+    assert message.startswith("golem: stale image: the worker runs jfedrl source 0000000000000000")
+    assert source_hash() in message and "scripts/build_golem_image.sh" in message
+    assert "\n" not in message
+    assert worker_runs(net.provider("stale")) == 1, "the first task ends the run"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run")
+    assert_no_key(net, tmp_path / "run")
+
+
+def test_golem_offers_lists_the_matching_providers_and_dry_run_estimates(
+    net, tmp_path, monkeypatch, capsys
+):
+    """What a user sees before paying: the offers for the run's demand, and GLM per round."""
+    from jfedrl import cli
+
+    for key, value in net.requestor_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    base = ["--golem.subnet", "jf-ok", "--golem.min-cpu-threads", "1"]
+    assert cli.main(["offload", "golem-offers", *base, "--wait", "6"]) == 0
+    out = capsys.readouterr().out
+    providers = [net.provider("ok-a"), net.provider("ok-b")]
+    assert out.startswith("golem: 2 provider(s) offer")
+    spec = providers[0].spec
+    for provider in providers:
+        (row,) = [line for line in out.splitlines() if provider.node_id in line]
+        cells = row.split()
+        assert cells[1] == provider.name and int(cells[2]) == spec.cpu_threads
+        assert float(cells[5]) == pytest.approx(spec.price.start)
+        assert float(cells[6]) == pytest.approx(spec.price.per_hour)
+    # The demand is the run's: more memory than they offer, or a GPU, matches none.
+    assert cli.main(["offload", "golem-offers", *base, "--golem.min-mem-gib", "64"]) == 0
+    assert capsys.readouterr().out.startswith("golem: no offer matches")
+    assert cli.main(["offload", "golem-offers", *base, "--golem.gpu", "--wait", "3"]) == 0
+    assert capsys.readouterr().out.startswith("golem: no offer matches")
+
+    flags = ["--executor", "golem", "--golem.image-hash", "0" * 56, "--clients", "4"]
+    flags += ["--shards", "2", "--rounds", "50", "--golem.offer-timeout", "6", *base]
+    assert cli.main(["train", "--no-progress", "--dry-run", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "offload: 2 shard task(s) per round (golem)" in out
+    assert "a shard of 2 clients: task" in out
+    task = 600.0 / 3600  # offload.golem.task_timeout, hours
+    per_task = spec.price.per_hour * task + spec.price.per_cpu_sec * 3600 * task * 4
+    rounds = int((1.0 - 2 * spec.price.start) // (2 * per_task))
+    assert f"estimate at most {2 * per_task:.4g} GLM per round" in out
+    assert f"covers {rounds} round(s), the run has 50" in out
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing

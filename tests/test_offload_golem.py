@@ -338,3 +338,72 @@ def test_no_provider_fails_the_round_and_the_run_resumes_locally(
     resumed = train(resume_config(run_dir, local), resume=True, quiet=True)
     assert [r["round"] for r in resumed.records] == [1, 2]
     assert resumed.records[-1]["offload/clients_lost"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--golem.spare-wait", "-1"], "offload.golem.spare_wait"),
+        (["--golem.verify-fraction", "1.5"], "offload.golem.verify_fraction"),
+        (["--golem.verify-fraction", "0.5"], "offload.golem.verify_fraction"),  # sticky states
+        (["--golem.verify-tolerance", "-1"], "offload.golem.verify_tolerance"),
+    ],
+)
+def test_bad_spare_and_verify_settings_fail_in_one_line(
+    flags, field, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(
+        ["train", "--no-progress", "--executor", "golem", "--golem.image-hash", "ab", *flags]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(f"jfedrl: error: {field}:"), error
+    assert len(error.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_agree_bit_exact_or_within_the_tolerance():
+    from offload.dispatch import agree
+
+    a = {"params/w": np.array([1.0, -2.0, np.nan], np.float32), "n": np.array([3])}
+    assert agree(a, {k: v.copy() for k, v in a.items()})
+    nudged = dict(a, **{"params/w": (a["params/w"] * (1 + 1e-3)).astype(np.float32)})
+    assert not agree(a, nudged)
+    assert agree(a, nudged, tolerance=2e-3) and not agree(a, nudged, tolerance=1e-4)
+    assert not agree(a, dict(a, n=np.array([4])), tolerance=1.0)  # integers stay exact
+    assert not agree(a, {"params/w": a["params/w"]})
+
+
+def test_wrong_params_fault_is_plausible():
+    from offload.faults import hook_for
+
+    params = {"w": np.linspace(-1, 1, 5, dtype=np.float32)}
+    wrong = hook_for("wrong_params:attempt=*")("params", {"shard": 0, "attempt": 3}, params)
+    assert wrong["w"].dtype == np.float32 and np.all(np.isfinite(wrong["w"]))
+    assert not np.array_equal(wrong["w"], params["w"])
+    np.testing.assert_allclose(wrong["w"], params["w"], rtol=2e-3)
+
+
+def test_the_worker_refuses_a_task_of_other_source(monkeypatch):
+    from offload.source import ENV_VAR, source_hash, stale_image_error, worker_source_hash
+
+    assert worker_source_hash() == source_hash()
+    assert stale_image_error(source_hash()) is None and stale_image_error("") is None
+    monkeypatch.setenv(ENV_VAR, "f" * 16)  # what an image built from other source holds
+    error = stale_image_error(source_hash())
+    assert error.startswith(f"stale image: the worker runs jfedrl source {'f' * 16}")
+    assert source_hash() in error and "offload.golem.image_hash" in error
+
+
+def test_the_source_hash_covers_every_package_file(tmp_path):
+    from offload.source import PACKAGES, source_hash
+
+    for package in PACKAGES:
+        (tmp_path / package / "sub").mkdir(parents=True)
+        (tmp_path / package / "sub" / "m.py").write_text("x = 1\n")
+    before = source_hash(tmp_path)
+    (tmp_path / "envs" / "sub" / "m.py").write_text("x = 2\n")
+    assert source_hash(tmp_path) != before
+    (tmp_path / "envs" / "sub" / "m.py").write_text("x = 1\n")
+    (tmp_path / "envs" / "notes.txt").write_text("not source")
+    assert source_hash(tmp_path) == before

@@ -466,6 +466,9 @@ def _dry_run(config: Config) -> int:
     from jfedrl.run import devices
 
     simulator = make_simulator(config)
+    plan = plugins.executor(config.offload.executor).plan
+    for line in plan(simulator) if plan is not None else ():  # spends nothing
+        print(line)
     state = jax.eval_shape(simulator.init, jax.random.PRNGKey(config.seed))
     rounds = min(config.log.rounds_per_block, config.federation.rounds)
     compiled = Simulator.run_block.lower(simulator, state, rounds).compile()

@@ -69,6 +69,11 @@ class ProviderSpec:
             (0: none).
         subnet: its `golem.node.debug.subnet` if not the network's, so that one
             network can hold providers that only some requestors see.
+        max_agreements: most agreements it holds at once (a ya-provider whose one
+            preset offers all its resources holds one); further proposals and
+            agreements are rejected until one ends.
+        env: extra environment of its exe-units' commands (e.g. `JFEDRL_FAULT`, so
+            that one provider's worker returns wrong results).
     """
 
     name: str
@@ -79,6 +84,8 @@ class ProviderSpec:
     cpu_threads: int = 4
     debit_note_interval: float = 0.0
     subnet: str | None = None
+    max_agreements: int = 1
+    env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.behaviour not in BEHAVIOURS:
@@ -118,6 +125,7 @@ class ProviderAgent:
             invoices=[],
             debit_notes=[],
             terminations={},
+            rejected=0,
             errors=[],
             died=False,
         )
@@ -232,11 +240,27 @@ class ProviderAgent:
                 elif kind == "ProposalRejectedEvent":
                     self.note("proposal rejected: %s", event.get("reason"))
 
+    def busy(self) -> bool:
+        """Whether it holds `max_agreements` agreements not yet terminated."""
+        with self.lock:
+            active = set(self._stats["agreements"]) - set(self._stats["terminations"])
+        return len(active) >= self.spec.max_agreements
+
     def counter(self, proposal: dict) -> None:
         proposal_id = proposal["proposalId"]
         if proposal_id in self.countered:
             return
         self.countered.add(proposal_id)
+        if self.busy():
+            self.api(
+                "POST",
+                f"/market-api/v1/offers/{self.subscription}/proposals/{proposal_id}/reject",
+                {"message": "busy: no free resources", "golem.proposal.code": "Busy"},
+            )
+            with self.lock:
+                self._stats["rejected"] += 1
+            self.note("rejected proposal %s: busy", proposal_id)
+            return
         answer = self.api(
             "POST",
             f"/market-api/v1/offers/{self.subscription}/proposals/{proposal_id}",
@@ -248,6 +272,16 @@ class ProviderAgent:
 
     def approve(self, agreement: dict) -> None:
         agreement_id = agreement["agreementId"]
+        if self.busy():
+            self.api(
+                "POST",
+                f"/market-api/v1/agreements/{agreement_id}/reject",
+                {"message": "busy: no free resources", "golem.proposal.code": "Busy"},
+            )
+            with self.lock:
+                self._stats["rejected"] += 1
+            self.note("rejected agreement %s: busy", agreement_id)
+            return
         with self.lock:
             self.agreements[agreement_id] = agreement
         self.api("POST", f"/market-api/v1/agreements/{agreement_id}/approve?timeout=10", None, 20)
@@ -309,6 +343,7 @@ class ProviderAgent:
             provider_dir=str(self.root),
             provider_tag=self.tag,
             kill_pids=[self.daemon.process.pid] if self.daemon.process else [],
+            env=dict(self.spec.env),
         )
         config_path = directory / "exeunit.json"
         config_path.write_text(json.dumps(config))

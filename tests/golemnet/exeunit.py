@@ -282,6 +282,7 @@ class ExeUnit:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
         env["GOLEMNET_ACTIVITY"] = self.activity_id
         env["GOLEMNET_PROVIDER"] = self.config.get("provider_tag", "")
+        env.update(self.config.get("env") or {})
         out_path, err_path = self.root / "run.stdout", self.root / "run.stderr"
         start_cpu = os.times()
         # Output goes to files, not pipes: a background child keeping a pipe open

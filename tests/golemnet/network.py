@@ -151,6 +151,24 @@ class GolemNetwork:
         self.startup_seconds = time.monotonic() - began
         log.info("golemnet up in %.1f s", self.startup_seconds)
 
+    def add_provider(self, spec: ProviderSpec) -> Provider:
+        """Starts one more provider while the network runs (a provider joining the market)."""
+        if any(p.name == spec.name for p in self.providers):
+            raise ValueError(f"provider names must be unique: {spec.name}")
+        assert self.router is not None
+        tag = f"{self._tag}-{spec.name}"
+        daemon = self._daemon(
+            f"p-{spec.name}",
+            f"127.0.0.1:{self.router.gsb_port}",
+            dict(PROVIDER_DAEMON_ENV, GOLEMNET_PROVIDER=tag),
+        )
+        provider = Provider(spec, daemon.start(), self.root / spec.name, tag)
+        self.providers.append(provider)
+        daemon.wait_ready(self.ready_timeout)
+        provider.agent = ProviderAgent(spec, daemon, self.subnet, provider.root, tag)
+        provider.agent.start()
+        return provider
+
     def close(self) -> None:
         for provider in self.providers:
             try:
