@@ -25,6 +25,7 @@ from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.fields import Facts, facts_of, param
 
 _SYSTEM_REASON = "switches system heterogeneity on in Python"
+_HOLDOUT_REASON = "sets the number of training clients (a shape)"
 
 #: `federation.on_rejected_aggregate`: what a round with a non-finite aggregate does.
 REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
@@ -176,6 +177,13 @@ class FederationConfig:
     on_rejected_aggregate: str = "warn"
     """A round whose aggregate is not finite keeps the previous global params; `warn`:
     log it and go on, `stop`: fail the run there (its last checkpoint is intact)."""
+    holdout: int = param(0, static_reason=_HOLDOUT_REASON)
+    """Held-out clients: the last `holdout` of the `num_clients` never train (never sampled,
+    never aggregated) but draw their envs like the others and are evaluated under the global
+    policy every block (`eval/holdout/*`; docs/personalization.md). 0: none."""
+    holdout_fraction: float = param(0.0, static_reason=_HOLDOUT_REASON)
+    """The held-out clients as a fraction in [0, 1) of `num_clients` (rounded, at least 1
+    when > 0); instead of `holdout`, not with it."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,10 @@ class LogConfig:
     """Rounds per jitted block; the host logs, evaluates and checkpoints between blocks."""
     eval_episodes: int = 4
     """Episodes per client environment when evaluating the global policy."""
+    eval_personal: str = "auto"
+    """Also evaluate each client's personalized policy every block (`eval/personal/*`,
+    `eval/gap`; docs/personalization.md): `on`, `off`, or `auto` (on with a personalization
+    method or the `local_only` strategy). It costs a second evaluation pass."""
     checkpoint_every: int = 1
     """Checkpoint every N blocks (the last block is always checkpointed)."""
     keep_checkpoints: int = 3
@@ -346,10 +358,22 @@ def resolve_schedule(config: Config) -> Config:
     )
 
 
+def holdout_clients(fed: FederationConfig) -> int:
+    """How many clients are held out (`federation.holdout` or `holdout_fraction`)."""
+    if fed.holdout_fraction > 0:
+        return max(1, round(fed.holdout_fraction * fed.num_clients))
+    return fed.holdout
+
+
+def training_clients(fed: FederationConfig) -> int:
+    """How many clients may train: the first `num_clients - holdout` (a static count)."""
+    return fed.num_clients - holdout_clients(fed)
+
+
 def participants_per_round(fed: FederationConfig) -> int:
-    """How many clients train each round (a static shape)."""
+    """How many clients train each round (a static shape), out of the training clients."""
     if fed.participation <= 1.0:
-        return max(1, round(fed.participation * fed.num_clients))
+        return max(1, round(fed.participation * training_clients(fed)))
     return int(fed.participation)
 
 

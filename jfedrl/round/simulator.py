@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from jfedrl import algorithms, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
-from jfedrl.config import Config, participants_per_round
+from jfedrl.config import Config, participants_per_round, training_clients
 from jfedrl.round.aggregation import component_where, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
 from jfedrl.round.layout import ClientLayout
@@ -81,6 +81,13 @@ class Simulator:
     @property
     def num_clients(self) -> int:
         return self.config.federation.num_clients
+
+    @property
+    def training_clients(self) -> int:
+        """The clients that may train: the first `num_clients - holdout` (held-out clients
+        are the last ones; `jfedrl.round.evaluation`).
+        """
+        return training_clients(self.config.federation)
 
     @property
     def padded_participants(self) -> int:
@@ -194,9 +201,10 @@ class Simulator:
             steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
         else:
             steps = counts.astype(jnp.float32) * float(self.algorithm.env_steps_per_update)
+        steps = steps[: self.training_clients]  # held-out clients are never sampled
         sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
         ids = sample_participants(
-            key_sample, self.num_clients, self.num_participants, sampling_weights
+            key_sample, self.training_clients, self.num_participants, sampling_weights
         )
         layout = self.layout
         ids, valid = layout.pad(ids)
@@ -223,6 +231,8 @@ class Simulator:
             periods = self.algorithm.aggregation_periods
             broadcast = component_where(periods, state.round, broadcast, local)
             broadcast_axis = 0
+        if self.strategy.local_only:  # no federation: every client keeps its own params
+            broadcast, broadcast_axis = jax.vmap(self.algorithm.get_params)(before), 0
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, broadcast_axis))(
             before, broadcast
         )
