@@ -44,7 +44,9 @@ class EnvConfig:
     """Episode time limit in steps (0: the environment's own limit)."""
     variant: str = param("default", alias="variant")
     """Client heterogeneity: `default` (all identical), `random` (each tunable param
-    uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018."""
+    uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018;
+    `clustered`, `clustered3`, `clustered4`: 2-4 groups of clearly different dynamics
+    (docs/environments.md)."""
     ranges: dict[str, Any] = field(default_factory=dict)
     """Per-parameter `[low, high]` (or a list of such intervals) that override the
     variant's ranges, e.g. `{length: [0.3, 0.9]}`."""

@@ -76,15 +76,16 @@ def holdout_ids(config: Config) -> np.ndarray:
     return np.arange(training_clients(fed), fed.num_clients)
 
 
-def personal_params(simulator: Any, state: FedState) -> Any:
+def personal_params(simulator: Any, state: FedState, key: jax.Array) -> Any:
     """Every client's personalized params, stacked `[C, ...]` (pure, jittable).
 
-    The simulator's own `personal_params(state)` where it has one (the
-    personalization methods), else each client's last local params.
+    The simulator's own `personal_params(state, key)` where it has one (the
+    personalization methods; `key` for those that adapt at evaluation, as
+    fine-tuning does), else each client's last local params.
     """
     own = getattr(simulator, "personal_params", None)
     if own is not None:
-        return own(state)
+        return own(state, key)
     return jax.vmap(simulator.algorithm.get_params)(state.clients)
 
 
@@ -102,7 +103,7 @@ def evaluate_personal(simulator: Any, state: FedState, key: jax.Array) -> jax.Ar
         simulator.algorithm.act,
         keys,
         env_params,
-        personal_params(simulator, state),
+        personal_params(simulator, state, jax.random.fold_in(key, 1)),
         params_axis=0,
         episodes=simulator.config.log.eval_episodes,
         max_steps=simulator.envs.max_episode_steps,

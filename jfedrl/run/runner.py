@@ -185,6 +185,9 @@ class InProcessRunner:
         # default would be another cache entry, and the evaluation would compile twice.
         evaluate = simulator.evaluate
         self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape, False).compile())
+        if evaluation.eval_personal(simulator.config):  # the personalized pass, likewise
+            personal = evaluation.evaluate_personal
+            self._threads.submit(lambda: personal.lower(simulator, state, key_shape).compile())
 
     def memory_estimate_ahead(self, num_rounds: int) -> devices.MemoryEstimate | None:
         """XLA's memory analysis of the block compiled ahead (waits for it; None if none)."""

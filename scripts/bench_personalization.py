@@ -1,0 +1,290 @@
+"""Personalization and generalization: methods x tasks x evaluation protocols, multi-seed.
+
+For every task (a clustered variant: client groups of clearly different dynamics,
+docs/environments.md) and every method, one `jfedrl sweep` of N seeds (vmapped in
+one program) trains with held-out clients and the personalized evaluation on, and
+the final values of the protocols (docs/personalization.md) are summarised per
+method by the IQM over seeds with a stratified-bootstrap 95 % CI
+(`jfedrl.experiments.compare`):
+
+- (a) `eval/global/*`: the global policy on each training client's env;
+- (b) `eval/personal/*`: each client's personalized policy on its own env;
+- (c) `eval/holdout/*`: the held-out clients under the global policy;
+- (d) `eval/gap`: (b) - (a); worst-client and 10th-percentile columns of each.
+
+Methods: fedavg, fedprox, local_only (no federation: the `local_only` strategy) and
+the personalization methods selected by `personal.name` (fedper, ditto, finetune =
+"fedavg + FT", ifca). A method the installed jfedrl does not offer (no `personal`
+section, or a name it refuses) is skipped, and the report says so. Wall time is
+recorded per sweep (compilation included).
+
+Writes bench/personalization.md and .json (`--out`):
+
+    python -m scripts.bench_personalization                      # the full table
+    python -m scripts.bench_personalization --methods fedavg local_only --tasks cartpole
+    python -m scripts.bench_personalization --quick --out /tmp/p   # a minute: the plumbing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scripts import benchlib
+
+#: Method -> the config fields that select it (over the task's base).
+METHODS: dict[str, dict[str, Any]] = {
+    "fedavg": {"strategy.name": "fedavg"},
+    "fedprox": {"strategy.name": "fedprox"},
+    "fedper": {"strategy.name": "fedavg", "personal.name": "fedper"},
+    "ditto": {"strategy.name": "fedavg", "personal.name": "ditto"},
+    "fedavg+ft": {"strategy.name": "fedavg", "personal.name": "finetune"},
+    "ifca": {"strategy.name": "fedavg", "personal.name": "ifca"},
+    "local_only": {"strategy.name": "local_only"},
+}
+
+#: Task -> its env fields. Both are clustered variants (`envs.variants.CLUSTERED`).
+TASKS: dict[str, dict[str, Any]] = {
+    "cartpole-clustered": {"env.name": "CartPole-v1", "env.variant": "clustered"},
+    "acrobot-clustered": {"env.name": "Acrobot-v1", "env.variant": "clustered"},
+}
+
+#: The budget of a full run (per seed), and of `--quick`.
+FULL = {
+    "federation.num_clients": 10,
+    "federation.holdout": 2,
+    "federation.rounds": 16,
+    "federation.local_updates": 4,
+    "log.rounds_per_block": 4,
+    "log.eval_episodes": 2,
+}
+QUICK = {
+    "federation.num_clients": 4,
+    "federation.holdout": 1,
+    "federation.rounds": 1,
+    "federation.local_updates": 1,
+    "algo.ppo.num_envs": 2,
+    "algo.ppo.num_steps": 8,
+    "algo.ppo.num_minibatches": 1,
+    "algo.ppo.update_epochs": 1,
+    "algo.ppo.hidden_sizes": [8],
+    "env.max_episode_steps": 20,
+    "log.rounds_per_block": 1,
+    "log.eval_episodes": 1,
+}
+COMMON = {
+    "log.eval_personal": "on",
+    "log.tensorboard": False,
+    "log.plot": False,
+    "log.progress": False,
+}
+
+#: The report's columns: (metric key, header).
+COLUMNS = (
+    ("eval/global/mean", "(a) global"),
+    ("eval/global/worst", "(a) worst"),
+    ("eval/global/p10", "(a) p10"),
+    ("eval/personal/mean", "(b) personal"),
+    ("eval/personal/worst", "(b) worst"),
+    ("eval/personal/p10", "(b) p10"),
+    ("eval/holdout/mean", "(c) held-out"),
+    ("eval/holdout/worst", "(c) worst"),
+    ("eval/holdout/p10", "(c) p10"),
+    ("eval/gap", "(d) gap b-a"),
+)
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}` (a sweep file's `base`)."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def unavailable(fields: dict[str, Any]) -> str:
+    """Why this jfedrl cannot run a method's `fields` ("" if it can): checked, not guessed."""
+    from jfedrl.config import FACTS, Config
+    from jfedrl.schema.checks import ConfigError
+    from jfedrl.schema.convert import override
+    from jfedrl.validation import validate
+
+    missing = [path for path in fields if path not in FACTS]
+    if missing:
+        return f"no config field {', '.join(missing)} in this jfedrl"
+    try:
+        validate(override(Config(), fields))
+    except ConfigError as error:
+        return str(error)
+    return ""
+
+
+def run_method(
+    task: str, method: str, base: dict[str, Any], seeds: int, out: Path
+) -> dict[str, Any]:
+    """One sweep (N seeds of one setup, one vmapped program); its runs and wall time."""
+    from jfedrl.experiments.compare import find_runs
+    from jfedrl.experiments.sweep import run_sweep
+
+    sweep_dir = out / task / method
+    sweep_file = out / task / f"{method}.yaml"
+    sweep_file.parent.mkdir(parents=True, exist_ok=True)
+    data = {"name": f"{task}-{method}", "base": nested(base), "setups": [{}], "seeds": seeds}
+    sweep_file.write_text(yaml.safe_dump(data))
+    start = time.perf_counter()
+    result = run_sweep(sweep_file, sweep_dir, progress=False, quiet=True)
+    seconds = time.perf_counter() - start
+    return {"runs": find_runs(result.run_dirs), "wall_seconds": seconds}
+
+
+def summarise(runs: dict[str, list[Any]], reps: int) -> dict[str, dict[str, Any]]:
+    """Per method: each column's IQM [95 % CI] over seeds, and the seeds' raw finals."""
+    from jfedrl.experiments.compare import eval_curve, protocol_stats
+
+    stats = protocol_stats(runs, reps=reps)
+    out: dict[str, dict[str, Any]] = {}
+    for method, members in runs.items():
+        cells = {}
+        for metric, _ in COLUMNS:
+            interval = stats.get(method, {}).get(metric)
+            if interval is None:
+                continue
+            finals = [float(eval_curve(r.records, metric)[1][-1]) for r in members]
+            cells[metric] = {
+                "iqm": interval.value,
+                "low": interval.low,
+                "high": interval.high,
+                "finals": finals,
+            }
+        out[method] = cells
+    return out
+
+
+def _cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{cell['iqm']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """bench/personalization.md from the report."""
+    facts = report["machine"]
+    lines = [
+        "# Personalization and held-out clients: methods x clustered tasks",
+        "",
+        f"{facts['date'][:10]}, {benchlib.describe(facts)}. `{report['command']}`.",
+        "",
+        f"Per run: {report['budget']}. {report['seeds']} seeds per method and task (one "
+        "`jfedrl sweep` each, seeds vmapped in one program). Cells: IQM of the final value over "
+        "the seeds [95 % stratified-bootstrap CI] (`jfedrl.experiments.compare`). Columns: "
+        "(a) global policy on the training clients' own envs, (b) each client's personalized "
+        "policy on its own env (without a personalization method: the client's last local "
+        "params), (c) held-out clients under the global policy, (d) gap = (b) - (a); `worst` "
+        "is the worst client, `p10` the 10th percentile over clients "
+        "(docs/personalization.md).",
+        "",
+    ]
+    for task, methods in report["tasks"].items():
+        lines += [f"## {task}", "", f"`{report['task_fields'][task]}`", ""]
+        rows = []
+        for method, entry in methods.items():
+            if "skipped" in entry:
+                continue
+            cells = entry["metrics"]
+            rows.append(
+                [method]
+                + [_cell(cells.get(metric)) for metric, _ in COLUMNS]
+                + [f"{entry['wall_seconds']:.0f}"]
+            )
+        header = ["method"] + [name for _, name in COLUMNS] + ["sweep wall s"]
+        lines += [*benchlib.table(header, rows), ""]
+        skipped = {m: e["skipped"] for m, e in methods.items() if "skipped" in e}
+        for method, why in skipped.items():
+            lines.append(f"- not measured: **{method}**: {why}")
+        if skipped:
+            lines.append("")
+    if report.get("notes"):
+        lines += ["## What this shows", "", *report["notes"], ""]
+    lines += [
+        "Wall time: each sweep's whole time, compilation included, on a machine shared with "
+        "other jobs. " + benchlib.load_note(benchlib.load_averages(facts)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from jfedrl.run.startup import prepare_process
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=0, help="override the budget's rounds")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget: tests the plumbing")
+    parser.add_argument("--out", default=str(benchlib.BENCH / "personalization"))
+    parser.add_argument("--work", default="", help="keep the sweep folders here (default: temp)")
+    args = parser.parse_args(argv)
+    prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
+    budget = dict(QUICK if args.quick else FULL)
+    if args.rounds:
+        budget["federation.rounds"] = args.rounds
+    if args.quick:
+        args.seeds = min(args.seeds, 2)
+        args.reps = min(args.reps, 200)
+    facts = benchlib.machine()
+    report: dict[str, Any] = {
+        "machine": facts,
+        "command": "python -m scripts.bench_personalization "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "seeds": args.seeds,
+        "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
+        "task_fields": {t: ", ".join(f"{k}={v}" for k, v in TASKS[t].items()) for t in args.tasks},
+        "tasks": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        for task in args.tasks:
+            entries: dict[str, Any] = {}
+            runs: dict[str, list[Any]] = {}
+            for method in args.methods:
+                fields = {**TASKS[task], **budget, **COMMON, **METHODS[method]}
+                why = unavailable(fields)
+                if why:
+                    entries[method] = {"skipped": why}
+                    print(f"{task} {method}: skipped: {why}", flush=True)
+                    continue
+                done = run_method(task, method, fields, args.seeds, work)
+                runs[method] = done["runs"]
+                entries[method] = {"wall_seconds": done["wall_seconds"]}
+                print(f"{task} {method}: {done['wall_seconds']:.0f} s", flush=True)
+            for method, cells in summarise(runs, args.reps).items():
+                entries[method]["metrics"] = cells
+            report["tasks"][task] = entries
+    report["machine"] = benchlib.finish(facts)
+    benchlib.write_report(Path(args.out), report, markdown(report))
+    return report
+
+
+def add_notes(path: str | Path, notes: list[str]) -> None:
+    """Adds the reader's conclusions (`## What this shows`) to a written report and
+    rewrites its markdown: the numbers stay the measured ones."""
+    path = Path(path)
+    report = json.loads(Path(f"{path}.json").read_text())
+    report["notes"] = notes
+    benchlib.write_report(path, report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
