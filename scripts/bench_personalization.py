@@ -57,9 +57,9 @@ TASKS: dict[str, dict[str, Any]] = {
 
 #: The budget of a full run (per seed), and of `--quick`.
 FULL = {
-    "federation.num_clients": 10,
-    "federation.holdout": 2,
-    "federation.rounds": 16,
+    "federation.num_clients": 20,
+    "federation.holdout": 4,
+    "federation.rounds": 24,
     "federation.local_updates": 4,
     "log.rounds_per_block": 4,
     "log.eval_episodes": 2,

@@ -12,7 +12,7 @@ reports, as columns of the same metrics record:
 (c) the held-out clients (`federation.holdout`: clients that never train, their
     envs drawn like the others') under the global policy: `eval/holdout/*`, and
     under their personalized policy where the personalization method adapts an
-    unseen client (fine-tuning, IFCA's cluster choice): `eval/holdout/personal/*`;
+    unseen client (fine-tuning): `eval/holdout/personal/*`;
 (d) the personalization gap (b) - (a) over the training clients: `eval/gap`, and
     the fraction of training clients the personalized policy serves better,
     `eval/gap/improved`.
@@ -46,10 +46,10 @@ from jfedrl.round.state import FedState
 #: `log.eval_personal` values.
 EVAL_PERSONAL = ("auto", "on", "off")
 #: Personalization methods (`personal.name`) whose personalized policy is meaningful on a
-#: client that never trained: fine-tuning adapts the global policy on the client's env, IFCA
-#: picks the cluster model that does best there. FedPer's and Ditto's personal parts of a
-#: held-out client are untrained.
-ADAPTS_UNSEEN = ("finetune", "ifca")
+#: client that never trained: fine-tuning adapts the global policy on the client's env.
+#: FedPer's and Ditto's personal parts of a held-out client are untrained, and IFCA's
+#: held-out client has chosen no cluster.
+ADAPTS_UNSEEN = ("finetune",)
 
 
 def personal_method(config: Config) -> str:
