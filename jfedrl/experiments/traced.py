@@ -69,7 +69,7 @@ def simulator_with(simulator: Any, values: Mapping[str, Any]) -> Any:
             traced,
             algorithms.make(traced, env, env_params),
             lambda c: algorithms.make(c, env, env_params),
-            env_params,
+            simulator.envs,
         )
         strategy = strategies.make(traced.strategy, num_clients=simulator.padded_participants)
         strategy = personal.wrap_strategy(traced, strategy)

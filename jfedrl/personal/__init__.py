@@ -37,20 +37,20 @@ def _spec(config: Any) -> PersonalSpec:
     return get(config.personal.name)
 
 
-def wrap_algorithm(config: Any, algorithm: Any, build: Any, env_params: Any) -> Any:
+def wrap_algorithm(config: Any, algorithm: Any, build: Any, envs: Any) -> Any:
     """The local learner under `config.personal` (`algorithm` itself for `none`).
 
     Args:
         config: the whole config.
         algorithm: the algorithm `jfedrl.algorithms.make` built.
         build: `config -> Algorithm` for the same environment (another learner).
-        env_params: the environment's default params (for the params' shapes).
+        envs: the run's `ClientEnvs` (the environment, its defaults, its episode length).
 
     Raises:
         ConfigError: the method does not fit the algorithm's params (FedPer's pattern).
     """
     hook = _spec(config).wrap_algorithm
-    return algorithm if hook is None else resolve(hook)(config, algorithm, build, env_params)
+    return algorithm if hook is None else resolve(hook)(config, algorithm, build, envs)
 
 
 def wrap_strategy(config: Any, strategy: Any) -> Any:

@@ -53,14 +53,14 @@ def validate(config: Any) -> None:
     )
 
 
-def wrap(config: Any, algorithm: Algorithm, build: Any, env_params: Any) -> Algorithm:
+def wrap(config: Any, algorithm: Algorithm, build: Any, envs: Any) -> Algorithm:
     """`algorithm` with a Ditto personal model in every client's state.
 
     Args:
         config: the whole config (`personal.ditto.lam`).
         algorithm: the learner of the global model.
         build: `config -> Algorithm`, to build the personal learner with `prox_mu` = lambda.
-        env_params: unused (the signature of every wrap hook).
+        envs: unused (the signature of every wrap hook).
     """
     from jfedrl.algorithms import with_fedprox
 

@@ -57,7 +57,7 @@ def validate_fedper(config: Any) -> None:
         ) from None
 
 
-def fedper_algorithm(config: Any, algorithm: Algorithm, build: Any, env_params: Any) -> Algorithm:
+def fedper_algorithm(config: Any, algorithm: Algorithm, build: Any, envs: Any) -> Algorithm:
     """`algorithm` with FedPer's local layers (`Algorithm.local_params`).
 
     Raises:
@@ -65,7 +65,7 @@ def fedper_algorithm(config: Any, algorithm: Algorithm, build: Any, env_params: 
     """
     pattern = config.personal.fedper.local
     params = jax.eval_shape(
-        lambda: algorithm.get_params(algorithm.init(jax.random.key(0), env_params))
+        lambda: algorithm.get_params(algorithm.init(jax.random.key(0), envs.default_params))
     )
     kinds = jax.tree.leaves(leaf_periods((), params, pattern))
     paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]

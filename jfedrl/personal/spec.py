@@ -20,10 +20,10 @@ class PersonalSpec:
 
     Attributes:
         name: the `personal.name` value that selects it; its section is `personal.<name>`.
-        wrap_algorithm: `(config, algorithm, build, env_params) -> Algorithm`: the local
+        wrap_algorithm: `(config, algorithm, build, envs) -> Algorithm`: the local
             learner the round runs (`build(config)` builds another algorithm for
-            `config`, e.g. Ditto's personal learner; `env_params` are the env's
-            defaults, for shapes); None: the algorithm as it is.
+            `config`, e.g. Ditto's personal learner; `envs` is the run's
+            `ClientEnvs`); None: the algorithm as it is.
         wrap_strategy: `(config, strategy) -> Strategy`: the server's rule (IFCA's
             per-cluster aggregate); None: the strategy as it is.
         personal_params: `(simulator, state, key) -> params [C, ...]`: each client's

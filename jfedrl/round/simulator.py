@@ -381,7 +381,7 @@ def make_simulator(config: Config) -> Simulator:
         config,
         algorithms.make(config, client_envs.env, client_envs.default_params),
         partial(algorithms.make, env=client_envs.env, env_params=client_envs.default_params),
-        client_envs.default_params,
+        client_envs,
     )
     devices = jax.devices()  # every process's devices under jax.distributed
     mesh = Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None
