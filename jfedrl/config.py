@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jfedrl import algorithms, strategies
+from jfedrl import algorithms, personal, strategies
 from jfedrl.schema import convert as schema
 from jfedrl.schema import legacy
 from jfedrl.schema.checks import ConfigError
@@ -126,6 +126,26 @@ StrategyConfig = _sections(
         ),
     ],
     strategies.specs(),
+)
+
+
+PersonalConfig = _sections(
+    "PersonalConfig",
+    "Personalization (docs/personalization-methods.md): the method's name and one section "
+    "per method that has hyperparameters.",
+    [
+        (
+            "name",
+            str,
+            param(
+                "none",
+                alias="personal",
+                doc=f"Personalization method: {', '.join(personal.names())} "
+                "(docs/personalization-methods.md).",
+            ),
+        )
+    ],
+    personal.specs(),
 )
 
 
@@ -292,6 +312,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
     log: LogConfig = param(default_factory=LogConfig, resumable=True, setup=False)
     offload: OffloadConfig = param(default_factory=OffloadConfig, resumable=True, setup=False)
     distributed: DistributedConfig = param(
@@ -385,6 +406,7 @@ def participants_per_round(fed: FederationConfig) -> int:
 
 algorithms.freeze("jfedrl.config assembled the config tree")
 strategies.freeze("jfedrl.config assembled the config tree")
+personal.freeze("jfedrl.config assembled the config tree")
 
 FACTS: dict[str, Facts] = facts_of(Config)
 """Every leaf field of `Config` by dotted path, with its declared facts."""
@@ -437,6 +459,7 @@ def section_aliases() -> dict[str, str]:
     for parent, cls in (
         ("algo", AlgoConfig),
         ("strategy", StrategyConfig),
+        ("personal", PersonalConfig),
         ("offload", OffloadConfig),
     ):
         hints = typing.get_type_hints(cls)

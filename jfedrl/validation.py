@@ -11,7 +11,7 @@ import dataclasses
 
 import envs
 from envs.registry import UnknownName, did_you_mean
-from jfedrl import algorithms, plugins, strategies
+from jfedrl import algorithms, personal, plugins, strategies
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,
     Config,
@@ -73,6 +73,7 @@ def validate(config: Config) -> Config:
     require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
     algorithm.check(config)
     _with_holdout(config.federation, strategy.check, config)
+    _with_holdout(config.federation, personal.check, config)
     executor.validate(config)
     validate_distributed(config)
     return config
