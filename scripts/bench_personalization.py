@@ -44,7 +44,14 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedprox": {"strategy.name": "fedprox"},
     "fedper": {"strategy.name": "fedavg", "personal.name": "fedper"},
     "ditto": {"strategy.name": "fedavg", "personal.name": "ditto"},
-    "fedavg+ft": {"strategy.name": "fedavg", "personal.name": "finetune"},
+    # Fine-tuned for one round's local work, from a fresh client state: the clients' own
+    # annealed learning rates are near 0 at the end of a run (personal.finetune.fresh_state).
+    "fedavg+ft": {
+        "strategy.name": "fedavg",
+        "personal.name": "finetune",
+        "personal.finetune.updates": 4,
+        "personal.finetune.fresh_state": True,
+    },
     "ifca": {"strategy.name": "fedavg", "personal.name": "ifca"},
     "local_only": {"strategy.name": "local_only"},
 }
@@ -177,53 +184,55 @@ def _cell(cell: dict[str, Any] | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """bench/personalization.md from the report."""
-    facts = report["machine"]
+    """bench/personalization.md from the report (each task says how it was measured)."""
     lines = [
         "# Personalization and held-out clients: methods x clustered tasks",
         "",
-        f"{facts['date'][:10]}, {benchlib.describe(facts)}. `{report['command']}`.",
-        "",
-        f"Per run: {report['budget']}. {report['seeds']} seeds per method and task (one "
-        "`jfedrl sweep` each, seeds vmapped in one program). Cells: IQM of the final value over "
-        "the seeds [95 % stratified-bootstrap CI] (`jfedrl.experiments.compare`). Columns: "
-        "(a) global policy on the training clients' own envs, (b) each client's personalized "
-        "policy on its own env (without a personalization method: the client's last local "
-        "params), (c) held-out clients under the global policy, (d) gap = (b) - (a); `worst` "
-        "is the worst client, `p10` the 10th percentile over clients "
-        "(docs/personalization.md).",
+        "Each method is one `jfedrl sweep` per task (the seeds vmapped in one program). Cells: "
+        "IQM of the final value over the seeds [95 % stratified-bootstrap CI] "
+        "(`jfedrl.experiments.compare`). Columns: (a) the global policy on the training "
+        "clients' own envs, (b) each client's personalized policy on its own env (without a "
+        "personalization method: the client's last local params), (c) the held-out clients "
+        "under the global policy, (d) gap = (b) - (a); `worst` is the worst client, `p10` the "
+        "10th percentile over clients (docs/personalization.md). Wall time: each sweep's whole "
+        "time, compilation included.",
         "",
     ]
-    for task, methods in report["tasks"].items():
-        lines += [f"## {task}", "", f"`{report['task_fields'][task]}`", ""]
+    for task, entry in report["tasks"].items():
+        facts = entry["machine"]
+        lines += [
+            f"## {task}",
+            "",
+            f"`{entry['fields']}`. Per run: {entry['budget']}; {entry['seeds']} seeds per "
+            f"method. Measured {facts['date'][:16]} UTC on {benchlib.describe(facts)} by "
+            f"`{entry['command']}`. " + benchlib.load_note(benchlib.load_averages(facts)),
+            "",
+        ]
         rows = []
-        for method, entry in methods.items():
-            if "skipped" in entry:
+        for method, result in entry["methods"].items():
+            if "skipped" in result:
                 continue
-            cells = entry["metrics"]
+            cells = result["metrics"]
             rows.append(
                 [method]
                 + [_cell(cells.get(metric)) for metric, _ in COLUMNS]
-                + [f"{entry['wall_seconds']:.0f}"]
+                + [f"{result['wall_seconds']:.0f}"]
             )
         header = ["method"] + [name for _, name in COLUMNS] + ["sweep wall s"]
         lines += [*benchlib.table(header, rows), ""]
-        skipped = {m: e["skipped"] for m, e in methods.items() if "skipped" in e}
+        skipped = {m: r["skipped"] for m, r in entry["methods"].items() if "skipped" in r}
         for method, why in skipped.items():
             lines.append(f"- not measured: **{method}**: {why}")
         if skipped:
             lines.append("")
     if report.get("notes"):
         lines += ["## What this shows", "", *report["notes"], ""]
-    lines += [
-        "Wall time: each sweep's whole time, compilation included, on a machine shared with "
-        "other jobs. " + benchlib.load_note(benchlib.load_averages(facts)),
-        "",
-    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import sys
+
     from jfedrl.run.startup import prepare_process
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -235,6 +244,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a tiny budget: tests the plumbing")
     parser.add_argument("--out", default=str(benchlib.BENCH / "personalization"))
     parser.add_argument("--work", default="", help="keep the sweep folders here (default: temp)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the tasks of an existing report at --out that this run does not measure",
+    )
     args = parser.parse_args(argv)
     prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
     budget = dict(QUICK if args.quick else FULL)
@@ -243,36 +257,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.seeds = min(args.seeds, 2)
         args.reps = min(args.reps, 200)
-    facts = benchlib.machine()
-    report: dict[str, Any] = {
-        "machine": facts,
-        "command": "python -m scripts.bench_personalization "
-        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-        "seeds": args.seeds,
-        "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
-        "task_fields": {t: ", ".join(f"{k}={v}" for k, v in TASKS[t].items()) for t in args.tasks},
-        "tasks": {},
-    }
+    command = "python -m scripts.bench_personalization " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    report: dict[str, Any] = {"tasks": {}}
+    previous = Path(f"{args.out}.json")
+    if args.append and previous.is_file():
+        report = json.loads(previous.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         for task in args.tasks:
-            entries: dict[str, Any] = {}
+            facts = benchlib.machine()
+            methods: dict[str, Any] = {}
             runs: dict[str, list[Any]] = {}
             for method in args.methods:
                 fields = {**TASKS[task], **budget, **COMMON, **METHODS[method]}
                 why = unavailable(fields)
                 if why:
-                    entries[method] = {"skipped": why}
+                    methods[method] = {"skipped": why}
                     print(f"{task} {method}: skipped: {why}", flush=True)
                     continue
                 done = run_method(task, method, fields, args.seeds, work)
                 runs[method] = done["runs"]
-                entries[method] = {"wall_seconds": done["wall_seconds"]}
+                methods[method] = {"wall_seconds": done["wall_seconds"]}
                 print(f"{task} {method}: {done['wall_seconds']:.0f} s", flush=True)
             for method, cells in summarise(runs, args.reps).items():
-                entries[method]["metrics"] = cells
-            report["tasks"][task] = entries
-    report["machine"] = benchlib.finish(facts)
+                methods[method]["metrics"] = cells
+            report["tasks"][task] = {
+                "fields": ", ".join(f"{k}={v}" for k, v in TASKS[task].items()),
+                "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
+                "seeds": args.seeds,
+                "command": command,
+                "machine": benchlib.finish(facts),
+                "methods": methods,
+            }
     benchlib.write_report(Path(args.out), report, markdown(report))
     return report
 

@@ -32,18 +32,20 @@ def test_summary_and_markdown_from_records():
     assert cell["iqm"] == pytest.approx(30.0) and cell["low"] <= 30.0 <= cell["high"]
     assert summary["local_only"]["eval/personal/mean"]["iqm"] == pytest.approx(2.0)
     report = {
-        "machine": {"date": "2026-01-01T00:00:00", "cpu": "x", "cores": 2},
-        "command": "python -m scripts.bench_personalization",
-        "seeds": 5,
-        "budget": "federation.rounds=1",
-        "task_fields": {"t": "env.variant=clustered"},
         "tasks": {
             "t": {
-                "fedavg": {"wall_seconds": 12.0, "metrics": summary["fedavg"]},
-                "local_only": {"wall_seconds": 3.0, "metrics": summary["local_only"]},
-                "ditto": {"skipped": "no config field personal.name in this jfedrl"},
+                "fields": "env.variant=clustered",
+                "budget": "federation.rounds=1",
+                "seeds": 5,
+                "command": "python -m scripts.bench_personalization",
+                "machine": {"date": "2026-01-01T00:00:00", "cpu": "x", "cores": 2},
+                "methods": {
+                    "fedavg": {"wall_seconds": 12.0, "metrics": summary["fedavg"]},
+                    "local_only": {"wall_seconds": 3.0, "metrics": summary["local_only"]},
+                    "ditto": {"skipped": "no config field personal.name in this jfedrl"},
+                },
             }
-        },
+        }
     }
     text = bench.markdown(report)
     assert "| fedavg | 30.0 [" in text and "| local_only | 1.0 [1.0, 1.0]" in text
@@ -63,7 +65,7 @@ def test_quick_bench_writes_every_protocol(tmp_path):
     report = bench.main([*argv, "--out", str(out), "--work", str(tmp_path / "work")])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
-    task = saved["tasks"]["cartpole-clustered"]
+    task = saved["tasks"]["cartpole-clustered"]["methods"]
     for method in ("fedavg", "local_only"):
         cells = task[method]["metrics"]
         for metric, _ in bench.COLUMNS:
