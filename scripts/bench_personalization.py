@@ -264,6 +264,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous = Path(f"{args.out}.json")
     if args.append and previous.is_file():
         report = json.loads(previous.read_text())
+
+    def entry(task: str, facts: dict[str, Any], methods: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "fields": ", ".join(f"{k}={v}" for k, v in TASKS[task].items()),
+            "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
+            "seeds": args.seeds,
+            "command": command,
+            "machine": benchlib.finish(facts),
+            "methods": methods,
+        }
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         for task in args.tasks:
@@ -281,16 +292,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[method] = done["runs"]
                 methods[method] = {"wall_seconds": done["wall_seconds"]}
                 print(f"{task} {method}: {done['wall_seconds']:.0f} s", flush=True)
-            for method, cells in summarise(runs, args.reps).items():
-                methods[method]["metrics"] = cells
-            report["tasks"][task] = {
-                "fields": ", ".join(f"{k}={v}" for k, v in TASKS[task].items()),
-                "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
-                "seeds": args.seeds,
-                "command": command,
-                "machine": benchlib.finish(facts),
-                "methods": methods,
-            }
+                for name, cells in summarise({method: runs[method]}, args.reps).items():
+                    methods[name]["metrics"] = cells
+                # Written after every method, so a run stopped early keeps what it measured.
+                report["tasks"][task] = entry(task, facts, methods)
+                benchlib.write_report(Path(args.out), report, markdown(report))
+            if task not in report["tasks"]:  # every method skipped
+                report["tasks"][task] = entry(task, facts, methods)
     benchlib.write_report(Path(args.out), report, markdown(report))
     return report
 
