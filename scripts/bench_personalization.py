@@ -199,13 +199,11 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for task, entry in report["tasks"].items():
-        facts = entry["machine"]
+        entry = normalized(entry)
         lines += [
             f"## {task}",
             "",
-            f"`{entry['fields']}`. Per run: {entry['budget']}; {entry['seeds']} seeds per "
-            f"method. Measured {facts['date'][:16]} UTC on {benchlib.describe(facts)} by "
-            f"`{entry['command']}`. " + benchlib.load_note(benchlib.load_averages(facts)),
+            f"`{entry['fields']}`. Per run: {entry['budget']}; {entry['seeds']} seeds per method.",
             "",
         ]
         rows = []
@@ -220,6 +218,16 @@ def markdown(report: dict[str, Any]) -> str:
             )
         header = ["method"] + [name for _, name in COLUMNS] + ["sweep wall s"]
         lines += [*benchlib.table(header, rows), ""]
+        for method, result in entry["methods"].items():
+            if "skipped" not in result:
+                facts = result["machine"]
+                load = benchlib.load_averages(facts)
+                lines.append(
+                    f"- {method}: measured {facts['date'][:16]} UTC on "
+                    f"{benchlib.describe(facts)} by `{result['command']}`"
+                    + (f"; 1-minute load average {load[0]:.1f} -> {load[1]:.1f}" if load else "")
+                )
+        lines.append("")
         skipped = {m: r["skipped"] for m, r in entry["methods"].items() if "skipped" in r}
         for method, why in skipped.items():
             lines.append(f"- not measured: **{method}**: {why}")
@@ -227,7 +235,29 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("")
     if report.get("notes"):
         lines += ["## What this shows", "", *report["notes"], ""]
+    lines += [
+        "The machine is shared with other jobs (see the load averages), so wall times compare "
+        "only roughly; the returns do not depend on it.",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def normalized(entry: dict[str, Any]) -> dict[str, Any]:
+    """A task's entry with each method's own `command` and `machine` (reports that kept
+    them once per task hold them at the task's level)."""
+    entry = dict(entry)
+    methods = {}
+    for method, result in entry["methods"].items():
+        result = dict(result)
+        if "skipped" not in result:
+            result.setdefault("command", entry.get("command", ""))
+            result.setdefault("machine", entry.get("machine", {}))
+        methods[method] = result
+    entry["methods"] = methods
+    entry.pop("command", None)
+    entry.pop("machine", None)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -265,21 +295,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.append and previous.is_file():
         report = json.loads(previous.read_text())
 
-    def entry(task: str, facts: dict[str, Any], methods: dict[str, Any]) -> dict[str, Any]:
+    def entry(task: str, methods: dict[str, Any]) -> dict[str, Any]:
         return {
             "fields": ", ".join(f"{k}={v}" for k, v in TASKS[task].items()),
             "budget": ", ".join(f"{k}={v}" for k, v in budget.items()),
             "seeds": args.seeds,
-            "command": command,
-            "machine": benchlib.finish(facts),
             "methods": methods,
         }
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         for task in args.tasks:
-            facts = benchlib.machine()
             methods: dict[str, Any] = {}
+            kept = report["tasks"].get(task)
+            if kept is not None:  # --append: the same budget's other methods stay
+                kept = normalized(kept)
+                if (kept["budget"], kept["seeds"]) == (entry(task, {})["budget"], args.seeds):
+                    methods = kept["methods"]
             runs: dict[str, list[Any]] = {}
             for method in args.methods:
                 fields = {**TASKS[task], **budget, **COMMON, **METHODS[method]}
@@ -288,17 +320,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     methods[method] = {"skipped": why}
                     print(f"{task} {method}: skipped: {why}", flush=True)
                     continue
+                facts = benchlib.machine()
                 done = run_method(task, method, fields, args.seeds, work)
                 runs[method] = done["runs"]
-                methods[method] = {"wall_seconds": done["wall_seconds"]}
+                methods[method] = {
+                    "wall_seconds": done["wall_seconds"],
+                    "command": command,
+                    "machine": benchlib.finish(facts),
+                }
                 print(f"{task} {method}: {done['wall_seconds']:.0f} s", flush=True)
                 for name, cells in summarise({method: runs[method]}, args.reps).items():
                     methods[name]["metrics"] = cells
                 # Written after every method, so a run stopped early keeps what it measured.
-                report["tasks"][task] = entry(task, facts, methods)
+                report["tasks"][task] = entry(task, methods)
                 benchlib.write_report(Path(args.out), report, markdown(report))
             if task not in report["tasks"]:  # every method skipped
-                report["tasks"][task] = entry(task, facts, methods)
+                report["tasks"][task] = entry(task, methods)
     benchlib.write_report(Path(args.out), report, markdown(report))
     return report
 

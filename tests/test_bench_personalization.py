@@ -37,7 +37,7 @@ def test_summary_and_markdown_from_records():
                 "fields": "env.variant=clustered",
                 "budget": "federation.rounds=1",
                 "seeds": 5,
-                "command": "python -m scripts.bench_personalization",
+                "command": "python -m scripts.bench_personalization",  # a per-task record
                 "machine": {"date": "2026-01-01T00:00:00", "cpu": "x", "cores": 2},
                 "methods": {
                     "fedavg": {"wall_seconds": 12.0, "metrics": summary["fedavg"]},
@@ -50,6 +50,7 @@ def test_summary_and_markdown_from_records():
     text = bench.markdown(report)
     assert "| fedavg | 30.0 [" in text and "| local_only | 1.0 [1.0, 1.0]" in text
     assert "not measured: **ditto**: no config field personal.name" in text
+    assert "- fedavg: measured 2026-01-01T00:00 UTC on x, 2 cores by `python -m" in text
 
 
 def test_a_method_this_jfedrl_lacks_is_reported_not_run():
