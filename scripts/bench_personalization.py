@@ -23,6 +23,7 @@ Writes bench/personalization.md and .json (`--out`):
     python -m scripts.bench_personalization                      # the full table
     python -m scripts.bench_personalization --methods fedavg local_only --tasks cartpole
     python -m scripts.bench_personalization --quick --out /tmp/p   # a minute: the plumbing
+    python -m scripts.bench_personalization --from-work DIR        # the tables again, no runs
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ COLUMNS = (
     ("eval/holdout/mean", "(c) held-out"),
     ("eval/holdout/worst", "(c) worst"),
     ("eval/holdout/p10", "(c) p10"),
+    ("eval/holdout/personal/mean", "(c) held-out, fine-tuned"),
     ("eval/gap", "(d) gap b-a"),
 )
 
@@ -279,7 +281,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="keep the tasks of an existing report at --out that this run does not measure",
     )
+    parser.add_argument(
+        "--from-work",
+        default="",
+        help="rebuild the report at --out from the sweep folders kept in this --work (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.from_work:
+        return from_work(args.out, args.from_work, args.reps)
     prepare_process()  # as `jfedrl train` runs: the fast CPU lowering
     budget = dict(QUICK if args.quick else FULL)
     if args.rounds:
@@ -337,6 +346,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if task not in report["tasks"]:  # every method skipped
                 report["tasks"][task] = entry(task, methods)
     benchlib.write_report(Path(args.out), report, markdown(report))
+    return report
+
+
+def from_work(path: str | Path, work: str | Path, reps: int = 2000) -> dict[str, Any]:
+    """Recomputes a written report's cells from its kept sweep folders (`--work`): no training.
+
+    For a report written before a column existed; the measurement facts stay.
+    """
+    from jfedrl.experiments.compare import find_runs
+
+    path = Path(path)
+    report = json.loads(Path(f"{path}.json").read_text())
+    for task, entry in report["tasks"].items():
+        for method, result in entry["methods"].items():
+            runs_dir = Path(work) / task / method / "runs"
+            if "skipped" in result or not runs_dir.is_dir():
+                continue
+            result["metrics"] = summarise({method: find_runs([runs_dir])}, reps)[method]
+    benchlib.write_report(path, report, markdown(report))
     return report
 
 

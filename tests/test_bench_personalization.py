@@ -83,3 +83,25 @@ def test_quick_bench_writes_every_protocol(tmp_path):
     assert local["eval/gap"]["finals"] == pytest.approx(gaps, abs=1e-3)
     text = out.with_suffix(".md").read_text()
     assert "## cartpole-clustered" in text and "| local_only |" in text
+
+
+def test_from_work_recomputes_the_cells_of_kept_runs(tmp_path):
+    from jfedrl.schema.convert import save_yaml
+
+    for seed, final in enumerate([1.0, 2.0, 3.0]):
+        run_dir = tmp_path / "work" / "t" / "fedavg" / "runs" / f"00-seed{seed}"
+        run_dir.mkdir(parents=True)
+        save_yaml(tiny_config(seed=seed), run_dir / "config.yaml")
+        record = {"round": 1, "env_steps": 10, "wall_seconds": 1.0, "eval_return": final}
+        record.update({metric: final for metric, _ in bench.COLUMNS})
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    machine = {"date": "2026-01-01T00:00:00", "cpu": "x", "cores": 2}
+    method = {"wall_seconds": 1.0, "command": "c", "machine": machine, "metrics": {}}
+    report = {"tasks": {"t": {"fields": "f", "budget": "b", "seeds": 3, "methods": {}}}}
+    report["tasks"]["t"]["methods"] = {"fedavg": method, "ditto": {"skipped": "why"}}
+    (tmp_path / "p.json").write_text(json.dumps(report))
+    rebuilt = bench.from_work(tmp_path / "p", tmp_path / "work", reps=100)
+    cell = rebuilt["tasks"]["t"]["methods"]["fedavg"]["metrics"]["eval/holdout/personal/mean"]
+    assert cell["finals"] == [1.0, 2.0, 3.0] and cell["iqm"] == pytest.approx(2.0)
+    assert rebuilt["tasks"]["t"]["methods"]["fedavg"]["command"] == "c"
+    assert "| fedavg | 2.0 [" in (tmp_path / "p.md").read_text()
