@@ -220,15 +220,23 @@ def markdown(report: dict[str, Any]) -> str:
             )
         header = ["method"] + [name for _, name in COLUMNS] + ["sweep wall s"]
         lines += [*benchlib.table(header, rows), ""]
+        by_command: dict[str, list[str]] = {}
         for method, result in entry["methods"].items():
             if "skipped" not in result:
-                facts = result["machine"]
-                load = benchlib.load_averages(facts)
-                lines.append(
-                    f"- {method}: measured {facts['date'][:16]} UTC on "
-                    f"{benchlib.describe(facts)} by `{result['command']}`"
-                    + (f"; 1-minute load average {load[0]:.1f} -> {load[1]:.1f}" if load else "")
+                by_command.setdefault(result["command"], []).append(method)
+        for command, names in by_command.items():
+            first = entry["methods"][names[0]]["machine"]
+            last = entry["methods"][names[-1]]["machine"]
+            load = benchlib.load_averages(first), benchlib.load_averages(last)
+            lines.append(
+                f"- {', '.join(names)}: measured from {first['date'][:16]} UTC on "
+                f"{benchlib.describe(first)} by `{command}`"
+                + (
+                    f"; 1-minute load average {load[0][0]:.1f} -> {load[1][1]:.1f}"
+                    if all(load)
+                    else ""
                 )
+            )
         lines.append("")
         skipped = {m: r["skipped"] for m, r in entry["methods"].items() if "skipped" in r}
         for method, why in skipped.items():

@@ -50,7 +50,9 @@ def test_summary_and_markdown_from_records():
     text = bench.markdown(report)
     assert "| fedavg | 30.0 [" in text and "| local_only | 1.0 [1.0, 1.0]" in text
     assert "not measured: **ditto**: no config field personal.name" in text
-    assert "- fedavg: measured 2026-01-01T00:00 UTC on x, 2 cores by `python -m" in text
+    assert (
+        "- fedavg, local_only: measured from 2026-01-01T00:00 UTC on x, 2 cores by `python" in text
+    )
 
 
 def test_a_method_this_jfedrl_lacks_is_reported_not_run():
