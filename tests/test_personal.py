@@ -145,7 +145,10 @@ def ditto_zero():
 def test_ditto_global_trains_as_fedavg_and_the_personal_model_apart(ditto_zero):
     sim, ditto = ditto_zero
     _, plain = run_rounds(config_for("none"))
-    for a, b in zip(jax.tree.leaves(ditto.global_params), jax.tree.leaves(plain.global_params)):
+    pairs = zip(
+        jax.tree.leaves(ditto.global_params), jax.tree.leaves(plain.global_params), strict=True
+    )
+    for a, b in pairs:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert bool(np.all(np.asarray(ditto.clients.started)))
     mine = sim.personal_params(ditto)
@@ -309,6 +312,7 @@ def test_ifca_runs_in_the_round():
         ({"personal__name": "ditto", "personal__ditto__lam": -1.0}, "personal.ditto.lam"),
         ({"personal__name": "finetune", "personal__finetune__updates": -1}, "finetune.updates"),
         ({"personal__name": "fedper", "personal__fedper__local": "("}, "personal.fedper.local"),
+        ({"personal__name": "fedper", "strategy__clip_update_norm": 1.0}, "clip_update_norm"),
     ],
 )
 def test_bad_personalization_names_the_field(overrides, field):
