@@ -341,3 +341,14 @@ def test_offloaded_personalization_equals_inprocess(tmp_path, name):
     want = train(with_run_dir(base_config(**values), tmp_path / "inprocess"), quiet=True)
     got = train(local_config(tmp_path / "local", **values), quiet=True)
     assert_same_run(got, want)
+
+
+def test_the_cli_exits_2_naming_the_field_before_writing(tmp_path, capsys):
+    from jfedrl.cli import main
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "--personal", "ifca", "--ifca.k", "9", "--clients", "3"]
+    assert main([*argv, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "personal.ifca.k" in err and "num_clients=3" in err
+    assert not run_dir.exists()
