@@ -68,20 +68,15 @@ def leaves_where(params, pattern: str):
 
 @pytest.fixture(scope="module")
 def fedper_round():
-    """One FedPer round by its pieces, and the second round's broadcast."""
+    """One jitted FedPer round, and the second round's broadcast."""
     sim = make_simulator(config_for("fedper"))
-    state = sim.init(KEY)
-    inputs = sim.begin_round(state)
-    trained, metrics = local_training(
-        sim.algorithm, sim.config.federation.local_updates, inputs.client_keys,
-        inputs.clients, inputs.env_params, inputs.reference,
-    )  # fmt: skip
-    after, _ = sim.aggregate(state, inputs, trained, metrics)
-    return sim, state, trained, after, sim.begin_round(after)
+    after, _ = sim.run_block(sim.init(KEY), 1)
+    return sim, after, jax.jit(sim.begin_round)(after)
 
 
 def test_fedper_aggregates_the_body_and_keeps_the_heads(fedper_round):
-    sim, before, trained, after, second = fedper_round
+    sim, after, second = fedper_round
+    trained = after.clients  # every client trained and was accepted
     own = jax.vmap(sim.algorithm.get_params)(trained)
     # Equal environment steps: FedAvg's weights are 1/3 each (a float32 weighted sum).
     weights = np.full((3,), 1 / 3, np.float32)
@@ -100,25 +95,19 @@ def test_fedper_aggregates_the_body_and_keeps_the_heads(fedper_round):
             want = leaves_where(after.global_params, name)[name]
             np.testing.assert_array_equal(stack, np.broadcast_to(want, stack.shape), err_msg=name)
     # The personalized policy: the global body with the client's own head.
-    mine = personal.personal_params(sim, after.replace(clients=trained))
+    mine = personal.personal_params(sim, after)
     for name, stack in leaves_where(mine, "").items():
         want = leaves_where(own if "Dense_2" in name else after.global_params, name)[name]
         np.testing.assert_array_equal(stack, np.broadcast_to(want, stack.shape), err_msg=name)
-    assert before.round == 0 and after.round == 1
+    assert after.round == 1
 
 
 @pytest.mark.slow
 def test_fedper_heads_never_reach_the_rule():
     """A robust rule (coordinate median) sees only the body: the heads' global is the mean."""
     sim = make_simulator(config_for("fedper", strategy__name="median"))
-    state = sim.init(KEY)
-    inputs = sim.begin_round(state)
-    trained, metrics = local_training(
-        sim.algorithm, sim.config.federation.local_updates, inputs.client_keys,
-        inputs.clients, inputs.env_params, inputs.reference,
-    )  # fmt: skip
-    after, _ = sim.aggregate(state, inputs, trained, metrics)
-    own = jax.vmap(sim.algorithm.get_params)(trained)
+    after, _ = sim.run_block(sim.init(KEY), 1)
+    own = jax.vmap(sim.algorithm.get_params)(after.clients)
     for name, stack in leaves_where(own, "").items():
         got = leaves_where(after.global_params, name)[name]
         if "Dense_2" in name:
@@ -199,7 +188,8 @@ def test_ditto_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_finetune_zero_updates_is_the_global_and_more_moves_it():
-    sim, state = run_rounds(config_for("finetune", personal__finetune__updates=0), rounds=1)
+    sim = make_simulator(config_for("finetune", personal__finetune__updates=0))
+    state = sim.init(KEY)
     mine = sim.personal_params(state, jax.random.PRNGKey(3))
     for v, w in zip(jax.tree.leaves(mine), jax.tree.leaves(state.global_params), strict=True):
         np.testing.assert_array_equal(np.asarray(v), np.broadcast_to(np.asarray(w), v.shape))
@@ -284,6 +274,7 @@ def test_ifca_picks_the_right_cluster_and_averages_within_it():
     np.testing.assert_allclose(np.asarray(new["models"]["w"]), [0.0, 2.0])
 
 
+@pytest.mark.slow
 def test_ifca_runs_in_the_round():
     sim = make_simulator(config_for("ifca", personal__ifca__k=2))
     state, metrics = sim.run_block(sim.init(KEY), 2)
