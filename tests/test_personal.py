@@ -157,7 +157,9 @@ def test_ditto_lambda_zero_is_pure_local_training(ditto_zero):
 @pytest.mark.slow
 def test_ditto_huge_lambda_keeps_the_personal_model_at_the_global():
     def distance(lam):
-        sim, state = run_rounds(config_for("ditto", personal__ditto__lam=lam), rounds=1)
+        # Four local updates of two epochs: eight Adam steps in the round.
+        config = config_for("ditto", personal__ditto__lam=lam, federation__local_updates=4)
+        sim, state = run_rounds(config, rounds=1)
         start = sim.init(KEY).global_params  # the round's broadcast
         mine = sim.personal_params(state)
         return max(
