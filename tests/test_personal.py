@@ -19,6 +19,7 @@ from flax import struct
 
 from jfedrl import personal
 from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.personal import ifca
 from jfedrl.personal.ifca import ifca_algorithm, ifca_strategy
 from jfedrl.round.local import local_training
 from jfedrl.round.simulator import make_simulator
@@ -284,10 +285,10 @@ def test_ifca_runs_in_the_round():
     np.testing.assert_array_equal(np.asarray(sizes), [3, 3])
     assert metrics["ifca/switched"].shape == (2,)
     assert set(np.asarray(state.clients.cluster).tolist()) <= {0, 1}
+    chosen = ifca.assignments(state)
+    np.testing.assert_array_equal(np.asarray(chosen), np.asarray(state.clients.cluster))
     mine = sim.personal_params(state)
-    np.testing.assert_array_equal(
-        np.asarray(mine["choice"]).argmax(axis=1), np.asarray(state.clients.cluster)
-    )
+    np.testing.assert_array_equal(np.asarray(mine["choice"]).argmax(axis=1), np.asarray(chosen))
     returns = sim.evaluate(state, KEY)
     assert returns.shape == (3, 1) and bool(jnp.all(jnp.isfinite(returns)))
 
