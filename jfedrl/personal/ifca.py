@@ -45,6 +45,10 @@ class IFCAState(struct.PyTreeNode):
     """The algorithm's state, training the chosen model."""
     models: Any
     """The k models, stacked: the broadcast ones, the chosen row replaced as it trains."""
+    choice: jax.Array
+    """float32 `[k]`: one-hot of the model chosen this round (zeros before the first choice).
+    It is part of the params, so it travels wherever params travel (an offload worker
+    that keeps the states returns only params)."""
     cluster: jax.Array
     """int32: the model chosen this round (-1 before the first choice)."""
     previous: jax.Array
@@ -114,13 +118,14 @@ def ifca_algorithm(
             model_keys
         )
         minus = jnp.asarray(-1, jnp.int32)
-        return IFCAState(inner=inner, models=models, cluster=minus, previous=minus)
+        choice = jnp.zeros((k,), jnp.float32)
+        return IFCAState(inner=inner, models=models, choice=choice, cluster=minus, previous=minus)
 
     def get_params(state):
-        return {"models": state.models, "choice": choice_of(state.cluster)}
+        return {"models": state.models, "choice": state.choice}
 
     def set_params(state, params):
-        return state.replace(models=params["models"])
+        return state.replace(models=params["models"], choice=params["choice"])
 
     def scores(key, models, env_params):
         """Each model's mean deterministic return on this client's env, `[k]`."""
@@ -142,7 +147,13 @@ def ifca_algorithm(
         # The same key for every model: the choice compares them on the same episodes.
         cluster = jnp.argmax(scores(key, models, env_params)).astype(jnp.int32)
         inner = algorithm.set_params(state.inner, take_rows(models, cluster))
-        return state.replace(inner=inner, models=models, cluster=cluster, previous=state.cluster)
+        return state.replace(
+            inner=inner,
+            models=models,
+            choice=choice_of(cluster),
+            cluster=cluster,
+            previous=state.cluster,
+        )
 
     def local_update(key, state, env_params, reference):
         cluster = state.cluster
@@ -216,7 +227,8 @@ def ifca_strategy(strategy: Strategy, k: int) -> Strategy:
 
 def assignments(state: Any) -> jax.Array:
     """Every client's last chosen model, `[C]` int32 (-1: it has not trained yet)."""
-    return state.clients.cluster
+    choice = state.clients.choice
+    return jnp.where(choice.max(axis=1) > 0.5, choice.argmax(axis=1), -1).astype(jnp.int32)
 
 
 def personal_params(simulator: Any, state: Any, key: jax.Array) -> Any:
@@ -224,17 +236,11 @@ def personal_params(simulator: Any, state: Any, key: jax.Array) -> Any:
 
     A client that has not chosen yet gets the global choice (the largest cluster's model).
     """
-    clients = state.clients
-    count = clients.cluster.shape[0]
-    own = jnp.where(clients.cluster[:, None] >= 0, jax.nn.one_hot(clients.cluster, _k(state)), 0.0)
-    choice = jnp.where(
-        (clients.cluster >= 0)[:, None], own, state.global_params["choice"][None, :]
-    ).astype(jnp.float32)
+    own = state.clients.choice
+    chose = (assignments(state) >= 0)[:, None]
+    choice = jnp.where(chose, own, state.global_params["choice"][None, :]).astype(jnp.float32)
+    count = own.shape[0]
     models = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (count, *x.shape)), state.global_params["models"]
     )
     return {"models": models, "choice": choice}
-
-
-def _k(state: Any) -> int:
-    return state.global_params["choice"].shape[0]

@@ -46,7 +46,7 @@ def own_params(simulator: Any, state: Any, key: jax.Array) -> Any:
 
 
 def validate_fedper(config: Any) -> None:
-    """`personal.fedper.local` is a non-empty regular expression (matched at build)."""
+    """`personal.fedper.local` is a regular expression (matched at build); no clipping."""
     pattern = config.personal.fedper.local
     require(bool(pattern), "personal.fedper.local", "a non-empty regular expression", pattern)
     try:
@@ -55,6 +55,12 @@ def validate_fedper(config: Any) -> None:
         raise ConfigError(
             f"personal.fedper.local: must be a regular expression, got {pattern!r} ({error})"
         ) from None
+    clip = config.strategy.clip_update_norm
+    if clip > 0:
+        raise ConfigError(
+            "strategy.clip_update_norm: must be 0 with personal.name fedper (a client's own "
+            f"head would count in its update's norm), got {clip}"
+        )
 
 
 def fedper_algorithm(config: Any, algorithm: Algorithm, build: Any, envs: Any) -> Algorithm:
