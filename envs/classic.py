@@ -10,6 +10,8 @@ we use the paper's relative widths; see docs/environments.md.
 
 from __future__ import annotations
 
+import math
+
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -89,8 +91,14 @@ envs.register(
     _gymnax_factory("CartPole-v1"),
     "gymnax classic control: balance a pole on a cart (Barto et al. 1983)",
     tunables=(
-        _positive(
-            "force_mag", (5.0, 15.0), ((1.0, 5.0), (15.0, 20.0)), "push force [N] (Packer et al.)"
+        Tunable(
+            "force_mag",
+            random=(5.0, 15.0),
+            extreme=((1.0, 5.0), (15.0, 20.0)),
+            bounds=(-math.inf, math.inf),
+            clusters=(10.0, -10.0),
+            doc="push force [N] (Packer et al.); negative: mirrored actions (the clustered "
+            "variants' odd groups)",
         ),
         _positive(
             "length",

@@ -64,6 +64,10 @@ class Tunable(NamedTuple):
     driftable: bool = True
     """False for labels (seeds, cell indices) where a relative drift means nothing."""
     doc: str = ""
+    clusters: tuple[float, ...] = ()
+    """The `clustered` variants' value per group (cycled over the groups), e.g. CartPole's
+    `force_mag` (10, -10): odd groups push the other way (mirrored actions). Empty: the
+    groups sit at evenly spaced points over the `extreme` span."""
 
 
 def _param_key(key: jax.Array, name: str) -> jax.Array:
@@ -132,6 +136,50 @@ register_variant(
     lambda key, t, num: sample_intervals(key, t.extreme or [t.random], num, t.integer),
     "each tunable param uniform outside the `random` range",
 )
+
+
+#: The clustered variants and their group counts.
+CLUSTERED = {"clustered": 2, "clustered3": 3, "clustered4": 4}
+
+
+def variant_groups(variant: str, num_clients: int) -> np.ndarray | None:
+    """Each client's group under a clustered variant (`client % groups`), else None."""
+    groups = CLUSTERED.get(variant)
+    return None if groups is None else np.arange(num_clients) % groups
+
+
+def _clustered(groups: int) -> Callable[[jax.Array, Tunable, int], jax.Array]:
+    """Groups of clearly different dynamics: client i is in group `i % groups`.
+
+    Within a group every client has the same params (no draw: the key is unused).
+    A param with `clusters` takes its group's value from them; any other sits at
+    group g's point `lo + (g + 1/2) / groups * (hi - lo)` of the span of its
+    `extreme` ranges (its `random` range where it has none), so the groups lie
+    far apart (the bench of issue 23 needs tasks where no single policy is best).
+    """
+
+    def sample(key: jax.Array, tunable: Tunable, num: int) -> jax.Array:
+        del key
+        group = np.arange(num) % groups
+        if tunable.clusters:
+            values = np.asarray(tunable.clusters, np.float64)[group % len(tunable.clusters)]
+        else:
+            intervals = tunable.extreme or (tunable.random,)
+            low = min(lo for lo, _ in intervals)
+            high = max(hi for _, hi in intervals)
+            values = low + (group + 0.5) / groups * (high - low)
+        return jnp.asarray(values, jnp.float32)
+
+    return sample
+
+
+for _name, _groups in CLUSTERED.items():
+    register_variant(
+        _name,
+        _clustered(_groups),
+        f"{_groups} groups (client i in group i % {_groups}) of clearly different dynamics, "
+        "equal within a group (mirrored actions where the env declares them)",
+    )
 
 
 def _as_intervals(name: str, raw: Any) -> tuple[Interval, ...]:

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jfedrl import algorithms, strategies
+from jfedrl import algorithms, personal, strategies
 from jfedrl.schema import convert as schema
 from jfedrl.schema import legacy
 from jfedrl.schema.checks import ConfigError
 from jfedrl.schema.fields import Facts, facts_of, param
 
 _SYSTEM_REASON = "switches system heterogeneity on in Python"
+_HOLDOUT_REASON = "sets the number of training clients (a shape)"
 
 #: `federation.on_rejected_aggregate`: what a round with a non-finite aggregate does.
 REJECTED_AGGREGATE_ACTIONS = ("warn", "stop")
@@ -43,7 +44,9 @@ class EnvConfig:
     """Episode time limit in steps (0: the environment's own limit)."""
     variant: str = param("default", alias="variant")
     """Client heterogeneity: `default` (all identical), `random` (each tunable param
-    uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018."""
+    uniform around its default), `extreme` (outside the `random` ranges); Packer et al. 2018;
+    `clustered`, `clustered3`, `clustered4`: 2-4 groups of clearly different dynamics
+    (docs/environments.md)."""
     ranges: dict[str, Any] = field(default_factory=dict)
     """Per-parameter `[low, high]` (or a list of such intervals) that override the
     variant's ranges, e.g. `{length: [0.3, 0.9]}`."""
@@ -126,6 +129,26 @@ StrategyConfig = _sections(
 )
 
 
+PersonalConfig = _sections(
+    "PersonalConfig",
+    "Personalization (docs/personalization-methods.md): the method's name and one section "
+    "per method that has hyperparameters.",
+    [
+        (
+            "name",
+            str,
+            param(
+                "none",
+                alias="personal",
+                doc=f"Personalization method: {', '.join(personal.names())} "
+                "(docs/personalization-methods.md).",
+            ),
+        )
+    ],
+    personal.specs(),
+)
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """The federation: clients, rounds, local work, participation."""
@@ -176,6 +199,13 @@ class FederationConfig:
     on_rejected_aggregate: str = "warn"
     """A round whose aggregate is not finite keeps the previous global params; `warn`:
     log it and go on, `stop`: fail the run there (its last checkpoint is intact)."""
+    holdout: int = param(0, static_reason=_HOLDOUT_REASON)
+    """Held-out clients: the last `holdout` of the `num_clients` never train (never sampled,
+    never aggregated) but draw their envs like the others and are evaluated under the global
+    policy every block (`eval/holdout/*`; docs/personalization.md). 0: none."""
+    holdout_fraction: float = param(0.0, static_reason=_HOLDOUT_REASON)
+    """The held-out clients as a fraction in [0, 1) of `num_clients` (rounded, at least 1
+    when > 0); instead of `holdout`, not with it."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +218,10 @@ class LogConfig:
     """Rounds per jitted block; the host logs, evaluates and checkpoints between blocks."""
     eval_episodes: int = 4
     """Episodes per client environment when evaluating the global policy."""
+    eval_personal: str = "auto"
+    """Also evaluate each client's personalized policy every block (`eval/personal/*`,
+    `eval/gap`; docs/personalization.md): `on`, `off`, or `auto` (on with a personalization
+    method or the `local_only` strategy). It costs a second evaluation pass."""
     checkpoint_every: int = 1
     """Checkpoint every N blocks (the last block is always checkpointed)."""
     keep_checkpoints: int = 3
@@ -278,6 +312,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
     log: LogConfig = param(default_factory=LogConfig, resumable=True, setup=False)
     offload: OffloadConfig = param(default_factory=OffloadConfig, resumable=True, setup=False)
     distributed: DistributedConfig = param(
@@ -346,10 +381,22 @@ def resolve_schedule(config: Config) -> Config:
     )
 
 
+def holdout_clients(fed: FederationConfig) -> int:
+    """How many clients are held out (`federation.holdout` or `holdout_fraction`)."""
+    if fed.holdout_fraction > 0:
+        return max(1, round(fed.holdout_fraction * fed.num_clients))
+    return fed.holdout
+
+
+def training_clients(fed: FederationConfig) -> int:
+    """How many clients may train: the first `num_clients - holdout` (a static count)."""
+    return fed.num_clients - holdout_clients(fed)
+
+
 def participants_per_round(fed: FederationConfig) -> int:
-    """How many clients train each round (a static shape)."""
+    """How many clients train each round (a static shape), out of the training clients."""
     if fed.participation <= 1.0:
-        return max(1, round(fed.participation * fed.num_clients))
+        return max(1, round(fed.participation * training_clients(fed)))
     return int(fed.participation)
 
 
@@ -359,6 +406,7 @@ def participants_per_round(fed: FederationConfig) -> int:
 
 algorithms.freeze("jfedrl.config assembled the config tree")
 strategies.freeze("jfedrl.config assembled the config tree")
+personal.freeze("jfedrl.config assembled the config tree")
 
 FACTS: dict[str, Facts] = facts_of(Config)
 """Every leaf field of `Config` by dotted path, with its declared facts."""
@@ -411,6 +459,7 @@ def section_aliases() -> dict[str, str]:
     for parent, cls in (
         ("algo", AlgoConfig),
         ("strategy", StrategyConfig),
+        ("personal", PersonalConfig),
         ("offload", OffloadConfig),
     ):
         hints = typing.get_type_hints(cls)

@@ -11,13 +11,15 @@ import dataclasses
 
 import envs
 from envs.registry import UnknownName, did_you_mean
-from jfedrl import algorithms, plugins, strategies
+from jfedrl import algorithms, personal, plugins, strategies
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,
     Config,
     DistributedConfig,
     EnvConfig,
     FederationConfig,
+    holdout_clients,
+    training_clients,
 )
 from jfedrl.schema.checks import (
     ConfigError,
@@ -55,6 +57,7 @@ def validate(config: Config) -> Config:
     log = config.log
     require_positive("log.rounds_per_block", log.rounds_per_block)
     require_positive("log.eval_episodes", log.eval_episodes)
+    require_choice("log.eval_personal", log.eval_personal, ("auto", "on", "off"))
     require_positive("log.checkpoint_every", log.checkpoint_every)
     require_positive("log.keep_checkpoints", log.keep_checkpoints)
     offload = config.offload
@@ -69,7 +72,8 @@ def validate(config: Config) -> Config:
     clip = config.strategy.clip_update_norm
     require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
     algorithm.check(config)
-    strategy.check(config)
+    _with_holdout(config.federation, strategy.check, config)
+    _with_holdout(config.federation, personal.check, config)
     executor.validate(config)
     validate_distributed(config)
     return config
@@ -116,10 +120,18 @@ def _validate_federation(fed: FederationConfig) -> None:
     require_positive("federation.rounds", fed.rounds)
     require_positive("federation.local_updates", fed.local_updates)
     require_positive("federation.participation", fed.participation)
+    _validate_holdout(fed)
     if fed.participation > fed.num_clients:
         raise ConfigError(
             f"federation.participation: {fed.participation} exceeds "
             f"federation.num_clients={fed.num_clients}"
+        )
+    if fed.participation > training_clients(fed):
+        raise ConfigError(
+            f"federation.participation: {fed.participation:g} participants exceed the "
+            f"{training_clients(fed)} training clients left by federation.holdout"
+            f"{'_fraction' if fed.holdout_fraction else ''} (federation.num_clients="
+            f"{fed.num_clients} minus {holdout_clients(fed)} held out)"
         )
     require_range("federation.min_participation", fed.min_participation, 0, 1)
     require_choice(
@@ -141,6 +153,40 @@ def _validate_federation(fed: FederationConfig) -> None:
         ok = previous_end <= start < end
         require(ok, "federation.schedule_restarts", rule, list(restarts))
         previous_end = end
+
+
+def _validate_holdout(fed: FederationConfig) -> None:
+    """The held-out clients: a count or a fraction, leaving at least one training client."""
+    require_positive("federation.holdout", fed.holdout, strict=False)
+    require_range("federation.holdout_fraction", fed.holdout_fraction, 0, 1, high_open=True)
+    if fed.holdout and fed.holdout_fraction:
+        raise ConfigError(
+            "federation.holdout_fraction: set together with federation.holdout; give one of them"
+        )
+    if training_clients(fed) < 1:
+        field = "holdout_fraction" if fed.holdout_fraction else "holdout"
+        raise ConfigError(
+            f"federation.{field}: holds out {holdout_clients(fed)} of the "
+            f"federation.num_clients={fed.num_clients} clients; at least one must train"
+        )
+
+
+def _with_holdout(fed: FederationConfig, check, config: Config) -> None:
+    """Runs `check(config)`; with held-out clients, its error also names the holdout field.
+
+    A rule's needs (Krum's n > 2f + 2, a population size) count the training clients, so
+    a holdout may be what broke them.
+    """
+    try:
+        check(config)
+    except ConfigError as error:
+        if not holdout_clients(fed):
+            raise
+        field = "holdout_fraction" if fed.holdout_fraction else "holdout"
+        raise ConfigError(
+            f"{error} (federation.{field} holds out {holdout_clients(fed)} of the "
+            f"{fed.num_clients} clients, leaving {training_clients(fed)} to train)"
+        ) from None
 
 
 def validate_env(config: EnvConfig, num_clients: int) -> None:

@@ -129,7 +129,10 @@ def shard_config(config: Any, n: int) -> Any:
     if config.env.values or clients >= fed.num_clients:
         return None
     return dataclasses.replace(
-        config, federation=dataclasses.replace(fed, num_clients=clients, participation=1.0)
+        config,
+        federation=dataclasses.replace(
+            fed, num_clients=clients, participation=1.0, holdout=0, holdout_fraction=0.0
+        ),
     )
 
 

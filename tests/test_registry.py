@@ -53,6 +53,12 @@ def _strategies():
     return STRATEGIES
 
 
+def _personal():
+    from jfedrl.personal import PERSONAL
+
+    return PERSONAL
+
+
 def _fresh():
     fresh = Registry("widget", "widgets.name")
     fresh.register("alpha", object())
@@ -67,6 +73,7 @@ INSTANCES = {
     "commands": (_commands, "command", "command"),
     "algorithms": (_algorithms, "algorithm", "algo.name"),
     "strategies": (_strategies, "strategy", "strategy.name"),
+    "personal": (_personal, "personalization method", "personal.name"),
     "fresh": (_fresh, "widget", "widgets.name"),
 }
 
@@ -222,7 +229,7 @@ def test_a_new_drift_is_one_registration(monkeypatch):
 
 def test_the_registries_import_without_jax():
     probe = (
-        "import sys, envs, envs.registry, jfedrl.plugins, jfedrl.schema.checks; "
+        "import sys, envs, envs.registry, jfedrl.plugins, jfedrl.schema.checks, jfedrl.personal; "
         "jfedrl.plugins.executors(); print(sorted({'jax', 'gymnax'} & set(sys.modules)))"
     )
     out = subprocess.run(

@@ -58,7 +58,7 @@ def reaches_outputs(jaxpr, inputs) -> bool:
 
 def test_every_algorithm_and_strategy_has_a_case():
     assert set(ALGORITHM_CONFIGS) == set(algorithms.names())
-    prefixes = ("algo.", "strategy.", "federation.")
+    prefixes = ("algo.", "strategy.", "federation.", "personal.")
     assert all(p.startswith(prefixes) for p in traceable())
     sections = {p.split(".")[1] for p in traceable() if p.startswith("algo.")}
     assert sections <= set(algorithms.names())
@@ -92,6 +92,20 @@ def test_algorithm_fields_trace_through_the_round_but_not_the_evaluation(algo):
     # The first inputs are the traced values (then the state's leaves): none reaches a return.
     assert not reaches_outputs(jaxpr, jaxpr.invars[: len(fields)])
     assert reaches_outputs(jaxpr, jaxpr.invars[len(fields) :])  # the check sees a dependence
+
+
+def test_ditto_lambda_traces_into_the_personal_learner():
+    config = tiny_config(personal__name="ditto")
+    simulator = make_simulator(config)
+    values = values_of(config, ["personal.ditto.lam"])
+
+    def round_and_init(values):
+        run = traced.simulator_with(simulator, values)
+        start = Simulator.init.__wrapped__(run, jax.random.PRNGKey(0))
+        return Simulator.run_block.__wrapped__(run, start, 1)
+
+    jaxpr = jax.make_jaxpr(round_and_init)(values).jaxpr
+    assert reaches_outputs(jaxpr, jaxpr.invars[:1])
 
 
 @pytest.mark.parametrize("name", strategies.names())

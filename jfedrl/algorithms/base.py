@@ -50,6 +50,13 @@ class Algorithm(NamedTuple):
     """Rounds between aggregations of each named top-level component of the params
     (e.g. `(("actor", 2), ("critic", 1))`, RLlab FRL); between them each client keeps
     its own copy of the component. Unlisted components are aggregated every round."""
+    local_params: str = ""
+    """A regular expression over the params' leaf paths (`actor/params/Dense_2/kernel`):
+    the matching leaves are each client's own, never broadcast nor aggregated (FedPer,
+    `jfedrl.personal`); "" keeps none."""
+    prepare: Callable[[jax.Array, ClientState, Any, Reference], ClientState] | None = None
+    """Optional `prepare(key, client_state, env_params, reference) -> client_state`, run
+    once per round before the local updates (IFCA's choice of a cluster model)."""
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric",
         default="eval_return",
         help="per-round record to compare: eval_return (default), eval_return_p10, "
-        "eval_return_worst, eval_return_std, ...",
+        "eval_return_min_client, eval_return_std, eval/personal/mean, eval/holdout/mean, "
+        "eval/gap, ... (docs/personalization.md)",
     )
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpointed global policy")

@@ -530,6 +530,58 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+#: The evaluation protocols' metrics (`jfedrl.round.evaluation`), in table order.
+PROTOCOL_METRICS = (
+    "eval/global/mean",
+    "eval/global/worst",
+    "eval/global/p10",
+    "eval/personal/mean",
+    "eval/personal/worst",
+    "eval/personal/p10",
+    "eval/gap",
+    "eval/holdout/mean",
+    "eval/holdout/worst",
+    "eval/holdout/p10",
+    "eval/holdout/personal/mean",
+)
+
+
+def protocol_stats(
+    groups: dict[str, list[RunInfo]], reps: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Interval]]:
+    """Per setup, the IQM [95 % CI] of each protocol metric's final value over its runs.
+
+    A metric appears for a setup only where every one of its runs logged it (the
+    personalized pass is optional, held-out clients may be none); stratified over
+    environments as the main table is.
+    """
+    out: dict[str, dict[str, Interval]] = {}
+    for label, members in groups.items():
+        cells: dict[str, Interval] = {}
+        for metric in PROTOCOL_METRICS:
+            if all(len(eval_curve(run.records, metric)[1]) for run in members):
+                _, values = setup_scores({label: members}, metric)[label]
+                cells[metric] = estimate(values, "iqm", reps, seed)
+        if cells:
+            out[label] = cells
+    return out
+
+
+def protocol_table(stats: dict[str, dict[str, Interval]]) -> str:
+    """A markdown table: a row per setup, a column per protocol metric any setup logged."""
+    metrics = [m for m in PROTOCOL_METRICS if any(m in cells for cells in stats.values())]
+    if not metrics:
+        return ""
+    lines = [
+        "| setup | " + " | ".join(f"{m} IQM [95% CI]" for m in metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
+    for label, cells in stats.items():
+        row = [_cell(cells[m]) if m in cells else "" for m in metrics]
+        lines.append(f"| {label or 'runs'} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: list[SetupStats], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -659,7 +711,12 @@ def compare(
     for note in notes:
         log.warning("%s", note)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(markdown_table(rows, pairs, metric, gamma, notes))
+    table = markdown_table(rows, pairs, metric, gamma, notes)
+    protocols = protocol_table(protocol_stats(groups, reps, seed))
+    if protocols:  # global / personalized / held-out clients (jfedrl.round.evaluation)
+        table += "\nFinal values of the evaluation protocols (docs/personalization.md):\n\n"
+        table += protocols
+    (out / "comparison.md").write_text(table)
     write_csv(rows, out / "comparison.csv")
     write_pairs_csv(pairs, out / "comparison_pairs.csv")
     if plots:

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 
-from jfedrl import algorithms, strategies
+from jfedrl import algorithms, personal, strategies
 from jfedrl import config as jconfig
 from jfedrl.config import Config
 from jfedrl.schema.convert import replace_path
@@ -64,8 +64,15 @@ def simulator_with(simulator: Any, values: Mapping[str, Any]) -> Any:
     traced = with_traced(simulator.config, values)
     # Builders compute shapes with jnp on constants: evaluate those now, not as tracers.
     with jax.ensure_compile_time_eval():
-        algorithm = algorithms.make(traced, simulator.envs.env, simulator.envs.default_params)
+        env, env_params = simulator.envs.env, simulator.envs.default_params
+        algorithm = personal.wrap_algorithm(
+            traced,
+            algorithms.make(traced, env, env_params),
+            lambda c: algorithms.make(c, env, env_params),
+            simulator.envs,
+        )
         strategy = strategies.make(traced.strategy, num_clients=simulator.padded_participants)
+        strategy = personal.wrap_strategy(traced, strategy)
     return dataclasses.replace(simulator, config=traced, algorithm=algorithm, strategy=strategy)
 
 

@@ -20,6 +20,8 @@ from jfedrl.round.state import where_clients
 #: staleness, apart from the round key's `split`, so runs without them draw as before.
 SYSTEM_STREAM = 1
 STALENESS_STREAM = 2
+#: Stream folded into each client's key for `Algorithm.prepare` (apart from its steps').
+PREPARE_STREAM = 2**30
 
 
 def sample_participants(
@@ -97,7 +99,8 @@ def local_training(
     """The clients' local work for one round: `local_updates` vmapped updates.
 
     This is the one training step of the codebase: the simulator calls it
-    inside its jitted round and the offload worker calls it on a shard.
+    inside its jitted round and the offload worker calls it on a shard. An
+    algorithm's `prepare` (if any) runs first, once.
 
     Args:
         algorithm: the local learner.
@@ -118,6 +121,10 @@ def local_training(
     """
     reference_axes = Reference(0, None, None) if stacked_reference else None
     update = jax.vmap(algorithm.local_update, in_axes=(0, 0, 0, reference_axes))
+    if algorithm.prepare is not None:
+        prepare = jax.vmap(algorithm.prepare, in_axes=(0, 0, 0, reference_axes))
+        prepare_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, PREPARE_STREAM)
+        clients = prepare(prepare_keys, clients, env_params, reference)
 
     def one_update(clients, index):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jfedrl import algorithms, strategies
+from jfedrl import algorithms, personal, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
-from jfedrl.config import Config, participants_per_round
-from jfedrl.round.aggregation import component_where, strategy_step
+from jfedrl.config import Config, participants_per_round, training_clients
+from jfedrl.round.aggregation import component_where, selective, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
 from jfedrl.round.layout import ClientLayout
 from jfedrl.round.local import (
@@ -83,6 +83,13 @@ class Simulator:
         return self.config.federation.num_clients
 
     @property
+    def training_clients(self) -> int:
+        """The clients that may train: the first `num_clients - holdout` (held-out clients
+        are the last ones; `jfedrl.round.evaluation`).
+        """
+        return training_clients(self.config.federation)
+
+    @property
     def padded_participants(self) -> int:
         """Participants per round rounded up to a multiple of the device count."""
         return self.layout.padded_participants
@@ -112,8 +119,11 @@ class Simulator:
 
     @property
     def periodic(self) -> bool:
-        """True if some params component is aggregated less often than every round."""
-        return any(period > 1 for _, period in self.algorithm.aggregation_periods)
+        """True if a params leaf is aggregated less often than every round, or never.
+
+        Periods above 1 (TD3) or local layers (personalization).
+        """
+        return selective(self.algorithm.aggregation_periods, self.algorithm.local_params)
 
     def client_local_updates(self, run_key: jax.Array, round_index: jax.Array) -> jax.Array:
         """Every client's local updates in round `round_index`, `[C]` int32.
@@ -194,9 +204,10 @@ class Simulator:
             steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
         else:
             steps = counts.astype(jnp.float32) * float(self.algorithm.env_steps_per_update)
+        steps = steps[: self.training_clients]  # held-out clients are never sampled
         sampling_weights = steps / steps.sum() if fed.sampling == "weighted" else None
         ids = sample_participants(
-            key_sample, self.num_clients, self.num_participants, sampling_weights
+            key_sample, self.training_clients, self.num_participants, sampling_weights
         )
         layout = self.layout
         ids, valid = layout.pad(ids)
@@ -221,8 +232,12 @@ class Simulator:
         if self.periodic:
             local = jax.vmap(self.algorithm.get_params)(before)
             periods = self.algorithm.aggregation_periods
-            broadcast = component_where(periods, state.round, broadcast, local)
+            broadcast = component_where(
+                periods, state.round, broadcast, local, self.algorithm.local_params
+            )
             broadcast_axis = 0
+        if self.strategy.local_only:  # no federation: every client keeps its own params
+            broadcast, broadcast_axis = jax.vmap(self.algorithm.get_params)(before), 0
         clients = jax.vmap(self.algorithm.set_params, in_axes=(0, broadcast_axis))(
             before, broadcast
         )
@@ -308,6 +323,7 @@ class Simulator:
             periods=self.algorithm.aggregation_periods,
             staleness=fed.staleness,
             needs_peers=self.algorithm.needs_peers,
+            local=self.algorithm.local_params,
         )
         new_state = new_state.replace(
             clients=self.layout.scatter_clients(
@@ -335,6 +351,10 @@ class Simulator:
             lambda s, _: self.round_step(s), state, None, length=num_rounds
         )
         return self.layout.place_state(state), self.layout.replicate(metrics)
+
+    def personal_params(self, state: FedState, key: jax.Array | None = None) -> Any:
+        """Each client's personalized policy params, `[C, ...]` (`jfedrl.personal`)."""
+        return personal.personal_params(self, state, key)
 
     @partial(jax.jit, static_argnums=(0, 3))
     def evaluate(self, state: FedState, key: jax.Array, local: bool = False) -> jax.Array:
@@ -367,13 +387,18 @@ def make_simulator(config: Config) -> Simulator:
     """Validates `config` and builds the simulator (nothing is compiled yet)."""
     validate(config)
     client_envs = make_client_envs(config.env, config.federation.num_clients)
-    algorithm = algorithms.make(config, client_envs.env, client_envs.default_params)
+    algorithm = personal.wrap_algorithm(
+        config,
+        algorithms.make(config, client_envs.env, client_envs.default_params),
+        partial(algorithms.make, env=client_envs.env, env_params=client_envs.default_params),
+        client_envs,
+    )
     devices = jax.devices()  # every process's devices under jax.distributed
     mesh = Mesh(np.array(devices), ("clients",)) if len(devices) > 1 else None
     participants = participants_per_round(config.federation)
     padded = -(-participants // len(devices)) * len(devices)
     # The strategy sees the padded client axis (padding is masked).
-    strategy = strategies.make(config.strategy, num_clients=padded)
+    strategy = personal.wrap_strategy(config, strategies.make(config.strategy, num_clients=padded))
     return Simulator(
         config=config,
         envs=client_envs,

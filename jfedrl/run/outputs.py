@@ -200,6 +200,14 @@ def drift_signal(
     return signal
 
 
+#: The evaluation protocols' curves of learning_curve.png (`jfedrl.round.evaluation`).
+PROTOCOL_CURVES = (
+    ("eval/personal/mean", "personalized policies, eval return"),
+    ("eval/holdout/mean", "held-out clients, global policy"),
+    ("eval/holdout/personal/mean", "held-out clients, personalized"),
+)
+
+
 def plot_learning_curve(
     run_dir: str | Path, title: str = "", drift_params: tuple[str, ...] = ()
 ) -> Path | None:
@@ -232,6 +240,11 @@ def plot_learning_curve(
     has_eval = ~np.isnan(evals)
     if has_eval.any():
         ax.plot(steps[has_eval], evals[has_eval], "o-", label="global policy, eval return")
+    for name, label in PROTOCOL_CURVES:  # jfedrl.round.evaluation's protocols, where logged
+        values = column(name)
+        logged = ~np.isnan(values)
+        if logged.any():
+            ax.plot(steps[logged], values[logged], ".--", label=label)
     ax.set_ylabel("episode return")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

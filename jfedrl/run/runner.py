@@ -35,7 +35,7 @@ from jfedrl.config import (
     schedule_horizon,
     schedule_restarts,
 )
-from jfedrl.round.metrics import eval_views
+from jfedrl.round import evaluation
 from jfedrl.round.simulator import Simulator, make_simulator
 from jfedrl.round.state import FedState
 from jfedrl.run import callbacks, devices, distributed, trackers
@@ -185,6 +185,9 @@ class InProcessRunner:
         # default would be another cache entry, and the evaluation would compile twice.
         evaluate = simulator.evaluate
         self._threads.submit(lambda: evaluate.lower(simulator, state, key_shape, False).compile())
+        if evaluation.eval_personal(simulator.config):  # the personalized pass, likewise
+            personal = evaluation.evaluate_personal
+            self._threads.submit(lambda: personal.lower(simulator, state, key_shape).compile())
 
     def memory_estimate_ahead(self, num_rounds: int) -> devices.MemoryEstimate | None:
         """XLA's memory analysis of the block compiled ahead (waits for it; None if none)."""
@@ -598,7 +601,9 @@ def _start(
     records = _kept_records(run_dir, 0)
     env_params = distributed.host_value(state.env_params)  # every process takes part
     if distributed.is_primary():
-        (run_dir / "env_params.json").write_text(json.dumps(params_record(env_params)))
+        record = params_record(env_params)
+        record.update(evaluation.env_params_extras(config, config.federation.num_clients))
+        (run_dir / "env_params.json").write_text(json.dumps(record))
     return state, records, 0.0
 
 
@@ -734,9 +739,8 @@ def finish_block(
         The block after the callbacks, and the run's wall time after it.
     """
     block_seconds = time.perf_counter() - tick - compile_seconds
-    views = distributed.host_value(
-        eval_views(sim_eval(run.simulator, state, eval_key_of(run.config)))
-    )
+    round_key = jax.random.fold_in(eval_key_of(run.config), state.round)  # as `sim_eval`'s
+    views = distributed.host_value(evaluation.eval_metrics(run.simulator, state, round_key))
     block_records = _round_records(
         metrics,
         first_round,

@@ -4,6 +4,9 @@
   "Communication-Efficient Learning of Deep Networks from Decentralized Data").
 - `mean`: the unweighted mean (DeRL "Average", done once over all clients
   rather than the seed's iterative halving that over-weighted later models).
+- `local_only`: no federation, the baseline of personalization papers (e.g. Li
+  et al. 2021, "Ditto", Table 2 "Local"): the global params never change and
+  are never broadcast, so each client trains only its own model.
 """
 
 from __future__ import annotations
@@ -37,3 +40,12 @@ def mean(section=None, num_clients: int | None = None) -> Strategy:
         return weighted_mean(client_params, weights), {"weights": weights}
 
     return stateless(combine)
+
+
+def local_only(section=None, num_clients: int | None = None) -> Strategy:
+    """No federation: the global params stay as initialised; clients keep their own."""
+
+    def aggregate(state, global_params, client_params, info: ClientInfo, key):
+        return global_params, state, {}
+
+    return Strategy(init=lambda params: (), aggregate=aggregate, local_only=True)

@@ -72,6 +72,12 @@ SPECS = (
         description="fedavg + the clients' proximal term mu/2 ||w - w_global||^2 (Li 2020)",
     ),
     StrategySpec(
+        "local_only",
+        "jfedrl.strategies.averaging:local_only",
+        description="no federation: each client trains its own params, the global is never "
+        "updated (the personalization baseline)",
+    ),
+    StrategySpec(
         "fednova",
         "jfedrl.strategies.fednova:fednova",
         description="normalised averaging for unequal local steps (Wang 2020)",

@@ -49,6 +49,9 @@ class Strategy(NamedTuple):
         [ServerState, Params, Params, ClientInfo, jax.Array],
         tuple[Params, ServerState, Metrics],
     ]
+    local_only: bool = False
+    """True for the no-federation baseline (`local_only`): the simulator broadcasts nothing,
+    so every client trains its own params from round to round."""
 
 
 @dataclass(frozen=True)
