@@ -12,6 +12,7 @@ import dataclasses
 import envs
 from envs.registry import UnknownName, did_you_mean
 from jfedrl import algorithms, plugins, strategies
+from jfedrl.attacks.checks import validate_attack
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,
     Config,
@@ -70,6 +71,7 @@ def validate(config: Config) -> Config:
     require(clip >= 0, "strategy.clip_update_norm", ">= 0 (0: off)", clip)
     algorithm.check(config)
     strategy.check(config)
+    validate_attack(config)
     executor.validate(config)
     validate_distributed(config)
     return config
