@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -311,14 +312,24 @@ def report(
     facts: dict[str, Any] | str,
     command: str,
     quick: bool = False,
+    revision: str = "",
+    stopped: Sequence[str] = (),
 ) -> tuple[dict[str, Any], str]:
     """The json report and the markdown of every setting measured under `work`."""
-    out: dict[str, Any] = {"machine": facts, "command": command, "quick": quick, "settings": {}}
+    out: dict[str, Any] = {
+        "machine": facts,
+        "command": command,
+        "revision": revision,
+        "quick": quick,
+        "settings": {},
+    }
     lines = [
         "# Robustness: attacks x aggregation rules",
         "",
         f"{str(facts['date'])[:10] if isinstance(facts, dict) else ''} "
-        f"{benchlib.describe(facts)}. `{command}`.",
+        f"{benchlib.describe(facts)}. `{command}`"
+        + (f" at revision {revision}" if revision else "")
+        + ".",
         "",
         "A cell is the IQM of the final global eval return (deterministic policy, every "
         "client's environment) over the seeds, with its 95 % stratified-bootstrap CI "
@@ -351,6 +362,7 @@ def report(
             "rounds": rounds,
             "seeds": meta["seeds"],
             "sweep_wall_seconds": wall.get(name),
+            "sweep_stopped_early": name in stopped,
             "cells": cells,
         }
         total = wall.get(name)
@@ -359,7 +371,13 @@ def report(
             "",
             f"{done} of {len(cells)} cells measured; "
             f"{setting.byzantine} of {setting.clients} clients Byzantine under every attack. "
-            + (f"Sweep wall time {total:.0f} s; " if total else "")
+            + (f"Sweep wall time {total:.0f} s" if total else "")
+            + (
+                " (from its files' times: the sweep was stopped before the end)"
+                if total and name in stopped
+                else ""
+            )
+            + ("; " if total else "")
             + f"sum of the groups' training + compilation {sum(measured):.0f} s.",
             "",
             *markdown_table(cells, attacks, rules),
@@ -374,10 +392,56 @@ def report(
             *seconds_table(cells, attacks, rules),
             "",
         ]
+    missing = [SETTINGS[n].description for n in SETTINGS if n not in out["settings"]]
+    if missing:
+        lines += ["Not measured in this file: " + "; ".join(missing) + ".", ""]
     load = benchlib.load_averages(facts)
     if load:
         lines += [benchlib.load_note(load), ""]
     return out, "\n".join(lines)
+
+
+META_FILE = "bench_meta.json"
+"""In the `--work` folder: the measuring command, revision, machine and sweep wall times."""
+
+
+def read_meta(work: Path) -> dict[str, Any]:
+    path = work / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_meta(work: Path, meta: dict[str, Any]) -> None:
+    (work / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def file_time_span(sweep_dir: Path) -> float:
+    """Seconds from the sweep file's writing to the last run's last metrics record: the
+    wall time of a sweep that was stopped before it could record its own."""
+    ends = [p.stat().st_mtime for p in sweep_dir.glob("runs/*/metrics.jsonl")]
+    start = (sweep_dir / "sweep.yaml").stat().st_mtime
+    return max(ends) - start if ends else 0.0
+
+
+def git_revision() -> str:
+    """The checkout's short commit (with `+dirty` for uncommitted changes), or ""."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=benchlib.ROOT,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=benchlib.ROOT,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -401,34 +465,58 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = " ".join(["python -m scripts.bench_robustness", *words])
     if args.report:
         work = Path(args.report)
-        facts = benchlib.machine(with_jax=False)
-        wall = {}
-        previous = Path(f"{args.out}.json")
-        if previous.is_file():  # the measuring run's own machine and wall times
-            old = json.loads(previous.read_text())
-            facts = old.get("machine", facts)
-            args.quick = args.quick or bool(old.get("quick"))
-            wall = {n: s.get("sweep_wall_seconds") for n, s in old.get("settings", {}).items()}
+        meta = read_meta(work)
+        facts = benchlib.finish(meta.get("machine") or benchlib.machine(with_jax=False))
+        wall = {n: w for n, w in meta.get("wall", {}).items() if w is not None}
+        stopped = [n for n in args.settings if n not in wall and (work / n).is_dir()]
+        for name in stopped:
+            wall[name] = file_time_span(work / name)
         names = [n for n in args.settings if (work / n).is_dir()]
-        report_data, markdown = report(work, names, wall, facts, command, args.quick)
+        report_data, markdown = report(
+            work,
+            names,
+            wall,
+            facts,
+            meta.get("command", command),
+            args.quick or bool(meta.get("quick")),
+            meta.get("revision", ""),
+            stopped,
+        )
         benchlib.write_report(Path(args.out), report_data, markdown)
         return
     from jfedrl.run.startup import prepare_process
 
     prepare_process()
-    facts = benchlib.machine()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        wall = {}
+        work.mkdir(parents=True, exist_ok=True)
+        meta = read_meta(work) or {
+            "command": command,
+            "revision": git_revision(),
+            "quick": args.quick,
+            "machine": benchlib.machine(),
+            "wall": {},
+        }
+        write_meta(work, meta)  # a later --report of this folder states what was run
         for name in args.settings:
             setting = SETTINGS[name]
             rounds = args.rounds or setting.rounds
-            wall[name] = run_setting(
+            wall = run_setting(
                 setting, args.attacks, args.rules, args.seeds, rounds, work, args.quick
             )
-            print(f"{name}: {wall[name]:.0f} s", flush=True)
-        facts = benchlib.finish(facts)
-        report_data, markdown = report(work, args.settings, wall, facts, command, args.quick)
+            print(f"{name}: {wall:.0f} s", flush=True)
+            meta["wall"][name] = meta["wall"].get(name, 0.0) + wall  # resumed: both parts
+            write_meta(work, meta)
+        facts = benchlib.finish(meta["machine"])
+        report_data, markdown = report(
+            work,
+            args.settings,
+            meta["wall"],
+            facts,
+            meta["command"],
+            meta["quick"],
+            meta["revision"],
+        )
     benchlib.write_report(Path(args.out), report_data, markdown)
 
 
