@@ -322,3 +322,22 @@ def test_bad_values_raise_one_line_naming_the_field(name, fields, message):
         strategies.get(name).check(cfg)
     assert "\n" not in str(error.value)
     strategies.get(name).check(Config(strategy=config(name)))
+
+
+@pytest.mark.parametrize(
+    "flags, field",
+    [
+        (["--strategy", "centered_clip", "--centered-clip.tau", "0"], "strategy.centered_clip.tau"),
+        (["--strategy", "norm_bound", "--norm-bound.bound", "mean"], "strategy.norm_bound.bound"),
+        (["--strategy", "frl_filter", "--frl-filter.factor", "-1"], "strategy.frl_filter.factor"),
+    ],
+)
+def test_the_cli_exits_2_with_one_line_before_writing(flags, field, tmp_path, monkeypatch, capsys):
+    from jfedrl import cli
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "--no-progress", *flags])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"jfedrl: error: {field}:") and error.count("\n") == 1, error
+    assert list(tmp_path.iterdir()) == []
