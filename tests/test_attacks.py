@@ -503,3 +503,50 @@ def test_sign_flip_collapses_fedavg_while_the_median_holds():
     fedavg, median = final_eval("fedavg"), final_eval("median")
     assert median > 60.0, (fedavg, median)
     assert fedavg < 30.0, (fedavg, median)
+
+
+@pytest.mark.parametrize("name", [n for n in attacks.names() if attacks.get(n).section is not None])
+def test_attack_params_trace_through_the_round_but_not_the_evaluation(name):
+    """A sweep may vmap an attack's parameter: one compiled program for every value."""
+    from jfedrl.config import traceable
+    from jfedrl.experiments import traced
+    from jfedrl.round.simulator import Simulator
+    from tests.test_traced import reaches_outputs
+
+    config = sim_config(attack__name=name, attack__clients=(1,))
+    simulator = make_simulator(config)
+    fields = [p for p in traceable() if p.startswith(f"attack.{name}.")]
+    assert fields
+    values = {p: jnp.float32(traced.get_path(config, p)) for p in fields}
+    state = jax.eval_shape(simulator.init, jax.random.PRNGKey(0))
+
+    def round_step(values, state):
+        return traced.simulator_with(simulator, values).round_step(state)
+
+    jaxpr = jax.make_jaxpr(round_step)(values, state).jaxpr  # no Python branch on a tracer
+    assert reaches_outputs(jaxpr, jaxpr.invars[: len(fields)])
+
+    def evaluate(values, state):
+        run = traced.simulator_with(simulator, values)
+        return Simulator.evaluate.__wrapped__(run, state, jax.random.PRNGKey(1))
+
+    jaxpr = jax.make_jaxpr(evaluate)(values, state).jaxpr
+    assert not reaches_outputs(jaxpr, jaxpr.invars[: len(fields)])
+
+
+def test_the_docs_attack_plugin_registers_a_section_and_flags(tmp_path):
+    """The "Adding an attack" example of the docs, as a `--plugin` module."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    docs = [root / "docs" / n for n in ("robustness.md", "attacks-notes.md")]
+    text = next(p.read_text() for p in docs if p.is_file() and "flip_half" in p.read_text())
+    code = re.search(r"```python\n(.*?register\(AttackSpec\(\"flip_half\".*?)```", text, re.S)
+    (tmp_path / "flip_half.py").write_text(code.group(1))
+    run = [sys.executable, "-m", "jfedrl.cli", "train", "--plugin", "flip_half", "--help"]
+    done = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--attack.flip-half.scale V, --flip-half.scale V" in done.stdout
