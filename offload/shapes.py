@@ -128,8 +128,13 @@ def shard_config(config: Any, n: int) -> Any:
     clients = max(n, config.offload.shards)
     if config.env.values or clients >= fed.num_clients:
         return None
+    # Which clients are Byzantine changes no shape: explicit ids of the full federation
+    # would be out of range in the small one.
+    attack = dataclasses.replace(config.attack, clients=())
     return dataclasses.replace(
-        config, federation=dataclasses.replace(fed, num_clients=clients, participation=1.0)
+        config,
+        federation=dataclasses.replace(fed, num_clients=clients, participation=1.0),
+        attack=attack,
     )
 
 

@@ -53,6 +53,12 @@ def _strategies():
     return STRATEGIES
 
 
+def _attacks():
+    from jfedrl.attacks import ATTACKS
+
+    return ATTACKS
+
+
 def _fresh():
     fresh = Registry("widget", "widgets.name")
     fresh.register("alpha", object())
@@ -67,6 +73,7 @@ INSTANCES = {
     "commands": (_commands, "command", "command"),
     "algorithms": (_algorithms, "algorithm", "algo.name"),
     "strategies": (_strategies, "strategy", "strategy.name"),
+    "attacks": (_attacks, "attack", "attack.name"),
     "fresh": (_fresh, "widget", "widgets.name"),
 }
 

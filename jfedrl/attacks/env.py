@@ -76,6 +76,7 @@ def attack_params(env_params: Any, byzantine: jax.Array, value: Any) -> AttackPa
 
 def _random_action(space: Any, key: jax.Array, action: jax.Array) -> jax.Array:
     """A uniform action of `space`, shaped and typed like `action`."""
+    action = jnp.asarray(action)
     if hasattr(space, "n"):
         return jax.random.randint(key, jnp.shape(action), 0, space.n).astype(action.dtype)
     low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), jnp.shape(action))
