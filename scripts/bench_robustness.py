@@ -373,7 +373,7 @@ def report(
             f"{setting.byzantine} of {setting.clients} clients Byzantine under every attack. "
             + (f"Sweep wall time {total:.0f} s" if total else "")
             + (
-                " (from its files' times: the sweep was stopped before the end)"
+                " (from its files' times: the sweep did not record its own, it was stopped)"
                 if total and name in stopped
                 else ""
             )
