@@ -298,7 +298,10 @@ def test_bad_attack_settings_name_the_field(values, message):
         validate(_attack(**values))
 
 
-def test_a_rule_tolerating_fewer_attackers_is_warned_about_naming_both_fields(caplog):
+def test_a_rule_tolerating_fewer_attackers_is_warned_about_naming_both_fields(caplog, monkeypatch):
+    from jfedrl.attacks import checks
+
+    monkeypatch.setattr(checks, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="jfedrl.attacks.checks"):
         krum = {"strategy.name": "krum", "strategy.krum.f": 1}
         validate(override(_attack(name="sign_flip", fraction=0.34), krum))
