@@ -298,7 +298,10 @@ def test_bad_attack_settings_name_the_field(values, message):
         validate(_attack(**values))
 
 
-def test_a_rule_tolerating_fewer_attackers_is_warned_about_naming_both_fields(caplog):
+def test_a_rule_tolerating_fewer_attackers_is_warned_about_naming_both_fields(caplog, monkeypatch):
+    from jfedrl.attacks import checks
+
+    monkeypatch.setattr(checks, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="jfedrl.attacks.checks"):
         krum = {"strategy.name": "krum", "strategy.krum.f": 1}
         validate(override(_attack(name="sign_flip", fraction=0.34), krum))
@@ -408,6 +411,7 @@ def test_update_attack_starts_at_start_round_on_the_fixed_set(honest):
     assert "byzantine/count" not in hm[0]
 
 
+@pytest.mark.slow
 def test_env_attack_changes_only_the_byzantine_clients_training(honest):
     _, (h1, _), _ = honest
     sim, (a1, _), am = _two_rounds(sim_config(attack__name="reward_flip", attack__clients=(2,)))
@@ -428,6 +432,7 @@ def test_env_attack_changes_only_the_byzantine_clients_training(honest):
     assert int(am[0]["byzantine/count"]) == 1
 
 
+@pytest.mark.slow
 def test_krum_reports_its_selection_and_the_detection_metrics():
     sim = make_simulator(
         sim_config(
@@ -458,7 +463,7 @@ def test_an_offloaded_run_under_attack_equals_the_in_process_one(attack, tmp_pat
 
     from jfedrl.run.runner import train
     from tests.helpers import with_run_dir
-    from tests.test_offload import assert_same_run
+    from tests.test_offload import TIMING
 
     if "local" not in __import__("jfedrl.plugins", fromlist=["x"]).executors():
         pytest.skip("the offload package is not installed")
@@ -473,7 +478,18 @@ def test_an_offloaded_run_under_attack_equals_the_in_process_one(attack, tmp_pat
     want = train(with_run_dir(tiny_config(**values), tmp_path / "inprocess"), quiet=True)
     local = tiny_config(offload__executor="local", offload__shards=3, **values)
     got = train(with_run_dir(local, tmp_path / "local"), quiet=True)
-    assert_same_run(got, want)
+    # The state is bit-identical. The in-process round fuses the metrics' means over the
+    # clients with their training, so a metric may differ from the offloaded one (whose
+    # `aggregate` reads the workers' results) in its last bit.
+    for a, b in zip(jax.tree.leaves(got.state), jax.tree.leaves(want.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(got.records) == len(want.records)
+    for row, expected in zip(got.records, want.records, strict=True):
+        for name, value in expected.items():
+            if name not in TIMING:
+                np.testing.assert_allclose(
+                    np.asarray(row[name], float), np.asarray(value, float), 1e-6, err_msg=name
+                )
     assert all(r["byzantine/count"] == 2 for r in got.records)
     for run in ("inprocess", "local"):
         rec = json.loads((tmp_path / run / "byzantine.json").read_text())

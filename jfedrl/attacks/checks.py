@@ -18,6 +18,16 @@ from jfedrl.schema.checks import ConfigError, require
 
 log = logging.getLogger(__name__)
 
+_WARNED: set[str] = set()
+"""Messages already logged: a config is validated more than once per run (the CLI, then
+`make_simulator`), and a warning is said once."""
+
+
+def _warn(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
 
 def validate_attack(config: Any) -> None:
     """Checks `attack.*` and runs the attack's own checks; warns about rule tolerances."""
@@ -41,16 +51,13 @@ def validate_attack(config: Any) -> None:
     spec.check(config)
     count = byzantine_count(fraction, num_clients, ids)
     if count == 0:
-        log.warning(
-            "attack.name: %s, but no client is Byzantine (attack.fraction = %g of %d clients, "
-            "attack.clients empty)",
-            section.name,
-            fraction,
-            num_clients,
+        _warn(
+            f"attack.name: {section.name}, but no client is Byzantine (attack.fraction = "
+            f"{fraction:g} of {num_clients} clients, attack.clients empty)"
         )
         return
     for message in tolerance_warnings(config, count):
-        log.warning("%s", message)
+        _warn(message)
 
 
 def tolerance_warnings(config: Any, count: int) -> list[str]:
