@@ -314,6 +314,7 @@ def report(
     quick: bool = False,
     revision: str = "",
     stopped: Sequence[str] = (),
+    note: str = "",
 ) -> tuple[dict[str, Any], str]:
     """The json report and the markdown of every setting measured under `work`."""
     out: dict[str, Any] = {
@@ -339,6 +340,8 @@ def report(
         "(Krum f, trimmed-mean beta). docs/robustness.md says how to read it.",
         "",
     ]
+    if note:
+        lines += [note, ""]
     if quick:
         lines += [
             "**`--quick` budget** (a tiny network, a few rounds, 2 seeds): it tests the script; "
@@ -455,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", default="", help="keep the sweeps here (resumable)")
     parser.add_argument("--report", default="", help="only write the table from this --work")
     parser.add_argument("--out", default=str(benchlib.BENCH / "robustness"))
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. why a subset)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds = 2
@@ -481,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.quick or bool(meta.get("quick")),
             meta.get("revision", ""),
             stopped,
+            args.note,
         )
         benchlib.write_report(Path(args.out), report_data, markdown)
         return
@@ -516,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             meta["command"],
             meta["quick"],
             meta["revision"],
+            note=args.note,
         )
     benchlib.write_report(Path(args.out), report_data, markdown)
 
