@@ -204,6 +204,23 @@ def seconds_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]
     return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in rules], rows)
 
 
+SELECTING = ("krum", "multi_krum", "frl_filter")
+"""The rules that report `selected`: their detection rates are tabled."""
+
+
+def detection_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]:
+    """The selecting rules' mean per-round detection rate (malicious updates dropped /
+    malicious updates seen), averaged over the cell's seeds; `–` without attackers."""
+    chosen = [r for r in rules if r in SELECTING]
+
+    def cell(key):
+        rate = cells.get(key, {}).get("detection_rate")
+        return "–" if rate is None else f"{rate:.2f}"
+
+    rows = [[f"`{a}`"] + [cell(f"{a}/{r}") for r in chosen] for a in attacks if a != "none"]
+    return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in chosen], rows)
+
+
 def _iqm(cells, key):
     cell = cells.get(key)
     return None if not cell or cell.get("iqm") is None else cell["iqm"]
@@ -388,6 +405,11 @@ def report(
             "Known facts, checked on these cells:",
             "",
             *known_facts(cells),
+            "",
+            "Detection rate of the selecting rules (malicious updates dropped / malicious "
+            "updates seen, per round, averaged over rounds and seeds; `byzantine/*` metrics):",
+            "",
+            *detection_table(cells, attacks, rules),
             "",
             "Wall seconds per group (one compiled program: the cell's seeds vmapped; "
             "training + compilation):",

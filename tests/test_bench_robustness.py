@@ -110,3 +110,10 @@ def test_quick_mode_writes_the_table_and_the_json(tmp_path):
         again["settings"]["fedpgbr"]["cells"]["none/fedavg"]["scores"]
         == (cells["none/fedavg"]["scores"])
     )
+
+
+def test_the_detection_table_has_the_selecting_rules_only():
+    cells = {"alie/krum": {"detection_rate": 0.667}, "alie/median": {"detection_rate": None}}
+    lines = bench.detection_table(cells, ["none", "alie"], ["fedavg", "median", "krum"])
+    assert lines[0] == "| attack \\ rule | `krum` |"
+    assert lines[2:] == ["| `alie` | 0.67 |"]
