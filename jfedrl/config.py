@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jfedrl import algorithms, personal, strategies
+from jfedrl import algorithms, attacks, personal, strategies
 from jfedrl.schema import convert as schema
 from jfedrl.schema import legacy
 from jfedrl.schema.checks import ConfigError
@@ -126,6 +126,50 @@ StrategyConfig = _sections(
         ),
     ],
     strategies.specs(),
+)
+
+
+AttackConfig = _sections(
+    "AttackConfig",
+    "Byzantine clients and what they do (docs/robustness.md): the attack's name, who is "
+    "Byzantine, from when, and one section per attack that has parameters.",
+    [
+        (
+            "name",
+            str,
+            param(
+                attacks.NONE,
+                alias="attack",
+                doc=f"Registered attack: {', '.join(attacks.names())} (none: every client is "
+                "honest).",
+            ),
+        ),
+        (
+            "fraction",
+            float,
+            param(
+                0.0,
+                static_reason="sets the number of Byzantine clients",
+                doc="Fraction in [0, 1) of the clients that are Byzantine: floor(fraction x "
+                "num_clients) of them, drawn once from the run key (byzantine.json).",
+            ),
+        ),
+        (
+            "clients",
+            tuple[int, ...],
+            param(
+                (),
+                doc="Explicit Byzantine client ids (unique, in [0, num_clients)); overrides "
+                "`fraction`.",
+            ),
+        ),
+        (
+            "start_round",
+            int,
+            param(0, doc="First round (0-based) in which the Byzantine clients attack."),
+        ),
+    ],
+    attacks.specs(),
 )
 
 
@@ -311,6 +355,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
     log: LogConfig = param(default_factory=LogConfig, resumable=True, setup=False)
@@ -406,6 +451,7 @@ def participants_per_round(fed: FederationConfig) -> int:
 
 algorithms.freeze("jfedrl.config assembled the config tree")
 strategies.freeze("jfedrl.config assembled the config tree")
+attacks.freeze("jfedrl.config assembled the config tree")
 personal.freeze("jfedrl.config assembled the config tree")
 
 FACTS: dict[str, Facts] = facts_of(Config)
@@ -453,12 +499,14 @@ def shortcuts() -> dict[str, str]:
 def section_aliases() -> dict[str, str]:
     """Section shortcuts, one per registered section, names unique.
 
-    `ppo.` -> `algo.ppo.`, `fedadam.` -> `strategy.fedadam.`, `golem.` -> `offload.golem.`.
+    `ppo.` -> `algo.ppo.`, `fedadam.` -> `strategy.fedadam.`, `sign_flip.` ->
+    `attack.sign_flip.`, `golem.` -> `offload.golem.`.
     """
     out: dict[str, str] = {}
     for parent, cls in (
         ("algo", AlgoConfig),
         ("strategy", StrategyConfig),
+        ("attack", AttackConfig),
         ("personal", PersonalConfig),
         ("offload", OffloadConfig),
     ):

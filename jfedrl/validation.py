@@ -12,6 +12,7 @@ import dataclasses
 import envs
 from envs.registry import UnknownName, did_you_mean
 from jfedrl import algorithms, personal, plugins, strategies
+from jfedrl.attacks.checks import validate_attack
 from jfedrl.config import (
     REJECTED_AGGREGATE_ACTIONS,
     Config,
@@ -74,6 +75,7 @@ def validate(config: Config) -> Config:
     algorithm.check(config)
     _with_holdout(config.federation, strategy.check, config)
     _with_holdout(config.federation, personal.check, config)
+    validate_attack(config)
     executor.validate(config)
     validate_distributed(config)
     return config

@@ -128,11 +128,15 @@ def shard_config(config: Any, n: int) -> Any:
     clients = max(n, config.offload.shards)
     if config.env.values or clients >= fed.num_clients:
         return None
+    # Which clients are Byzantine changes no shape: explicit ids of the full federation
+    # would be out of range in the small one.
+    attack = dataclasses.replace(config.attack, clients=())
     return dataclasses.replace(
         config,
         federation=dataclasses.replace(
             fed, num_clients=clients, participation=1.0, holdout=0, holdout_fraction=0.0
         ),
+        attack=attack,
     )
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from jfedrl import algorithms, strategies
+from jfedrl import algorithms, attacks, strategies
 from jfedrl.algorithms.spec import AlgorithmSpec
+from jfedrl.attacks.spec import AttackSpec
 from jfedrl.strategies.spec import StrategySpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +172,7 @@ def test_importing_the_cli_entry_assembles_no_config_tree():
     [
         (algorithms, AlgorithmSpec("late_algo", "m:build", section=type("S", (), {}))),
         (strategies, StrategySpec("late_rule", "m:build", section=type("S", (), {}))),
+        (attacks, AttackSpec("late_attack", "update", "m:build", section=type("S", (), {}))),
     ],
 )
 def test_a_section_registered_after_the_tree_exists_is_refused(registry, spec):

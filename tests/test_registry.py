@@ -59,6 +59,12 @@ def _personal():
     return PERSONAL
 
 
+def _attacks():
+    from jfedrl.attacks import ATTACKS
+
+    return ATTACKS
+
+
 def _fresh():
     fresh = Registry("widget", "widgets.name")
     fresh.register("alpha", object())
@@ -74,6 +80,7 @@ INSTANCES = {
     "algorithms": (_algorithms, "algorithm", "algo.name"),
     "strategies": (_strategies, "strategy", "strategy.name"),
     "personal": (_personal, "personalization method", "personal.name"),
+    "attacks": (_attacks, "attack", "attack.name"),
     "fresh": (_fresh, "widget", "widgets.name"),
 }
 

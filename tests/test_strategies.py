@@ -41,6 +41,9 @@ DETERMINISTIC = (
     "multi_krum",
     "dp_fedavg",  # with strategy.dp_fedavg.noise = 0
     "geometric_median",
+    "centered_clip",  # with a tau no update reaches
+    "norm_bound",  # with a bound no update reaches
+    "frl_filter",
 )
 
 
@@ -436,6 +439,8 @@ def deterministic_config(name: str) -> StrategyConfig:
     extra = {
         "dp_fedavg": {"noise": 0.0, "clip": 1e6},
         "trimmed_mean": {"beta": 0.2},
+        "centered_clip": {"tau": 1e6},
+        "norm_bound": {"max_norm": 1e6},
         **{opt: {"lr": 0.1} for opt in ("fedavgm", "fedadam", "fedyogi", "fedadagrad")},
     }
     return config(name, **extra.get(name, {}))

@@ -58,7 +58,7 @@ def reaches_outputs(jaxpr, inputs) -> bool:
 
 def test_every_algorithm_and_strategy_has_a_case():
     assert set(ALGORITHM_CONFIGS) == set(algorithms.names())
-    prefixes = ("algo.", "strategy.", "federation.", "personal.")
+    prefixes = ("algo.", "strategy.", "attack.", "federation.", "personal.")
     assert all(p.startswith(prefixes) for p in traceable())
     sections = {p.split(".")[1] for p in traceable() if p.startswith("algo.")}
     assert sections <= set(algorithms.names())

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jfedrl.attacks.round import detection_metrics
 from jfedrl.round.screening import Screened, final_values
 from jfedrl.round.state import RoundInputs
 
@@ -29,6 +30,7 @@ def round_metrics(
     padded_participants: int,
     local_updates: int,
     staleness: int,
+    attacking: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """The metrics of one round (pure).
 
@@ -47,6 +49,9 @@ def round_metrics(
         padded_participants: P, the padded participant axis.
         local_updates: `federation.local_updates` (the most local updates).
         staleness: `federation.staleness`; k > 0 adds the staleness metrics.
+        attacking: under an attack, the `[P]` participants that attacked: adds the
+            `byzantine/*` detection metrics (`jfedrl.attacks.round.detection_metrics`),
+            scored against the strategy metric `selected` where the rule reports it.
     """
     finite, returned, returns = screened.finite, screened.returned, screened.returns
     info, local_steps = screened.info, screened.info.local_steps
@@ -81,6 +86,9 @@ def round_metrics(
         if value.ndim >= 1 and value.shape[0] == padded_participants:
             value = value[:num_participants]  # per participant, as on one device
         metrics["strategy/" + name] = value
+    if attacking is not None:
+        selected = strategy_metrics.get("selected")
+        metrics.update(detection_metrics(attacking, finite, returned, selected))
     return metrics
 
 

@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jfedrl import algorithms, personal, strategies
+from jfedrl import algorithms, attacks, personal, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
+from jfedrl.attacks.round import attack_updates, attacked_envs, round_env_params
 from jfedrl.config import Config, participants_per_round, training_clients
 from jfedrl.round.aggregation import component_where, selective, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
@@ -199,6 +200,7 @@ class Simulator:
         key = jax.random.fold_in(state.key, state.round)
         key_sample, key_clients, key_aggregate = jax.random.split(key, 3)
         env_params = self.current_env_params(state, state.round)
+        env_params = round_env_params(self.config, state.key, env_params, state.round)
         counts = self.client_local_updates(state.key, state.round) if self.heterogeneous else None
         if counts is None:
             steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
@@ -288,9 +290,11 @@ class Simulator:
     ) -> tuple[FedState, dict[str, jax.Array]]:
         """Validates the participants' updates, aggregates, scatters states back.
 
-        `screen_updates` masks, clips and rebases the updates, `strategy_step`
-        aggregates them (rejecting a non-finite aggregate) and `round_metrics`
-        reports the round; the offload runner calls this after its own training.
+        Under an update attack the Byzantine participants' params are rewritten first
+        (`jfedrl.attacks.round.attack_updates`). `screen_updates` masks, clips and
+        rebases the updates, `strategy_step` aggregates them (rejecting a non-finite
+        aggregate) and `round_metrics` reports the round; the offload runner calls
+        this after its own training.
 
         Args:
             state: the state the round started from.
@@ -303,6 +307,11 @@ class Simulator:
             The state after the round and the round's metrics.
         """
         fed = self.config.federation
+        attacking, attack_metrics = None, {}
+        if self.config.attack.name != attacks.NONE:  # Byzantine participants (DESIGN.md, 8)
+            clients, attacking, attack_metrics = attack_updates(
+                self.config, self.algorithm, state, inputs, clients
+            )
         screened = screen_updates(
             state.global_params,
             inputs,
@@ -341,8 +350,9 @@ class Simulator:
             padded_participants=self.padded_participants,
             local_updates=fed.local_updates,
             staleness=fed.staleness,
+            attacking=attacking,
         )
-        return new_state, metrics
+        return new_state, {**metrics, **attack_metrics}
 
     @partial(jax.jit, static_argnums=(0, 2), donate_argnums=(1,))
     def run_block(self, state: FedState, num_rounds: int):
@@ -387,6 +397,7 @@ def make_simulator(config: Config) -> Simulator:
     """Validates `config` and builds the simulator (nothing is compiled yet)."""
     validate(config)
     client_envs = make_client_envs(config.env, config.federation.num_clients)
+    client_envs = attacked_envs(config, client_envs)
     algorithm = personal.wrap_algorithm(
         config,
         algorithms.make(config, client_envs.env, client_envs.default_params),

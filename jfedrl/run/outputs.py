@@ -24,6 +24,8 @@ from jfedrl.schema.checks import ConfigError
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 LOCK_FILE = ".lock"
+BYZANTINE_FILE = "byzantine.json"
+"""The Byzantine set of a run under attack (`jfedrl.attacks.byzantine.record`)."""
 #: A log record with this attribute set (`extra=`) goes to train.log only, not to stderr.
 FILE_ONLY = "jfedrl_file_only"
 

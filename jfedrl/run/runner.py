@@ -23,7 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jfedrl import plugins
+from jfedrl import attacks, plugins
+from jfedrl.attacks import byzantine
 from jfedrl.config import (
     FACTS,
     Config,
@@ -42,6 +43,7 @@ from jfedrl.run import callbacks, devices, distributed, trackers
 from jfedrl.run.callbacks import Block, BlockRunner, Callback, PlotCurve, Run, params_record
 from jfedrl.run.checkpoint import Checkpointer, CheckpointError
 from jfedrl.run.outputs import (
+    BYZANTINE_FILE,
     FILE_ONLY,
     RunDirError,
     RunLock,
@@ -604,6 +606,9 @@ def _start(
         record = params_record(env_params)
         record.update(evaluation.env_params_extras(config, config.federation.num_clients))
         (run_dir / "env_params.json").write_text(json.dumps(record))
+        if config.attack.name != attacks.NONE:  # the Byzantine set, drawn from the run key
+            record = byzantine.record(config.attack, config.federation.num_clients, state.key)
+            (run_dir / BYZANTINE_FILE).write_text(json.dumps(record))
     return state, records, 0.0
 
 

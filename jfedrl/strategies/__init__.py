@@ -14,9 +14,12 @@ from typing import Any
 from jfedrl.schema.sections import SectionRegistry
 from jfedrl.strategies import (
     averaging_config,
+    centered_clip_config,
     dp_config,
     evolutionary_config,
+    frl_filter_config,
     geometric_median_config,
+    norm_bound_config,
     reward_config,
     robust_config,
     server_opt_config,
@@ -57,6 +60,9 @@ for _module in (
     server_opt_config,
     robust_config,
     geometric_median_config,
+    centered_clip_config,
+    norm_bound_config,
+    frl_filter_config,
     dp_config,
 ):
     for _index, _spec in enumerate(_module.SPECS):

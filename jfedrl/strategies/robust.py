@@ -266,6 +266,7 @@ def _krum(f: int, m: int, by_num_steps: bool = False) -> Strategy:
         weights = normalized_weights(raw, selected)
         metrics = {
             "weights": weights,
+            "selected": selected,
             # In the params' units (inf where the true score exceeds float32's range).
             "scores": jnp.where(info.mask, jnp.ldexp(scores, 2 * exponent), 0.0),
         }

@@ -1,0 +1,552 @@
+"""Attacks x robust rules: final eval return of the global policy, IQM over seeds.
+
+Issue 22's table. Rows are attacks (`none`, the update attacks and the
+environment attacks of `jfedrl.attacks`), columns are aggregation rules, and a
+cell is the IQM of the final global eval return over the seeds with its 95 %
+stratified-bootstrap CI (`jfedrl.experiments.compare.estimate`, rliable's
+definitions), in two settings:
+
+- `fedpgbr`: FedPG-BR's (Fan et al. 2021): CartPole-v1, 10 clients, 3 Byzantine
+  (`attack.fraction: 0.3`), Krum's f = 3, trimmed mean beta = 0.3;
+- `large`: Acrobot-v1, 64 clients, floor(0.2 x 64) = 12 Byzantine, f = 12,
+  beta = 0.2.
+
+Each setting is one `jfedrl sweep` (`jfedrl.experiments.sweep.run_sweep`) whose
+setups are the (attack, rule) cells: a cell is one group, its seeds vmapped in
+one compiled program (attack and rule names are static, so the cells cannot
+share a program). The sweep runs as its part 1/1, which leaves out the pairwise
+comparison of every cell with every other; the table's statistics are computed
+here from the runs' metrics. Every group's wall time (training + compilation,
+from its runs' records) and each sweep's total are recorded.
+
+Writes `<out>.md` and `<out>.json` (default bench/robustness), the sweeps under
+`<work>/` (default a temporary folder; `--work DIR` keeps them). `--report DIR`
+writes the table from the finished runs of a `--work` folder without training
+(cells without finished runs are shown as `–`), so an interrupted bench still
+reports exactly what it measured.
+
+    python -m scripts.bench_robustness                        # everything (long on a CPU)
+    python -m scripts.bench_robustness --settings fedpgbr --rounds 8 --seeds 5
+    python -m scripts.bench_robustness --quick                 # 2 seeds, tiny budget (tests)
+    python -m scripts.bench_robustness --work sweeps/rob --attacks none sign_flip alie
+    python -m scripts.bench_robustness --report sweeps/rob
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from scripts import benchlib
+
+ATTACKS = (
+    "none",
+    "sign_flip",
+    "scale",
+    "gaussian",
+    "zero",
+    "free_rider",
+    "random_noise",
+    "alie",
+    "ipm",
+    "reward_flip",
+    "random_action",
+)
+"""The table's rows: no attack, the update attacks, then the environment attacks."""
+
+RULES = (
+    "fedavg",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "geometric_median",
+    "centered_clip",
+    "norm_bound",
+    "frl_filter",
+)
+"""The table's columns."""
+
+ROBUST = tuple(rule for rule in RULES if rule != "fedavg")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One federation the table is measured in."""
+
+    name: str
+    env: str
+    clients: int
+    fraction: float
+    rounds: int
+    description: str
+
+    @property
+    def byzantine(self) -> int:
+        """Byzantine clients: floor(fraction x clients), as `attack.fraction` draws them."""
+        return math.floor(self.fraction * self.clients + 1e-9)
+
+
+SETTINGS = {
+    "fedpgbr": Setting(
+        "fedpgbr", "CartPole-v1", 10, 0.3, 12, "FedPG-BR's: CartPole-v1, 10 clients, 3 Byzantine"
+    ),
+    "large": Setting(
+        "large", "Acrobot-v1", 64, 0.2, 16, "large: Acrobot-v1, 64 clients, 12 Byzantine"
+    ),
+}
+
+#: The tiny local budget of `--quick` (the tests' tiny config: compiles fast on 2 cores).
+QUICK_BASE = {
+    "federation.local_updates": 1,
+    "algo.ppo.num_envs": 2,
+    "algo.ppo.num_steps": 16,
+    "algo.ppo.num_minibatches": 2,
+    "algo.ppo.update_epochs": 1,
+    "algo.ppo.hidden_sizes": [8],
+    "log.eval_episodes": 1,
+}
+
+
+def base_config(setting: Setting, rounds: int, quick: bool = False) -> dict[str, Any]:
+    """The config every cell of `setting` shares (dotted keys): the env, the federation,
+    the Byzantine fraction and each rule's tolerance matched to the Byzantine count."""
+    f = setting.byzantine
+    base: dict[str, Any] = {
+        "env.name": setting.env,
+        "federation.num_clients": setting.clients,
+        "federation.rounds": rounds,
+        "attack.fraction": setting.fraction,
+        "strategy.krum.f": f,
+        "strategy.multi_krum.f": f,
+        "strategy.trimmed_mean.beta": round(f / setting.clients, 6),
+        "log.rounds_per_block": rounds,  # one block: one compiled program, one final eval
+        "log.tensorboard": False,
+        "log.plot": False,
+        "log.keep_checkpoints": 1,
+    }
+    if quick:
+        base.update(QUICK_BASE)
+    return base
+
+
+def setups(attacks: Sequence[str], rules: Sequence[str]) -> list[dict[str, str]]:
+    """The sweep's setups, one per cell, row by row (attacks outer, rules inner)."""
+    return [{"attack.name": a, "strategy.name": r} for a in attacks for r in rules]
+
+
+def sweep_data(
+    setting: Setting,
+    attacks: Sequence[str],
+    rules: Sequence[str],
+    seeds: int,
+    rounds: int,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """The sweep file of one setting."""
+    return {
+        "name": f"robustness-{setting.name}",
+        "base": base_config(setting, rounds, quick),
+        "setups": setups(attacks, rules),
+        "seeds": seeds,
+    }
+
+
+def cell_estimate(scores: Sequence[float], reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """IQM of a cell's final returns with its 95 % bootstrap CI (`compare.estimate`)."""
+    from jfedrl.experiments.compare import estimate
+
+    values = np.asarray([s for s in scores if s is not None], float)
+    if values.size == 0:
+        return {"iqm": None, "low": None, "high": None, "runs": 0}
+    interval = estimate(values[:, None], "iqm", reps=reps, seed=seed)
+    return {
+        "iqm": interval.value,
+        "low": interval.low,
+        "high": interval.high,
+        "runs": int(values.size),
+    }
+
+
+def format_cell(cell: dict[str, Any] | None) -> str:
+    """`IQM [low, high]` (one decimal), `–` without runs."""
+    if not cell or cell.get("iqm") is None:
+        return "–"
+    return f"{cell['iqm']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+
+
+def markdown_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]:
+    """Rows = attacks, columns = rules; `cells[f"{attack}/{rule}"]`."""
+    rows = [[f"`{a}`"] + [format_cell(cells.get(f"{a}/{r}")) for r in rules] for a in attacks]
+    return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in rules], rows)
+
+
+def seconds_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]:
+    """Each group's wall seconds (training + compilation), same layout."""
+
+    def cell(key):
+        seconds = cells.get(key, {}).get("group_seconds")
+        return "–" if seconds is None else f"{seconds:.0f}"
+
+    rows = [[f"`{a}`"] + [cell(f"{a}/{r}") for r in rules] for a in attacks]
+    return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in rules], rows)
+
+
+SELECTING = ("krum", "multi_krum", "frl_filter")
+"""The rules that report `selected`: their detection rates are tabled."""
+
+
+def detection_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]:
+    """The selecting rules' mean per-round detection rate (malicious updates dropped /
+    malicious updates seen), averaged over the cell's seeds; `–` without attackers."""
+    chosen = [r for r in rules if r in SELECTING]
+
+    def cell(key):
+        rate = cells.get(key, {}).get("detection_rate")
+        return "–" if rate is None else f"{rate:.2f}"
+
+    rows = [[f"`{a}`"] + [cell(f"{a}/{r}") for r in chosen] for a in attacks if a != "none"]
+    return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in chosen], rows)
+
+
+def _iqm(cells, key):
+    cell = cells.get(key)
+    return None if not cell or cell.get("iqm") is None else cell["iqm"]
+
+
+def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's known facts, each checked on the measured cells: shown, not shown,
+    or not measured (a cell it needs has no finished run)."""
+    lines = []
+    clean = _iqm(cells, "none/fedavg")
+    flipped = _iqm(cells, "sign_flip/fedavg")
+    if clean is None or flipped is None:
+        lines.append("- FedAvg under sign flipping: not measured (a cell has no finished run).")
+    else:
+        collapsed = flipped < 0.5 * clean
+        lines.append(
+            f"- FedAvg under sign flipping: IQM {flipped:.1f} against {clean:.1f} without "
+            f"attack: {'shown' if collapsed else 'NOT shown'} (collapse = below half of the "
+            "no-attack return)."
+        )
+    for attack in ATTACKS[1:]:
+        measured = {r: _iqm(cells, f"{attack}/{r}") for r in ROBUST}
+        measured = {r: v for r, v in measured.items() if v is not None}
+        if clean is None or not measured:
+            continue
+        best = max(measured, key=measured.get)
+        within = measured[best] >= 0.9 * clean
+        lines.append(
+            f"- `{attack}`: best robust rule `{best}` at {measured[best]:.1f}, "
+            + ("within" if within else "NOT within")
+            + f" 10 % of FedAvg without attack ({clean:.1f})."
+        )
+    for rule in ("krum", "median"):
+        alie, rule_clean = _iqm(cells, f"alie/{rule}"), _iqm(cells, f"none/{rule}")
+        if alie is None or rule_clean is None:
+            lines.append(f"- ALIE against `{rule}`: not measured.")
+            continue
+        defeated = alie < 0.9 * rule_clean
+        lines.append(
+            f"- ALIE against `{rule}`: {alie:.1f} against {rule_clean:.1f} without attack: "
+            + ("degraded by more than 10 % (shown)" if defeated else "NOT degraded by 10 %")
+            + "."
+        )
+    return lines
+
+
+def read_cells(sweep_dir: Path, rounds: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every cell's finished runs in a sweep folder: final returns, seeds, group seconds."""
+    from jfedrl.experiments.sweep import RUNS_DIR, load, run_dir_name
+    from jfedrl.run.outputs import read_metrics
+
+    sweep = load(sweep_dir / "sweep.yaml")
+    cells: dict[str, dict[str, Any]] = {}
+    for index, setup in enumerate(sweep.setups):
+        key = f"{setup.values['attack.name']}/{setup.values['strategy.name']}"
+        scores, seconds, byzantine, detection = [], [], [], []
+        for seed in sweep.seeds:
+            records = read_metrics(sweep_dir / RUNS_DIR / run_dir_name(index, setup, seed))
+            if not records or records[-1]["round"] < rounds:
+                continue
+            evaluated = [r["eval_return"] for r in records if r.get("eval_return") is not None]
+            scores.append(evaluated[-1] if evaluated else None)
+            compiled = sum(r.get("compile_seconds") or 0.0 for r in records)
+            seconds.append(records[-1]["wall_seconds"] + compiled)
+            byzantine.append(records[-1].get("byzantine/count"))
+            rate = [r.get("byzantine/detection_rate") for r in records]
+            rate = [x for x in rate if x is not None]
+            if rate:
+                detection.append(float(np.mean(rate)))
+        cell = cell_estimate(scores)
+        cell.update(
+            scores=scores,
+            # The runs of a group run in lockstep: each records the group's time.
+            group_seconds=max(seconds) if seconds else None,
+            byzantine_participants=byzantine[0] if byzantine else None,
+            detection_rate=float(np.mean(detection)) if detection else None,
+        )
+        cells[key] = cell
+    return cells, {"seeds": list(sweep.seeds)}
+
+
+def run_setting(
+    setting: Setting, attacks, rules, seeds: int, rounds: int, work: Path, quick: bool
+) -> float:
+    """Runs (or resumes) the setting's sweep under `work`; returns its wall seconds."""
+    from jfedrl.experiments.sweep import run_sweep
+
+    sweep_dir = work / setting.name
+    start = time.perf_counter()
+    if (sweep_dir / "sweep.yaml").is_file():
+        run_sweep(None, resume=sweep_dir, progress=False, quiet=True, part=(1, 1))
+    else:
+        sweep_file = work / f"{setting.name}.yaml"
+        work.mkdir(parents=True, exist_ok=True)
+        data = sweep_data(setting, attacks, rules, seeds, rounds, quick)
+        sweep_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        # Part 1/1: every group, without the all-pairs comparison (computed here instead).
+        run_sweep(sweep_file, sweep_dir, progress=False, quiet=True, part=(1, 1))
+    return time.perf_counter() - start
+
+
+def report(
+    work: Path,
+    names: Sequence[str],
+    wall: dict[str, float],
+    facts: dict[str, Any] | str,
+    command: str,
+    quick: bool = False,
+    revision: str = "",
+    stopped: Sequence[str] = (),
+    note: str = "",
+) -> tuple[dict[str, Any], str]:
+    """The json report and the markdown of every setting measured under `work`."""
+    out: dict[str, Any] = {
+        "machine": facts,
+        "command": command,
+        "revision": revision,
+        "quick": quick,
+        "settings": {},
+    }
+    lines = [
+        "# Robustness: attacks x aggregation rules",
+        "",
+        f"{str(facts['date'])[:10] if isinstance(facts, dict) else ''} "
+        f"{benchlib.describe(facts)}. `{command}`"
+        + (f" at revision {revision}" if revision else "")
+        + ".",
+        "",
+        "A cell is the IQM of the final global eval return (deterministic policy, every "
+        "client's environment) over the seeds, with its 95 % stratified-bootstrap CI "
+        "(rliable's definitions, `jfedrl.experiments.compare`); `–`: not measured. "
+        "Rows: attacks (`none` = every client honest), columns: rules. Default PPO and "
+        "default attack parameters; each rule's tolerance set to the Byzantine count "
+        "(Krum f, trimmed-mean beta). docs/robustness.md says how to read it.",
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    if quick:
+        lines += [
+            "**`--quick` budget** (a tiny network, a few rounds, 2 seeds): it tests the script; "
+            "its numbers say nothing about the rules.",
+            "",
+        ]
+    for name in names:
+        setting = SETTINGS[name]
+        sweep_dir = work / name
+        if not (sweep_dir / "sweep.yaml").is_file():
+            continue
+        data = yaml.safe_load((work / name / "sweep.yaml").read_text())
+        rounds = data["base"]["federation.rounds"]
+        cells, meta = read_cells(sweep_dir, rounds)
+        attacks = [a for a in ATTACKS if any(k.startswith(f"{a}/") for k in cells)]
+        rules = [r for r in RULES if any(k.endswith(f"/{r}") for k in cells)]
+        measured = [c["group_seconds"] for c in cells.values() if c["group_seconds"] is not None]
+        done = sum(1 for c in cells.values() if c["runs"] > 0)
+        out["settings"][name] = {
+            "setting": setting.__dict__ | {"byzantine": setting.byzantine},
+            "rounds": rounds,
+            "seeds": meta["seeds"],
+            "sweep_wall_seconds": wall.get(name),
+            "sweep_stopped_early": name in stopped,
+            "cells": cells,
+        }
+        total = wall.get(name)
+        lines += [
+            f"## {setting.description} ({rounds} rounds, {len(meta['seeds'])} seeds)",
+            "",
+            f"{done} of {len(cells)} cells measured; "
+            f"{setting.byzantine} of {setting.clients} clients Byzantine under every attack. "
+            + (f"Sweep wall time {total:.0f} s" if total else "")
+            + (
+                " (from its files' times: the sweep did not record its own, it was stopped)"
+                if total and name in stopped
+                else ""
+            )
+            + ("; " if total else "")
+            + f"sum of the groups' training + compilation {sum(measured):.0f} s.",
+            "",
+            *markdown_table(cells, attacks, rules),
+            "",
+            "Known facts, checked on these cells:",
+            "",
+            *known_facts(cells),
+            "",
+            "Detection rate of the selecting rules (malicious updates dropped / malicious "
+            "updates seen, per round, averaged over rounds and seeds; `byzantine/*` metrics):",
+            "",
+            *detection_table(cells, attacks, rules),
+            "",
+            "Wall seconds per group (one compiled program: the cell's seeds vmapped; "
+            "training + compilation):",
+            "",
+            *seconds_table(cells, attacks, rules),
+            "",
+        ]
+    missing = [SETTINGS[n].description for n in SETTINGS if n not in out["settings"]]
+    if missing:
+        lines += ["Not measured in this file: " + "; ".join(missing) + ".", ""]
+    load = benchlib.load_averages(facts)
+    if load:
+        lines += [benchlib.load_note(load), ""]
+    return out, "\n".join(lines)
+
+
+META_FILE = "bench_meta.json"
+"""In the `--work` folder: the measuring command, revision, machine and sweep wall times."""
+
+
+def read_meta(work: Path) -> dict[str, Any]:
+    path = work / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_meta(work: Path, meta: dict[str, Any]) -> None:
+    (work / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def file_time_span(sweep_dir: Path) -> float:
+    """Seconds from the sweep file's writing to the last run's last metrics record: the
+    wall time of a sweep that was stopped before it could record its own."""
+    ends = [p.stat().st_mtime for p in sweep_dir.glob("runs/*/metrics.jsonl")]
+    start = (sweep_dir / "sweep.yaml").stat().st_mtime
+    return max(ends) - start if ends else 0.0
+
+
+def git_revision() -> str:
+    """The checkout's short commit (with `+dirty` for uncommitted changes), or ""."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=benchlib.ROOT,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=benchlib.ROOT,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=0, help="0: the setting's own")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, tiny budget (tests)")
+    parser.add_argument("--work", default="", help="keep the sweeps here (resumable)")
+    parser.add_argument("--report", default="", help="only write the table from this --work")
+    parser.add_argument("--out", default=str(benchlib.BENCH / "robustness"))
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. why a subset)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = 2
+        args.rounds = args.rounds or 2
+        if args.settings == list(SETTINGS):
+            args.settings = ["fedpgbr"]
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m scripts.bench_robustness", *words])
+    if args.report:
+        work = Path(args.report)
+        meta = read_meta(work)
+        facts = benchlib.finish(meta.get("machine") or benchlib.machine(with_jax=False))
+        wall = {n: w for n, w in meta.get("wall", {}).items() if w is not None}
+        stopped = [n for n in args.settings if n not in wall and (work / n).is_dir()]
+        for name in stopped:
+            wall[name] = file_time_span(work / name)
+        names = [n for n in args.settings if (work / n).is_dir()]
+        report_data, markdown = report(
+            work,
+            names,
+            wall,
+            facts,
+            meta.get("command", command),
+            args.quick or bool(meta.get("quick")),
+            meta.get("revision", ""),
+            stopped,
+            args.note,
+        )
+        benchlib.write_report(Path(args.out), report_data, markdown)
+        return
+    from jfedrl.run.startup import prepare_process
+
+    prepare_process()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        meta = read_meta(work) or {
+            "command": command,
+            "revision": git_revision(),
+            "quick": args.quick,
+            "machine": benchlib.machine(),
+            "wall": {},
+        }
+        write_meta(work, meta)  # a later --report of this folder states what was run
+        for name in args.settings:
+            setting = SETTINGS[name]
+            rounds = args.rounds or setting.rounds
+            wall = run_setting(
+                setting, args.attacks, args.rules, args.seeds, rounds, work, args.quick
+            )
+            print(f"{name}: {wall:.0f} s", flush=True)
+            meta["wall"][name] = meta["wall"].get(name, 0.0) + wall  # resumed: both parts
+            write_meta(work, meta)
+        facts = benchlib.finish(meta["machine"])
+        report_data, markdown = report(
+            work,
+            args.settings,
+            meta["wall"],
+            facts,
+            meta["command"],
+            meta["quick"],
+            meta["revision"],
+            note=args.note,
+        )
+    benchlib.write_report(Path(args.out), report_data, markdown)
+
+
+if __name__ == "__main__":
+    main()

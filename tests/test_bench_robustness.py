@@ -1,0 +1,119 @@
+"""`scripts/bench_robustness.py`: its sweep files validate, its statistics are rliable's
+IQM with a bootstrap CI, its known-fact lines follow the numbers, and `--quick` runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jfedrl.experiments.sweep import parse, plan_groups
+from scripts import bench_robustness as bench
+
+
+def test_every_cell_of_both_settings_is_a_valid_setup_and_its_own_group():
+    for setting in bench.SETTINGS.values():
+        data = bench.sweep_data(setting, bench.ATTACKS, bench.RULES, seeds=5, rounds=4)
+        sweep = parse(data)  # validates every setup for every seed, compiles nothing
+        assert len(sweep.setups) == len(bench.ATTACKS) * len(bench.RULES)
+        assert len(plan_groups(sweep)) == len(sweep.setups)  # names are static: one each
+        config = sweep.setups[0].config
+        assert config.federation.num_clients == setting.clients
+        assert config.env.name == setting.env
+        assert config.strategy.krum.f == setting.byzantine
+    assert bench.SETTINGS["fedpgbr"].byzantine == 3
+    assert bench.SETTINGS["large"].byzantine == 12
+
+
+def test_the_trimmed_mean_trims_the_byzantine_count():
+    from jfedrl.strategies.robust import trim_count
+
+    for setting in bench.SETTINGS.values():
+        beta = bench.base_config(setting, 4)["strategy.trimmed_mean.beta"]
+        assert int(trim_count(np.asarray(setting.clients), beta)) == setting.byzantine
+
+
+def test_a_cell_is_the_iqm_with_a_bootstrap_interval():
+    scores = [500.0, 480.0, 9.0, 495.0, 470.0, 500.0]
+    cell = bench.cell_estimate(scores, reps=500)
+    assert cell["iqm"] == pytest.approx(stats.trim_mean(scores, 0.25))
+    assert cell["low"] <= cell["iqm"] <= cell["high"]
+    assert cell["runs"] == 6
+    assert bench.cell_estimate([None, None])["iqm"] is None
+    assert bench.format_cell(cell).startswith(f"{cell['iqm']:.1f} [")
+    assert bench.format_cell(None) == "–"
+
+
+def test_the_table_puts_attacks_in_rows_and_rules_in_columns():
+    cells = {"none/fedavg": bench.cell_estimate([1.0, 2.0, 3.0], reps=100)}
+    lines = bench.markdown_table(cells, ["none", "alie"], ["fedavg", "krum"])
+    assert lines[0] == "| attack \\ rule | `fedavg` | `krum` |"
+    assert lines[2].startswith("| `none` | 2.0 [") and lines[2].endswith(" | – |")
+    assert lines[3] == "| `alie` | – | – |"
+
+
+def cells_of(values: dict[str, float]) -> dict[str, dict]:
+    return {key: {"iqm": value} for key, value in values.items()}
+
+
+def test_known_facts_follow_the_numbers():
+    shown = bench.known_facts(
+        cells_of(
+            {
+                "none/fedavg": 500.0,
+                "sign_flip/fedavg": 20.0,
+                "sign_flip/median": 470.0,
+                "none/krum": 480.0,
+                "alie/krum": 100.0,
+                "none/median": 490.0,
+                "alie/median": 480.0,
+            }
+        )
+    )
+    assert "IQM 20.0 against 500.0 without attack: shown" in shown[0]
+    assert any("`sign_flip`: best robust rule `median` at 470.0, within" in x for x in shown)
+    assert any("against `krum`: 100.0 against 480.0" in x and "(shown)" in x for x in shown)
+    assert any("against `median`" in x and "NOT degraded" in x for x in shown)
+    not_shown = bench.known_facts(
+        cells_of({"none/fedavg": 500.0, "sign_flip/fedavg": 400.0, "sign_flip/krum": 300.0})
+    )
+    assert "NOT shown" in not_shown[0]
+    assert any("`krum` at 300.0, NOT within" in x for x in not_shown)
+    assert any("ALIE against `median`: not measured" in x for x in not_shown)
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_the_table_and_the_json(tmp_path):
+    """The whole script at its `--quick` budget: 2 seeds, 2 cells, no attack."""
+    out = tmp_path / "robustness"
+    work = tmp_path / "work"
+    bench.main(
+        ["--quick", "--attacks", "none", "--rules", "fedavg", "median"]
+        + ["--work", str(work), "--out", str(out)]
+    )
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    cells = report["settings"]["fedpgbr"]["cells"]
+    assert set(cells) == {"none/fedavg", "none/median"}
+    for cell in cells.values():
+        assert cell["runs"] == 2 and len(cell["scores"]) == 2
+        assert cell["low"] <= cell["iqm"] <= cell["high"]
+        assert cell["group_seconds"] > 0
+    markdown = (tmp_path / "robustness.md").read_text()
+    assert "| `none` |" in markdown and "`--quick` budget" in markdown
+    # --report rewrites the same table from the kept sweeps, without training.
+    bench.main(["--report", str(work), "--out", str(out), "--settings", "fedpgbr"])
+    again = json.loads((tmp_path / "robustness.json").read_text())
+    assert (
+        again["settings"]["fedpgbr"]["cells"]["none/fedavg"]["scores"]
+        == (cells["none/fedavg"]["scores"])
+    )
+
+
+def test_the_detection_table_has_the_selecting_rules_only():
+    cells = {"alie/krum": {"detection_rate": 0.667}, "alie/median": {"detection_rate": None}}
+    lines = bench.detection_table(cells, ["none", "alie"], ["fedavg", "median", "krum"])
+    assert lines[0] == "| attack \\ rule | `krum` |"
+    assert lines[2:] == ["| `alie` | 0.67 |"]
