@@ -131,6 +131,9 @@ def test_cleanup_survives_an_unreachable_api():
 
 # ---------------------------------------------------------------- protocol level (slow)
 
+# `train` in a child process, as `jfedrl train` calls it. (The CLI itself, `python -m
+# jfedrl.cli train --config FILE`, resumed here to params that differ from this session's
+# in-process run in the last bits; not resolved yet.)
 CHILD = """
 import sys
 from pathlib import Path
