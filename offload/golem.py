@@ -41,6 +41,10 @@ slot / exclusion / payment bookkeeping share one state, which reads best whole.
   `Golem.stop` accepts the invoices and debit notes that arrive (a bounded
   wait, within `golem.budget`). One log line says what was paid; `golem/spent`
   is in every round's metrics, and no work is started once the budget is spent.
+- Restarts: before the demand, `offload.leftovers` terminates the agreements an
+  earlier (killed) run left `Approved` on this yagna and accepts that run's
+  unpaid invoices once per agreement, in one log line; `--resume` then redoes
+  the round after the last checkpoint on fresh agreements.
 - yapapi's and its REST clients' log records go to the run's train.log (their
   level: `JFEDRL_GOLEM_LOG`, default WARNING), and the app key is removed from
   every log record of every logger (a record factory), at any level.
@@ -67,6 +71,7 @@ from offload import archive
 from offload.dispatch import NO_OTHER_WORKER
 from offload.executors import Job, Outcome
 from offload.golem_config import GolemConfig
+from offload.leftovers import clean_up_yagna
 from offload.source import STALE_IMAGE
 from offload.task import CACHE_MISS, TASK_FILE
 from offload.yagna import (
@@ -184,6 +189,8 @@ class GolemExecutor:
             )
         import_yapapi()
         route_golem_logs()
+        self.leftovers = clean_up_yagna(self.url, key, self.identity, config.budget)
+        """What an earlier (dead) run left on this yagna, settled before the demand."""
         self.blocked: dict[str, str] = {}
         """Excluded provider id -> why."""
         self.stats = {"proposals": 0, "agreements": 0, "subscriptions": 0}
