@@ -12,12 +12,18 @@ definitions), in two settings:
   beta = 0.2.
 
 Each setting is one `jfedrl sweep` (`jfedrl.experiments.sweep.run_sweep`) whose
-setups are the (attack, rule) cells: a cell is one group, its seeds vmapped in
-one compiled program (attack and rule names are static, so the cells cannot
-share a program). The sweep runs as its part 1/1, which leaves out the pairwise
-comparison of every cell with every other; the table's statistics are computed
-here from the runs' metrics. Every group's wall time (training + compilation,
-from its runs' records) and each sweep's total are recorded.
+setups are the (attack, rule) cells. The sweep compiles one program per group:
+per rule, one for `none` and one for every attack (the run's attack is a traced
+index, `jfedrl.attacks.round.AttackChoice`), each with its runs (attacks x
+seeds) vmapped; a rule's name is static, so each rule is its own group. The
+sweep runs as its part 1/1, which leaves out the pairwise comparison of every
+cell with every other; the table's statistics are computed here from the runs'
+metrics. Every group's wall time (training + compilation, from its runs'
+records) and each sweep's total are recorded.
+
+Each setting's sweep runs in a child process: should it die (a signal, an
+out-of-memory kill), the sweep is resumed from its finished groups, up to
+`--retries` times, and the report names each crash.
 
 Writes `<out>.md` and `<out>.json` (default bench/robustness), the sweeps under
 `<work>/` (default a temporary folder; `--work DIR` keeps them). `--report DIR`
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +70,7 @@ ATTACKS = (
     "ipm",
     "reward_flip",
     "random_action",
+    "obs_noise",
 )
 """The table's rows: no attack, the update attacks, then the environment attacks."""
 
@@ -92,6 +100,9 @@ class Setting:
     fraction: float
     rounds: int
     description: str
+    budget: tuple[tuple[str, Any], ...] = ()
+    """Config fields (dotted) that size its local training and evaluation, so the
+    whole table fits its time budget on 2 CPU cores; the rest is the default config."""
 
     @property
     def byzantine(self) -> int:
@@ -101,10 +112,18 @@ class Setting:
 
 SETTINGS = {
     "fedpgbr": Setting(
-        "fedpgbr", "CartPole-v1", 10, 0.3, 12, "FedPG-BR's: CartPole-v1, 10 clients, 3 Byzantine"
+        "fedpgbr", "CartPole-v1", 10, 0.3, 8, "FedPG-BR's: CartPole-v1, 10 clients, 3 Byzantine"
     ),
+    # 64 clients x 11 attacks x 5 seeds in one program per rule: 2 local updates a
+    # round and 2 eval episodes per client keep it near half of the hour.
     "large": Setting(
-        "large", "Acrobot-v1", 64, 0.2, 16, "large: Acrobot-v1, 64 clients, 12 Byzantine"
+        "large",
+        "Acrobot-v1",
+        64,
+        0.2,
+        4,
+        "large: Acrobot-v1, 64 clients, 12 Byzantine",
+        (("federation.local_updates", 2), ("log.eval_episodes", 2)),
     ),
 }
 
@@ -136,6 +155,7 @@ def base_config(setting: Setting, rounds: int, quick: bool = False) -> dict[str,
         "log.tensorboard": False,
         "log.plot": False,
         "log.keep_checkpoints": 1,
+        **dict(setting.budget),
     }
     if quick:
         base.update(QUICK_BASE)
@@ -194,14 +214,34 @@ def markdown_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str
 
 
 def seconds_table(cells: dict[str, dict[str, Any]], attacks, rules) -> list[str]:
-    """Each group's wall seconds (training + compilation), same layout."""
+    """Each group's wall seconds (training + compilation): per rule, `none`'s program
+    and the program of every attack (its runs share one time)."""
 
-    def cell(key):
-        seconds = cells.get(key, {}).get("group_seconds")
-        return "–" if seconds is None else f"{seconds:.0f}"
+    def cell(row, rule):
+        seconds = [cells.get(f"{a}/{rule}", {}).get("group_seconds") for a in row]
+        seconds = [x for x in seconds if x is not None]
+        return "–" if not seconds else f"{max(seconds):.0f}"
 
-    rows = [[f"`{a}`"] + [cell(f"{a}/{r}") for r in rules] for a in attacks]
-    return benchlib.table(["attack \\ rule"] + [f"`{r}`" for r in rules], rows)
+    attacked = [a for a in attacks if a != "none"]
+    rows = []
+    if "none" in attacks:
+        rows.append(["`none`"] + [cell(["none"], r) for r in rules])
+    if attacked:
+        rows.append([f"the {len(attacked)} attacks"] + [cell(attacked, r) for r in rules])
+    return benchlib.table(["program \\ rule"] + [f"`{r}`" for r in rules], rows)
+
+
+def program_seconds(cells: dict[str, dict[str, Any]], attacks, rules) -> list[float]:
+    """The wall seconds of each compiled program (per rule: `none`'s, every attack's;
+    the cells of one program share its time, so each program counts once)."""
+    out = []
+    for rule in rules:
+        for row in (["none"], [a for a in attacks if a != "none"]):
+            seconds = [cells.get(f"{a}/{rule}", {}).get("group_seconds") for a in row]
+            seconds = [x for x in seconds if x is not None]
+            if seconds:
+                out.append(max(seconds))
+    return out
 
 
 SELECTING = ("krum", "multi_krum", "frl_filter")
@@ -259,9 +299,11 @@ def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"- ALIE against `{rule}`: not measured.")
             continue
         defeated = alie < 0.9 * rule_clean
+        z = (cells.get(f"alie/{rule}", {}).get("attack_diagnostics") or {}).get("attack/alie_z")
         lines.append(
             f"- ALIE against `{rule}`: {alie:.1f} against {rule_clean:.1f} without attack: "
             + ("degraded by more than 10 % (shown)" if defeated else "NOT degraded by 10 %")
+            + (f" (z = {z:.2f})" if z is not None else "")
             + "."
         )
     return lines
@@ -276,7 +318,7 @@ def read_cells(sweep_dir: Path, rounds: int) -> tuple[dict[str, dict[str, Any]],
     cells: dict[str, dict[str, Any]] = {}
     for index, setup in enumerate(sweep.setups):
         key = f"{setup.values['attack.name']}/{setup.values['strategy.name']}"
-        scores, seconds, byzantine, detection = [], [], [], []
+        scores, seconds, byzantine, detection, diagnostics = [], [], [], [], {}
         for seed in sweep.seeds:
             records = read_metrics(sweep_dir / RUNS_DIR / run_dir_name(index, setup, seed))
             if not records or records[-1]["round"] < rounds:
@@ -290,6 +332,10 @@ def read_cells(sweep_dir: Path, rounds: int) -> tuple[dict[str, dict[str, Any]],
             rate = [x for x in rate if x is not None]
             if rate:
                 detection.append(float(np.mean(rate)))
+            for record in records:
+                for name, value in record.items():
+                    if name.startswith("attack/") and name != "attack/active" and value is not None:
+                        diagnostics.setdefault(name, []).append(float(value))
         cell = cell_estimate(scores)
         cell.update(
             scores=scores,
@@ -297,6 +343,8 @@ def read_cells(sweep_dir: Path, rounds: int) -> tuple[dict[str, dict[str, Any]],
             group_seconds=max(seconds) if seconds else None,
             byzantine_participants=byzantine[0] if byzantine else None,
             detection_rate=float(np.mean(detection)) if detection else None,
+            # The attack's own diagnostics (e.g. ALIE's z), averaged over rounds and seeds.
+            attack_diagnostics={k: float(np.nanmean(v)) for k, v in diagnostics.items()},
         )
         cells[key] = cell
     return cells, {"seeds": list(sweep.seeds)}
@@ -322,6 +370,32 @@ def run_setting(
     return time.perf_counter() - start
 
 
+def run_in_child(name: str, args: argparse.Namespace, work: Path) -> tuple[float, list[str]]:
+    """Runs setting `name`'s sweep in a child process, resuming it after a crash.
+
+    Returns:
+        The wall seconds of every attempt together, and one line per crash (its exit
+        status or signal). Raises SystemExit when the last of `args.retries` resumes
+        crashed too.
+    """
+    command = [sys.executable, "-m", "scripts.bench_robustness", "--child", name]
+    command += ["--attacks", *args.attacks, "--rules", *args.rules]
+    command += ["--seeds", str(args.seeds), "--rounds", str(args.rounds), "--work", str(work)]
+    command += ["--quick"] if args.quick else []
+    crashes: list[str] = []
+    total = 0.0
+    for _ in range(args.retries + 1):
+        start = time.perf_counter()
+        code = subprocess.run(command, cwd=benchlib.ROOT, check=False).returncode
+        total += time.perf_counter() - start
+        if code == 0:
+            return total, crashes
+        how = f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit {code}"
+        crashes.append(f"{time.strftime('%H:%M:%S')} UTC after {total:.0f} s: {how}")
+        print(f"{name}: the sweep died ({how}); resuming from its finished groups", flush=True)
+    raise SystemExit(f"{name}: the sweep died {len(crashes)} times: " + "; ".join(crashes))
+
+
 def report(
     work: Path,
     names: Sequence[str],
@@ -332,6 +406,7 @@ def report(
     revision: str = "",
     stopped: Sequence[str] = (),
     note: str = "",
+    crashes: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The json report and the markdown of every setting measured under `work`."""
     out: dict[str, Any] = {
@@ -375,14 +450,16 @@ def report(
         cells, meta = read_cells(sweep_dir, rounds)
         attacks = [a for a in ATTACKS if any(k.startswith(f"{a}/") for k in cells)]
         rules = [r for r in RULES if any(k.endswith(f"/{r}") for k in cells)]
-        measured = [c["group_seconds"] for c in cells.values() if c["group_seconds"] is not None]
+        measured = program_seconds(cells, attacks, rules)
         done = sum(1 for c in cells.values() if c["runs"] > 0)
         out["settings"][name] = {
-            "setting": setting.__dict__ | {"byzantine": setting.byzantine},
+            "setting": setting.__dict__
+            | {"byzantine": setting.byzantine, "budget": dict(setting.budget)},
             "rounds": rounds,
             "seeds": meta["seeds"],
             "sweep_wall_seconds": wall.get(name),
             "sweep_stopped_early": name in stopped,
+            "crashes": (crashes or {}).get(name, []),
             "cells": cells,
         }
         total = wall.get(name)
@@ -391,6 +468,13 @@ def report(
             "",
             f"{done} of {len(cells)} cells measured; "
             f"{setting.byzantine} of {setting.clients} clients Byzantine under every attack. "
+            + (
+                "Budget: "
+                + ", ".join(f"`{k}: {v}`" for k, v in setting.budget)
+                + " (the rest is the default config). "
+                if setting.budget
+                else ""
+            )
             + (f"Sweep wall time {total:.0f} s" if total else "")
             + (
                 " (from its files' times: the sweep did not record its own, it was stopped)"
@@ -398,7 +482,13 @@ def report(
                 else ""
             )
             + ("; " if total else "")
-            + f"sum of the groups' training + compilation {sum(measured):.0f} s.",
+            + f"sum of the programs' training + compilation {sum(measured):.0f} s."
+            + (
+                f" The sweep's process died {len(died)} time(s) and was resumed from its "
+                f"finished groups ({'; '.join(died)})."
+                if (died := (crashes or {}).get(name))
+                else ""
+            ),
             "",
             *markdown_table(cells, attacks, rules),
             "",
@@ -411,8 +501,8 @@ def report(
             "",
             *detection_table(cells, attacks, rules),
             "",
-            "Wall seconds per group (one compiled program: the cell's seeds vmapped; "
-            "training + compilation):",
+            "Wall seconds per compiled program (per rule: `none` x the seeds, and every "
+            "attack x the seeds, vmapped; training + compilation):",
             "",
             *seconds_table(cells, attacks, rules),
             "",
@@ -481,7 +571,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", default="", help="only write the table from this --work")
     parser.add_argument("--out", default=str(benchlib.BENCH / "robustness"))
     parser.add_argument("--note", default="", help="a paragraph for the report (e.g. why a subset)")
+    parser.add_argument("--retries", type=int, default=3, help="resumes after a crashed sweep")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # one setting's sweep
     args = parser.parse_args(argv)
+    if args.child:
+        from jfedrl.run.startup import prepare_process
+
+        prepare_process()
+        setting = SETTINGS[args.child]
+        rounds = args.rounds or setting.rounds
+        work = Path(args.work)
+        run_setting(setting, args.attacks, args.rules, args.seeds, rounds, work, args.quick)
+        return
     if args.quick:
         args.seeds = 2
         args.rounds = args.rounds or 2
@@ -508,12 +609,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             meta.get("revision", ""),
             stopped,
             args.note,
+            meta.get("crashes"),
         )
         benchlib.write_report(Path(args.out), report_data, markdown)
         return
     from jfedrl.run.startup import prepare_process
 
-    prepare_process()
+    prepare_process()  # the machine facts see the devices the children's sweeps see
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -523,16 +625,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "quick": args.quick,
             "machine": benchlib.machine(),
             "wall": {},
+            "crashes": {},
         }
         write_meta(work, meta)  # a later --report of this folder states what was run
         for name in args.settings:
-            setting = SETTINGS[name]
-            rounds = args.rounds or setting.rounds
-            wall = run_setting(
-                setting, args.attacks, args.rules, args.seeds, rounds, work, args.quick
-            )
+            wall, crashes = run_in_child(name, args, work)
             print(f"{name}: {wall:.0f} s", flush=True)
             meta["wall"][name] = meta["wall"].get(name, 0.0) + wall  # resumed: both parts
+            meta.setdefault("crashes", {}).setdefault(name, []).extend(crashes)
             write_meta(work, meta)
         facts = benchlib.finish(meta["machine"])
         report_data, markdown = report(
@@ -544,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             meta["quick"],
             meta["revision"],
             note=args.note,
+            crashes=meta.get("crashes"),
         )
     benchlib.write_report(Path(args.out), report_data, markdown)
 

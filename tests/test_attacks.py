@@ -233,7 +233,7 @@ def test_env_attacks_poison_only_flagged_clients():
         "random_action": _Section(prob=1.0),
     }
     for name, section in cases.items():
-        wrapped = env_attacks.AttackedEnv(env, attacks.get(name).builder()(section))
+        wrapped = env_attacks.AttackedEnv(env, attacks.get(name).builder()(section).kind)
         value = attacks.get(name).builder()(section).value
         clean = env.step(key, state, 1, params)
         for plain in (

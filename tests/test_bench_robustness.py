@@ -4,6 +4,7 @@ IQM with a bootstrap CI, its known-fact lines follow the numbers, and `--quick` 
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -14,12 +15,19 @@ from jfedrl.experiments.sweep import parse, plan_groups
 from scripts import bench_robustness as bench
 
 
-def test_every_cell_of_both_settings_is_a_valid_setup_and_its_own_group():
+def test_every_cell_of_both_settings_is_a_valid_setup_and_a_rule_compiles_twice():
     for setting in bench.SETTINGS.values():
         data = bench.sweep_data(setting, bench.ATTACKS, bench.RULES, seeds=5, rounds=4)
         sweep = parse(data)  # validates every setup for every seed, compiles nothing
         assert len(sweep.setups) == len(bench.ATTACKS) * len(bench.RULES)
-        assert len(plan_groups(sweep)) == len(sweep.setups)  # names are static: one each
+        groups = plan_groups(sweep)
+        # Per rule: `none` alone, every attack in one program (the attack traced).
+        assert len(groups) == 2 * len(bench.RULES)
+        for group in groups:
+            rules = {sweep.setups[i].values["strategy.name"] for i in group.indices}
+            attacks = [sweep.setups[i].values["attack.name"] for i in group.indices]
+            assert len(rules) == 1
+            assert attacks == ["none"] or attacks == list(bench.ATTACKS[1:])
         config = sweep.setups[0].config
         assert config.federation.num_clients == setting.clients
         assert config.env.name == setting.env
@@ -117,3 +125,40 @@ def test_the_detection_table_has_the_selecting_rules_only():
     lines = bench.detection_table(cells, ["none", "alie"], ["fedavg", "median", "krum"])
     assert lines[0] == "| attack \\ rule | `krum` |"
     assert lines[2:] == ["| `alie` | 0.67 |"]
+
+
+def _child_exits(monkeypatch, codes):
+    import subprocess
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, codes[len(calls) - 1])
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    return calls
+
+
+def test_a_crashed_sweep_is_resumed_and_the_crash_named(monkeypatch, tmp_path):
+    args = argparse.Namespace(
+        attacks=["none"], rules=["fedavg"], seeds=2, rounds=2, quick=True, retries=2
+    )
+    calls = _child_exits(monkeypatch, [-11, 0])
+    wall, crashes = bench.run_in_child("fedpgbr", args, tmp_path)
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same sweep, resumed
+    assert "--child" in calls[0] and str(tmp_path) in calls[0]
+    assert len(crashes) == 1 and "signal 11 (SIGSEGV)" in crashes[0] and wall >= 0
+    _child_exits(monkeypatch, [-9, 1, -11])
+    with pytest.raises(SystemExit, match="died 3 times"):
+        bench.run_in_child("fedpgbr", args, tmp_path)
+
+
+def test_the_seconds_table_has_one_row_per_program():
+    cells = {
+        "none/fedavg": {"group_seconds": 12.0},
+        "alie/fedavg": {"group_seconds": 40.0},
+        "ipm/fedavg": {"group_seconds": 41.0},
+    }
+    lines = bench.seconds_table(cells, ["none", "alie", "ipm"], ["fedavg", "krum"])
+    assert lines[2:] == ["| `none` | 12 | – |", "| the 2 attacks | 41 | – |"]

@@ -18,6 +18,12 @@ probability p. The agent still records the action its policy chose, so its
 update is fitted to transitions its actions did not cause; FedPG-BR's agents
 instead compute their gradient at the random actions: both make a useless
 update that looks like ordinary training.
+
+One wrapper can hold several kinds (`kinds`): a sweep group that compiles
+several attacks as one program (`jfedrl.attacks.round.AttackChoice`) wraps the
+env once with every env kind of the group, and each client's `AttackParams.which`
+says which of them it runs; a client whose flag is off steps exactly as the
+plain env.
 """
 
 from __future__ import annotations
@@ -66,12 +72,19 @@ class AttackParams(struct.PyTreeNode):
     """True where the client attacks this round."""
     value: jax.Array
     """The attack's parameter (`EnvAttack.value`), float32."""
+    which: Any = None
+    """With a wrapper of several kinds: the index of the client's kind in
+    `AttackedEnv.kinds` (int32); None with one kind."""
 
 
-def attack_params(env_params: Any, byzantine: jax.Array, value: Any) -> AttackParams:
+def attack_params(
+    env_params: Any, byzantine: jax.Array, value: Any, which: Any = None
+) -> AttackParams:
     """Every client's `AttackParams` from their stacked env params and `[C]` flags."""
     value = jnp.broadcast_to(jnp.asarray(value, jnp.float32), byzantine.shape)
-    return AttackParams(inner=env_params, byzantine=byzantine, value=value)
+    if which is not None:
+        which = jnp.broadcast_to(jnp.asarray(which, jnp.int32), byzantine.shape)
+    return AttackParams(inner=env_params, byzantine=byzantine, value=value, which=which)
 
 
 def _random_action(space: Any, key: jax.Array, action: jax.Array) -> jax.Array:
@@ -87,11 +100,17 @@ def _random_action(space: Any, key: jax.Array, action: jax.Array) -> jax.Array:
 
 
 class AttackedEnv:
-    """`env` whose Byzantine clients' rollouts are poisoned by `attack` (module doc)."""
+    """`env` whose Byzantine clients' rollouts are poisoned (module doc).
 
-    def __init__(self, env: Any, attack: EnvAttack):
+    Args:
+        env: the clients' environment.
+        kinds: the `EnvAttack.kind` it applies, or several (a sweep group's env
+            attacks; each client's `AttackParams.which` picks one).
+    """
+
+    def __init__(self, env: Any, kinds: str | tuple[str, ...]):
         self.env = env
-        self.kind = attack.kind
+        self.kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
 
     def __getattr__(self, name: str) -> Any:
         if name == "env":  # not set yet (e.g. while unpickling): no recursion
@@ -112,15 +131,30 @@ class AttackedEnv:
     def action_space(self, params: Any = None) -> Any:
         return self.env.action_space(self._split(params)[0])
 
+    def _on(self, attack: AttackParams, kind: str) -> jax.Array:
+        """Where the client runs `kind` this round: its flag (and, with several kinds,
+        `which` pointing at `kind`).
+        """
+        if len(self.kinds) == 1:
+            return attack.byzantine
+        return attack.byzantine & (attack.which == self.kinds.index(kind))
+
     def _noise(self, key: jax.Array, obs: jax.Array, attack: AttackParams) -> jax.Array:
         noise = attack.value * jax.random.normal(key, jnp.shape(obs), jnp.float32)
-        return jnp.where(attack.byzantine, noise, 0.0).astype(obs.dtype)
+        return jnp.where(self._on(attack, "obs_noise"), noise, 0.0).astype(obs.dtype)
+
+    def _noisy(self, obs: jax.Array, noise: jax.Array, attack: AttackParams) -> jax.Array:
+        if len(self.kinds) == 1:
+            return obs + noise
+        # Several kinds: a client running another kind keeps its obs bit for bit.
+        return jnp.where(self._on(attack, "obs_noise"), obs + noise, obs)
 
     def reset(self, key: jax.Array, params: Any = None) -> tuple[Any, Any]:
         inner, attack = self._split(params)
         obs, state = self.env.reset(key, inner)
-        if attack is not None and self.kind == "obs_noise":
-            obs = obs + self._noise(jax.random.fold_in(key, _ATTACK), obs, attack)
+        if attack is not None and "obs_noise" in self.kinds:
+            noise = self._noise(jax.random.fold_in(key, _ATTACK), obs, attack)
+            obs = self._noisy(obs, noise, attack)
         return obs, state
 
     def step(self, key: jax.Array, state: Any, action: Any, params: Any = None):
@@ -128,23 +162,29 @@ class AttackedEnv:
         if attack is None:
             return self.env.step(key, state, action, inner)
         key_take, key_draw = jax.random.split(jax.random.fold_in(key, _ATTACK))
-        if self.kind == "random_action":
-            take = attack.byzantine & jax.random.bernoulli(key_take, attack.value)
+        if "random_action" in self.kinds:
+            take = self._on(attack, "random_action") & jax.random.bernoulli(key_take, attack.value)
             random = _random_action(self.env.action_space(inner), key_draw, action)
             action = jnp.where(take, random, action)
         obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, inner)
-        if self.kind == "reward":
-            reward = jnp.where(attack.byzantine, attack.value * reward, reward).astype(
+        if "reward" in self.kinds:
+            reward = jnp.where(self._on(attack, "reward"), attack.value * reward, reward).astype(
                 jnp.result_type(reward)
             )
-        if self.kind == "obs_noise":
+        if "obs_noise" in self.kinds:
             noise = self._noise(key_draw, obs, attack)
-            obs = obs + noise
+            obs = self._noisy(obs, noise, attack)
             if "final_observation" in info:
-                info = {**info, "final_observation": info["final_observation"] + noise}
+                final = info["final_observation"]
+                info = {**info, "final_observation": self._noisy(final, noise, attack)}
         return obs, state, reward, terminated, truncated, info
 
 
-def wrap_envs(client_envs: Any, attack: EnvAttack) -> Any:
-    """`client_envs` (a `ClientEnvs`) whose env is wrapped in `AttackedEnv`."""
-    return dataclasses.replace(client_envs, env=AttackedEnv(client_envs.env, attack))
+def wrap_envs(client_envs: Any, kinds: str | tuple[str, ...]) -> Any:
+    """`client_envs` (a `ClientEnvs`) whose env is wrapped in `AttackedEnv(env, kinds)`;
+    an env already wrapped is re-wrapped from its own env.
+    """
+    env = client_envs.env
+    if isinstance(env, AttackedEnv):
+        env = env.env
+    return dataclasses.replace(client_envs, env=AttackedEnv(env, kinds))

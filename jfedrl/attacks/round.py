@@ -6,10 +6,20 @@ Three hooks, each a no-op unless `attack.name` is an attack of the matching kind
 round's env params; `attack_updates` applies an `update` attack to the trained
 participants before screening; `detection_metrics` scores a rule that reports
 the participants it `selected` against the Byzantine set.
+
+A sweep compiles setups that differ only in their attack as one program
+(`jfedrl.experiments.traced`): the group's simulator holds an `AttackChoice`,
+the group's attacks with a traced index of the run's own. The env is wrapped
+once with every env kind of the group; `attack_updates` computes every update
+attack of the group and keeps the run's (`lax.switch`; under the sweep's vmap,
+a select). The same keys and the same arithmetic as the run alone reach the
+selected attack, so a run of such a group equals the run alone (to float
+reassociation); the price is every attack's work in every run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -25,13 +35,62 @@ from jfedrl.attacks.update import apply_update_attack
 ATTACK_STREAM = 3
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class AttackChoice:
+    """The attacks a sweep group compiles as one program, and the run's own.
+
+    Attributes:
+        names: the group's `attack.name` values, each an `update` or `env` attack.
+        index: inside the program, the run's attack as a (traced) int32 index into
+            `names`; None outside it.
+        metric_keys: `name -> its diagnostic keys` (`attack/<key>`), recorded when
+            the round is traced: every run of the group carries the union, and the
+            sweep keeps a run's own keys only (`foreign_keys`).
+    """
+
+    names: tuple[str, ...]
+    index: Any = None
+    metric_keys: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def with_index(self, index: Any) -> AttackChoice:
+        """The same choice (sharing `metric_keys`) for the run whose attack is `index`."""
+        return AttackChoice(self.names, index, self.metric_keys)
+
+    def foreign_keys(self, name: str) -> set[str]:
+        """The metric keys of the group's other attacks that `name`'s runs do not have."""
+        own = set(self.metric_keys.get(name, ()))
+        return {k for keys in self.metric_keys.values() for k in keys} - own
+
+
+def switchable(name: str) -> bool:
+    """Whether runs of attack `name` can share a program with other attacks: an
+    `update` or `env` attack (not `none`, whose round has no attack at all).
+    """
+    return attacks.get(name).kind in ("update", "env")
+
+
 def kind(config: Any) -> str:
     """The configured attack's kind: `none`, `update` or `env`."""
     return attacks.get(config.attack.name).kind
 
 
-def _section(config: Any) -> Any:
-    return getattr(config.attack, config.attack.name, None)
+def _section(config: Any, name: str | None = None) -> Any:
+    return getattr(config.attack, name or config.attack.name, None)
+
+
+def _names(config: Any, choice: AttackChoice | None) -> tuple[str, ...]:
+    return choice.names if choice is not None else (config.attack.name,)
+
+
+def _env_kinds(config: Any, choice: AttackChoice | None) -> tuple[str, ...]:
+    """The distinct `EnvAttack.kind`s of the env attacks among the run's (group's) names."""
+    kinds: list[str] = []
+    for name in _names(config, choice):
+        if attacks.get(name).kind == "env":
+            env_kind = attacks.get(name).builder()(_section(config, name)).kind
+            if env_kind not in kinds:
+                kinds.append(env_kind)
+    return tuple(kinds)
 
 
 def active(config: Any, round_index: jax.Array) -> jax.Array:
@@ -39,20 +98,51 @@ def active(config: Any, round_index: jax.Array) -> jax.Array:
     return round_index >= config.attack.start_round
 
 
-def round_env_params(config: Any, run_key: jax.Array, env_params: Any, round_index: jax.Array):
+def round_env_params(
+    config: Any,
+    run_key: jax.Array,
+    env_params: Any,
+    round_index: jax.Array,
+    choice: AttackChoice | None = None,
+):
     """Every client's env params of the round: wrapped in `AttackParams` under an `env`
     attack (the Byzantine flag from `start_round` on), else `env_params` itself.
+
+    With a `choice` holding env attacks, every run's params are wrapped; the flag is
+    off unless the run's own attack is an env attack, `which` names its kind.
     """
-    if kind(config) != "env":
-        return env_params
     num_clients = config.federation.num_clients
+    if choice is None:
+        if kind(config) != "env":
+            return env_params
+        flags = mask_for(config.attack, num_clients, run_key) & active(config, round_index)
+        attack = attacks.get(config.attack.name).builder()(_section(config))
+        return attack_params(env_params, flags, attack.value)
+    kinds = _env_kinds(config, choice)
+    if not kinds:
+        return env_params
+    is_env, values, which = [], [], []
+    for name in choice.names:
+        env = attacks.get(name).kind == "env"
+        attack = attacks.get(name).builder()(_section(config, name)) if env else None
+        is_env.append(env)
+        values.append(jnp.asarray(attack.value if env else 0.0, jnp.float32))
+        which.append(kinds.index(attack.kind) if env else 0)
+    index = choice.index
     flags = mask_for(config.attack, num_clients, run_key) & active(config, round_index)
-    attack = attacks.get(config.attack.name).builder()(_section(config))
-    return attack_params(env_params, flags, attack.value)
+    flags = flags & jnp.asarray(is_env)[index]
+    return attack_params(
+        env_params, flags, jnp.stack(values)[index], jnp.asarray(which, jnp.int32)[index]
+    )
 
 
 def attack_updates(
-    config: Any, algorithm: Any, state: Any, inputs: Any, clients: Any
+    config: Any,
+    algorithm: Any,
+    state: Any,
+    inputs: Any,
+    clients: Any,
+    choice: AttackChoice | None = None,
 ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
     """The participants' states as the server receives them, the attacking ones, metrics.
 
@@ -62,6 +152,7 @@ def attack_updates(
         state: the state the round started from.
         inputs: the round's `RoundInputs`.
         clients: the participants' states after local training.
+        choice: a sweep group's attacks and the run's own (module doc), or None.
 
     Returns:
         The clients (an `update` attack's params set into the Byzantine ones), the
@@ -77,23 +168,57 @@ def attack_updates(
         "byzantine/count": byzantine.sum().astype(jnp.int32),
         "attack/active": on.astype(jnp.int32),
     }
-    spec = attacks.get(config.attack.name)
-    if spec.kind == "update":
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), ATTACK_STREAM)
-        params = jax.vmap(algorithm.get_params)(clients)
-        reference = state.global_params if inputs.start_params is None else inputs.start_params
-        honest = inputs.valid & (inputs.num_updates > 0)
-        sent, extra = apply_update_attack(
-            spec.builder()(_section(config)),
-            key,
-            state.global_params,
-            reference,
-            params,
-            attacking,
-            honest,
+    names = _names(config, choice)
+    updates = [name for name in names if attacks.get(name).kind == "update"]
+    if not updates:
+        return clients, attacking, metrics
+    key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), ATTACK_STREAM)
+    params = jax.vmap(algorithm.get_params)(clients)
+    reference = state.global_params if inputs.start_params is None else inputs.start_params
+    honest = inputs.valid & (inputs.num_updates > 0)
+
+    def branch(name: str):
+        def run():
+            if attacks.get(name).kind != "update":
+                return params, {}
+            return apply_update_attack(
+                attacks.get(name).builder()(_section(config, name)),
+                key,
+                state.global_params,
+                reference,
+                params,
+                attacking,
+                honest,
+            )
+
+        return run
+
+    if choice is None:
+        sent, extra = branch(names[0])()
+    else:
+        shapes = {name: jax.eval_shape(branch(name))[1] for name in names}
+        union = {k: v for extras in shapes.values() for k, v in extras.items()}
+        choice.metric_keys.update(
+            {name: tuple(f"attack/{k}" for k in extras) for name, extras in shapes.items()}
         )
-        clients = jax.vmap(algorithm.set_params)(clients, sent)
-        metrics.update({f"attack/{name}": value for name, value in extra.items()})
+
+        def filled(name: str):
+            def run():
+                sent, extra = branch(name)()
+                missing = {
+                    k: jnp.full(v.shape, jnp.nan, v.dtype)
+                    if jnp.issubdtype(v.dtype, jnp.inexact)
+                    else jnp.zeros(v.shape, v.dtype)
+                    for k, v in union.items()
+                    if k not in extra
+                }
+                return sent, {**extra, **missing}
+
+            return run
+
+        sent, extra = jax.lax.switch(choice.index, [filled(name) for name in names])
+    clients = jax.vmap(algorithm.set_params)(clients, sent)
+    metrics.update({f"attack/{name}": value for name, value in extra.items()})
     return clients, attacking, metrics
 
 
@@ -137,14 +262,16 @@ def detection_metrics(
     return out
 
 
-def attacked_envs(config: Any, client_envs: Any) -> Any:
-    """`client_envs` with its env wrapped in `AttackedEnv` under an `env` attack, else as is.
+def attacked_envs(config: Any, client_envs: Any, choice: AttackChoice | None = None) -> Any:
+    """`client_envs` with its env wrapped in `AttackedEnv` under an `env` attack (with a
+    `choice`: every env kind of the group), else as is.
 
     With plain env params the wrapper is the env itself, so evaluation (which passes
     the base params) always runs the clean environment.
     """
-    if kind(config) != "env":
+    kinds = _env_kinds(config, choice)
+    if not kinds:
         return client_envs
     from jfedrl.attacks.env import wrap_envs
 
-    return wrap_envs(client_envs, attacks.get(config.attack.name).builder()(_section(config)))
+    return wrap_envs(client_envs, kinds)

@@ -351,7 +351,12 @@ class VmappedRunner(InProcessRunner):
 
     def __init__(self, simulator: Simulator, values: dict[str, np.ndarray]):
         super().__init__(simulator)
-        self.values = {path: jax.numpy.asarray(v, jax.numpy.float32) for path, v in values.items()}
+        self.values = {
+            path: jax.numpy.asarray(
+                v, jax.numpy.int32 if path == traced.ATTACK else jax.numpy.float32
+            )
+            for path, v in values.items()
+        }
 
     def init(self, keys: jax.Array) -> FedState:
         """The initial states of the runs, `[R, ...]`."""
@@ -497,12 +502,17 @@ def _run_group(group: _Group, bar: Any) -> bool:
                 for callback in member.callbacks:
                     num_rounds = callback.limit_rounds(first_round, num_rounds)
             stacked, metrics, tick, compile_seconds = timed_block(group.runner, stacked, num_rounds)
+            choice = group.runner.simulator.attack_choice
             for i, member in enumerate(members):
+                # A run's metrics: without the diagnostics of its group's other attacks.
+                foreign = (
+                    set() if choice is None else choice.foreign_keys(member.run.config.attack.name)
+                )
                 member.block, member.wall_seconds = _labelled(member.run.run_dir, finish_block)(
                     member.run,
                     member.callbacks,
                     jax.tree.map(lambda x, i=i: x[i], stacked),
-                    {name: values[i] for name, values in metrics.items()},
+                    {name: values[i] for name, values in metrics.items() if name not in foreign},
                     first_round,
                     member.wall_seconds,
                     tick,
@@ -659,7 +669,11 @@ def run_sweep(
             label = "; ".join(sweep.setups[i].label for i in group.indices)
             bar.set_description(f"group {number + 1}/{len(groups)}: {label}")
             values = {p: [traced.get_path(c, p) for c in configs] for p in group.traced}
-            simulator = make_simulator(dataclasses.replace(configs[0], seed=0))
+            names: tuple[str, ...] = ()
+            if traced.ATTACK in values:  # the runs' attacks: one program, a traced index
+                names = tuple(dict.fromkeys(values[traced.ATTACK]))
+                values[traced.ATTACK] = [names.index(name) for name in values[traced.ATTACK]]
+            simulator = make_simulator(dataclasses.replace(configs[0], seed=0), names)
             runner = VmappedRunner(simulator, values)
             try:
                 interrupted = _run_group(

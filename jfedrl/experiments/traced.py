@@ -9,6 +9,10 @@ choose code paths in Python (`if mu > 0`) cannot be traced; setups differing in
 them are compiled as separate groups (`static_differences` says which field split
 them).
 
+The attack is the one name that is traced: setups that differ only in
+`attack.name`, each an `update` or `env` attack, form one group too
+(`ATTACK`; `jfedrl.attacks.round.AttackChoice`), the run's attack a traced index.
+
 A field declares itself traceable (`param(..., traceable=True)` or `switch=True`,
 `jfedrl.schema.fields`); `jfedrl.config.traceable()` lists them. tests/test_traced.py
 traces every such field through every algorithm and strategy that reads it, and
@@ -42,6 +46,13 @@ def set_path(config: Any, dotted: str, value: Any) -> Any:
     return replace_path(config, dotted, value, coerce=False)
 
 
+ATTACK = "attack.name"
+"""The traced choice: a group's runs may differ in it (their `update` / `env` attack)."""
+
+#: `static_value` of every attack that can share a program with other attacks.
+SWITCHED_ATTACK = "<an update or env attack: traced>"
+
+
 def with_traced(config: Config, values: Mapping[str, Any]) -> Config:
     """`config` with each `dotted.path -> value` of `values` set (values may be tracers)."""
     allowed = jconfig.traceable()
@@ -59,6 +70,11 @@ def simulator_with(simulator: Any, values: Mapping[str, Any]) -> Any:
     Only the algorithm and the strategy read traceable fields; the environments,
     the mesh and the participants are the (validated) simulator's own.
     """
+    if ATTACK in values:
+        simulator = dataclasses.replace(
+            simulator, attack_choice=simulator.attack_choice.with_index(values[ATTACK])
+        )
+        values = {path: value for path, value in values.items() if path != ATTACK}
     if not values:
         return simulator
     traced = with_traced(simulator.config, values)
@@ -80,6 +96,10 @@ def static_value(path: str, value: Any) -> Any:
     """What of a field's value is compiled into the program: nothing for a traceable
     field (0.0), whether it is on for a switch, the value itself otherwise.
     """
+    if path == ATTACK:
+        from jfedrl.attacks.round import switchable
+
+        return SWITCHED_ATTACK if switchable(value) else value
     if path in jconfig.switches():
         return None if value is None else float(value > 0)
     return 0.0 if path in jconfig.traceable() else value
@@ -89,14 +109,17 @@ def static_part(config: Config) -> Config:
     """`config` with every traceable field reduced to `static_value`: equal static parts
     compile alike.
     """
-    for path in jconfig.traceable():
+    for path in (*jconfig.traceable(), ATTACK):
         config = set_path(config, path, static_value(path, get_path(config, path)))
     return config
 
 
 def varying(configs: list[Config]) -> list[str]:
-    """The traceable fields whose values differ between `configs` (in field order)."""
-    return [p for p in jconfig.traceable() if len({get_path(c, p) for c in configs}) > 1]
+    """The traced fields whose values differ between `configs` (in field order; the
+    attack last).
+    """
+    paths = (*jconfig.traceable(), ATTACK)
+    return [p for p in paths if len({get_path(c, p) for c in configs}) > 1]
 
 
 def why_static(path: str) -> str:

@@ -35,7 +35,12 @@ from jax.sharding import Mesh
 
 from jfedrl import algorithms, attacks, personal, strategies
 from jfedrl.algorithms.base import Algorithm, Reference
-from jfedrl.attacks.round import attack_updates, attacked_envs, round_env_params
+from jfedrl.attacks.round import (
+    AttackChoice,
+    attack_updates,
+    attacked_envs,
+    round_env_params,
+)
 from jfedrl.config import Config, participants_per_round, training_clients
 from jfedrl.round.aggregation import component_where, selective, strategy_step
 from jfedrl.round.environment import ClientEnvs, make_client_envs
@@ -73,6 +78,9 @@ class Simulator:
     multiprocess: bool = False
     """The mesh spans several processes (`jfedrl.run.distributed`): the state's placement is
     then explicit (`ClientLayout.state_shardings`), so each process holds only its own shards."""
+    attack_choice: Any = None
+    """A sweep group's attacks compiled as one program (`jfedrl.attacks.round.AttackChoice`,
+    `make_simulator`'s `attack_choice`), or None: the config's own attack."""
 
     @cached_property
     def layout(self) -> ClientLayout:
@@ -200,7 +208,9 @@ class Simulator:
         key = jax.random.fold_in(state.key, state.round)
         key_sample, key_clients, key_aggregate = jax.random.split(key, 3)
         env_params = self.current_env_params(state, state.round)
-        env_params = round_env_params(self.config, state.key, env_params, state.round)
+        env_params = round_env_params(
+            self.config, state.key, env_params, state.round, self.attack_choice
+        )
         counts = self.client_local_updates(state.key, state.round) if self.heterogeneous else None
         if counts is None:
             steps = jnp.full((self.num_clients,), float(self.algorithm.env_steps_per_update))
@@ -308,9 +318,10 @@ class Simulator:
         """
         fed = self.config.federation
         attacking, attack_metrics = None, {}
-        if self.config.attack.name != attacks.NONE:  # Byzantine participants (DESIGN.md, 8)
+        attacked = self.config.attack.name != attacks.NONE or self.attack_choice is not None
+        if attacked:  # Byzantine participants (DESIGN.md, 8)
             clients, attacking, attack_metrics = attack_updates(
-                self.config, self.algorithm, state, inputs, clients
+                self.config, self.algorithm, state, inputs, clients, self.attack_choice
             )
         screened = screen_updates(
             state.global_params,
@@ -393,11 +404,19 @@ class Simulator:
         return self.layout.replicate(returns)
 
 
-def make_simulator(config: Config) -> Simulator:
-    """Validates `config` and builds the simulator (nothing is compiled yet)."""
+def make_simulator(config: Config, attack_choice: tuple[str, ...] = ()) -> Simulator:
+    """Validates `config` and builds the simulator (nothing is compiled yet).
+
+    Args:
+        config: the run's config.
+        attack_choice: a sweep group's attacks, compiled as one program and picked per
+            run by a traced index (`jfedrl.attacks.round.AttackChoice`); empty: the
+            config's own attack.
+    """
     validate(config)
+    choice = AttackChoice(tuple(attack_choice)) if attack_choice else None
     client_envs = make_client_envs(config.env, config.federation.num_clients)
-    client_envs = attacked_envs(config, client_envs)
+    client_envs = attacked_envs(config, client_envs, choice)
     algorithm = personal.wrap_algorithm(
         config,
         algorithms.make(config, client_envs.env, client_envs.default_params),
@@ -418,4 +437,5 @@ def make_simulator(config: Config) -> Simulator:
         num_participants=participants,
         mesh=mesh,
         multiprocess=jax.process_count() > 1,
+        attack_choice=choice,
     )
