@@ -272,3 +272,38 @@ def test_damaged_unverified_checkpoint_is_one_line(uninterrupted, tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "checkpoints/4' is corrupt" in lines[0], lines
+
+
+def test_abandoned_orbax_reads_are_silenced_and_nothing_else(monkeypatch):
+    """A failed restore's abandoned sibling reads print nothing; other reports still do."""
+    from types import SimpleNamespace
+
+    from jfedrl.run import checkpoint
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "filters", list(asyncio_log.filters))
+    checkpoint._silence_abandoned_reads()
+    checkpoint._silence_abandoned_reads()  # installed once, not stacked
+
+    def coroutine_from(filename: str) -> SimpleNamespace:
+        return SimpleNamespace(cr_code=SimpleNamespace(co_filename=filename))
+
+    orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+    mine = SimpleNamespace(object=coroutine_from("/work/jfedrl/round/simulator.py"))
+    sys.unraisablehook(SimpleNamespace(object=coroutine_from(orbax_file), exc_value=None))
+    sys.unraisablehook(mine)
+    assert seen == [mine]
+
+    def record_raised_in(filename: str) -> logging.LogRecord:
+        code = compile("raise ValueError('read')", filename, "exec")
+        try:
+            exec(code)
+        except ValueError:
+            exc_info = sys.exc_info()
+        return logging.LogRecord("asyncio", logging.ERROR, "", 0, "never retrieved", (), exc_info)
+
+    assert not asyncio_log.filter(record_raised_in(orbax_file))
+    assert asyncio_log.filter(record_raised_in("/work/elsewhere.py"))
+    assert asyncio_log.filter(logging.LogRecord("asyncio", logging.ERROR, "", 0, "x", (), None))

@@ -29,6 +29,7 @@ unverified.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,7 @@ class Checkpointer:
                 ),
             )
         except Exception as error:  # orbax raises many types for damaged files
+            _silence_abandoned_reads()
             raise CheckpointError(
                 f"checkpoint {str(where)!r} is corrupt or does not match this run's config: "
                 f"{type(error).__name__}: {_reason(error)}"
@@ -227,6 +230,47 @@ def _on_devices(state: Any, abstract: Any) -> Any:
         return jax.device_put(leaf, sharding) if sharding is not None else jnp.asarray(leaf)
 
     return jax.tree.map(place, state, abstract)
+
+
+def _silence_abandoned_reads() -> None:
+    """Keeps a failed restore's sibling reads from printing a traceback each.
+
+    When one array of a damaged checkpoint fails to read, orbax abandons the
+    other arrays' read coroutines; each raises the same error again when it is
+    collected (through `sys.unraisablehook`) or asyncio logs their gathered
+    future's error as never retrieved: hundreds of lines after the one error
+    the restore raised. The hook and log filter installed here drop exactly
+    those reports and hand every other one on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_jfedrl_abandoned_reads", False):
+        gc.collect()
+        return
+    logging.getLogger("asyncio").addFilter(_drop_abandoned_read_records)
+
+    def hook(unraisable: Any) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if _is_orbax_read(getattr(code, "co_filename", "")):
+            log.debug("dropped an abandoned orbax read: %s", unraisable.exc_value)
+            return
+        previous(unraisable)
+
+    hook._jfedrl_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    gc.collect()
+
+
+def _is_orbax_read(filename: str) -> bool:
+    return "orbax" in filename and "serialization" in filename
+
+
+def _drop_abandoned_read_records(record: logging.LogRecord) -> bool:
+    """Drops asyncio's "exception was never retrieved" for an abandoned orbax read."""
+    if record.exc_info and record.exc_info[2] is not None:
+        frames = traceback.extract_tb(record.exc_info[2])
+        if any(_is_orbax_read(frame.filename) for frame in frames):
+            return False
+    return True
 
 
 def _drop_save_thread_errors(record: logging.LogRecord) -> bool:
