@@ -115,13 +115,14 @@ SETTINGS = {
         "fedpgbr", "CartPole-v1", 10, 0.3, 8, "FedPG-BR's: CartPole-v1, 10 clients, 3 Byzantine"
     ),
     # 64 clients x 11 attacks x 5 seeds in one program per rule: 2 local updates a
-    # round and 2 eval episodes per client keep it near half of the hour.
+    # round and 2 eval episodes per client keep 8 rounds within the hour's budget
+    # (at 4 rounds, some seeds had not yet learned Acrobot at all: bimodal cells).
     "large": Setting(
         "large",
         "Acrobot-v1",
         64,
         0.2,
-        4,
+        8,
         "large: Acrobot-v1, 64 clients, 12 Byzantine",
         (("federation.local_updates", 2), ("log.eval_episodes", 2)),
     ),
@@ -266,6 +267,15 @@ def _iqm(cells, key):
     return None if not cell or cell.get("iqm") is None else cell["iqm"]
 
 
+def _below(measured: float, reference: float, fraction: float) -> bool:
+    """Whether `measured` is more than `fraction` of |reference| below `reference`.
+
+    Sign-aware, so it reads the same for CartPole's positive returns and
+    Acrobot's negative ones (-500 is the worst there; 0.9 x -92 would be better).
+    """
+    return measured < reference - fraction * abs(reference)
+
+
 def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
     """The issue's known facts, each checked on the measured cells: shown, not shown,
     or not measured (a cell it needs has no finished run)."""
@@ -275,11 +285,11 @@ def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
     if clean is None or flipped is None:
         lines.append("- FedAvg under sign flipping: not measured (a cell has no finished run).")
     else:
-        collapsed = flipped < 0.5 * clean
+        collapsed = _below(flipped, clean, 0.5)
         lines.append(
             f"- FedAvg under sign flipping: IQM {flipped:.1f} against {clean:.1f} without "
-            f"attack: {'shown' if collapsed else 'NOT shown'} (collapse = below half of the "
-            "no-attack return)."
+            f"attack: {'shown' if collapsed else 'NOT shown'} (collapse = more than half of "
+            "|no-attack return| below it)."
         )
     for attack in ATTACKS[1:]:
         measured = {r: _iqm(cells, f"{attack}/{r}") for r in ROBUST}
@@ -287,7 +297,7 @@ def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
         if clean is None or not measured:
             continue
         best = max(measured, key=measured.get)
-        within = measured[best] >= 0.9 * clean
+        within = not _below(measured[best], clean, 0.1)
         lines.append(
             f"- `{attack}`: best robust rule `{best}` at {measured[best]:.1f}, "
             + ("within" if within else "NOT within")
@@ -298,7 +308,7 @@ def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
         if alie is None or rule_clean is None:
             lines.append(f"- ALIE against `{rule}`: not measured.")
             continue
-        defeated = alie < 0.9 * rule_clean
+        defeated = _below(alie, rule_clean, 0.1)
         z = (cells.get(f"alie/{rule}", {}).get("attack_diagnostics") or {}).get("attack/alie_z")
         lines.append(
             f"- ALIE against `{rule}`: {alie:.1f} against {rule_clean:.1f} without attack: "

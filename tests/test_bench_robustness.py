@@ -93,6 +93,31 @@ def test_known_facts_follow_the_numbers():
     assert any("ALIE against `median`: not measured" in x for x in not_shown)
 
 
+def test_known_facts_read_negative_returns_the_right_way():
+    """Acrobot's returns are negative (-500 the worst): 10 % and half are of |return|."""
+    facts = bench.known_facts(
+        cells_of(
+            {
+                "none/fedavg": -100.0,
+                "sign_flip/fedavg": -160.0,  # 60 % of |-100| below: a collapse
+                "sign_flip/median": -108.0,  # 8 % below: within 10 %
+                "scale/median": -112.0,  # 12 % below: not within
+                "none/krum": -100.0,
+                "alie/krum": -115.0,  # 15 % below: degraded
+                "none/median": -100.0,
+                "alie/median": -95.0,  # better than without attack
+            }
+        )
+    )
+    assert "IQM -160.0 against -100.0 without attack: shown" in facts[0]
+    assert any("`sign_flip`: best robust rule `median` at -108.0, within" in x for x in facts)
+    assert any("`scale`: best robust rule `median` at -112.0, NOT within" in x for x in facts)
+    assert any("against `krum`" in x and "(shown)" in x for x in facts)
+    assert any("against `median`" in x and "NOT degraded" in x for x in facts)
+    mild = bench.known_facts(cells_of({"none/fedavg": -100.0, "sign_flip/fedavg": -140.0}))
+    assert "NOT shown" in mild[0]
+
+
 @pytest.mark.slow
 def test_quick_mode_writes_the_table_and_the_json(tmp_path):
     """The whole script at its `--quick` budget: 2 seeds, 2 cells, no attack."""
