@@ -1,7 +1,8 @@
 """Attacks x robust rules: final eval return of the global policy, IQM over seeds.
 
 Issue 22's table. Rows are attacks (`none`, the update attacks and the
-environment attacks of `jfedrl.attacks`), columns are aggregation rules, and a
+environment attacks of `jfedrl.attacks`; ALIE also at a fixed z of 1 and 2,
+`ROW_SETUPS`), columns are aggregation rules, and a
 cell is the IQM of the final global eval return over the seeds with its 95 %
 stratified-bootstrap CI (`jfedrl.experiments.compare.estimate`, rliable's
 definitions), in two settings:
@@ -67,12 +68,36 @@ ATTACKS = (
     "free_rider",
     "random_noise",
     "alie",
+    "alie_z1",
+    "alie_z2",
     "ipm",
     "reward_flip",
     "random_action",
     "obs_noise",
 )
 """The table's rows: no attack, the update attacks, then the environment attacks."""
+
+#: Rows that are an attack with parameters other than its defaults: ALIE at the
+#: paper's z (`alie`, from n and f) is mild at these client counts, so the table
+#: also runs it at fixed, larger z (a traced parameter: same program).
+ROW_SETUPS = {
+    "alie_z1": {"attack.name": "alie", "attack.alie.z": 1.0},
+    "alie_z2": {"attack.name": "alie", "attack.alie.z": 2.0},
+}
+
+
+def row_setup(row: str) -> dict[str, Any]:
+    """The config fields (dotted) of one row of the table."""
+    return dict(ROW_SETUPS.get(row, {"attack.name": row}))
+
+
+def row_of(values: dict[str, Any]) -> str:
+    """The row a setup's values belong to (the inverse of `row_setup`)."""
+    attack = {k: v for k, v in values.items() if k.startswith("attack.")}
+    return next(
+        (row for row, fields in ROW_SETUPS.items() if fields == attack), attack["attack.name"]
+    )
+
 
 RULES = (
     "fedavg",
@@ -165,7 +190,7 @@ def base_config(setting: Setting, rounds: int, quick: bool = False) -> dict[str,
 
 def setups(attacks: Sequence[str], rules: Sequence[str]) -> list[dict[str, str]]:
     """The sweep's setups, one per cell, row by row (attacks outer, rules inner)."""
-    return [{"attack.name": a, "strategy.name": r} for a in attacks for r in rules]
+    return [{**row_setup(a), "strategy.name": r} for a in attacks for r in rules]
 
 
 def sweep_data(
@@ -303,19 +328,27 @@ def known_facts(cells: dict[str, dict[str, Any]]) -> list[str]:
             + ("within" if within else "NOT within")
             + f" 10 % of FedAvg without attack ({clean:.1f})."
         )
+    alie_rows = [
+        "alie",
+        *(row for row, fields in ROW_SETUPS.items() if fields["attack.name"] == "alie"),
+    ]
     for rule in ("krum", "median"):
-        alie, rule_clean = _iqm(cells, f"alie/{rule}"), _iqm(cells, f"none/{rule}")
-        if alie is None or rule_clean is None:
-            lines.append(f"- ALIE against `{rule}`: not measured.")
-            continue
-        defeated = _below(alie, rule_clean, 0.1)
-        z = (cells.get(f"alie/{rule}", {}).get("attack_diagnostics") or {}).get("attack/alie_z")
-        lines.append(
-            f"- ALIE against `{rule}`: {alie:.1f} against {rule_clean:.1f} without attack: "
-            + ("degraded by more than 10 % (shown)" if defeated else "NOT degraded by 10 %")
-            + (f" (z = {z:.2f})" if z is not None else "")
-            + "."
-        )
+        for row in alie_rows:
+            alie, rule_clean = _iqm(cells, f"{row}/{rule}"), _iqm(cells, f"none/{rule}")
+            label = "ALIE" if row == "alie" else f"ALIE (`{row}`)"
+            if alie is None or rule_clean is None:
+                if row == "alie":
+                    lines.append(f"- {label} against `{rule}`: not measured.")
+                continue
+            defeated = _below(alie, rule_clean, 0.1)
+            diagnostics = cells.get(f"{row}/{rule}", {}).get("attack_diagnostics") or {}
+            z = diagnostics.get("attack/alie_z")
+            lines.append(
+                f"- {label} against `{rule}`: {alie:.1f} against {rule_clean:.1f} without attack: "
+                + ("degraded by more than 10 % (shown)" if defeated else "NOT degraded by 10 %")
+                + (f" (z = {z:.2f})" if z is not None else "")
+                + "."
+            )
     return lines
 
 
@@ -327,7 +360,7 @@ def read_cells(sweep_dir: Path, rounds: int) -> tuple[dict[str, dict[str, Any]],
     sweep = load(sweep_dir / "sweep.yaml")
     cells: dict[str, dict[str, Any]] = {}
     for index, setup in enumerate(sweep.setups):
-        key = f"{setup.values['attack.name']}/{setup.values['strategy.name']}"
+        key = f"{row_of(setup.values)}/{setup.values['strategy.name']}"
         scores, seconds, byzantine, detection, diagnostics = [], [], [], [], {}
         for seed in sweep.seeds:
             records = read_metrics(sweep_dir / RUNS_DIR / run_dir_name(index, setup, seed))
@@ -603,7 +636,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report:
         work = Path(args.report)
         meta = read_meta(work)
-        facts = benchlib.finish(meta.get("machine") or benchlib.machine(with_jax=False))
+        facts = meta.get("machine") or benchlib.machine(with_jax=False)
+        if "loadavg_at_end" not in facts:  # a run that stopped before its end was recorded
+            facts = benchlib.finish(facts)
         wall = {n: w for n, w in meta.get("wall", {}).items() if w is not None}
         stopped = [n for n in args.settings if n not in wall and (work / n).is_dir()]
         for name in stopped:
@@ -644,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             meta["wall"][name] = meta["wall"].get(name, 0.0) + wall  # resumed: both parts
             meta.setdefault("crashes", {}).setdefault(name, []).extend(crashes)
             write_meta(work, meta)
-        facts = benchlib.finish(meta["machine"])
+        facts = meta["machine"] = benchlib.finish(meta["machine"])
+        write_meta(work, meta)  # a later --report states the load of the run, not its own
         report_data, markdown = report(
             work,
             args.settings,

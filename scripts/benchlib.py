@@ -110,9 +110,16 @@ def load_note(load: tuple[float, float] | None) -> str:
     """A sentence on how busy the machine was (from `load_averages`), or "" if unknown."""
     if not load:
         return ""
+    cores = os.cpu_count() or 1
+    start = (
+        "The machine was otherwise idle at the start"
+        if load[0] < 0.5 * cores
+        else "Other jobs shared the machine"
+    )
     return (
-        f"The machine was shared: 1-minute load average {load[0]:.1f} at the start, "
-        f"{load[1]:.1f} at the end ({os.cpu_count()} cores), so only the ratio means anything."
+        f"{start} (1-minute load average {load[0]:.1f}; {load[1]:.1f} at the end, the run's "
+        f"own work included; {cores} cores); compare ratios within this file, not figures "
+        "from other days."
     )
 
 

@@ -25,9 +25,9 @@ def test_every_cell_of_both_settings_is_a_valid_setup_and_a_rule_compiles_twice(
         assert len(groups) == 2 * len(bench.RULES)
         for group in groups:
             rules = {sweep.setups[i].values["strategy.name"] for i in group.indices}
-            attacks = [sweep.setups[i].values["attack.name"] for i in group.indices]
+            rows = [bench.row_of(sweep.setups[i].values) for i in group.indices]
             assert len(rules) == 1
-            assert attacks == ["none"] or attacks == list(bench.ATTACKS[1:])
+            assert rows == ["none"] or rows == list(bench.ATTACKS[1:])  # fixed-z ALIE too
         config = sweep.setups[0].config
         assert config.federation.num_clients == setting.clients
         assert config.env.name == setting.env
@@ -187,3 +187,46 @@ def test_the_seconds_table_has_one_row_per_program():
     }
     lines = bench.seconds_table(cells, ["none", "alie", "ipm"], ["fedavg", "krum"])
     assert lines[2:] == ["| `none` | 12 | – |", "| the 2 attacks | 41 | – |"]
+
+
+def test_load_note_says_whether_other_jobs_shared_the_machine(monkeypatch):
+    from scripts import benchlib
+
+    monkeypatch.setattr(benchlib.os, "cpu_count", lambda: 2)
+    assert benchlib.load_note(None) == ""
+    idle = benchlib.load_note((0.4, 1.7))
+    assert idle.startswith("The machine was otherwise idle at the start (1-minute load average 0.4")
+    assert "1.7 at the end, the run's own work included; 2 cores" in idle
+    assert benchlib.load_note((2.5, 3.0)).startswith("Other jobs shared the machine")
+
+
+def test_a_later_report_states_the_load_of_the_run_not_its_own(monkeypatch, tmp_path):
+    from scripts import benchlib
+
+    work, out = tmp_path / "work", tmp_path / "robustness"
+    monkeypatch.setattr(bench, "run_in_child", lambda name, args, work: (3.0, []))
+    monkeypatch.setattr(benchlib, "finish", lambda facts: dict(facts, loadavg_at_end=[7.0]))
+    first = ["--quick", "--attacks", "none", "--rules", "fedavg", "--work", str(work)]
+    bench.main(first + ["--out", str(tmp_path / "first")])
+    assert bench.read_meta(work)["machine"]["loadavg_at_end"] == [7.0]
+    monkeypatch.setattr(benchlib, "finish", lambda facts: dict(facts, loadavg_at_end=[9.0]))
+    bench.main(["--report", str(work), "--out", str(out)])
+    assert json.loads((tmp_path / "robustness.json").read_text())["machine"]["loadavg_at_end"] == [
+        7.0
+    ]
+
+
+def test_alie_rows_at_a_fixed_z_are_setups_of_the_alie_attack():
+    cells = bench.setups(["alie", "alie_z2"], ["krum"])
+    assert cells == [
+        {"attack.name": "alie", "strategy.name": "krum"},
+        {"attack.name": "alie", "attack.alie.z": 2.0, "strategy.name": "krum"},
+    ]
+    assert [bench.row_of(c) for c in cells] == ["alie", "alie_z2"]
+    assert bench.row_of({"attack.name": "alie", "attack.alie.z": 3.0}) == "alie"  # not a row
+    facts = bench.known_facts(
+        cells_of({"none/krum": 400.0, "alie/krum": 390.0, "alie_z2/krum": 100.0})
+    )
+    assert any(x.startswith("- ALIE against `krum`: 390.0") and "NOT" in x for x in facts)
+    assert any(x.startswith("- ALIE (`alie_z2`) against `krum`: 100.0") for x in facts)
+    assert not any("alie_z1" in x for x in facts)  # not measured: not a line
