@@ -4,17 +4,14 @@ setup trained alone."""
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 import pytest
 import yaml
 
 from jfedrl.attacks.round import AttackChoice
 from jfedrl.experiments import sweep, traced
-from jfedrl.run import runner
 from jfedrl.run.outputs import read_metrics
-from tests.helpers import compiled_programs, tiny_config, with_run_dir
-from tests.test_sweep import TINY, _restored
+from tests.helpers import compiled_programs, tiny_config
+from tests.test_sweep import TINY, _assert_equal_to_alone
 
 #: 4 clients, 2 of them Byzantine: an update attack with a diagnostic (alie), one
 #: without (sign_flip) and two env attacks of different kinds, under one rule.
@@ -58,36 +55,17 @@ def test_none_is_grouped_apart():
     assert keys[0] == "none" and keys[1] == keys[2] == traced.SWITCHED_ATTACK
 
 
-def _assert_equal_to_alone(run_dir, name, tmp_path):
-    config = _config(name)
-    alone = runner.train(with_run_dir(config, tmp_path / "alone"), progress=False, quiet=True)
-    state = _restored(run_dir, config)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone.state), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
-    records = read_metrics(run_dir)
-    assert len(records) == len(alone.records) == 4
-    for mine, theirs in zip(records, alone.records, strict=True):
-        assert mine.keys() == theirs.keys()  # no other attack's diagnostics
-        for key, value in theirs.items():
-            if key in ("wall_seconds", "steps_per_second", "compile_seconds"):
-                continue
-            if isinstance(value, float):
-                assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-            else:
-                assert mine[key] == value, key
-
-
 def test_update_attack_run_equals_the_run_alone(swept, tmp_path):
     result, _ = swept
     assert "attack/alie_z" in read_metrics(result.run_dirs[0])[-1]
     assert "attack/alie_z" not in read_metrics(result.run_dirs[1])[-1]  # sign_flip's run
-    _assert_equal_to_alone(result.run_dirs[0], "alie", tmp_path)
+    _assert_equal_to_alone(result.run_dirs[0], _config("alie"), tmp_path)
 
 
 @pytest.mark.slow  # an env attack of the same program; one run alone is in the default run
 def test_env_attack_run_equals_the_run_alone(swept, tmp_path):
     result, _ = swept
-    _assert_equal_to_alone(result.run_dirs[2], "random_action", tmp_path)
+    _assert_equal_to_alone(result.run_dirs[2], _config("random_action"), tmp_path)
 
 
 def test_runs_differ_by_their_attack(swept):

@@ -80,7 +80,7 @@ def _assert_equal_to_alone(run_dir, config, tmp_path):
     records = read_metrics(run_dir)
     assert len(records) == len(alone.records) == 4
     for mine, theirs in zip(records, alone.records, strict=True):
-        assert mine.keys() == theirs.keys()
+        assert mine.keys() == theirs.keys()  # e.g. no other attack's diagnostics
         for name, value in theirs.items():
             if name in ("wall_seconds", "steps_per_second", "compile_seconds"):
                 continue
