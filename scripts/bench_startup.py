@@ -36,15 +36,16 @@ def _wall(tree: Path, args: list[str], cache: str) -> float:
 
 def measure(tree: Path) -> dict[str, float]:
     """One measurement of each figure for the code in `tree`."""
-    cache = tempfile.mkdtemp(prefix="jfedrl-bench-cache-")
-    python = _wall(tree, ["-c", "pass"], cache)
-    figures = {
-        "import_runner_seconds": _wall(tree, ["-c", "import jfedrl.run.runner"], cache) - python
-    }
-    for label in ("cold", "warm"):  # the second run finds the first one's cache
-        run_dir = tempfile.mkdtemp(prefix="jfedrl-bench-run-")
-        command = [*TRAIN, "--run-dir", run_dir, "--no-progress", "--quiet"]
-        figures[f"first_round_{label}_seconds"] = _wall(tree, command, cache)
+    with tempfile.TemporaryDirectory(prefix="jfedrl-bench-") as scratch:
+        cache = str(Path(scratch) / "cache")
+        python = _wall(tree, ["-c", "pass"], cache)
+        figures = {
+            "import_runner_seconds": _wall(tree, ["-c", "import jfedrl.run.runner"], cache) - python
+        }
+        for label in ("cold", "warm"):  # the second run finds the first one's cache
+            run_dir = str(Path(scratch) / f"run-{label}")
+            command = [*TRAIN, "--run-dir", run_dir, "--no-progress", "--quiet"]
+            figures[f"first_round_{label}_seconds"] = _wall(tree, command, cache)
     return figures
 
 
