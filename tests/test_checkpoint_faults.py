@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -284,8 +285,17 @@ def test_abandoned_orbax_reads_are_silenced_and_nothing_else(monkeypatch):
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
     asyncio_log = logging.getLogger("asyncio")
     monkeypatch.setattr(asyncio_log, "filters", list(asyncio_log.filters))
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
     checkpoint._silence_abandoned_reads()
     checkpoint._silence_abandoned_reads()  # installed once, not stacked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn(
+            "coroutine '_read_array_index_and_device_put' was never awaited",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        warnings.warn("coroutine 'mine' was never awaited", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["coroutine 'mine' was never awaited"]
 
     def coroutine_from(filename: str) -> SimpleNamespace:
         return SimpleNamespace(cr_code=SimpleNamespace(co_filename=filename))

@@ -38,6 +38,7 @@ import re
 import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,10 @@ def _silence_abandoned_reads() -> None:
 
     When one array of a damaged checkpoint fails to read, orbax abandons the
     other arrays' read coroutines; each raises the same error again when it is
-    collected (through `sys.unraisablehook`) or asyncio logs their gathered
-    future's error as never retrieved: hundreds of lines after the one error
-    the restore raised. The hook and log filter installed here drop exactly
+    collected (through `sys.unraisablehook`), asyncio logs their gathered
+    future's error as never retrieved, and those never started warn that they
+    were never awaited: hundreds of lines after the one error the restore
+    raised. The hook, log filter and warning filter installed here drop exactly
     those reports and hand every other one on.
     """
     previous = sys.unraisablehook
@@ -247,6 +249,11 @@ def _silence_abandoned_reads() -> None:
         gc.collect()
         return
     logging.getLogger("asyncio").addFilter(_drop_abandoned_read_records)
+    warnings.filterwarnings(  # those it created but never started
+        "ignore",
+        message=r"coroutine '_read_array_index_and_device_put' was never awaited",
+        category=RuntimeWarning,
+    )
 
     def hook(unraisable: Any) -> None:
         code = getattr(unraisable.object, "cr_code", None)
