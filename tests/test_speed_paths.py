@@ -79,6 +79,21 @@ def test_host_devices_once_the_backend_started_are_reported_not_set():
     assert out[:-1] == ["1", "backend", "already", "initialised", "1"]
 
 
+def test_host_devices_lost_to_a_started_backend_are_named_in_the_layout_line():
+    import jax
+
+    from jfedrl.run.devices import configure_host_devices
+
+    jax.devices()  # started, as by a plugin that computes with JAX when imported
+    layout = configure_host_devices(8, jax.local_device_count("cpu") + 3)
+    assert layout.source == "backend already initialised"
+    assert layout.wanted == layout.devices + 3
+    wanted = f"{layout.devices} XLA host device(s), not the {layout.devices + 3} wanted"
+    assert layout.describe().startswith(wanted) and "plugin" in layout.describe()
+    same = configure_host_devices(8, jax.local_device_count("cpu"))
+    assert same.describe().endswith("(backend already initialised; CPU backend only)")
+
+
 def test_host_devices_bad_count_is_refused_even_after_jax_started():
     from jfedrl.run.devices import configure_host_devices
 

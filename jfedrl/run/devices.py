@@ -32,8 +32,16 @@ class HostLayout:
 
     devices: int
     source: str  # "flag", "env", "XLA_FLAGS", "default", or "backend already initialised"
+    wanted: int | None = None
+    """The count that would have been set, where the backend had started first."""
 
     def describe(self) -> str:
+        if self.wanted is not None and self.wanted != self.devices:
+            return (
+                f"{self.devices} XLA host device(s), not the {self.wanted} wanted: JAX's "
+                "backend started before jfedrl could set the count (a module that computes "
+                "with JAX when imported, such as a plugin, starts it; CPU backend only)"
+            )
         return f"{self.devices} XLA host device(s) ({self.source}; CPU backend only)"
 
 
@@ -154,7 +162,7 @@ def configure_host_devices(participants: int, requested: int | None = None) -> H
     if _backend_initialised():
         import jax
 
-        return HostLayout(jax.local_device_count("cpu"), "backend already initialised")
+        return HostLayout(jax.local_device_count("cpu"), "backend already initialised", count)
     if source == "XLA_FLAGS" or _set_num_cpu_devices(count):
         return HostLayout(count, source)
     os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), count)
