@@ -75,7 +75,8 @@ ATTACKS = (
     "random_action",
     "obs_noise",
 )
-"""The table's rows: no attack, the update attacks, then the environment attacks."""
+"""The table's rows: no attack, the update attacks (ALIE also at a fixed z,
+`ROW_SETUPS`), then the environment attacks."""
 
 #: Rows that are an attack with parameters other than its defaults: ALIE at the
 #: paper's z (`alie`, from n and f) is mild at these client counts, so the table
@@ -139,7 +140,7 @@ SETTINGS = {
     "fedpgbr": Setting(
         "fedpgbr", "CartPole-v1", 10, 0.3, 8, "FedPG-BR's: CartPole-v1, 10 clients, 3 Byzantine"
     ),
-    # 64 clients x 11 attacks x 5 seeds in one program per rule: 2 local updates a
+    # 64 clients x 13 attack rows x 5 seeds in one program per rule: 2 local updates a
     # round and 2 eval episodes per client keep 8 rounds within the hour's budget
     # (at 4 rounds, some seeds had not yet learned Acrobot at all: bimodal cells).
     "large": Setting(
