@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,29 +157,40 @@ class InProcessRunner:
         self.compiles = 0
         self._compiled: dict[int, Any] = {}
         self._ahead: dict[int, concurrent.futures.Future] = {}
+        self._init_ahead: concurrent.futures.Future | None = None
         self.waited_ahead = 0.0
         """Seconds already waited for a block compiled ahead (the memory check), before its
         first run: counted in that block's `compile_seconds` and time window."""
-        self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+        self._threads = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="compile")
 
-    def compile_ahead(self, num_rounds: int) -> None:
+    def compile_ahead(self, num_rounds: int, init_seed: int | None = None) -> None:
         """Starts compiling a block of `num_rounds` and the evaluation in background threads.
 
         They compile from the state's shapes and shardings (`Simulator.abstract_state`)
-        while the caller builds or restores the state. XLA compiles without holding the
-        GIL, so `init`'s compile, the block's and the evaluation's overlap on a
-        multi-core host instead of running one after another. One process only (the
-        processes of a distributed run align after each compile).
+        while the caller checks the block's memory and builds or restores the state. XLA
+        compiles without holding the GIL, so `init`'s compile, the block's and the
+        evaluation's overlap on a multi-core host instead of running one after another.
+        One process only (the processes of a distributed run align after each compile).
+
+        Args:
+            num_rounds: the first block's rounds.
+            init_seed: the seed of a new run's state: `Simulator.init` is compiled
+                ahead too, for `initial_state`. None: the state is restored, so `init`
+                never runs.
         """
         if jax.process_count() > 1 or num_rounds < 1 or num_rounds in self._compiled:
             return
         if num_rounds in self._ahead:
             return
-        key = jax.random.PRNGKey(0)
-        state = self.simulator.abstract_state(key)
+        key = jax.random.PRNGKey(0 if init_seed is None else init_seed)
+        simulator = self.simulator
+        if init_seed is not None:  # before the block: the state's build waits for it first
+            self._init_ahead = self._threads.submit(
+                lambda: simulator.init.lower(simulator, key).compile()
+            )
+        state = simulator.abstract_state(key)
         # `sim_eval`'s key is folded with the state's round, so it lives where the round does.
         key_shape = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=state.round.sharding)
-        simulator = self.simulator
         self._ahead[num_rounds] = self._threads.submit(
             lambda: self.program.lower(simulator, state, num_rounds).compile()
         )
@@ -190,6 +202,16 @@ class InProcessRunner:
         if evaluation.eval_personal(simulator.config):  # the personalized pass, likewise
             personal = evaluation.evaluate_personal
             self._threads.submit(lambda: personal.lower(simulator, state, key_shape).compile())
+
+    def initial_state(self, key: jax.Array) -> FedState:
+        """`Simulator.init(key)`, with the program `compile_ahead` compiled if there is one.
+
+        Calling that program skips the trace a call through `jax.jit` would redo.
+        """
+        future, self._init_ahead = self._init_ahead, None
+        if future is None:
+            return self.simulator.init(key)
+        return future.result()(key)
 
     def memory_estimate_ahead(self, num_rounds: int) -> devices.MemoryEstimate | None:
         """XLA's memory analysis of the block compiled ahead (waits for it; None if none)."""
@@ -520,12 +542,18 @@ def _train_locked(
             check_resume_rounds(config, checkpointer)
         if executor is not None:
             first_round = (checkpointer.latest_round() or 0) if resume else 0
-            executor.compile_ahead(block_rounds(config, first_round))
+            fresh = not (resume and checkpointer.latest_round() is not None)  # as `_start`
+            executor.compile_ahead(
+                block_rounds(config, first_round), config.seed if fresh else None
+            )
             if check_memory:  # before the state is built: the block's need, as --dry-run's
                 estimate = executor.memory_estimate_ahead(block_rounds(config, first_round))
                 clients = config.federation.num_clients
                 devices.check_fits(estimate, clients, jax.local_devices())
-        state, records, wall_seconds = _start(config, simulator, run_dir, checkpointer, resume)
+        init = None if executor is None else executor.initial_state
+        state, records, wall_seconds = _start(
+            config, simulator, run_dir, checkpointer, resume, init
+        )
         extension = None
         if resume and (run_dir / CONFIG_FILE).is_file():
             extension = describe_extension(load_yaml(run_dir / CONFIG_FILE), config)
@@ -577,9 +605,18 @@ def block_rounds(config: Config, first_round: int) -> int:
 
 
 def _start(
-    config: Config, simulator: Simulator, run_dir: Path, checkpointer: Checkpointer, resume: bool
+    config: Config,
+    simulator: Simulator,
+    run_dir: Path,
+    checkpointer: Checkpointer,
+    resume: bool,
+    init: Callable[[jax.Array], FedState] | None = None,
 ) -> tuple[FedState, list[dict[str, Any]], float]:
-    """The state, records and wall seconds a run starts from: new, or its newest checkpoint."""
+    """The state, records and wall seconds a run starts from: new, or its newest checkpoint.
+
+    `init` builds a new state from its key: the executor's program compiled ahead,
+    or `simulator.init` when None.
+    """
     key = jax.random.PRNGKey(config.seed)
     if resume and checkpointer.latest_round() is not None:
         # The newest intact checkpoint (a damaged newer one is set aside), in this layout.
@@ -599,7 +636,7 @@ def _start(
             f"log.run_dir: {str(run_dir)!r} already holds a run; use --resume {run_dir} "
             "or another --run-dir"
         )
-    state = simulator.init(key)
+    state = (simulator.init if init is None else init)(key)
     records = _kept_records(run_dir, 0)
     env_params = distributed.host_value(state.env_params)  # every process takes part
     if distributed.is_primary():
